@@ -1,0 +1,156 @@
+"""AuxModel: a backbone plus Aux Block heads, and the paper's prediction rules.
+
+One call of the trunk yields the backbone's own logits and the feature maps at
+every attach point; each head turns its feature map into logits. ``forward``
+stacks them as ``[H, B, C]`` with head 0 the backbone's own ("public") head.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RULES = ("vote", "score", "public", "private")
+PUBLIC_HEAD = "public"
+
+
+def check_rule(rule: str) -> str:
+    """Return ``rule`` if it names a prediction rule, else raise a ValueError listing them."""
+    if rule not in RULES:
+        raise ValueError(f"unknown prediction rule {rule!r}; valid rules: {', '.join(RULES)}")
+    return rule
+
+
+def rule_scores(logits: torch.Tensor, rule: str, alpha: torch.Tensor) -> torch.Tensor:
+    """Per-class scores ``[B, C]`` of a decision rule over stacked head logits ``[H, B, C]``.
+
+    ``score`` is Algorithm 2 (alpha-weighted sum of softmaxes); ``vote`` is Algorithm 1:
+    the number of heads voting for each class, plus the normalised summed softmax as a
+    tie-break strictly below one vote, so ``argmax`` of these scores is the vote decision.
+    ``public`` is head 0 alone, ``private`` the aux heads' alpha-weighted softmax sum.
+    """
+    check_rule(rule)
+    if rule == "public":
+        return logits[0].softmax(-1)
+    if rule == "private":
+        if logits.shape[0] < 2:
+            raise ValueError("rule 'private' needs at least one aux head")
+        logits, alpha = logits[1:], alpha[1:]
+    probs = logits.softmax(-1)
+    weighted = (alpha.to(probs.dtype).view(-1, 1, 1) * probs).sum(0)
+    if rule in ("score", "private"):
+        return weighted
+    votes = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(probs.dtype).sum(0)
+    # The tie-break lies in [0, 0.5]: it orders classes with equal votes but never outranks a vote.
+    tie_break = 0.5 * weighted / weighted.sum(-1, keepdim=True).clamp_min(1e-12)
+    return votes + tie_break
+
+
+def rule_predict(logits: torch.Tensor, rule: str, alpha: torch.Tensor) -> torch.Tensor:
+    """Predicted labels ``[B]`` of a decision rule over stacked head logits ``[H, B, C]``."""
+    return rule_scores(logits, rule, alpha).argmax(-1)
+
+
+class AuxModel(nn.Module):
+    """A classifier with Aux Block heads.
+
+    Args:
+        trunk: module mapping normalised input to ``{"output": logits, name: feature, ...}``
+            in one pass (an fx-rewritten backbone, or a forward-hook wrapper).
+        heads: one module per attach point, each mapping its adapted feature map to logits.
+        attach_points: attach-point names, in the order of ``heads``.
+        backbone: the untouched backbone taking [0, 1] pixels (shares weights with the trunk).
+        normalize: input normalisation applied before the trunk (identity if None).
+        adapters: per attach point, a module turning the raw feature into an NCHW map.
+        alpha: per-head weights, backbone first (default: all ones).
+        spec: the JSON-able surgery spec used to rebuild the model from a checkpoint.
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        heads: Sequence[nn.Module],
+        attach_points: Sequence[str],
+        backbone: nn.Module,
+        normalize: nn.Module | None = None,
+        adapters: Sequence[nn.Module] | None = None,
+        alpha: Sequence[float] | None = None,
+        spec: dict | None = None,
+    ):
+        super().__init__()
+        if len(heads) != len(attach_points):
+            raise ValueError(f"{len(heads)} heads for {len(attach_points)} attach points")
+        self.trunk = trunk
+        self.normalize = normalize if normalize is not None else nn.Identity()
+        self.adapters = nn.ModuleList(adapters if adapters is not None else [nn.Identity() for _ in heads])
+        self.heads = nn.ModuleList(heads)
+        self.attach_points = list(attach_points)
+        # Kept out of the module tree: its weights are the trunk's, and registering it would
+        # duplicate every key of the state dict.
+        self.__dict__["_backbone"] = backbone
+        num_heads = len(heads) + 1
+        alpha = [1.0] * num_heads if alpha is None else list(alpha)
+        if len(alpha) != num_heads:
+            raise ValueError(f"alpha has {len(alpha)} weights for {num_heads} heads (backbone first)")
+        if any(a < 0 for a in alpha):
+            raise ValueError(f"alpha weights must be >= 0, got {alpha}")
+        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32))
+        self.spec = dict(spec or {})
+
+    @property
+    def head_names(self) -> list[str]:
+        """``["public", <attach point>, ...]``: the name of each row of ``forward``'s output."""
+        return [PUBLIC_HEAD, *self.attach_points]
+
+    @property
+    def num_heads(self) -> int:
+        """Number of heads, the backbone's own included."""
+        return len(self.heads) + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every head, stacked ``[H, B, num_classes]``; head 0 is the backbone's."""
+        features = self.trunk(self.normalize(x))
+        logits = [features["output"]]
+        for name, adapter, head in zip(self.attach_points, self.adapters, self.heads):
+            logits.append(head(adapter(features[name])))
+        return torch.stack([z.to(logits[0].dtype) for z in logits])
+
+    def scores(self, x: torch.Tensor, rule: str = "vote") -> torch.Tensor:
+        """Per-class scores ``[B, C]`` of ``rule`` (see :func:`rule_scores`)."""
+        return rule_scores(self(x), rule, self.alpha)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, rule: str = "vote") -> torch.Tensor:
+        """Predicted labels ``[B]`` under ``rule``: vote (Algorithm 1), score (Algorithm 2), public, private."""
+        return rule_predict(self(x), rule, self.alpha)
+
+    def public_model(self) -> nn.Module:
+        """The untouched backbone (takes [0, 1] pixels, shares weights): the static attacker's view."""
+        return self._backbone
+
+    def as_classifier(self, rule: str = "score") -> "RuleClassifier":
+        """A plain ``[B, C]`` classifier for third-party attack libraries (see :class:`RuleClassifier`)."""
+        return RuleClassifier(self, rule)
+
+
+class RuleClassifier(nn.Module):
+    """An AuxModel seen through one decision rule, as a ``[B, C]`` classifier.
+
+    Its output is the log of the rule's normalised scores, so libraries that apply
+    softmax or cross-entropy to "logits" get the rule's own probabilities back and
+    ``argmax`` is the rule's decision. For ``vote`` the scores are vote counts plus a
+    sub-vote tie-break: piecewise constant in the input, so gradient attacks on it get
+    (honestly) almost no signal; use it for decision-based or score-based attacks.
+    """
+
+    def __init__(self, aux_model: AuxModel, rule: str = "score"):
+        super().__init__()
+        self.aux_model = aux_model
+        self.rule = check_rule(rule)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.aux_model.scores(x, self.rule)
+        return (scores / scores.sum(-1, keepdim=True)).clamp_min(1e-12).log()
+
