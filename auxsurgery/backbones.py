@@ -146,7 +146,7 @@ def resolve_name(name: str) -> tuple[str, str]:
     for src, known in candidates.items():
         if bare in known:
             return src, bare
-    everything = [n for known in candidates.values() for n in known]
+    everything = list(dict.fromkeys(n for known in candidates.values() for n in known))
     close = difflib.get_close_matches(bare, everything, n=6, cutoff=0.6)
     hint = f" Close matches: {', '.join(close)}." if close else ""
     raise ValueError(f"unknown model {name!r}.{hint} See `auxsurgery models` or timm.list_models().")

@@ -179,7 +179,10 @@ def attach_aux_blocks(
         feature = first_tensor(outputs[point])
         if feature is None:
             raise ValueError(f"attach point {point!r} outputs no tensor")
-        layout = infer_layout(tuple(feature.shape), input_size[1:])
+        try:
+            layout = infer_layout(tuple(feature.shape), input_size[1:])
+        except ValueError as err:
+            raise ValueError(f"attach point {point!r}: {err}") from err
         layouts.append(layout)
         adapters.append(FeatureAdapter(layout))
         heads.append(build_head(factory, layout.shape, num_classes, point).to(param.device, param.dtype))

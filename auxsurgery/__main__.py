@@ -1,0 +1,4 @@
+"""``python -m auxsurgery`` runs the CLI."""
+from .cli import main
+
+main()

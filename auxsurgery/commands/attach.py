@@ -1,0 +1,136 @@
+"""``auxsurgery layers`` and ``auxsurgery attach``: inspect a backbone and perform the surgery."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..backbones import available_backbones, build_backbone
+from ..checkpoint import save
+from ..cost import head_costs
+from ..graph import list_attach_points
+from ..heads import list_heads
+from ..surgery import attach_aux_blocks, parse_input_size
+
+console = Console()
+
+
+def _fmt_shape(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _fmt_count(n: int) -> str:
+    """``74033152`` -> ``74.03M``: short enough for an 80-column table."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def describe_head(head) -> str:
+    """One line listing a head's layers, e.g. ``Conv3x3(64->64) > BatchNorm2d > ReLU > ...``."""
+    from torch import nn
+
+    parts = []
+    for module in head.modules():
+        if next(module.children(), None) is not None:
+            continue
+        if isinstance(module, nn.Conv2d):
+            k, s = module.kernel_size[0], module.stride[0]
+            parts.append(f"Conv{k}x{k}{'/' + str(s) if s > 1 else ''}({module.in_channels}->{module.out_channels})")
+        elif isinstance(module, nn.Linear):
+            parts.append(f"Linear({module.in_features}->{module.out_features})")
+        else:
+            parts.append(type(module).__name__)
+    return " > ".join(parts)
+
+
+def models(
+    pattern: str = typer.Argument("", help="Substring to filter names by."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a list."),
+):
+    """List buildable backbone names per source (auxsurgery, torchvision, timm).
+
+    Example: auxsurgery models convnext
+    """
+    found = {src: [n for n in names if pattern in n] for src, names in available_backbones().items()}
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    for src, names in found.items():
+        console.print(f"[bold]{src}[/bold] ({len(names)}): {', '.join(names)}")
+
+
+def layers(
+    model: str = typer.Argument(..., help="Model name: resnet18, timm:convnext_atto, lenet5, ..."),
+    input_size: Optional[str] = typer.Option(None, help="C x H x W, e.g. 3x32x32 (default: the model's own)"),
+    num_classes: int = typer.Option(10, help="Classes of the backbone's classifier."),
+    depth: int = typer.Option(2, help="Module-name depth to list (layer1 is 1, layer1.0 is 2)."),
+    all_nodes: bool = typer.Option(False, "--all", help="List every fx node, leaf ops included."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """List where Aux Blocks can attach, with output shape and stride.
+
+    Example: auxsurgery layers resnet18 --input-size 3x32x32
+    """
+    backbone = build_backbone(model, num_classes=num_classes)
+    size = parse_input_size(input_size) if input_size else backbone.default_input_size
+    points = list_attach_points(backbone.net, size, depth=None if all_nodes else depth)
+    if as_json:
+        typer.echo(json.dumps([p.to_dict() for p in points], indent=2))
+        return
+    table = Table(title=f"{model}: attach points at input {_fmt_shape(size)}")
+    for column in ("name", "kind", "output shape", "layout", "stride", "note"):
+        table.add_column(column)
+    for p in points:
+        note = "classifier" if p.in_classifier else ("" if p.layout else "no head layout")
+        stride = f"{p.stride:g}" if p.stride else "-"
+        table.add_row(p.name, p.kind, _fmt_shape(p.shape), p.layout.kind if p.layout else "-", stride, note)
+    console.print(table)
+
+
+def attach(
+    model: str = typer.Argument(..., help="Model name: resnet18, timm:convnext_atto, lenet5, ..."),
+    at: str = typer.Option("auto:3", help="Comma-separated attach points, or auto:K."),
+    num_classes: int = typer.Option(10, help="Number of classes."),
+    input_size: Optional[str] = typer.Option(None, help="C x H x W, e.g. 3x32x32 (default: the model's own)."),
+    head: str = typer.Option("default", help="Head preset, default:<width>, or one per point (comma-separated)."),
+    pretrained: bool = typer.Option(False, help="Start from the library's pretrained weights (downloads)."),
+    out: Optional[Path] = typer.Option(None, help="Save the AuxModel here (safetensors + surgery spec)."),
+    seed: int = typer.Option(0, help="Seed for the heads' initial weights."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+):
+    """Attach Aux Block heads to a backbone; print the heads and their cost.
+
+    Example: auxsurgery attach resnet18 --at layer1,layer2 --input-size 3x32x32 --out model.safetensors
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    heads = head.split(",") if "," in head else head
+    aux = attach_aux_blocks(model, at=at, num_classes=num_classes, input_size=input_size, head=heads,
+                            pretrained=pretrained)
+    costs = head_costs(aux)
+    saved = str(save(aux, out)) if out else None
+    if as_json:
+        typer.echo(json.dumps({"spec": aux.spec, "costs": [c.to_dict() for c in costs], "saved": saved}, indent=2))
+        return
+    table = Table(title=f"{model} + {len(aux.heads)} Aux Blocks at input {_fmt_shape(aux.spec['input_size'])}")
+    for column in ("head", "feature", "layout", "params", "% params", "FLOPs", "% FLOPs"):
+        table.add_column(column, justify="right" if column != "head" else "left")
+    layouts = [None, *aux.spec["layouts"]]
+    for cost, layout in zip(costs, layouts):
+        feature = f"{layout['channels']}x{layout['height']}x{layout['width']}" if layout else "-"
+        table.add_row(cost.name, feature, layout["kind"] if layout else "-", _fmt_count(cost.params),
+                      f"{cost.params_ratio:.1%}", _fmt_count(cost.flops), f"{cost.flops_ratio:.1%}")
+    total = sum(c.flops_ratio for c in costs[1:])
+    table.caption = f"all heads: {total:.1%} of the backbone's FLOPs; presets: {', '.join(list_heads())}"
+    console.print(table)
+    for name, module in zip(aux.attach_points, aux.heads):
+        console.print(f"[bold]{name}[/bold]: {describe_head(module)}")
+    if saved:
+        console.print(f"saved to {saved}")

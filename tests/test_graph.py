@@ -1,0 +1,70 @@
+"""Attach-point discovery, layout inference, automatic placement and state preservation."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from auxsurgery import build_backbone, list_attach_points
+from auxsurgery.graph import Layout, auto_points, infer_layout, preserved_state
+
+
+def test_resnet18_points_have_shapes_strides_and_classifier_flag():
+    points = {p.name: p for p in list_attach_points(torchvision.models.resnet18(num_classes=10), (3, 32, 32), depth=1)}
+    assert points["layer1"].shape == (64, 8, 8) and points["layer1"].stride == 4
+    assert points["layer3"].shape == (256, 2, 2) and points["layer3"].stride == 16
+    assert points["layer1"].kind == "block" and points["relu"].kind == "layer" and points["flatten"].kind == "op"
+    assert points["fc"].in_classifier and not points["layer4"].in_classifier
+    names = list(points)
+    assert names.index("layer1") < names.index("layer2") < names.index("fc")
+
+
+def test_depth_limits_names_and_none_lists_leaf_ops():
+    net = torchvision.models.resnet18(num_classes=10)
+    shallow = {p.name for p in list_attach_points(net, (3, 32, 32), depth=1)}
+    everything = {p.name for p in list_attach_points(net, (3, 32, 32), depth=None)}
+    assert "layer1.0" not in shallow and "layer1.0" in everything
+    assert "layer1.0.add" in everything and shallow < everything
+
+
+@pytest.mark.parametrize("shape,expected", [
+    ((2, 64, 8, 8), Layout("nchw", 64, 8, 8)),
+    ((2, 8, 8, 96), Layout("nhwc", 96, 8, 8)),
+    ((2, 8, 8, 8), Layout("nchw", 8, 8, 8)),            # ambiguous: NCHW wins
+    ((2, 197, 192), Layout("tokens", 192, 14, 14, 1)),  # ViT with a class token
+    ((2, 196, 768), Layout("tokens", 768, 14, 14, 0)),  # Mixer
+    ((2, 201, 64), Layout("tokens", 64, 14, 14, 5)),    # class + 4 register tokens
+    ((2, 512), Layout("flat", 512, 1, 1)),
+])
+def test_infer_layout(shape, expected):
+    assert infer_layout(shape, (224, 224) if len(shape) == 3 else (32, 32)) == expected
+
+
+def test_infer_layout_rejects_what_is_not_a_grid():
+    with pytest.raises(ValueError, match="token grid"):
+        infer_layout((2, 768, 196), (224, 224))  # Mixer's transposed token-mixing branch
+    with pytest.raises(ValueError, match="unsupported feature shape"):
+        infer_layout((2,), (32, 32))
+
+
+@pytest.mark.parametrize("name,size,expected", [
+    ("torchvision:resnet18", (3, 32, 32), ["layer1", "layer2", "layer3"]),
+    ("torchvision:convnext_tiny", (3, 64, 64), ["features.1", "features.3", "features.5"]),
+    ("timm:vit_tiny_patch16_224", (3, 224, 224), ["blocks.0", "blocks.4", "blocks.7"]),
+    ("vgg16_cifar", (3, 32, 32), ["features.1", "features.4", "features.8"]),
+])
+def test_auto_points_pick_early_stage_outputs(name, size, expected):
+    net = build_backbone(name, num_classes=10).net
+    assert auto_points(list_attach_points(net, size, depth=None), 3) == expected
+
+
+def test_preserved_state_restores_modes_and_batchnorm_statistics():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    net[0].eval()
+    before = net[1].running_mean.clone()
+    with pytest.raises(RuntimeError):
+        with preserved_state(net):
+            net.train()
+            net(torch.rand(4, 3, 8, 8) * 10)
+            raise RuntimeError("tracing failed")
+    assert torch.equal(net[1].running_mean, before)
+    assert net.training and not net[0].training and net[1].training
