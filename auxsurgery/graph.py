@@ -106,6 +106,20 @@ def build_trunk(net: nn.Module, points: list[str], nodes: list[str]) -> nn.Modul
         )
 
 
+def match_graph_to_mode(trunk: nn.Module) -> None:
+    """Make an fx trunk run the graph of its current mode (train or eval).
+
+    torchvision's ``DualGraphModule`` swaps graphs only inside ``train()``; code that
+    restores ``module.training`` flags directly (as state-restoring context managers do)
+    would leave the other mode's graph in place, with dropout or stochastic depth baked
+    in or out. Checking identity per forward is cheap; the swap recompiles only on change.
+    """
+    if isinstance(trunk, feature_extraction.DualGraphModule):
+        expected = trunk.train_graph if trunk.training else trunk.eval_graph
+        if trunk.graph is not expected:
+            trunk.graph = expected
+
+
 class HookTrunk(nn.Module):
     """Fallback trunk for untraceable networks: forward hooks on named modules.
 

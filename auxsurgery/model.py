@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .graph import match_graph_to_mode
+
 RULES = ("vote", "score", "public", "private")
 PUBLIC_HEAD = "public"
 
@@ -111,6 +113,7 @@ class AuxModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every head, stacked ``[H, B, num_classes]``; head 0 is the backbone's."""
+        match_graph_to_mode(self.trunk)
         features = self.trunk(self.normalize(x))
         logits = [features["output"]]
         for name, adapter, head in zip(self.attach_points, self.adapters, self.heads):

@@ -45,6 +45,13 @@ def test_public_head_is_bit_identical_and_all_heads_train(name, size, at):
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+class TracedDropout(nn.Module):
+    """Dropout whose mode fx bakes into the graph (timm's drop_path works this way)."""
+
+    def forward(self, x):
+        return nn.functional.dropout(x, 0.5, self.training)
+
+
 def test_one_trunk_pass_per_forward():
     backbone = build_backbone("resnet18", num_classes=10)
     aux = attach_aux_blocks(backbone, at="layer1,layer2", input_size=(3, 32, 32)).eval()
@@ -56,13 +63,24 @@ def test_one_trunk_pass_per_forward():
 
 def test_train_and_eval_graphs_follow_mode():
     # Dropout must be active in train mode and off in eval mode, as in the original network.
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(8 * 8 * 8, 4))
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), TracedDropout(), nn.Flatten(), nn.Linear(8 * 8 * 8, 4))
     aux = attach_aux_blocks(net, at="1", input_size=(3, 8, 8))
     x = torch.rand(4, 3, 8, 8)
     aux.eval()
     assert torch.equal(aux(x)[0], aux(x)[0])
     aux.train()
     assert not torch.equal(aux(x)[0], aux(x)[0])
+
+
+def test_graph_follows_training_flags_set_directly():
+    # State-restoring helpers set module.training without calling train(); the trunk must follow.
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), TracedDropout(), nn.Flatten(), nn.Linear(8 * 8 * 8, 4))
+    aux = attach_aux_blocks(net, at="1", input_size=(3, 8, 8)).train()
+    aux.eval()
+    for module in aux.modules():
+        module.training = True
+    x = torch.rand(4, 3, 8, 8)
+    assert not torch.equal(aux(x)[0], aux(x)[0]), "eval graph (no dropout) still in use in train mode"
 
 
 def test_attach_keeps_mode_and_batchnorm_statistics():
