@@ -101,6 +101,12 @@ class AuxModel(nn.Module):
         self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32))
         self.spec = dict(spec or {})
 
+    def train(self, mode: bool = True) -> "AuxModel":
+        """Set train/eval mode here and on the public backbone, whose root is outside this module tree."""
+        super().train(mode)
+        self._backbone.train(mode)
+        return self
+
     @property
     def head_names(self) -> list[str]:
         """``["public", <attach point>, ...]``: the name of each row of ``forward``'s output."""
@@ -152,6 +158,9 @@ class RuleClassifier(nn.Module):
         super().__init__()
         self.aux_model = aux_model
         self.rule = check_rule(rule)
+        # A fresh module defaults to train mode; libraries that restore "the model's mode"
+        # afterwards would then leave the AuxModel training.
+        self.training = aux_model.training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.aux_model.scores(x, self.rule)

@@ -52,6 +52,15 @@ class TracedDropout(nn.Module):
         return nn.functional.dropout(x, 0.5, self.training)
 
 
+def test_mode_reaches_the_public_backbone_root():
+    # GoogLeNet returns a namedtuple with aux logits when its root module is in train mode.
+    backbone = build_backbone("googlenet", num_classes=10).train()
+    aux = attach_aux_blocks(backbone, at="inception3a", input_size=(3, 64, 64)).eval()
+    assert not backbone.training and not backbone.net.training
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(aux(x)[0], aux.public_model()(x))
+
+
 def test_one_trunk_pass_per_forward():
     backbone = build_backbone("resnet18", num_classes=10)
     aux = attach_aux_blocks(backbone, at="layer1,layer2", input_size=(3, 32, 32)).eval()

@@ -1,0 +1,29 @@
+"""FGSM: one gradient-sign step of size eps (Goodfellow et al. 2015)."""
+from __future__ import annotations
+
+from torch import nn
+
+from .objectives import Objective
+from .pgd import PGD
+
+
+class FGSM(PGD):
+    """The fast gradient sign method: ``x + eps * sign(grad)``, clipped to [0, 1].
+
+    One PGD step of length eps from the clean input; with ``norm="l2"`` it is the fast
+    gradient method (a step along the normalised gradient). With ``objective="joint"``
+    on an AuxModel it is the paper's Adp-FGSM.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: str | Objective = "public",
+        eps: float = 8 / 255,
+        norm: str = "linf",
+        rule: str = "vote",
+        targeted: bool = False,
+        kappa: float = 0.0,
+    ):
+        super().__init__(model, objective, eps, norm, steps=1, step_size=eps, random_start=False,
+                         rule=rule, targeted=targeted, kappa=kappa)

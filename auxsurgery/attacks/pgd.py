@@ -1,0 +1,64 @@
+"""PGD: projected gradient ascent in an L-inf or L2 ball (Madry et al. 2018)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Attack
+from .objectives import Objective
+
+
+class PGD(Attack):
+    """Projected gradient ascent on the objective, with random start and restarts.
+
+    Each step is one forward and one backward pass: ``x <- P(x + step_size * d)`` with
+    ``d`` the sign of the gradient (L-inf) or the normalised gradient (L2) and ``P`` the
+    projection onto the eps ball and [0, 1]. A run returns its last iterate; with
+    ``restarts > 1`` every sample keeps the worst case over runs, judged by the decision
+    rule (see :meth:`Attack.best_of_restarts`).
+
+    Args:
+        steps: gradient steps per run.
+        step_size: step length (default ``2.5 * eps / steps``, Madry et al.'s choice).
+        random_start: start each run from a uniformly random point of the ball.
+        restarts: runs per sample; each needs ``random_start``.
+        (others: see :class:`Attack`)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: str | Objective = "public",
+        eps: float = 8 / 255,
+        norm: str = "linf",
+        steps: int = 10,
+        step_size: float | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        rule: str = "vote",
+        seed: int | None = None,
+        targeted: bool = False,
+        kappa: float = 0.0,
+    ):
+        super().__init__(model, objective, eps, norm, rule, seed, targeted, kappa)
+        if steps < 1 or restarts < 1:
+            raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+        if restarts > 1 and not random_start:
+            raise ValueError("restarts > 1 need random_start=True (otherwise every run is the same)")
+        if step_size is not None and step_size < 0:
+            raise ValueError(f"step_size must be >= 0, got {step_size}")
+        self.steps = steps
+        self.step_size = 2.5 * eps / steps if step_size is None else step_size
+        self.random_start = random_start
+        self.restarts = restarts
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.best_of_restarts(x, y, self.restarts, self._run)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ball = self.ball(x)
+        x_adv = ball.random_point(self.generator) if self.random_start else x
+        for _ in range(self.steps):
+            _, grad, _ = self.loss_and_grad(x_adv, y)
+            x_adv = ball.step(x_adv, grad, self.step_size)
+        return x_adv

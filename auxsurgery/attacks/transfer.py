@@ -1,0 +1,31 @@
+"""Transfer attack: craft on a surrogate model, evaluate on the target (black-box threat model)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Attack
+
+
+class Transfer(Attack):
+    """Adversarial examples crafted by ``attack`` on its own (surrogate) model, scored on ``model``.
+
+    The target is never queried while crafting; :meth:`success` (and the shared
+    :func:`~auxsurgery.attacks.base.is_adversarial`) judge the examples by the target's
+    decision ``rule``. The budget, norm and targeting are the crafting attack's.
+    Example: ``Transfer(aux_model, PGD(other_net, eps=8/255))``, or the paper's static
+    adversary ``Transfer(aux_model, PGD(aux_model.public_model()))``.
+    """
+
+    eps_optional = True
+
+    def __init__(self, model: nn.Module, attack: Attack, rule: str = "vote"):
+        super().__init__(model, objective=None, eps=attack.eps, norm=attack.norm, rule=rule,
+                         targeted=attack.targeted)
+        self.attack = attack
+
+    def __repr__(self) -> str:
+        return f"Transfer({self.attack!r}, rule={self.rule!r})"
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.attack(x, y)

@@ -1,0 +1,140 @@
+"""Cross-checks against torchattacks and foolbox on the same models and inputs."""
+import foolbox
+import pytest
+import torch
+import torchattacks
+
+from attack_helpers import (  # noqa: F401  (single_thread is an autouse fixture)
+    CLASSES, dataset, plain_model, single_thread, trained_aux_model, trained_plain_model,
+)
+from auxsurgery.attacks import APGD, FGSM, PGD, Boundary, Square, is_adversarial
+from auxsurgery.model import rule_predict
+
+
+def accuracy(model, x_adv, y):
+    with torch.no_grad():
+        return (model(x_adv).argmax(1) == y).float().mean().item()
+
+
+@pytest.mark.parametrize("model", [plain_model, trained_plain_model], ids=["untrained", "trained"])
+def test_pgd_matches_torchattacks(model):
+    model = model()
+    x, y = dataset(32, seed=12)
+    ours = PGD(model, eps=8 / 255, step_size=2 / 255, steps=10, random_start=False)(x, y)
+    theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=False)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    assert (ours != x).any()
+
+
+def test_l2_pgd_matches_torchattacks():
+    # Untrained: torchattacks normalises the gradient of the batch-mean loss with a 1e-10
+    # guard, which shrinks its steps where a confident model's gradient is below ~1e-8.
+    model = plain_model()
+    x, y = dataset(32, seed=12)
+    ours = PGD(model, eps=0.5, norm="l2", step_size=0.1, steps=10, random_start=False)(x, y)
+    theirs = torchattacks.PGDL2(model, eps=0.5, alpha=0.1, steps=10, random_start=False)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_targeted_pgd_matches_torchattacks():
+    model = trained_plain_model()
+    x, y = dataset(32, seed=13)
+    target = (y + 1) % CLASSES
+    ours = PGD(model, eps=0.1, step_size=0.02, steps=10, random_start=False, targeted=True)(x, target)
+    reference = torchattacks.PGD(model, eps=0.1, alpha=0.02, steps=10, random_start=False)
+    reference.set_mode_targeted_by_label(quiet=True)
+    torch.testing.assert_close(ours, reference(x, target), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [8 / 255, 0.2])
+def test_fgsm_matches_torchattacks(eps):
+    model = trained_plain_model()
+    x, y = dataset(32, seed=14)
+    torch.testing.assert_close(FGSM(model, eps=eps)(x, y), torchattacks.FGSM(model, eps=eps)(x, y),
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("objective, loss, norm, eps", [
+    ("public", "ce", "linf", 0.08), ("dlr-public", "dlr", "linf", 0.08), ("public", "ce", "l2", 0.6),
+])
+def test_apgd_robust_accuracy_matches_torchattacks(objective, loss, norm, eps):
+    model = trained_plain_model()
+    x, y = dataset(300, seed=20)
+    assert accuracy(model, x, y) > 0.97
+    ours = accuracy(model, APGD(model, objective, eps=eps, norm=norm, steps=20, seed=0)(x, y), y)
+    reference = torchattacks.APGD(model, eps=eps, norm=norm.capitalize(), steps=20, seed=0, loss=loss)
+    theirs = accuracy(model, reference(x, y), y)
+    assert 0 < ours < 1 and 0 < theirs < 1
+    assert abs(ours - theirs) <= 0.02
+
+
+def test_square_is_more_query_efficient_than_torchattacks_on_gray_images():
+    model = trained_plain_model()
+    x, y = dataset(300, seed=20)
+    ours = accuracy(model, Square(model, eps=0.08, n_queries=200, seed=0)(x, y), y)
+    theirs = accuracy(model, torchattacks.Square(model, eps=0.08, n_queries=200, seed=0)(x, y), y)
+    assert 0 < ours < 1
+    # Redrawing a square that changes nothing wastes no query here, unlike torchattacks on
+    # one-channel images, so ours should be clearly stronger at equal queries.
+    assert ours <= theirs - 0.05
+
+
+def test_boundary_beats_foolbox_at_equal_queries():
+    model = trained_plain_model()
+    x, y = dataset(20, seed=21)
+    ours = Boundary(model, steps=250, seed=0)(x, y)  # two queries per step
+    _, theirs, found = foolbox.attacks.BoundaryAttack(steps=500)(
+        foolbox.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=None)
+    assert found.all() and is_adversarial(model, ours, y).all()
+    ours_median = (ours - x).flatten(1).norm(dim=1).median()
+    theirs_median = (theirs - x).flatten(1).norm(dim=1).median()
+    assert ours_median <= theirs_median
+
+
+# ---- AuxModel.as_classifier as a target for third-party attacks ------------------------
+
+
+@pytest.fixture
+def classifier():
+    # RuleClassifier is a fresh nn.Module (training mode by default): evaluate it as a classifier.
+    return trained_aux_model().as_classifier("score").eval()
+
+
+def test_as_classifier_outputs_the_rules_log_probabilities(classifier):
+    model = trained_aux_model()
+    x, y = dataset(32, seed=30)
+    with torch.no_grad():
+        log_probs = classifier(x)
+        torch.testing.assert_close(log_probs.logsumexp(1), torch.zeros(32), atol=1e-5, rtol=0)
+        assert torch.equal(log_probs.argmax(1), rule_predict(model(x), "score", model.alpha))
+
+
+def test_foolbox_pgd_on_the_score_classifier_equals_ours_on_the_ensemble_objective(classifier):
+    # CE on the classifier's log-probabilities is our "ensemble" objective: same trajectory.
+    model = trained_aux_model()
+    x, y = dataset(64, seed=30)
+    attack = foolbox.attacks.LinfPGD(abs_stepsize=0.01, steps=10, random_start=False)
+    _, theirs, success = attack(foolbox.PyTorchModel(classifier, bounds=(0, 1)), x, y, epsilons=0.08)
+    ours = PGD(model, "ensemble", eps=0.08, step_size=0.01, steps=10, random_start=False, rule="score")(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert 0 < success.float().mean() < 1
+    assert torch.equal(success, is_adversarial(model, ours, y, "score"))
+
+
+def test_autoattack_runs_on_the_score_classifier_and_agrees_with_ours(classifier):
+    model = trained_aux_model()
+    x, y = dataset(64, seed=30)
+    autoattack = torchattacks.AutoAttack(classifier, norm="Linf", eps=0.08, version="standard",
+                                         n_classes=CLASSES, seed=0)
+    for attack in autoattack._autoattack.attacks:  # a reduced budget, to keep the test fast
+        if hasattr(attack, "steps"):
+            attack.steps = 10
+        if hasattr(attack, "n_queries"):
+            attack.n_queries = 100
+    robust_theirs = accuracy(classifier, autoattack(x, y), y)
+    robust_ours = accuracy(classifier, APGD(model, "ensemble", eps=0.08, steps=10, rule="score", seed=0)(x, y), y)
+    assert accuracy(classifier, x, y) > 0.95
+    assert 0 < robust_theirs < 0.8
+    # AutoAttack adds targeted APGD, FAB and Square on top of APGD-CE: at least as strong.
+    assert robust_theirs <= robust_ours + 0.02
+    assert abs(robust_ours - robust_theirs) <= 0.1

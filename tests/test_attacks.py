@@ -1,0 +1,309 @@
+"""Attacks: threat-model bounds, model hygiene, repeatability, cost per step, success by the rule."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attack_helpers import (  # noqa: F401  (single_thread is an autouse fixture)
+    SHAPE, aux_model, count_forwards, dataset, plain_model, single_thread, trained_aux_model,
+    trained_plain_model,
+)
+from auxsurgery.attacks import APGD, CW, FGSM, PGD, Attack, Boundary, Square, Transfer, is_adversarial
+from auxsurgery.model import rule_predict
+
+NUMEL = math.prod(SHAPE)
+
+# Every attack, small enough for property tests: (norms it supports, factory(model, eps, norm, seed)).
+ATTACKS = {
+    "FGSM": (("linf", "l2"), lambda m, eps, norm, seed: FGSM(m, eps=eps, norm=norm)),
+    "PGD": (("linf", "l2"), lambda m, eps, norm, seed: PGD(m, "joint", eps=eps, norm=norm, steps=3,
+                                                          restarts=2, seed=seed)),
+    "APGD": (("linf", "l2"), lambda m, eps, norm, seed: APGD(m, "dlr-ensemble", eps=eps, norm=norm, steps=5,
+                                                            restarts=2, seed=seed)),
+    "CW": (("l2",), lambda m, eps, norm, seed: CW(m, "vote-margin", eps=eps, steps=5, search_steps=2, lr=0.1)),
+    "Square": (("linf",), lambda m, eps, norm, seed: Square(m, "vote-margin", eps=eps, n_queries=20, seed=seed)),
+    "Boundary": (("l2",), lambda m, eps, norm, seed: Boundary(m, eps=eps, steps=10, init_trials=5, seed=seed)),
+    "Transfer": (("linf", "l2"), lambda m, eps, norm, seed: Transfer(
+        m, PGD(plain_model(seed=1), eps=eps, norm=norm, steps=2, seed=seed))),
+}
+
+
+def _state(model):
+    return ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()])
+
+
+def assert_in_threat_model(x_adv, x, eps, norm):
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    delta = x_adv.double() - x.double()
+    if norm == "linf":
+        # Exact, in the input's dtype and in float64.
+        assert (x_adv - x).abs().max() <= eps
+        assert delta.abs().max() <= eps
+    else:
+        assert delta.flatten(1).norm(dim=1).max() <= eps + 1e-6
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(sorted(ATTACKS)),
+    norm=st.sampled_from(["linf", "l2"]),
+    eps_fraction=st.floats(0.001, 1.0),
+    seed=st.integers(0, 2**31 - 1),
+    use_aux=st.booleans(),
+)
+def test_outputs_stay_in_threat_model_and_leave_model_and_inputs_untouched(
+        name, norm, eps_fraction, seed, use_aux):
+    norms, make = ATTACKS[name]
+    norm = norm if norm in norms else norms[0]
+    eps = eps_fraction * (1.0 if norm == "linf" else math.sqrt(NUMEL))
+    model = aux_model(seed=seed % 3) if use_aux else plain_model(seed=seed % 3)
+    # A mixed state the attack must hand back exactly: training, one frozen submodule, one frozen weight.
+    model.train()
+    next(model.children()).eval()
+    next(model.parameters()).requires_grad_(False)
+    before = _state(model)
+    x, y = dataset(4, seed=seed)
+    x_before = x.clone()
+
+    x_adv = make(model, eps, norm, seed)(x, y)
+
+    assert_in_threat_model(x_adv, x, eps, norm)
+    assert torch.equal(x, x_before)
+    assert _state(model) == before
+
+
+def test_state_is_restored_when_the_attack_raises():
+    model = aux_model()
+    model.train()
+    before = _state(model)
+    with count_forwards(model) as calls:
+        def explode(_module, _inputs):
+            if calls[0] == 3:
+                raise RuntimeError("boom")
+
+        model.register_forward_pre_hook(explode)
+        with pytest.raises(RuntimeError, match="boom"):
+            PGD(model, steps=10)(*dataset(4))
+    assert calls[0] == 3 and _state(model) == before and model.training
+
+
+def test_the_model_runs_in_eval_mode_without_parameter_gradients():
+    model = aux_model()
+    model.train()
+    seen = []
+    model.register_forward_pre_hook(
+        lambda m, _: seen.append((m.training, any(p.requires_grad for p in m.parameters()))))
+    PGD(model, steps=2)(*dataset(4))
+    assert seen == [(False, False)] * 2 and model.training
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("make, forwards", [
+    (lambda m: FGSM(m), 1),
+    (lambda m: PGD(m, "joint", steps=7), 7),
+    (lambda m: APGD(m, "ensemble", steps=9), 10),  # one forward at the random start
+    (lambda m: CW(m, steps=4, search_steps=2), 8),
+])
+def test_one_trunk_pass_per_step(make, forwards):
+    # The AuxModel yields every head from one trunk pass: the backbone never runs twice a step.
+    model = aux_model()
+    with count_forwards(model.trunk) as trunk_calls:
+        make(model)(*dataset(4))
+    assert trunk_calls[0] == forwards
+
+
+def test_seeds_repeat_runs_and_leave_the_global_rng_alone():
+    model = trained_aux_model()
+    x, y = dataset(8, seed=3)
+    rng = torch.get_rng_state()
+    first = PGD(model, eps=0.1, steps=3, seed=5)(x, y)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(PGD(model, eps=0.1, steps=3, seed=5)(x, y), first)
+    assert not torch.equal(PGD(model, eps=0.1, steps=3, seed=6)(x, y), first)
+    assert torch.equal(Square(model, eps=0.1, n_queries=30, seed=5)(x, y),
+                       Square(model, eps=0.1, n_queries=30, seed=5)(x, y))
+
+
+@pytest.mark.parametrize("rule", ["vote", "score", "public", "private"])
+def test_is_adversarial_uses_the_decision_rule(rule):
+    model = trained_aux_model()
+    x, y = dataset(64, seed=4)
+    x_adv = PGD(model, "head:1", eps=0.12, steps=5, seed=0)(x, y)
+    with torch.no_grad():
+        expected = rule_predict(model(x_adv), rule, model.alpha) != y
+    assert torch.equal(is_adversarial(model, x_adv, y, rule), expected)
+
+
+def test_rules_disagree_on_attacks_aimed_at_one_head():
+    # Fooling head 0 (the static adversary) fools the vote less often: the paper's point.
+    model = trained_aux_model()
+    x, y = dataset(128, seed=4)
+    x_adv = PGD(model, "public", eps=0.09, steps=10, seed=0)(x, y)
+    public = is_adversarial(model, x_adv, y, "public").float().mean()
+    vote = is_adversarial(model, x_adv, y, "vote").float().mean()
+    assert public > vote
+
+
+def test_restarts_only_add_successes():
+    model = trained_plain_model()
+    x, y = dataset(64, seed=5)
+    for attack in (PGD, APGD):
+        one = attack(model, eps=0.07, steps=5, seed=1)
+        three = attack(model, eps=0.07, steps=5, restarts=3, seed=1)
+        fooled_one, fooled_three = one.success(one(x, y), y), three.success(three(x, y), y)
+        # The first restart replays the single run (same seed): restarts can only add to it.
+        assert (fooled_three | ~fooled_one).all()
+        assert fooled_three.sum() >= fooled_one.sum()
+
+
+def test_adaptive_objectives_hit_what_they_aim_at():
+    model = trained_aux_model()
+    x, y = dataset(128, seed=4)
+    assert not is_adversarial(model, x, y).any()
+
+    def fooled(objective, rule):
+        attack = PGD(model, objective, eps=0.09, steps=10, seed=0)
+        return is_adversarial(model, attack(x, y), y, rule).float().mean()
+
+    # Adp-PGD (joint) reaches the aux heads that the static attack misses...
+    assert fooled("joint", "private") > fooled("public", "private") + 0.05
+    # ...and the vote surrogate fools the majority vote more than the static attack does.
+    assert fooled("vote-margin", "vote") > fooled("public", "vote") + 0.03
+
+
+def test_targeted_attacks_reach_the_target():
+    model = trained_plain_model()
+    x, y = dataset(32, seed=7)
+    target = (y + 1) % 4
+    for attack in (PGD(model, eps=0.3, steps=20, targeted=True, seed=0),
+                   CW(model, steps=30, lr=0.05, targeted=True),
+                   Square(model, eps=0.3, n_queries=300, targeted=True, seed=0)):
+        x_adv = attack(x, target)
+        assert (model(x_adv).argmax(1) == target).float().mean() >= 0.9, attack
+
+
+def test_cw_finds_small_adversarials_and_returns_clean_inputs_when_it_fails():
+    model = trained_plain_model()
+    x, y = dataset(32, seed=8)
+    x_adv = CW(model, steps=50, lr=0.05, search_steps=4)(x, y)
+    changed = (x_adv != x).flatten(1).any(1)
+    fooled = model(x_adv).argmax(1) != y
+    assert fooled.float().mean() >= 0.9
+    assert torch.equal(changed, fooled)  # what it returns either fools or is untouched
+    # Minimum-norm: much closer than the PGD-L2 budget that fools the same samples.
+    pgd = PGD(model, eps=3.0, norm="l2", steps=20, seed=0)
+    assert (model(pgd(x, y)).argmax(1) != y).float().mean() >= 0.9
+    assert (x_adv - x).flatten(1).norm(dim=1)[fooled].median() < 3.0
+
+
+def test_square_needs_no_gradients():
+    class NoGrad(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        @torch.no_grad()
+        def forward(self, x):
+            return self.model(x)
+
+    model = NoGrad(trained_plain_model())
+    x, y = dataset(32, seed=9)
+    with pytest.raises(RuntimeError):  # gradient attacks cannot run on it...
+        PGD(model, eps=0.15)(x, y)
+    x_adv = Square(model, eps=0.15, n_queries=200, seed=0)(x, y)  # ...the score-based one can
+    assert is_adversarial(model, x_adv, y).float().mean() > 0.5
+
+
+def test_boundary_walks_towards_the_input():
+    model = trained_plain_model()
+    x, y = dataset(16, seed=10)
+    start = Boundary(model, steps=0, seed=0)(x, y)
+    walked = Boundary(model, steps=150, seed=0)(x, y)
+    assert is_adversarial(model, start, y).all() and is_adversarial(model, walked, y).all()
+    dist_start = (start - x).flatten(1).norm(dim=1)
+    dist_walked = (walked - x).flatten(1).norm(dim=1)
+    assert (dist_walked <= dist_start + 1e-6).all()
+    assert dist_walked.median() < 0.8 * dist_start.median()
+
+
+def test_transfer_crafts_on_the_surrogate_and_judges_on_the_target():
+    target = trained_aux_model()
+    x, y = dataset(16, seed=11)
+    # The paper's static adversary: PGD on the public backbone, judged by the vote.
+    transfer = Transfer(target, PGD(target.public_model(), eps=0.1, steps=5, seed=0))
+    with count_forwards(target) as target_calls:
+        x_adv = transfer(x, y)
+    assert target_calls[0] == 0
+    # Same examples as attacking the AuxModel through its public head (one trunk pass).
+    assert torch.equal(x_adv, PGD(target, "public", eps=0.1, steps=5, seed=0)(x, y))
+    assert torch.equal(transfer.success(x_adv, y), is_adversarial(target, x_adv, y, "vote"))
+
+
+# ---- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(eps=-0.1), r"eps must lie in \[0, 1\]"),
+    (dict(eps=1.5), r"eps must lie in \[0, 1\]"),
+    (dict(eps=0.0, norm="l2"), "l2 eps must be > 0"),
+    (dict(objective="adaptive"), "valid objectives: public, ensemble, joint"),
+    (dict(norm="l1"), "supports norm"),
+    (dict(rule="majority"), "valid rules: vote, score"),
+    (dict(steps=0), "steps and restarts must be >= 1"),
+    (dict(restarts=2, random_start=False), "need random_start"),
+])
+def test_bad_configuration_is_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PGD(aux_model(), **kwargs)
+
+
+def test_attack_specific_configuration_errors():
+    with pytest.raises(ValueError, match=r"linf eps must lie in \[0, 1\]"):
+        Square(aux_model(), eps=1.5)
+    with pytest.raises(ValueError, match="l2 eps must be > 0"):
+        CW(aux_model(), eps=-1.0)
+    with pytest.raises(ValueError, match="no targeted form"):
+        PGD(aux_model(), "dlr-public", targeted=True)
+    with pytest.raises(ValueError, match="needs a perturbation budget"):
+        PGD(aux_model(), eps=None)
+    with pytest.raises(ValueError, match="at least one aux head"):
+        PGD(plain_model(), rule="private")
+
+
+@pytest.mark.parametrize("x_transform, match", [
+    (lambda x: x * 2 - 1, "normalisation belongs inside the model"),
+    (lambda x: x * 255, "normalisation belongs inside the model"),
+])
+def test_inputs_outside_the_pixel_box_are_refused(x_transform, match):
+    x, y = dataset(4)
+    with pytest.raises(ValueError, match=match):
+        PGD(aux_model())(x_transform(x), y)
+
+
+@pytest.mark.parametrize("labels", [
+    torch.zeros(3, dtype=torch.long), torch.zeros(4, 1, dtype=torch.long), torch.zeros(4), [0, 1, 2, 3],
+])
+def test_wrong_labels_are_refused(labels):
+    x, _ = dataset(4)
+    with pytest.raises(ValueError, match=r"labels must be an integer tensor of shape \(4,\)"):
+        FGSM(aux_model())(x, labels)
+
+
+def test_l2_budget_larger_than_the_box_is_refused():
+    x, y = dataset(4)
+    with pytest.raises(ValueError, match="exceeds sqrt"):
+        PGD(aux_model(), eps=math.sqrt(NUMEL) + 0.1, norm="l2")(x, y)
+
+
+def test_square_needs_images():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4))
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        Square(model, eps=0.1, n_queries=5)(torch.rand(3, 6), torch.zeros(3, dtype=torch.long))
+
+
+def test_base_class_is_abstract():
+    with pytest.raises(NotImplementedError):
+        Attack(plain_model())(*dataset(2))
