@@ -7,6 +7,7 @@ from .graph import list_attach_points
 from .heads import list_heads, register_head
 from .model import AuxModel, rule_predict, rule_scores
 from .surgery import attach_aux_blocks
+from .evaluation import run_suite, write_report
 
 __all__ = [
     "AuxModel",
@@ -21,5 +22,7 @@ __all__ = [
     "register_head",
     "rule_predict",
     "rule_scores",
+    "run_suite",
     "save",
+    "write_report",
 ]

@@ -6,6 +6,7 @@ import sys
 import typer
 
 from .commands import attach as attach_commands
+from .commands import attack as attack_commands
 
 app = typer.Typer(
     help="Attach Aux Block heads to timm/torchvision classifiers and measure their robustness honestly.\n\n"
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.command()(attach_commands.models)
 app.command()(attach_commands.layers)
 app.command()(attach_commands.attach)
+app.command()(attack_commands.attack)
 
 
 def main() -> None:

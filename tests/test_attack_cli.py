@@ -1,0 +1,103 @@
+"""`auxsurgery attack`: end to end on a tiny saved checkpoint, and its user errors."""
+import json
+import re
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from auxsurgery import attach_aux_blocks, save
+from auxsurgery.commands import attack as attack_command
+from auxsurgery.data import ImageTensorDataset
+from auxsurgery.evaluation import validate_results
+
+runner = CliRunner()
+app = typer.Typer(pretty_exceptions_enable=False)
+app.command()(attack_command.attack)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    aux = attach_aux_blocks("lenet5", at="pool1,pool2", num_classes=10, head="paper-mnist")
+    return save(aux, tmp_path_factory.mktemp("ckpt") / "lenet.safetensors")
+
+
+def write_data(path, x=None, y=None, **extra):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((12, 1, 28, 28), generator=g) if x is None else x
+    y = torch.randint(0, 10, (len(x),), generator=g) if y is None else y
+    torch.save({"x": x, "y": y, **extra}, path)
+    return str(path)
+
+
+def invoke(checkpoint, data, *args):
+    return runner.invoke(app, [str(checkpoint), "--data", data, "--quick", "--batch-size", "6", *args])
+
+
+def test_end_to_end_writes_the_report(checkpoint, tmp_path):
+    data = write_data(tmp_path / "test.pt", classes=[str(d) for d in range(10)])
+    out = tmp_path / "report"
+    result = invoke(checkpoint, data, "--suite", "static,adaptive,heads", "--preset", "mnist", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "worst case" in result.output and "Adp-PGD" in result.output
+    assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "transfer_heatmap.png"}
+    doc = json.loads((out / "results.json").read_text())
+    validate_results(doc)
+    assert doc["data"]["n"] == 12 and doc["settings"]["preset"]["name"] == "mnist"
+    assert doc["model"]["checkpoint"] == str(checkpoint) and doc["data"]["source"] == data
+    assert doc["model"]["head_names"] == ["public", "pool1", "pool2"]
+    assert [a["name"] for a in doc["attacks"] if a["suite"] == "adaptive"] == ["Adp-FGSM", "Adp-PGD"]
+    assert next(a for a in doc["attacks"] if a["name"] == "Adp-PGD")["threat"] == {"norm": "linf", "eps": 0.3}
+
+
+def test_json_output_is_the_results_document(checkpoint, tmp_path):
+    data = write_data(tmp_path / "test.pt")
+    result = invoke(checkpoint, data, "--suite", "adaptive", "--n", "6", "--eps", "0.1", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    validate_results(doc)
+    assert doc["data"]["n"] == 6 and doc["settings"]["preset"]["eps"] == 0.1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eps", "-0.1"], r"eps must lie in \[0, 1\]"),
+    (["--eps", "1.5"], r"eps must lie in \[0, 1\]"),
+    (["--suite", "static,bogus"], "unknown suite 'bogus'; valid suites: static, adaptive, strong, sweep, heads"),
+    (["--rules", "majority"], "unknown prediction rule 'majority'"),
+    (["--preset", "mnsit"], "unknown preset 'mnsit'; valid presets: mnist, cifar10, mini-imagenet"),
+])
+def test_bad_arguments_fail_clearly(checkpoint, tmp_path, args, message):
+    result = invoke(checkpoint, write_data(tmp_path / "test.pt"), *args)
+    assert result.exit_code != 0 and isinstance(result.exception, ValueError)
+    assert re.search(message, str(result.exception))
+
+
+@pytest.mark.parametrize("data_kwargs, message", [
+    (dict(x=torch.full((4, 1, 28, 28), 1.5)), r"pixels in \[0, 1\]"),
+    (dict(classes=["a", "b", "c", "d", "e"]), "the checkpoint has 10 classes but .* has 5"),
+    (dict(x=torch.rand(4, 3, 32, 32)), "inputs of size 1x28x28 but .* size 3x32x32"),
+    (dict(y=torch.full((12,), 11)), "labels span 11..11 but the model has 10 classes"),
+])
+def test_data_that_does_not_fit_fails_clearly(checkpoint, tmp_path, data_kwargs, message):
+    result = invoke(checkpoint, write_data(tmp_path / "bad.pt", **data_kwargs))
+    assert result.exit_code != 0 and isinstance(result.exception, ValueError)
+    assert re.search(message, str(result.exception))
+
+
+def test_named_dataset_with_other_classes_is_refused(checkpoint, monkeypatch):
+    images = torch.zeros((3, 1, 28, 28), dtype=torch.uint8)
+    hundred = ImageTensorDataset(images, torch.zeros(3), [f"c{i}" for i in range(100)])
+    monkeypatch.setattr(attack_command, "load_dataset", lambda name, root=None, train=True: hundred)
+    result = invoke(checkpoint, "cifar100")
+    assert isinstance(result.exception, ValueError)
+    assert "the checkpoint has 10 classes but cifar100 has 100 (c0, c1, c2, c3, c4, ...)" in str(result.exception)

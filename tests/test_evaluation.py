@@ -1,0 +1,290 @@
+"""Evaluation: suites judged by the real decision rule, worst case, sanity checks, presets and reports."""
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from auxsurgery import attach_aux_blocks
+from auxsurgery.evaluation import (
+    SCHEMA, AttackPlan, Budget, collect, get_preset, parse_suites, results_document, run_suite, validate_results,
+    worst_case, write_report,
+)
+
+CLASSES, SHAPE, EPS = 4, (1, 8, 8), 0.1
+QUICK = Budget.quick()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    # Tiny convolutions on a loaded 2-core machine run several times faster on one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def prototypes() -> torch.Tensor:
+    """One fixed image per class: the task is telling them apart under noise."""
+    return 0.25 + 0.5 * torch.rand((CLASSES, *SHAPE), generator=torch.Generator().manual_seed(1234))
+
+
+def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, CLASSES, (n,), generator=g)
+    return (prototypes()[y] + 0.15 * torch.randn((n, *SHAPE), generator=g)).clamp(0, 1), y
+
+
+class Net(nn.Module):
+    """A small CNN; ``relu1`` and ``relu2`` are where the aux heads attach."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.relu1 = nn.Conv2d(1, 8, 3, padding=1), nn.ReLU()
+        self.conv2, self.relu2 = nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU()
+        self.flatten, self.fc = nn.Flatten(), nn.Linear(8 * 16, CLASSES)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.relu2(self.conv2(self.relu1(self.conv1(x))))))
+
+
+def train(model: nn.Module, heads: int) -> nn.Module:
+    torch.manual_seed(0)
+    x, y = make_data(512, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(30):
+        i = torch.randint(0, len(x), (64,))
+        logits = model(x[i]).view(heads, 64, CLASSES)
+        loss = F.cross_entropy(logits.flatten(0, 1), y[i].repeat(heads))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def aux():
+    torch.manual_seed(0)
+    return train(attach_aux_blocks(Net(), at=["relu1", "relu2"], input_size=SHAPE, head="paper-mnist"), heads=3)
+
+
+@pytest.fixture(scope="module")
+def plain():
+    torch.manual_seed(0)
+    return train(Net(), heads=1)
+
+
+@pytest.fixture(scope="module")
+def test_data():
+    return make_data(48, seed=1)
+
+
+class Quantize(nn.Module):
+    """Bit-depth reduction (feature squeezing): round has zero gradient, so gradient attacks see nothing."""
+
+    def forward(self, x):
+        return torch.round(x * 8) / 8
+
+
+@pytest.fixture(scope="module")
+def masked(aux):
+    # The public backbone stays un-quantised: transfer from it works, as for a real masking defence.
+    model = copy.deepcopy(aux)
+    model.normalize = Quantize()
+    return model
+
+
+def suite(model, data, names, **kwargs):
+    return run_suite(model, data, suite=names, eps=EPS, budget=QUICK, batch_size=32, progress=False, **kwargs)
+
+
+# ---- presets and argument checks ---------------------------------------------------------------
+
+
+def test_presets_follow_the_paper_and_overrides_keep_the_step_ratio():
+    assert (get_preset("mnist").eps, get_preset("mnist").step_size, get_preset("mnist").steps) == (0.3, 0.1, 5)
+    assert get_preset("cifar10").eps == 8 / 255 and get_preset("CIFAR-10").step_size == 2 / 255
+    assert get_preset("mini-imagenet").eps == 10 / 255 and get_preset("miniimagenet").step_size == 3 / 255
+    assert get_preset("mnist").heads_steps == 2  # Table VI's two-iteration PGD
+    assert get_preset("mnist", eps=0.15).step_size == pytest.approx(0.05)
+    assert get_preset("somewhere-else").name == "default" and get_preset(None).eps == 8 / 255
+    assert get_preset("mnist", eps=0.2, step_size=0.01, steps=7).step_size == 0.01
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"eps must lie in \[0, 1\]"):
+            get_preset("mnist", eps=bad)
+
+
+def test_unknown_suite_raises_listing_the_valid_ones(aux, test_data):
+    assert parse_suites(" static, adaptive,static ") == ["static", "adaptive"]
+    with pytest.raises(ValueError, match="unknown suite 'strnog'.*static, adaptive, strong, sweep, heads"):
+        run_suite(aux, test_data, suite="static,strnog", progress=False)
+
+
+def test_inputs_outside_the_pixel_box_and_foreign_labels_are_refused(aux, test_data):
+    x, y = test_data
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\].*normalisation belongs inside the model"):
+        run_suite(aux, (x * 2 - 0.5, y), progress=False)
+    with pytest.raises(ValueError, match=r"labels span \d\.\.4 but the model has 4 classes"):
+        run_suite(aux, (x, torch.where(y == 0, 4, y)), progress=False)
+    with pytest.raises(ValueError, match="heads suite needs a model with aux heads"):
+        run_suite(nn.Sequential(nn.Flatten(), nn.Linear(64, CLASSES)), test_data, suite="heads", progress=False)
+
+
+def test_tensors_datasets_and_loaders_give_the_same_samples(test_data):
+    x, y = test_data
+    for data in (TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=7)):
+        x_got, y_got, source = collect(data, n=20)
+        assert torch.equal(x_got, x[:20]) and torch.equal(y_got, y[:20]) and source != "tensors"
+
+
+# ---- suites ---------------------------------------------------------------------------------------
+
+
+def test_undefended_model_is_broken_by_pgd(plain, test_data):
+    result = suite(plain, test_data, "adaptive")
+    clean = result.clean.accuracy("vote")
+    assert clean >= 0.9
+    adp_pgd = result.row("Adp-PGD")
+    # One head: every rule is the backbone's own decision.
+    assert adp_pgd.outcome.accuracy("vote") == adp_pgd.outcome.accuracy("public") == adp_pgd.outcome.head_accuracy()[0]
+    assert adp_pgd.outcome.accuracy("vote") <= clean - 0.5
+    assert adp_pgd.perturbation["linf_max"] <= EPS + 1e-7
+
+
+def test_rows_carry_every_rule_and_head_and_runs_repeat(aux, test_data):
+    first = suite(aux, test_data, "static,adaptive", seed=3)
+    again = suite(aux, test_data, "static,adaptive", seed=3)
+    assert [row.name for row in first.rows_of("static")] == ["PGD", "CW-L2", "Boundary"]
+    assert [row.name for row in first.rows_of("adaptive")] == ["Adp-FGSM", "Adp-PGD"]
+    for row, twin in zip(first.rows, again.rows):
+        assert set(row.outcome.rules) == {"vote", "score", "public", "private"}
+        assert row.outcome.heads.shape == (3, 48)
+        assert all(torch.equal(row.outcome.rules[r], twin.outcome.rules[r]) for r in row.outcome.rules)
+    static_pgd = first.row("PGD")
+    assert static_pgd.kind == "transfer" and static_pgd.config["crafted_on"] == "public"
+    # Crafted on the backbone, the static PGD hurts the public head more than the aux heads.
+    public, *aux_heads = static_pgd.outcome.head_accuracy()
+    assert public < max(aux_heads)
+
+
+class FoolClasses:
+    """A fake attack: samples of the chosen classes become the prototype of the next class."""
+
+    seed, norm = None, "linf"
+
+    def __init__(self, model, classes, eps=EPS):
+        self.classes, self.eps = torch.tensor(classes), eps
+
+    def __call__(self, x, y):
+        hit = torch.isin(y, self.classes).view(-1, 1, 1, 1)
+        return torch.where(hit, prototypes()[(y + 1) % CLASSES], x)
+
+
+def fake(name, classes):
+    return AttackPlan(name, "custom", lambda model: FoolClasses(model, classes), {"attack": "FoolClasses"})
+
+
+def test_success_is_judged_by_the_defended_models_own_rules(aux, test_data):
+    result = run_suite(aux, test_data, suite=[], attacks=[fake("fool 0,1", [0, 1])], eps=EPS, progress=False)
+    x, y = test_data
+    x_adv = FoolClasses(aux, [0, 1])(x, y)
+    row = result.row("fool 0,1")
+    for rule in ("vote", "score", "public", "private"):
+        expected = result.clean.rules[rule] & (aux.predict(x_adv, rule) == y)
+        assert torch.equal(row.outcome.rules[rule], expected)
+    assert torch.equal(row.outcome.heads, result.clean.heads & (aux(x_adv).argmax(-1) == y))
+
+
+def test_worst_case_is_the_per_sample_and_over_attacks(aux, test_data):
+    result = run_suite(aux, test_data, suite=[], attacks=[fake("fool 0", [0]), fake("fool 1", [1])],
+                       eps=EPS, progress=False)
+    _, y = test_data
+    a, b = result.row("fool 0"), result.row("fool 1")
+    worst = worst_case(result.clean, [a, b], EPS)
+    for rule in ("vote", "score"):
+        assert torch.equal(worst.outcome.rules[rule], result.clean.rules[rule] & (y > 1))
+        # Disjoint victims: the worst case is far below the best single attack's accuracy.
+        assert worst.outcome.accuracy(rule) < min(a.outcome.accuracy(rule), b.outcome.accuracy(rule)) - 0.1
+        broken_by = [worst.first_broken_by[rule][i] for i in range(len(y))]
+        assert {broken_by[i] for i in range(len(y)) if y[i] == 0} <= {"fool 0", "clean"}
+        assert {broken_by[i] for i in range(len(y)) if y[i] == 1} <= {"fool 1", "clean"}
+    # The suite's own worst case also ANDs the sanity probes inside the budget: never above.
+    assert result.worst_case().outcome.accuracy("vote") <= worst.outcome.accuracy("vote")
+    assert "fool 0" in result.worst_case().attacks and not any("eps=1" in n for n in result.worst_case().attacks)
+
+
+def test_strong_suite_cascade_attacks_only_what_is_still_robust(aux, test_data):
+    result = suite(aux, test_data, "strong", rules=("vote",))
+    names = [row.name for row in result.rows_of("strong")]
+    assert names[:4] == ["APGD-CE [vote]", "APGD-DLR [vote]", "APGD-vote [vote]", "Square [vote]"]
+    cascade = [row for row in result.rows if row.kind == "cascade"]
+    assert len(cascade) == 3
+    previous = result.clean.rules["vote"]
+    for row in cascade:
+        assert row.attacked == int(previous.sum())
+        assert not (row.outcome.rules["vote"] & ~previous).any()  # robust only if robust before
+        previous = row.outcome.rules["vote"]
+    worst = result.worst_case()
+    assert worst.outcome.accuracy("vote") <= min(row.outcome.accuracy("vote") for row in result.rows_of("strong"))
+
+
+# ---- sanity checks ---------------------------------------------------------------------------------
+
+
+def test_sanity_checks_stay_quiet_on_a_normal_model(aux, test_data):
+    result = suite(aux, test_data, "static,adaptive,sweep")
+    assert result.warnings == []
+    assert [f.check for f in result.findings] == ["baseline"]  # the static suite is labelled a baseline
+    sweep = sorted((row for row in result.rows_of("sweep") if row.series[1] == "eps"), key=lambda r: r.series[2])
+    assert sweep[-1].threat["eps"] == 1.0 and sweep[-1].outcome.accuracy("vote") == 0.0
+
+
+def test_sanity_checks_fire_on_a_masked_gradient_model(masked, test_data):
+    result = suite(masked, test_data, "static,adaptive,strong", rules=("vote",))
+    checks = {f.check for f in result.warnings}
+    assert {"large-eps", "masking"} <= checks
+    assert result.row("Adp-PGD").outcome.accuracy("vote") > 0.9  # gradient attacks see nothing...
+    assert result.row("Square [vote]").outcome.accuracy("vote") < 0.9  # ...gradient-free ones do
+    masking = next(f for f in result.warnings if f.check == "masking")
+    assert "transfer" in masking.message or "score-based" in masking.message
+
+
+# ---- heads study and reports -----------------------------------------------------------------------
+
+
+def test_report_writes_json_markdown_and_plots(aux, test_data, tmp_path):
+    result = suite(aux, test_data, "static,adaptive,sweep,heads")
+    study = result.heads_study()
+    assert len(study.matrix) == 3 and all(len(row) == 3 for row in study.matrix)
+    assert study.table_vi() == dict(zip(["public", "relu1", "relu2"], study.matrix[0]))
+    for k in range(3):  # a head attacked directly does no better than on clean inputs
+        assert study.matrix[k][k] <= study.clean[k]
+    assert all(ratio > 0 for ratio in study.loss_ratio)
+
+    paths = {p.name: p for p in write_report(result, tmp_path)}
+    assert set(paths) == {"results.json", "report.md", "accuracy_vs_eps.png", "transfer_heatmap.png"}
+    for png in ("accuracy_vs_eps.png", "transfer_heatmap.png"):
+        assert paths[png].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads(paths["results.json"].read_text())
+    validate_results(doc)
+    assert doc["schema"] == SCHEMA == "auxsurgery.results/1"
+    assert doc["data"]["n"] == 48 and len(doc["per_sample"]["robust"]["vote"]) == 48
+    assert doc["model"]["head_names"] == ["public", "relu1", "relu2"]
+    assert doc["heads_study"]["transfer_matrix"] == study.matrix
+    assert doc["settings"]["preset"]["eps"] == EPS
+    report = paths["report.md"].read_text()
+    assert "Table II" in report and "Table VII" in report and "Table VI" in report
+    assert "| vote (Alg. 1, all heads) |" in report and "![transfer matrix](transfer_heatmap.png)" in report
+
+    broken = copy.deepcopy(doc)
+    del broken["worst_case"]
+    with pytest.raises(ValueError, match="missing field 'worst_case'"):
+        validate_results(broken)
+    broken = copy.deepcopy(doc)
+    broken["attacks"][0]["rules"].pop("vote")
+    with pytest.raises(ValueError, match="every rule and head"):
+        validate_results(broken)
+    assert results_document(result)["schema"] == SCHEMA
