@@ -300,12 +300,12 @@ def classifier_prefix(nodes: list[str]) -> str:
 
 
 def probe_input(net: nn.Module, input_size: tuple[int, int, int]) -> torch.Tensor:
-    """A small random batch on the network's device and dtype for shape probing."""
+    """One random image on the network's device and dtype, for shape probing."""
     param = next(iter(net.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     generator = torch.Generator().manual_seed(0)
-    return torch.rand(2, *input_size, generator=generator).to(device=device, dtype=dtype)
+    return torch.rand(1, *input_size, generator=generator).to(device=device, dtype=dtype)
 
 
 def probe_features(trunk: nn.Module, net: nn.Module, input_size: tuple[int, int, int], name: str = "model") -> dict:
@@ -324,17 +324,17 @@ def probe_features(trunk: nn.Module, net: nn.Module, input_size: tuple[int, int,
 
 
 def list_attach_points(
-    net: nn.Module, input_size: tuple[int, int, int], depth: int | None = 2
+    net: nn.Module, input_size: tuple[int, int, int], depth: int | None = 2, ops: bool = True
 ) -> list[AttachPoint]:
     """Every insertable point of ``net`` with its output shape, layout and stride.
 
-    ``depth`` limits module names to that many levels (``layer1`` is 1, ``layer1.0`` is 2);
-    ``None`` lists every leaf node too.
+    ``depth`` limits names to that many levels (``layer1`` is 1, ``layer1.0`` is 2; ``None``:
+    no limit); ``ops=False`` leaves out function nodes such as ``add`` (module outputs only).
     """
     nodes = node_names(net)
     modules = {name for name, _ in net.named_modules() if name}
     containers = {name for name, m in net.named_modules() if name and next(m.children(), None) is not None}
-    names = candidate_names(nodes, modules, depth)
+    names = [n for n in candidate_names(nodes, modules, depth) if ops or n in modules]
     resolved = {name: resolve_node(name, nodes) for name in names}
     unique_nodes = list(dict.fromkeys(resolved.values()))
     node_outputs = probe_features(build_trunk(net, unique_nodes, nodes), net, input_size, type(net).__name__)

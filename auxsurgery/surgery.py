@@ -159,7 +159,9 @@ def attach_aux_blocks(
         k = int(points[0].partition(":")[2] or 3)
         if nodes is None:
             raise ValueError("'auto' placement needs an fx-traceable model; name the modules to hook")
-        points = auto_points(list_attach_points(net, input_size, depth=None), k)
+        # Module outputs three levels deep hold every stage and block the rule looks at;
+        # probing every op node of a large network at once would hold all its activations.
+        points = auto_points(list_attach_points(net, input_size, depth=3, ops=False), k)
     _check_points(points, nodes, net)
 
     trunk = build_trunk(net, points, nodes) if nodes is not None else HookTrunk(net, points)
