@@ -1,0 +1,92 @@
+"""``auxsurgery train``: fine-tune an AuxModel (a checkpoint, or a backbone name plus --at) on a dataset."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+from rich.console import Console
+
+from ..checkpoint import load
+from ..data import dataset_classes, load_dataset
+from ..surgery import attach_aux_blocks
+from ..train import TrainConfig, TrainingInterrupted, adversarial_preset, finetune, paper_config
+
+console = Console()
+
+
+def _model(model: str, at: str, head: str, pretrained: bool, num_classes: int, input_size: tuple):
+    """The AuxModel to train: a saved checkpoint, or ``model`` (a backbone name) with heads at ``at``."""
+    if Path(model).is_file():
+        return load(model)
+    heads = head.split(",") if "," in head else head
+    return attach_aux_blocks(model, at=at, num_classes=num_classes, input_size=input_size, head=heads,
+                             pretrained=pretrained)
+
+
+def train(
+    model: str = typer.Argument(..., help="A checkpoint (from `auxsurgery attach` or a previous run), or a backbone name."),
+    data: str = typer.Option("synthetic", help="mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic, or an ImageFolder path."),
+    out: Path = typer.Option(..., help="Run folder: metrics.jsonl, best/last.safetensors, train_state.pt."),
+    at: str = typer.Option("auto:3", help="With a backbone name: attach points (comma-separated) or auto:K."),
+    head: str = typer.Option("default", help="With a backbone name: head preset, or one per point (comma-separated)."),
+    pretrained: bool = typer.Option(False, help="With a backbone name: start from pretrained weights (downloads)."),
+    data_root: Optional[Path] = typer.Option(None, help="Folder holding the named datasets (default $AUXSURGERY_DATA)."),
+    download: bool = typer.Option(False, "--download", help="Download a missing named dataset."),
+    subset: Optional[int] = typer.Option(None, help="Train on the first N training samples."),
+    val_subset: Optional[int] = typer.Option(None, help="Validate on the first N test samples."),
+    image_size: Optional[int] = typer.Option(None, help="ImageFolder: resize and crop images to this size."),
+    preset: Optional[str] = typer.Option(None, help="Start from the paper's Table III settings: mnist, cifar10, mini-imagenet."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default 100, or the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size (default 128)."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd (default) or adamw."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default 0.01)."),
+    momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay (default 5e-4)."),
+    schedule: Optional[str] = typer.Option(None, help="multistep (default), cosine, onecycle, none."),
+    milestones: Optional[str] = typer.Option(None, help="multistep: epochs where lr drops, e.g. 50,75 (default 50)."),
+    mode: Optional[str] = typer.Option(None, help="full (default), heads (backbone frozen), backbone-lr-scale."),
+    backbone_lr_scale: Optional[float] = typer.Option(None, help="backbone-lr-scale mode: the backbone's lr factor."),
+    amp: Optional[str] = typer.Option(None, help="auto (default), bf16, fp16, off."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format."),
+    grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the data order, augmentation and dropout (default 0)."),
+    adversarial: Optional[str] = typer.Option(None, help="PGD adversarial training with the paper's preset: mnist, cifar10, mini-imagenet."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly."),
+    save_every: Optional[int] = typer.Option(None, help="Also save the resume state every N steps."),
+    num_workers: Optional[int] = typer.Option(None, help="Data-loading worker processes (default 0)."),
+    device: Optional[str] = typer.Option(None, help="auto (default), cpu, cuda, cuda:1, ..."),
+):
+    """Fine-tune every head on the joint objective; validate each epoch; save best/last checkpoints.
+
+    Example: auxsurgery train small_cnn --at auto:3 --data synthetic --epochs 10 --schedule cosine --out runs/demo
+
+    Under torchrun (``torchrun --nproc_per_node 2 -m auxsurgery train ...``) the run is data-parallel.
+    """
+    chosen = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
+                  weight_decay=weight_decay, schedule=schedule, mode=mode, backbone_lr_scale=backbone_lr_scale,
+                  amp=amp, channels_last=channels_last, grad_clip=grad_clip, seed=seed, save_every=save_every,
+                  num_workers=num_workers, device=device, out_dir=str(out), resume=resume,
+                  milestones=tuple(int(m) for m in milestones.split(",")) if milestones else None,
+                  adversarial=adversarial_preset(adversarial) if adversarial else None)
+    settings = {k: v for k, v in chosen.items() if v is not None}  # unset options keep the preset's
+    config = paper_config(preset, **settings) if preset else TrainConfig(**settings)
+
+    train_set = load_dataset(data, root=data_root, train=True, download=download, image_size=image_size, subset=subset)
+    val_set = load_dataset(data, root=data_root, train=False, download=download, image_size=image_size,
+                           subset=val_subset)
+    classes = dataset_classes(train_set)
+    torch.manual_seed(config.seed)  # the new heads' initial weights
+    aux = _model(model, at, head, pretrained, len(classes), tuple(train_set[0][0].shape))
+    try:
+        result = finetune(aux, train_set, val_set, config)
+    except TrainingInterrupted as stop:
+        console.print(f"[yellow]{stop}[/yellow]")
+        raise typer.Exit(130) from None
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
+    if result.best_epoch is not None:
+        console.print(f"best epoch {result.best_epoch}: {config.select_best} accuracy {result.best_accuracy:.4f}")
+    console.print(f"wrote {out / 'metrics.jsonl'}, {out / 'best.safetensors'}, {out / 'last.safetensors'}")

@@ -1,0 +1,35 @@
+"""Training: the joint objective, the fine-tuning engine, adversarial training and DDP.
+
+    from auxsurgery.train import TrainConfig, finetune
+    result = finetune(aux_model, train_set, val_set, TrainConfig(epochs=10, out_dir="runs/x"))
+"""
+from auxsurgery.train.adversarial import Adversary, adversarial_preset
+from auxsurgery.train.config import AdversarialConfig, TrainConfig, paper_config
+from auxsurgery.train.engine import (
+    FinetuneResult,
+    NonFiniteLossError,
+    StepInfo,
+    TrainingInterrupted,
+    as_aux_model,
+    evaluate,
+    finetune,
+)
+from auxsurgery.train.objective import HeadAccuracy, head_losses, joint_loss
+
+__all__ = [
+    "AdversarialConfig",
+    "Adversary",
+    "FinetuneResult",
+    "HeadAccuracy",
+    "NonFiniteLossError",
+    "StepInfo",
+    "TrainConfig",
+    "TrainingInterrupted",
+    "adversarial_preset",
+    "as_aux_model",
+    "evaluate",
+    "finetune",
+    "head_losses",
+    "joint_loss",
+    "paper_config",
+]

@@ -1,0 +1,135 @@
+"""Training configuration: one dataclass, validated on creation, plus the paper's presets."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("multistep", "cosine", "onecycle", "none")
+MODES = ("full", "heads", "backbone-lr-scale")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+ATTACK_OBJECTIVES = ("joint", "public")
+
+
+@dataclass
+class AdversarialConfig:
+    """Madry PGD adversarial training: every training batch is replaced by its PGD examples.
+
+    Args:
+        eps: L-inf radius in pixel units ([0, 1] images).
+        step_size: PGD step length.
+        steps: PGD steps per batch.
+        objective: what PGD attacks: ``joint`` (all heads' summed loss, the paper's
+            Adp-PGD) or ``public`` (the backbone's head); None picks ``joint`` for a model
+            with aux heads and ``public`` for a plain one.
+    """
+
+    eps: float
+    step_size: float
+    steps: int = 10
+    objective: str | None = None
+
+    def __post_init__(self):
+        if not 0 < self.eps <= 1 or self.step_size <= 0 or self.steps < 1:
+            raise ValueError(f"adversarial training needs 0 < eps <= 1, step_size > 0, steps >= 1; got {self}")
+        _check_choice("adversarial objective", self.objective, (*ATTACK_OBJECTIVES, None))
+
+
+@dataclass
+class TrainConfig:
+    """Everything :func:`auxsurgery.train.finetune` needs besides the model and the data.
+
+    The defaults are the paper's CIFAR-10 column of Table III: SGD with lr 0.01,
+    momentum 0.9, weight decay 5e-4, batch 128, 100 epochs, lr x0.1 at epoch 50.
+
+    Args:
+        epochs: passes over the training data.
+        batch_size: the global batch: under DDP each of N processes takes batch_size / N.
+        optimizer: ``sgd`` or ``adamw``.
+        lr, momentum, weight_decay: optimiser settings (momentum is SGD's only).
+        schedule: ``multistep`` (lr x gamma at each of ``milestones``, in epochs),
+            ``cosine``, ``onecycle`` (peak at ``lr``) or ``none``; stepped every batch.
+        mode: ``full`` trains everything; ``heads`` freezes the backbone (weights and
+            BatchNorm statistics: it stays in eval mode) and trains only the aux heads;
+            ``backbone-lr-scale`` trains the backbone at ``lr * backbone_lr_scale``.
+        label_smoothing: cross-entropy label smoothing.
+        amp: ``auto`` (bf16 on CUDA when supported else fp16, bf16 on CPUs with native
+            bf16 support, else off), ``bf16``, ``fp16`` (with a gradient scaler) or ``off``.
+        channels_last: use the NHWC memory format (faster convolutions on most hardware).
+        grad_clip: clip the global gradient norm to this value (None: no clipping).
+        seed: seeds the data order, augmentation and any randomness in the model.
+        out_dir: where metrics.jsonl, best/last checkpoints and the resume state go
+            (None: write nothing).
+        resume: continue the run in ``out_dir`` exactly where it stopped.
+        save_every: also save the resume state every this many steps (0: at epoch ends only).
+        log_every: steps between progress updates, the non-finite-loss check and the
+            stop-signal check (the only points where the loop waits for the device).
+        select_best: the validation accuracy that picks ``best``: a rule (``vote``,
+            ``score``, ``private``) or a head name; plain models use their one head.
+        adversarial: PGD adversarial training settings (None: clean training).
+    """
+
+    epochs: int = 100
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"
+    milestones: tuple[int, ...] = (50,)
+    gamma: float = 0.1
+    mode: str = "full"
+    backbone_lr_scale: float = 0.1
+    label_smoothing: float = 0.0
+    amp: str = "auto"
+    channels_last: bool = False
+    grad_clip: float | None = None
+    seed: int = 0
+    out_dir: str | os.PathLike | None = None
+    resume: bool = False
+    save_every: int = 0
+    log_every: int = 20
+    num_workers: int = 0
+    device: str = "auto"
+    select_best: str = "vote"
+    progress: bool = True
+    adversarial: AdversarialConfig | None = field(default=None)
+
+    def __post_init__(self):
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("amp", self.amp, AMP_MODES)
+        if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1 or self.save_every < 0:
+            raise ValueError("epochs, batch_size and log_every must be >= 1 and save_every >= 0")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        self.milestones = tuple(int(m) for m in self.milestones)
+        # Stored in the resume state, which holds only plain types (it loads with weights_only=True).
+        self.out_dir = None if self.out_dir is None else str(self.out_dir)
+        if isinstance(self.adversarial, dict):
+            self.adversarial = AdversarialConfig(**self.adversarial)
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (``TrainConfig(**d)`` rebuilds it)."""
+        return dataclasses.asdict(self)
+
+
+def _check_choice(what: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(map(str, choices))}")
+
+
+# Table III of the paper: the training parameters per dataset.
+PAPER_PRESETS = {
+    "mnist": dict(lr=0.01, momentum=0.5, weight_decay=0.0, batch_size=128, epochs=20, schedule="none"),
+    "cifar10": dict(lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=128, epochs=100, schedule="multistep", milestones=(50,)),
+    "mini-imagenet": dict(lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=32, epochs=100, schedule="multistep", milestones=(50,)),
+}
+
+
+def paper_config(dataset: str, **overrides) -> TrainConfig:
+    """The paper's Table III settings for ``mnist``, ``cifar10`` or ``mini-imagenet``, with overrides."""
+    _check_choice("paper preset", dataset, tuple(PAPER_PRESETS))
+    return TrainConfig(**{**PAPER_PRESETS[dataset], **overrides})
