@@ -192,17 +192,21 @@ class Layout:
 
 
 def _grid_matches(h: int, w: int, in_h: int, in_w: int) -> bool:
-    """Whether an ``h x w`` grid is a plausible downsampling of an ``in_h x in_w`` input."""
+    """Whether an ``h x w`` grid is a downsampling of an ``in_h x in_w`` input by one stride.
+
+    The two strides may differ only by rounding (a 299-pixel side gives 149 or 150 cells).
+    """
     if h <= 0 or w <= 0 or h > in_h or w > in_w:
         return False
     rh, rw = in_h / h, in_w / w
-    return max(rh, rw) / min(rh, rw) < 1.5
+    return max(rh, rw) / min(rh, rw) < 1.2
 
 
 def infer_layout(shape: tuple[int, ...], input_hw: tuple[int, int]) -> Layout:
     """Guess a feature's layout from its shape ``[B, ...]`` and the input's spatial size.
 
-    NCHW wins ties (a ``C == H == W`` map); a 3-d ``[B, N, C]`` tensor is a token
+    NCHW wins ties (a ``C == H == W`` map); a 4-d tensor whose last or middle two sides
+    are not one downsampling of the input is refused (attention windows); a 3-d ``[B, N, C]`` tensor is a token
     sequence whose first ``k`` tokens (class/register tokens) are dropped so that the
     rest form a grid with the input's aspect ratio.
     """
@@ -214,7 +218,8 @@ def infer_layout(shape: tuple[int, ...], input_hw: tuple[int, int]) -> Layout:
             return Layout("nchw", a, b, c)
         if _grid_matches(a, b, in_h, in_w):
             return Layout("nhwc", c, a, b)
-        return Layout("nchw", a, b, c)
+        # e.g. attention windows [B*windows, tokens, C]: no spatial map a head could read
+        raise ValueError(f"feature {list(shape)} is neither an NCHW nor an NHWC map of a {in_h}x{in_w} input")
     if len(dims) == 2:
         n, c = dims
         for prefix in range(0, min(n, 17)):
@@ -342,28 +347,67 @@ def list_attach_points(
     head_prefix = classifier_prefix(nodes)
     points = []
     for name in names:
-        tensor = first_tensor(outputs[name])
-        if tensor is None:
-            continue
-        shape = tuple(tensor.shape[1:])
-        try:
-            layout = infer_layout(tuple(tensor.shape), input_size[1:])
-        except ValueError:
-            layout = None
-        stride = input_size[1] / layout.height if layout is not None and layout.kind != "flat" else None
-        in_classifier = name == nodes[-1] or name.split(".")[0] == head_prefix
         kind = ("block" if name in containers else "layer") if name in modules else "op"
-        points.append(AttachPoint(name, kind, shape, layout, stride, in_classifier))
+        in_classifier = name == nodes[-1] or name.split(".")[0] == head_prefix
+        point = _attach_point(name, kind, outputs[name], input_size, in_classifier)
+        if point is not None:
+            points.append(point)
     return points
 
 
-def _stage_outputs(points: list[AttachPoint]) -> dict[float, AttachPoint]:
-    """The last point at each stride, skipping points that raise the resolution again."""
-    stages: dict[float, AttachPoint] = {}
+def _attach_point(name: str, kind: str, value, input_size, in_classifier: bool) -> AttachPoint | None:
+    """Describe one point from its probed output (None when it outputs no tensor)."""
+    tensor = first_tensor(value)
+    if tensor is None:
+        return None
+    try:
+        layout = infer_layout(tuple(tensor.shape), input_size[1:])
+    except ValueError:
+        layout = None
+    stride = input_size[1] / layout.height if layout is not None and layout.kind != "flat" else None
+    return AttachPoint(name, kind, tuple(tensor.shape[1:]), layout, stride, in_classifier)
+
+
+def list_module_points_by_hooks(net: nn.Module, input_size: tuple[int, int, int], depth: int = 3) -> list[AttachPoint]:
+    """Module outputs recorded by forward hooks in one eval pass: discovery for untraceable networks.
+
+    Hooks fire when a module finishes, so the completion order is the order in which
+    outputs become available, as with fx nodes; the classifier is the top-level module
+    that finishes last.
+    """
+    finished: list[tuple[str, object]] = []
+    handles = []
+    containers = set()
+    for name, module in net.named_modules():
+        if name and name.count(".") < depth:
+            if next(module.children(), None) is not None:
+                containers.add(name)
+            handles.append(module.register_forward_hook(
+                lambda _m, _args, out, name=name: finished.append((name, out))))
+    try:
+        probe_features(net, net, input_size, type(net).__name__)
+    finally:
+        for handle in handles:
+            handle.remove()
+    head_prefix = finished[-1][0].split(".")[0] if finished else ""
+    points = []
+    for name, value in dict(finished).items():
+        kind = "block" if name in containers else "layer"
+        point = _attach_point(name, kind, value, input_size, name.split(".")[0] == head_prefix)
+        if point is not None:
+            points.append(point)
+    return points
+
+
+def _stage_outputs(points: list[AttachPoint]) -> dict[int, AttachPoint]:
+    """The last point at each stride, strides rounded to powers of two (299 px inputs give
+    149- and 147-pixel maps in one stage); points that raise the resolution again are skipped."""
+    stages: dict[int, AttachPoint] = {}
     for p in points:
-        if stages and p.stride < max(stages):
+        level = round(math.log2(p.stride))
+        if stages and level < max(stages):
             continue
-        stages[p.stride] = p
+        stages[level] = p
     return stages
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import match_graph_to_mode
+from .graph import first_tensor, match_graph_to_mode
 
 RULES = ("vote", "score", "public", "private")
 PUBLIC_HEAD = "public"
@@ -121,7 +121,8 @@ class AuxModel(nn.Module):
         """Logits of every head, stacked ``[H, B, num_classes]``; head 0 is the backbone's."""
         match_graph_to_mode(self.trunk)
         features = self.trunk(self.normalize(x))
-        logits = [features["output"]]
+        # GoogLeNet and Inception return (logits, aux logits) in train mode.
+        logits = [first_tensor(features["output"])]
         for name, adapter, head in zip(self.attach_points, self.adapters, self.heads):
             logits.append(head(adapter(features[name])))
         return torch.stack([z.to(logits[0].dtype) for z in logits])

@@ -25,6 +25,7 @@ from .graph import (
     first_tensor,
     infer_layout,
     list_attach_points,
+    list_module_points_by_hooks,
     node_names,
     probe_features,
     suggest,
@@ -157,11 +158,11 @@ def attach_aux_blocks(
     nodes = _trace(net, method)
     if len(points) == 1 and points[0].startswith("auto"):
         k = int(points[0].partition(":")[2] or 3)
-        if nodes is None:
-            raise ValueError("'auto' placement needs an fx-traceable model; name the modules to hook")
         # Module outputs three levels deep hold every stage and block the rule looks at;
         # probing every op node of a large network at once would hold all its activations.
-        points = auto_points(list_attach_points(net, input_size, depth=3, ops=False), k)
+        candidates = (list_attach_points(net, input_size, depth=3, ops=False) if nodes is not None
+                      else list_module_points_by_hooks(net, input_size, depth=3))
+        points = auto_points(candidates, k)
     _check_points(points, nodes, net)
 
     trunk = build_trunk(net, points, nodes) if nodes is not None else HookTrunk(net, points)

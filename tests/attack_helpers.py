@@ -125,13 +125,3 @@ def trained_aux_model() -> AuxModel:
     """An AuxModel with all three heads trained on :func:`dataset` (cached per process)."""
     x, y = dataset(1200, seed=0)
     return train(aux_model(), x, y)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run each test on one thread: these models are too small to gain from more, and lose a
-    lot to contention on a shared 2-core machine. Restores the thread count afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

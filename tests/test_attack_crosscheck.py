@@ -4,11 +4,13 @@ import pytest
 import torch
 import torchattacks
 
-from attack_helpers import (  # noqa: F401  (single_thread is an autouse fixture)
-    CLASSES, dataset, plain_model, single_thread, trained_aux_model, trained_plain_model,
+from attack_helpers import (
+    CLASSES, dataset, plain_model, trained_aux_model, trained_plain_model,
 )
 from auxsurgery.attacks import APGD, FGSM, PGD, Boundary, Square, is_adversarial
 from auxsurgery.model import rule_predict
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def accuracy(model, x_adv, y):

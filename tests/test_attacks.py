@@ -6,12 +6,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attack_helpers import (  # noqa: F401  (single_thread is an autouse fixture)
-    SHAPE, aux_model, count_forwards, dataset, plain_model, single_thread, trained_aux_model,
+from attack_helpers import (
+    SHAPE, aux_model, count_forwards, dataset, plain_model, trained_aux_model,
     trained_plain_model,
 )
 from auxsurgery.attacks import APGD, CW, FGSM, PGD, Attack, Boundary, Square, Transfer, is_adversarial
 from auxsurgery.model import rule_predict
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 NUMEL = math.prod(SHAPE)
 

@@ -18,13 +18,7 @@ CLASSES, SHAPE, EPS = 4, (1, 8, 8), 0.1
 QUICK = Budget.quick()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny convolutions on a loaded 2-core machine run several times faster on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def prototypes() -> torch.Tensor:

@@ -42,6 +42,8 @@ def test_infer_layout(shape, expected):
 def test_infer_layout_rejects_what_is_not_a_grid():
     with pytest.raises(ValueError, match="token grid"):
         infer_layout((2, 768, 196), (224, 224))  # Mixer's transposed token-mixing branch
+    with pytest.raises(ValueError, match="neither an NCHW nor an NHWC map"):
+        infer_layout((2, 64, 49, 64), (224, 224))  # MaxViT attention windows
     with pytest.raises(ValueError, match="unsupported feature shape"):
         infer_layout((2,), (32, 32))
 

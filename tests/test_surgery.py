@@ -165,6 +165,36 @@ def test_untraceable_model_falls_back_to_hooks_with_a_warning():
     assert all(p.grad is not None for p in aux.heads.parameters())
 
 
+class UntraceableStages(nn.Module):
+    """Three resolution stages behind data-dependent control flow."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU())
+        self.tail = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU())
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if x.sum() > -1e9:
+            x = self.tail(self.body(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_untraceable_model_gets_auto_points_from_hooks():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        aux = attach_aux_blocks(UntraceableStages(), at="auto:2", input_size=(3, 16, 16))
+    assert aux.attach_points == ["stem", "body"] and aux.spec["method"] == "hooks"
+
+
+def test_train_mode_tuple_output_gives_the_main_logits():
+    # Inception-style models return (logits, aux logits) in train mode.
+    aux = attach_aux_blocks("googlenet", at="inception3a", num_classes=10, input_size=(3, 64, 64)).train()
+    assert aux(torch.rand(2, 3, 64, 64)).shape == (2, 2, 10)
+
+
 def test_hook_fallback_rejects_non_module_points():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
