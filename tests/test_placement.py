@@ -1,0 +1,103 @@
+"""The placement study end to end on the embedded data, its CLI command, and its input checks."""
+import json
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+import auxsurgery.placement as placement
+from auxsurgery.backbones import build_backbone
+from auxsurgery.commands.place import place
+from auxsurgery.data import load_dataset
+from auxsurgery.placement import PlacementRow, pareto_front, place_study
+from auxsurgery.train import TrainConfig, finetune
+
+CANDIDATES = ["stage1", "stage2", "stage3"]
+
+
+@pytest.fixture(scope="module")
+def data(single_thread):
+    return load_dataset("synthetic", train=True, subset=512), load_dataset("synthetic", train=False, subset=64)
+
+
+@pytest.fixture(scope="module")
+def backbone(data):
+    torch.manual_seed(0)
+    model = build_backbone("small_cnn", num_classes=10)
+    finetune(model, data[0], None, TrainConfig(epochs=1, optimizer="adamw", lr=3e-3, schedule="onecycle",
+                                               out_dir=None, progress=False, amp="off"))
+    return model
+
+
+def _check_rows(rows: list[dict], names: list[str]) -> None:
+    """Shared checks of the rows as written to placement.json."""
+    assert [r["name"] for r in rows] == names
+    for row in rows:
+        assert list(row["clean_heads"]) == list(row["robust_heads"]) == ["public", *row["points"]]
+        accuracies = [*row["clean_heads"].values(), *row["robust_heads"].values(),
+                      *row["clean_rules"].values(), *row["robust_rules"].values()]
+        assert set(row["clean_rules"]) == set(row["robust_rules"]) == {"vote", "score"}
+        assert all(0.0 <= a <= 1.0 for a in accuracies)
+        assert row["params"] > 0 and row["flops"] > 0
+        assert row["params_overhead"] > 0 and row["flops_overhead"] > 0
+    # Heads-only fine-tuning freezes the backbone and the attack has no random start, so every
+    # placement has the same public model facing the same adversarial images.
+    assert len({(r["clean_heads"]["public"], r["robust_heads"]["public"]) for r in rows}) == 1
+    # The best flags are exactly the Pareto front of robust vote accuracy vs FLOP overhead.
+    front = {r["name"] for r in rows if not any(
+        o["robust_rules"]["vote"] >= r["robust_rules"]["vote"] and o["flops_overhead"] <= r["flops_overhead"]
+        and (o["robust_rules"]["vote"] > r["robust_rules"]["vote"] or o["flops_overhead"] < r["flops_overhead"])
+        for o in rows)}
+    assert front and {r["name"] for r in rows if r["best"]} == front
+
+
+def test_place_study_one_row_per_candidate_and_writes_files(data, backbone, tmp_path):
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    result = place_study(backbone, *data, CANDIDATES, epochs=1, n=32)
+    # The study works on copies: the trained backbone is left as it was.
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    assert result.n == 32 and result.steps == 2 and result.eps == pytest.approx(8 / 255)
+    _check_rows(result.to_dict()["rows"], CANDIDATES)
+    # Deeper stages have more channels: their heads cost more parameters.
+    params = [row.params for row in result.rows]
+    assert params == sorted(params) and len(set(params)) == 3
+
+    paths = result.write(tmp_path)
+    assert [p.name for p in paths] == ["placement.json", "placement.md", "placement.png"]
+    assert json.loads((tmp_path / "placement.json").read_text()) == json.loads(json.dumps(result.to_dict()))
+    markdown = (tmp_path / "placement.md").read_text()
+    assert all(f"| {name} |" in markdown for name in CANDIDATES)
+    assert (tmp_path / "placement.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_place_command_trains_backbone_runs_sets_and_writes(tmp_path, single_thread):
+    app = typer.Typer()
+    app.command()(place)
+    result = CliRunner().invoke(app, [
+        "small_cnn", "--candidates", "stage1,stage3", "--sets", "stage1+stage3", "--data", "synthetic",
+        "--train-size", "512", "--train-backbone-epochs", "1", "--epochs", "1", "--n", "32", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "Placement study" in result.output and "stage1+stage3" in result.output
+    rows = json.loads((tmp_path / "placement.json").read_text())["rows"]
+    _check_rows(rows, ["stage1", "stage3", "stage1+stage3"])
+    # A set's heads cost the sum of its members' heads.
+    assert rows[2]["params"] == rows[0]["params"] + rows[1]["params"]
+    assert (tmp_path / "placement.md").is_file() and (tmp_path / "placement.png").is_file()
+
+
+def test_unknown_candidate_fails_before_any_training(data, backbone, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking every placement")
+    monkeypatch.setattr(placement, "finetune", no_training)
+    with pytest.raises(ValueError, match=r"unknown layer 'stag3'.*Close matches.*stage3"):
+        place_study(backbone, *data, ["stage1", "stag3"], epochs=1, n=32)
+    with pytest.raises(ValueError, match="n=100 test images"):
+        place_study(backbone, *data, ["stage1"], epochs=1, n=100)
+
+
+def test_pareto_front_keeps_only_undominated_rows():
+    def row(name, vote, flops):
+        return PlacementRow(name, [name], 1, 1, 0.1, flops, {}, {}, {}, {"vote": vote})
+    rows = [row("cheap", 0.2, 0.1), row("dominated", 0.2, 0.3), row("strong", 0.5, 0.3), row("tie", 0.5, 0.3)]
+    assert pareto_front(rows) == [0, 2, 3]
