@@ -115,8 +115,11 @@ def print_summary(rows: list[dict], eps: float, n: int) -> None:
     Console().print(table)
 
 
-def run_demo(out_dir: str | Path = "demo-out", config: DemoConfig | None = None) -> list[dict]:
-    """Run the whole demo and write its reports under ``out_dir``; return the summary rows."""
+def run_demo(out_dir: str | Path = "demo-out", config: DemoConfig | None = None, show_table: bool = True) -> list[dict]:
+    """Run the whole demo and write its reports under ``out_dir``; return the summary rows.
+
+    Progress and warnings go to stderr; the summary table to stdout unless ``show_table`` is False.
+    """
     config = config or DemoConfig()
     out_dir = Path(out_dir)
     torch.manual_seed(config.seed)
@@ -151,7 +154,8 @@ def run_demo(out_dir: str | Path = "demo-out", config: DemoConfig | None = None)
     atomic_write(out_dir / "summary.json", lambda tmp: Path(tmp).write_text(
         json.dumps({"config": config.__dict__, "eps": eps, "n": n, "rows": rows}, indent=1)))
     atomic_write(out_dir / "summary.md", lambda tmp: Path(tmp).write_text(summary_markdown(rows, eps, n)))
-    print_summary(rows, eps, n)
+    if show_table:
+        print_summary(rows, eps, n)
     for finding in defended.findings + undefended.findings:
         if finding.level == "warning":
             console.print(f"[yellow]warning[/yellow]: {finding.message}")

@@ -1,6 +1,7 @@
 """``auxsurgery place``: the placement study from the command line."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -34,6 +35,7 @@ def place(
     train_backbone_epochs: Optional[int] = typer.Option(
         None, help="Train the backbone this many epochs first (default: 3 for random weights, 0 with --pretrained)."),
     pretrained: bool = typer.Option(False, help="Load the backbone's pretrained weights."),
+    as_json: bool = typer.Option(False, "--json", help="Print placement.json to stdout instead of the table."),
 ):
     """Compare where to attach Aux Blocks: robustness to PGD on the public model vs head cost.
 
@@ -64,6 +66,9 @@ def place(
                          sets=[s.replace("+", ",") for s in sets.split(",") if s.strip()] if sets else None,
                          head=head, mode=mode, epochs=epochs, n=min(n, len(test_set)), seed=seed,
                          input_size=input_size)
-    result.print_table()
     paths = result.write(out)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=1))
+        return
+    result.print_table()
     console.print("wrote " + ", ".join(str(p) for p in paths))
