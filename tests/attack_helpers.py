@@ -5,7 +5,6 @@ import functools
 from contextlib import contextmanager
 from typing import Iterator
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
