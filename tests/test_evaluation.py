@@ -117,6 +117,13 @@ def test_unknown_suite_raises_listing_the_valid_ones(aux, test_data):
         run_suite(aux, test_data, suite="static,strnog", progress=False)
 
 
+def test_excluded_attacks_are_left_out_and_unknown_names_refused(aux, test_data):
+    result = suite(aux, test_data, "static", exclude=["CW-L2", "Boundary"])
+    assert [row.name for row in result.rows_of("static")] == ["PGD"]
+    with pytest.raises(ValueError, match="cannot exclude CW: not planned; planned attacks: PGD, CW-L2, Boundary"):
+        suite(aux, test_data, "static", exclude=["CW"])
+
+
 def test_inputs_outside_the_pixel_box_and_foreign_labels_are_refused(aux, test_data):
     x, y = test_data
     with pytest.raises(ValueError, match=r"pixels in \[0, 1\].*normalisation belongs inside the model"):

@@ -258,13 +258,19 @@ def plot_sweep(result, path: str | Path) -> Path | None:
     fig = Figure(figsize=(5 * len(axes_names), 4), layout="constrained")
     for ax, axis in zip(fig.subplots(1, len(axes_names), squeeze=False)[0], axes_names):
         members = sorted((row for row in rows if row.series[1] == axis), key=lambda row: row.series[2])
-        xs = [row.series[2] for row in members]
-        for rule in result.rules:
-            ax.plot(xs, [100 * row.outcome.accuracy(rule) for row in members], marker="o", label=rule)
+        # Several series can share an axis (a recipe's curve: Adp-PGD and APGD against eps): one line each.
+        series_names = list(dict.fromkeys(row.series[0] for row in members))
+        for series in series_names:
+            line = [row for row in members if row.series[0] == series]
+            for rule in result.rules:
+                label = rule if len(series_names) == 1 else f"{series} [{rule}]"
+                ax.plot([row.series[2] for row in line], [100 * row.outcome.accuracy(rule) for row in line],
+                        marker="o", label=label)
+        xs = sorted({row.series[2] for row in members})
         ax.set_xlabel("eps (L-inf, pixels)" if axis == "eps" else "PGD steps")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
-        ax.set_title(members[0].series[0])
+        ax.set_title(members[0].series[0] if len(series_names) == 1 else f"accuracy vs {axis}")
         if axis == "steps":
             ax.set_xscale("log")
             ax.set_xticks(xs, [f"{x:g}" for x in xs])

@@ -448,6 +448,7 @@ def run_suite(
     batch_size: int = 128,
     budget: Budget | None = None,
     attacks: Iterable[AttackPlan | Cascade] = (),
+    exclude: Sequence[str] = (),
     progress: bool = True,
 ) -> SuiteResult:
     """Attack ``model`` with the chosen suites and judge every result by its real decision rules.
@@ -464,6 +465,8 @@ def run_suite(
         batch_size: samples per attack batch.
         budget: iterations, restarts and queries of the non-paper attacks (default :class:`Budget`).
         attacks: extra plans or cascades to run (and to count in the worst case) beside the suites.
+        exclude: names of the suites' attacks to leave out (e.g. ``Boundary``, whose result does
+            not depend on eps, when a second eps is evaluated); unknown names raise.
         progress: show a progress bar (with images/s) on stderr.
     """
     names = parse_suites(suite)
@@ -482,6 +485,11 @@ def run_suite(
     preset, budget = get_preset(dataset, eps, step_size, steps), budget or Budget()
     context = _Context(preset, budget, targets, seed, tuple(aux.head_names))
     plans = [pl for name in names for pl in _BUILDERS[name](context)] + extra
+    unknown = set(exclude) - {pl.name for pl in plans}
+    if unknown:
+        raise ValueError(f"cannot exclude {', '.join(sorted(unknown))}: not planned; planned attacks: "
+                         f"{', '.join(pl.name for pl in plans)}")
+    plans = [pl for pl in plans if pl.name not in exclude]
     plans += _probes(context, plans)
 
     began = time.perf_counter()

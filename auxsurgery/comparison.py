@@ -1,0 +1,182 @@
+"""A recipe's comparison report: our accuracies beside the paper's, per eps reading, plus the eps curve.
+
+It reads only the ``results.json`` documents of the run (schema ``auxsurgery.results/1``),
+so a resumed run rebuilds the same report from disk. Rows follow Table II: the undefended
+model (NA), PGD adversarial training, the Aux Block model under its vote (the paper's
+"all") and score rules, and its private heads; columns are Table II's attacks, Table VII's
+Adp-PGD and our per-sample worst case, which the paper lacks.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from .checkpoint import atomic_write
+from .evaluation.report import fmt_eps
+from .paper import paper_value
+
+__all__ = ["COLUMNS", "ROWS", "SCHEMA", "build_report", "plot_curves", "report_markdown"]
+
+SCHEMA = "auxsurgery.recipe-report/1"
+# (row label, model, rule, the paper's method name or None)
+ROWS = (
+    ("NA (undefended)", "undefended", "vote", "NA"),
+    ("Adversarial Training", "adversarial", "vote", "Adversarial Training"),
+    ("Aux Block (all): vote", "aux", "vote", "Aux Block (all)"),
+    ("Aux Block (all): score", "aux", "score", None),
+    ("Aux Block (private)", "aux", "private", "Aux Block (private)"),
+)
+# column -> the attack row it reads (None: clean accuracy; "worst case": the per-sample worst case)
+COLUMNS = {"clean": None, "PGD": "PGD", "CW": "CW-L2", "Boundary": "Boundary", "Adp-PGD": "Adp-PGD",
+           "worst case": "worst case"}
+# Unbounded attacks give the same result at every eps: a reading that skipped them borrows them.
+EPS_FREE = ("CW", "Boundary")
+
+
+def _ours(doc: dict, column: str, rule: str) -> float | None:
+    """Our accuracy in % of ``rule`` under ``column`` in one results.json, or None if it did not run."""
+    source = COLUMNS[column]
+    if source is None:
+        return 100 * doc["clean"]["rules"][rule]
+    if source == "worst case":
+        return 100 * doc["worst_case"]["rules"][rule]
+    row = next((r for r in doc["attacks"] if r["name"] == source), None)
+    return None if row is None else 100 * row["rules"][rule]
+
+
+def _cell(documents: dict, model: str, reading: str, column: str, rule: str) -> tuple[float | None, str | None]:
+    """(accuracy, the reading it was borrowed from or None)."""
+    value = _ours(documents[model][reading], column, rule)
+    if value is None and column in EPS_FREE:
+        for other, doc in documents[model].items():
+            if other != "curve" and (borrowed := _ours(doc, column, rule)) is not None:
+                return borrowed, other
+    return value, None
+
+
+def _table(documents: dict, reading: str, setting: str) -> list[dict]:
+    rows = []
+    for label, model, rule, method in ROWS:
+        if model not in documents:
+            continue
+        cells = {}
+        for column in COLUMNS:
+            ours, borrowed = _cell(documents, model, reading, column, rule)
+            paper = paper_value(setting, method, column) if method else None
+            cells[column] = {"ours": ours, "paper": paper, "from_reading": borrowed}
+        rows.append({"label": label, "model": model, "rule": rule, "paper_method": method, "cells": cells})
+    return rows
+
+
+def _curve(doc: dict) -> dict:
+    """``{series name: [[eps, accuracy %], ...]}`` of the rule the curve attacked."""
+    rule = doc["settings"]["rules"][0]
+    series: dict[str, list] = {}
+    for row in doc["attacks"]:
+        if row["suite"] == "sweep" and row["series"]:
+            name, _, eps = row["series"]
+            series.setdefault(name, []).append([eps, 100 * row["rules"][rule]])
+    return {"rule": rule, "series": {name: sorted(points) for name, points in series.items()}}
+
+
+def build_report(recipe, documents: dict, readings: list[dict]) -> dict:
+    """The comparison as a JSON-able dict (schema ``auxsurgery.recipe-report/1``)."""
+    setting = recipe["recipe"]["paper"]
+    return {
+        "schema": SCHEMA,
+        "recipe": {"name": recipe.name, "path": recipe.path, "description": recipe["recipe"]["description"],
+                   "paper_setting": setting},
+        "readings": readings,
+        "n": {model: next(iter(docs.values()))["data"]["n"] for model, docs in documents.items()},
+        "tables": {r["name"]: _table(documents, r["name"], setting) for r in readings},
+        "curve": {model: _curve(docs["curve"]) for model, docs in documents.items() if "curve" in docs},
+        "warnings": [f"{model} / {reading}: {f['message']}" for model, docs in documents.items()
+                     for reading, doc in docs.items() for f in doc["sanity"] if f["level"] == "warning"],
+        "reports": {model: {reading: f"{model}/eval/{reading}/report.md" for reading in docs}
+                    for model, docs in documents.items()},
+    }
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _cell_text(cell: dict, with_paper: bool) -> str:
+    text = _fmt(cell["ours"]) + ("*" if cell["from_reading"] else "")
+    return f"{text} / {_fmt(cell['paper'], 2)}" if with_paper else text
+
+
+def report_markdown(report: dict, plots: list[str]) -> str:
+    """The comparison report as Markdown."""
+    setting = report["recipe"]["paper_setting"]
+    with_paper = setting != "none"
+    description = [report["recipe"]["description"], ""] if report["recipe"]["description"] else []
+    lines = [f"# Recipe report: {report['recipe']['name']}", "", *description,
+             f"- command: `{report['command']}`", f"- machine: {report['machine']}",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+             "- test samples attacked: " + ", ".join(f"{m} {n}" for m, n in report["n"].items()), "",
+             "Accuracy in %" + (f", ours / the paper's ({setting} column of Tables II and VII)" if with_paper else "")
+             + ". PGD, CW and Boundary are the static adversary (crafted on the backbone alone, then judged by "
+             "each model's own decision): a baseline, not an evaluation of the defence. Adp-PGD is the paper's "
+             "adaptive attack on the joint loss. *worst case* is per sample over every L-inf attack run within the "
+             "reading's eps (with the strong suite: APGD-CE/DLR, APGD on the vote margin, Square and a cascade); "
+             "the paper has no such column, and it is the number to quote.", ""]
+    lines += ["## Training", "", "| model | epochs | validation accuracy (its decision) | images/s |",
+              "|---|---:|---:|---:|"]
+    for model, record in report["training"].items():
+        accuracy = record.get("val/rule/vote", record.get("val/head/public"))
+        lines.append(f"| {model} | {record['epoch']} | {_fmt(None if accuracy is None else 100 * accuracy, 2)} | "
+                     f"{record['images_per_s']:.0f} |")
+    lines.append("")
+    for reading in report["readings"]:
+        lines += [f"## eps reading '{reading['name']}': L-inf eps = {fmt_eps(reading['eps'])}"
+                  + (f" ({reading['note']})" if reading["note"] else ""), "",
+                  "| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+        for row in report["tables"][reading["name"]]:
+            lines.append(f"| {row['label']} | "
+                         + " | ".join(_cell_text(row["cells"][c], with_paper and c != "worst case") for c in COLUMNS)
+                         + " |")
+        if any(c["from_reading"] for row in report["tables"][reading["name"]] for c in row["cells"].values()):
+            lines.append("")
+            lines.append("\\* unbounded attack (independent of eps), measured in another reading of this run.")
+        lines.append("")
+    if report["curve"]:
+        lines += ["## Accuracy against eps", "",
+                  "Each model's own decision (vote for the Aux Block model) under Adp-PGD with the paper's steps "
+                  "and under APGD on the rule's objective.", ""]
+        for model, curve in report["curve"].items():
+            series = list(curve["series"])
+            eps_values = [eps for eps, _ in curve["series"][series[0]]]
+            lines += [f"**{model}** (rule {curve['rule']})", "", "| eps | " + " | ".join(series) + " |",
+                      "|---:|" + "---:|" * len(series)]
+            for i, eps in enumerate(eps_values):
+                lines.append(f"| {eps:.4g} | " + " | ".join(_fmt(curve["series"][s][i][1]) for s in series) + " |")
+            lines.append("")
+        lines += [f"![{p}]({p})" for p in plots] + [""]
+    if report["warnings"]:
+        lines += ["## Sanity warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    lines += ["## Full reports", ""] + [f"- {model} / {reading}: [{path}]({path})"
+                                        for model, paths in report["reports"].items()
+                                        for reading, path in paths.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(report: dict, path: str | Path) -> Path | None:
+    """Accuracy against eps for every model and series, the readings' eps marked; None without a curve."""
+    if not report["curve"]:
+        return None
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for model, curve in report["curve"].items():
+        for k, (series, points) in enumerate(curve["series"].items()):
+            ax.plot([e for e, _ in points], [a for _, a in points], marker="o", linestyle="-" if k else "--",
+                    label=f"{model}: {series}")
+    for reading in report["readings"]:
+        ax.axvline(reading["eps"], color="grey", linestyle=":")
+        ax.annotate(reading["name"], (reading["eps"], 100), rotation=90, va="top", ha="right", fontsize=8)
+    ax.set_xlabel("eps (L-inf, pixels in [0, 1])")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=7)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

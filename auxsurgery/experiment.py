@@ -1,0 +1,259 @@
+"""Running a recipe end to end: train the models, attack them, compare with the paper; resumable.
+
+:func:`run_recipe` trains up to three models from one recipe (the undefended backbone,
+its PGD adversarially trained copy, and the Aux Block model), runs the recipe's attack
+suites on each at every eps *reading*, measures an accuracy-vs-eps curve, and writes one
+comparison report beside the paper's numbers. Everything lands in the run folder::
+
+    recipe.toml, recipe.json           the recipe as given, and as resolved (the resume check)
+    <model>/train/                     metrics.jsonl, best/last checkpoints, train_state.pt
+    <model>/eval/<reading>/            results.json, report.md, plots (one attack run)
+    <model>/eval/curve/                the accuracy-vs-eps run
+    report.md, report.json, accuracy_vs_eps.png
+
+Running the same command again resumes: a training stage continues from its last saved
+state (mid-epoch included) and finished evaluations are read back from their results.json.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from .attacks import APGD, PGD
+from .backbones import build_backbone
+from .checkpoint import atomic_write
+from .comparison import build_report, plot_curves, report_markdown
+from .data import dataset_classes, load_dataset
+from .evaluation import Budget, get_preset, plan, run_suite, write_report
+from .evaluation.suites import RULE_OBJECTIVE
+from .provenance import command_line, machine, versions
+from .recipe import Recipe, RecipeError
+from .surgery import attach_aux_blocks
+from .train import adversarial_preset, finetune
+from .train.config import AdversarialConfig
+from .train.engine import METRICS_FILE, STATE_FILE
+
+__all__ = ["MODELS", "RunData", "run_recipe"]
+
+console = Console(stderr=True)
+MODELS = ("undefended", "adversarial", "aux")
+# What a resumed run may change without changing what is computed.
+_RESUME_FREE = {("data", "root")}
+
+
+@dataclass
+class RunData:
+    """The datasets of a run and what they imply for the models."""
+
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    num_classes: int
+    input_size: tuple[int, int, int]
+
+
+def _resolved(recipe: Recipe) -> dict:
+    sections = copy.deepcopy(recipe.sections)
+    for section, key in _RESUME_FREE:
+        sections[section].pop(key, None)
+    return sections
+
+
+def _differences(old, new, where: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(old.keys() | new.keys())
+                for d in _differences(old.get(key), new.get(key), f"{where}.{key}" if where else key)]
+    return [] if old == new else [where]
+
+
+def _claim_out_dir(recipe: Recipe, out: Path) -> None:
+    """Record the recipe in ``out``, or check that ``out`` holds a run of this same recipe."""
+    lock, resolved = out / "recipe.json", _resolved(recipe)
+    if lock.exists():
+        changed = _differences(json.loads(lock.read_text()), resolved)
+        if changed:
+            raise RecipeError(f"{recipe.path}: {out} holds a run of a different recipe (changed: {', '.join(changed)}); "
+                              "choose another --out, or delete the folder to start over")
+        console.print(f"resuming the run in {out}")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "recipe.toml", lambda tmp: Path(tmp).write_text(recipe.text))
+    atomic_write(lock, lambda tmp: Path(tmp).write_text(json.dumps(resolved, indent=1)))
+
+
+def _load_data(recipe: Recipe, data_root: str | None) -> RunData:
+    d = recipe["data"]
+    options = dict(root=data_root or d["root"], download=d["download"], image_size=d["image_size"])
+    train = load_dataset(d["name"], train=True, augment=d["augment"], subset=d["train_subset"], **options)
+    val = load_dataset(d["name"], train=False, subset=d["val_subset"], **options)
+    test = load_dataset(d["name"], train=False, **options)
+    classes = dataset_classes(train)
+    if classes is None:
+        raise recipe.error("[data] name", f"dataset {d['name']!r} names no classes; cannot size the classifier")
+    return RunData(train, val, test, len(classes), tuple(train[0][0].shape))
+
+
+def _fresh_backbone(recipe: Recipe, data: RunData, seed_offset: int) -> nn.Module:
+    torch.manual_seed(recipe["recipe"]["seed"] + seed_offset)
+    b = recipe["backbone"]
+    return build_backbone(b["name"], num_classes=data.num_classes, pretrained=b["pretrained"],
+                          in_chans=data.input_size[0])
+
+
+def _train(model: nn.Module, name: str, recipe: Recipe, data: RunData, out: Path, device: str,
+           adversarial: AdversarialConfig | None = None) -> nn.Module:
+    """Train ``model`` as recipe stage ``name``, continuing from its saved state if there is one."""
+    folder = out / name / "train"
+    config = recipe.train_config(name, out_dir=str(folder), resume=(folder / STATE_FILE).exists(), device=device,
+                                 adversarial=adversarial)
+    console.rule(f"train: {name} ({config.epochs} epochs{', resumed' if config.resume else ''})")
+    finetune(model, data.train, data.val, config)
+    return model.eval()
+
+
+def _adversarial_config(recipe: Recipe) -> AdversarialConfig:
+    a = recipe["adversarial"]
+    chosen = {k: a[k] for k in ("eps", "step_size", "steps") if a[k] is not None}
+    try:
+        return adversarial_preset(a["preset"], **chosen) if a["preset"] else AdversarialConfig(**chosen)
+    except (TypeError, ValueError) as err:
+        raise recipe.error("[adversarial]", str(err)) from None
+
+
+def train_models(recipe: Recipe, data: RunData, out: Path, device: str) -> dict[str, nn.Module]:
+    """The recipe's trained models by stage name (only the enabled ones)."""
+    models = {}
+    undefended = _fresh_backbone(recipe, data, 0)
+    if recipe["undefended"]["enabled"]:
+        models["undefended"] = _train(undefended, "undefended", recipe, data, out, device)
+
+    def start(stage: str, offset: int) -> nn.Module:
+        init = recipe[stage]["init"]
+        return copy.deepcopy(models["undefended"]) if init == "undefended" else _fresh_backbone(recipe, data, offset)
+
+    if recipe["adversarial"]["enabled"]:
+        models["adversarial"] = _train(start("adversarial", 1), "adversarial", recipe, data, out, device,
+                                       _adversarial_config(recipe))
+    if recipe["aux"]["enabled"]:
+        a = recipe["aux"]
+        torch.manual_seed(recipe["recipe"]["seed"] + 2)  # the heads' initial weights
+        aux = attach_aux_blocks(start("aux", 2), at=a["at"], num_classes=data.num_classes, input_size=data.input_size,
+                                head=a["head"], alpha=a["alpha"])
+        models["aux"] = _train(aux, "aux", recipe, data, out, device)
+    return models
+
+
+# ---- attacks -------------------------------------------------------------------------------------
+
+
+def readings(recipe: Recipe) -> list[dict]:
+    """The eps readings to evaluate: the recipe's, or the one of its attack preset."""
+    if recipe["attack"]["readings"]:
+        return recipe["attack"]["readings"]
+    preset = get_preset(_preset_name(recipe))
+    return [{"name": preset.name, "eps": preset.eps, "step_size": None, "exclude": [], "note": "the preset's eps"}]
+
+
+def _preset_name(recipe: Recipe) -> str:
+    return recipe["attack"]["preset"] or recipe["data"]["name"]
+
+
+def _budget(recipe: Recipe) -> Budget:
+    chosen = recipe["attack"]["budget"]
+    return Budget(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v is not None})
+
+
+def _curve_plans(recipe: Recipe, rule: str, plain: bool) -> list:
+    """Adp-PGD as the paper runs it, and APGD on the rule's objective, at every eps of the curve."""
+    preset, seed = get_preset(_preset_name(recipe)), recipe["recipe"]["seed"]
+    objective = "ensemble" if plain else RULE_OBJECTIVE[rule]
+    plans = []
+    for eps in recipe["attack"]["curve"]["eps"]:
+        plans += [
+            plan(f"Adp-PGD eps={eps:.4g}", "sweep", PGD, objective="joint", eps=eps, steps=preset.steps,
+                 step_size=eps * preset.step_size / preset.eps, random_start=False,
+                 series=("Adp-PGD (paper's steps)", "eps", eps)),
+            plan(f"APGD [{rule}] eps={eps:.4g}", "sweep", APGD, objective=objective, eps=eps,
+                 steps=recipe["attack"]["curve"]["apgd_steps"], rule=rule, seed=seed,
+                 series=(f"APGD on {objective}", "eps", eps)),
+        ]
+    return plans
+
+
+def _results(folder: Path, run) -> dict:
+    """The results.json in ``folder``, computed by ``run()`` (a SuiteResult) and written first if missing."""
+    path = folder / "results.json"
+    if not path.exists():
+        write_report(run(), folder)
+    else:
+        console.print(f"already evaluated: {folder}")
+    return json.loads(path.read_text())
+
+
+def attack_models(recipe: Recipe, models: dict[str, nn.Module], data: RunData, out: Path, device: str) -> dict:
+    """``{model: {reading or "curve": results.json document}}`` for every trained model."""
+    a = recipe["attack"]
+    common = dict(dataset=_preset_name(recipe), n=min(a["n"], len(data.test)), seed=recipe["recipe"]["seed"],
+                  batch_size=a["batch_size"], budget=_budget(recipe))
+    documents: dict[str, dict] = {}
+    for name, model in models.items():
+        model.to(device)
+        plain = not hasattr(model, "head_names")
+        rules = ("vote",) if plain else tuple(a["rules"])
+        suites = [s for s in a["suites"] if not (plain and s == "heads")]  # the per-head study needs heads
+        documents[name] = {}
+        for reading in readings(recipe):
+            console.rule(f"attack: {name}, eps reading '{reading['name']}' (eps {reading['eps']:.4g})")
+            documents[name][reading["name"]] = _results(
+                out / name / "eval" / reading["name"],
+                lambda: run_suite(model, data.test, suite=suites, eps=reading["eps"], step_size=reading["step_size"],
+                                  rules=rules, exclude=reading["exclude"], **common))
+        if a["curve"]:
+            console.rule(f"attack: {name}, accuracy against eps")
+            documents[name]["curve"] = _results(
+                out / name / "eval" / "curve",
+                lambda: run_suite(model, data.test, suite=(), rules=rules[:1],
+                                  attacks=_curve_plans(recipe, rules[0], plain), **common))
+    return documents
+
+
+def _last_metrics(folder: Path) -> dict:
+    """The last epoch's record of a training run (train and validation metrics)."""
+    return json.loads((folder / METRICS_FILE).read_text().splitlines()[-1])
+
+
+def run_recipe(recipe: Recipe, out: str | Path | None = None, data_root: str | None = None,
+               device: str = "auto") -> dict:
+    """Run ``recipe`` (resuming whatever a previous run in ``out`` finished) and write its report.
+
+    Args:
+        recipe: from :func:`auxsurgery.recipe.load_recipe`.
+        out: the run folder (default ``runs/<recipe name>``).
+        data_root: folder of the named datasets (overrides ``[data] root``; default ``$AUXSURGERY_DATA``).
+        device: ``auto``, ``cpu``, ``cuda``, ...
+
+    Returns:
+        the report document (also written to ``out/report.json``).
+    """
+    out = Path(out) if out else Path("runs") / recipe.name
+    _claim_out_dir(recipe, out)
+    began = time.perf_counter()
+    data = _load_data(recipe, data_root)
+    models = train_models(recipe, data, out, device)
+    documents = attack_models(recipe, models, data, out, device)
+    report = build_report(recipe, documents, readings(recipe))
+    report.update(training={name: _last_metrics(out / name / "train") for name in models},
+                  command=command_line(), machine=machine(), versions=versions(),
+                  seconds_this_session=time.perf_counter() - began)
+    atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+    plots = [p.name for p in [plot_curves(report, out / "accuracy_vs_eps.png")] if p]
+    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(report_markdown(report, plots)))
+    console.print(f"wrote {out / 'report.md'}, {out / 'report.json'}")
+    return report

@@ -1,0 +1,271 @@
+"""Recipes: one TOML file that describes a whole experiment, checked before anything runs.
+
+A recipe names the data, the backbone, where the Aux Blocks go, how every model trains
+(the defended one and the baselines: undefended, PGD adversarial training) and which attack
+suites judge them. :func:`load_recipe` reads and validates it; every mistake (a typo in a
+key, a wrong type, an unknown model, head, dataset, suite or choice) is reported with the
+file, the ``[section] key`` and the valid choices, before a dataset is loaded.
+:func:`auxsurgery.experiment.run_recipe` runs it. See ``recipes/*.toml`` for examples.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from .backbones import resolve_name
+from .data import SOURCES, SYNTHETIC_NAMES
+from .evaluation import SUITES, Budget
+from .evaluation.presets import PRESETS as ATTACK_PRESETS
+from .heads import list_heads
+from .model import RULES
+from .train import TrainConfig
+from .train.adversarial import PRESETS as ADVERSARIAL_PRESETS
+from .train.config import PAPER_PRESETS
+
+__all__ = ["Recipe", "RecipeError", "load_recipe", "parse_recipe"]
+
+REQUIRED = object()
+INITS = ("undefended", "scratch")
+PAPER_SETTINGS = (*ATTACK_PRESETS, "none")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run: the message names the file, the key and the valid choices."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One recipe key: its kind (``int``, ``float``, ``str``, ``bool``, ``str-list``,
+    ``float-list``, ``int-list``, ``str-or-list``), default and, where closed, its choices."""
+
+    kind: str
+    default: Any = None
+    choices: tuple | None = None
+
+
+def _kind_of(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, tuple):
+        return f"{_kind_of(value[0]) if value else 'int'}-list"
+    return {int: "int", float: "float", str: "str"}[type(value)]
+
+
+# Every TrainConfig setting that describes training (not where files go or how it is shown).
+_NOT_IN_RECIPES = {"out_dir", "resume", "progress", "adversarial", "device"}
+_TRAIN_KIND_OVERRIDES = {"grad_clip": "float"}
+TRAIN_KEYS = {f.name: Key(_TRAIN_KIND_OVERRIDES.get(f.name) or _kind_of(f.default), f.default)
+              for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_IN_RECIPES}
+BUDGET_KEYS = {f.name: Key(_kind_of(f.default), f.default) for f in dataclasses.fields(Budget)}
+READING_KEYS = {
+    "name": Key("str", REQUIRED), "eps": Key("float", REQUIRED), "step_size": Key("float"),
+    "exclude": Key("str-list", []), "note": Key("str", ""),
+}
+CURVE_KEYS = {"eps": Key("float-list", REQUIRED), "apgd_steps": Key("int", 50)}
+
+# section -> key -> Key; a dict value is a sub-table; a list of one dict is an array of tables.
+SCHEMA: dict[str, dict] = {
+    "recipe": {"name": Key("str", REQUIRED), "description": Key("str", ""),
+               "paper": Key("str", "none", PAPER_SETTINGS), "seed": Key("int", 0)},
+    "data": {"name": Key("str", REQUIRED), "root": Key("str"), "train_subset": Key("int"), "val_subset": Key("int"),
+             "image_size": Key("int"), "augment": Key("bool"), "download": Key("bool", False)},
+    "backbone": {"name": Key("str", REQUIRED), "pretrained": Key("bool", False)},
+    "train": {"preset": Key("str", None, tuple(PAPER_PRESETS)), **{k: Key(v.kind) for k, v in TRAIN_KEYS.items()}},
+    "undefended": {"enabled": Key("bool", True), "train": {k: Key(v.kind) for k, v in TRAIN_KEYS.items()}},
+    "adversarial": {"enabled": Key("bool", False), "init": Key("str", "undefended", INITS),
+                    "preset": Key("str", None, tuple(ADVERSARIAL_PRESETS)), "eps": Key("float"),
+                    "step_size": Key("float"), "steps": Key("int"),
+                    "train": {k: Key(v.kind) for k, v in TRAIN_KEYS.items()}},
+    "aux": {"enabled": Key("bool", True), "at": Key("str-or-list", "auto:3"), "head": Key("str-or-list", "default"),
+            "alpha": Key("float-list"), "init": Key("str", "undefended", INITS),
+            "train": {k: Key(v.kind) for k, v in TRAIN_KEYS.items()}},
+    "attack": {"suites": Key("str-list", ["static", "adaptive", "strong"]), "n": Key("int", 1000),
+               "rules": Key("str-list", ["vote", "score"]), "batch_size": Key("int", 128),
+               "preset": Key("str", None, tuple(ATTACK_PRESETS)), "readings": [READING_KEYS],
+               "budget": {k: Key(v.kind) for k, v in BUDGET_KEYS.items()}, "curve": CURVE_KEYS},
+}
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "str-list": "a list of strings", "float-list": "a list of numbers", "int-list": "a list of integers",
+               "str-or-list": "a string or a list of strings"}
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: ``sections[section][key]`` with every default filled in.
+
+    Attributes:
+        path: the file it came from (``<string>`` for :func:`parse_recipe` without one).
+        sections: the values, sub-tables as dicts; unset optional keys are None.
+        text: the TOML source, copied into the run folder.
+    """
+
+    path: str
+    sections: dict
+    text: str
+
+    def __getitem__(self, section: str) -> dict:
+        return self.sections[section]
+
+    @property
+    def name(self) -> str:
+        """The recipe's name (``[recipe] name``)."""
+        return self.sections["recipe"]["name"]
+
+    def error(self, where: str, message: str) -> RecipeError:
+        """A RecipeError for ``where`` (``[section] key``) in this recipe's file."""
+        return RecipeError(f"{self.path}: {where}: {message}")
+
+    def train_config(self, model: str, **fixed) -> TrainConfig:
+        """The TrainConfig of ``model`` (undefended, adversarial, aux): the paper preset ``[train]``
+        names, then ``[recipe] seed``, ``[train]``, ``[model.train]`` and ``fixed``, later ones winning."""
+        base = {k: v for k, v in self["train"].items() if v is not None and k != "preset"}
+        override = {k: v for k, v in self[model]["train"].items() if v is not None}
+        settings = {"seed": self["recipe"]["seed"], **base, **override, **fixed}
+        if "milestones" in settings:
+            settings["milestones"] = tuple(settings["milestones"])
+        preset = self["train"]["preset"]
+        defaults = PAPER_PRESETS[preset] if preset else {}
+        try:
+            return TrainConfig(**{**defaults, **settings})
+        except ValueError as err:
+            raise self.error(f"[train] or [{model}.train]", str(err)) from None
+
+
+def _scalar(value, kind: str):
+    """``value`` as ``kind``; TypeError if it is not one (an int is a number; a bool is not an int)."""
+    if kind == "float" and type(value) in (int, float):
+        return float(value)
+    if type(value) is {"int": int, "str": str, "bool": bool}.get(kind):
+        return value
+    raise TypeError
+
+
+def _check_type(where: str, value, kind: str, choices: tuple | None):
+    """``value`` checked against ``kind`` and ``choices``; a RecipeError says what was expected."""
+    try:
+        if kind == "str-or-list":
+            value = [_scalar(v, "str") for v in value] if isinstance(value, list) else _scalar(value, "str")
+        elif kind.endswith("-list"):
+            if not isinstance(value, list):
+                raise TypeError
+            value = [_scalar(v, kind.removesuffix("-list")) for v in value]
+        else:
+            value = _scalar(value, kind)
+    except TypeError:
+        raise RecipeError(f"{where} must be {_TYPE_NAMES[kind]}, got {value!r} ({type(value).__name__})") from None
+    if choices is not None and value not in choices:
+        raise RecipeError(f"{where}: unknown value {value!r}; valid: {', '.join(map(str, choices))}")
+    return value
+
+
+def _unknown_key(where: str, key: str, valid) -> RecipeError:
+    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return RecipeError(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def _fill(section: str, table, schema: dict) -> dict:
+    """Check ``table`` (the TOML table ``[section]``) against ``schema``; return it with defaults filled in."""
+    if not isinstance(table, dict):
+        raise RecipeError(f"[{section}] must be a table, got {table!r}")
+    for key in table:
+        if key not in schema:
+            raise _unknown_key(f"[{section}]", key, schema)
+    filled = {}
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            # An absent sub-table with required keys (like [attack.curve]) is simply off.
+            optional = key not in table and any(k.default is REQUIRED for k in spec.values() if isinstance(k, Key))
+            filled[key] = None if optional else _fill(f"{section}.{key}", table.get(key, {}), spec)
+        elif isinstance(spec, list):
+            items = table.get(key, [])
+            if not isinstance(items, list):
+                raise RecipeError(f"[{section}] {key} must be an array of tables ([[{section}.{key}]])")
+            filled[key] = [_fill(f"{section}.{key}[{i}]", item, spec[0]) for i, item in enumerate(items)]
+        elif key in table:
+            filled[key] = _check_type(f"[{section}] {key}", table[key], spec.kind, spec.choices)
+        elif spec.default is REQUIRED:
+            raise RecipeError(f"[{section}] {key} is required")
+        else:
+            filled[key] = copy.deepcopy(spec.default)
+    return filled
+
+
+def _check_names(r: Recipe) -> None:
+    """Names the schema cannot check: models, heads, datasets, suites, rules, cross-key rules."""
+    try:
+        resolve_name(r["backbone"]["name"])
+    except ValueError as err:
+        raise r.error("[backbone] name", str(err)) from None
+    data = r["data"]["name"]
+    known_data = [*SOURCES, *SYNTHETIC_NAMES]
+    if data.lower() not in known_data and "/" not in data and not Path(data).is_dir():
+        raise r.error("[data] name", f"unknown dataset {data!r}; valid: {', '.join(known_data)}, "
+                                     "or an ImageFolder directory path")
+    heads = r["aux"]["head"] if isinstance(r["aux"]["head"], list) else [r["aux"]["head"]]
+    for head in heads:
+        if head.split(":")[0] not in list_heads():
+            raise r.error("[aux] head", f"unknown head preset {head!r}; valid: {', '.join(list_heads())}")
+    for suite in r["attack"]["suites"]:
+        if suite not in SUITES:
+            raise r.error("[attack] suites", f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
+    for rule in r["attack"]["rules"]:
+        if rule not in RULES:
+            raise r.error("[attack] rules", f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+    names = [reading["name"] for reading in r["attack"]["readings"]]
+    if len(set(names)) != len(names):
+        raise r.error("[attack.readings] name", f"reading names must differ, got {names}")
+    for i, reading in enumerate(r["attack"]["readings"]):
+        if not 0 < reading["eps"] <= 1:
+            raise r.error(f"[attack.readings[{i}]] eps", f"must lie in (0, 1] (pixels in [0, 1]), got {reading['eps']}")
+    for eps in r["attack"]["curve"]["eps"] if r["attack"]["curve"] else []:
+        if not 0 < eps <= 1:
+            raise r.error("[attack.curve] eps", f"every eps must lie in (0, 1], got {eps}")
+    for model in ("adversarial", "aux"):
+        if r[model]["enabled"] and r[model]["init"] == "undefended" and not r["undefended"]["enabled"]:
+            raise r.error(f"[{model}] init", "'undefended' needs [undefended] enabled = true (or use 'scratch')")
+    if r["adversarial"]["enabled"] and not (r["adversarial"]["preset"] or r["adversarial"]["eps"]):
+        raise r.error("[adversarial]", f"set preset ({', '.join(ADVERSARIAL_PRESETS)}) or eps and step_size")
+    for model in ("undefended", "adversarial", "aux"):
+        if r[model]["enabled"]:
+            r.train_config(model)  # raises on bad choices (optimizer, schedule, ...)
+
+
+def parse_recipe(text: str, path: str = "<string>") -> Recipe:
+    """Validate the TOML ``text`` of a recipe; :class:`RecipeError` names ``path``, the key and the choices."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{path}: not valid TOML: {err}") from None
+    for section in raw:
+        if section not in SCHEMA:
+            close = difflib.get_close_matches(section, list(SCHEMA), n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise RecipeError(f"{path}: unknown section [{section}].{hint} Valid sections: {', '.join(SCHEMA)}")
+    sections = {}
+    for section, schema in SCHEMA.items():
+        try:
+            sections[section] = _fill(section, raw.get(section, {}), schema)
+        except RecipeError as err:
+            raise RecipeError(f"{path}: {err}") from None
+    recipe = Recipe(str(path), sections, text)
+    _check_names(recipe)
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate the recipe at ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe at {path}; see the recipes/ folder for examples")
+    return parse_recipe(path.read_text(), str(path))
