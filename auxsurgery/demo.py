@@ -40,6 +40,7 @@ class DemoConfig:
     lr: float = 3e-3
     seed: int = 0
     quick: bool = False
+    device: str = "auto"  # as TrainConfig.device; the attacks run where the trained models are
 
     @classmethod
     def smoke(cls) -> "DemoConfig":
@@ -51,7 +52,7 @@ def _train(model, train_set, test_set, config: DemoConfig, epochs: int, out_dir:
     """AdamW with a one-cycle schedule: converges in a handful of epochs on this task."""
     train_config = TrainConfig(epochs=epochs, batch_size=128, optimizer="adamw", lr=config.lr, weight_decay=5e-4,
                                schedule="onecycle", seed=config.seed, out_dir=str(out_dir), amp="off",
-                               select_best="vote")
+                               select_best="vote", device=config.device)
     return finetune(model, train_set, test_set, train_config)
 
 

@@ -38,6 +38,7 @@ from .recipe import Recipe, RecipeError
 from .surgery import attach_aux_blocks
 from .train import adversarial_preset, finetune
 from .train.config import AdversarialConfig
+from .train.distributed import resolve_device
 from .train.engine import METRICS_FILE, STATE_FILE
 
 __all__ = ["MODELS", "RunData", "run_recipe"]
@@ -243,6 +244,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, data_root: str | N
         the report document (also written to ``out/report.json``).
     """
     out = Path(out) if out else Path("runs") / recipe.name
+    device = str(resolve_device(device))
     _claim_out_dir(recipe, out)
     began = time.perf_counter()
     data = _load_data(recipe, data_root)

@@ -217,6 +217,7 @@ def place_study(
     input_size: Sequence[int] | None = None,
     lr: float = 3e-3,
     batch_size: int = 128,
+    device: str = "auto",
 ) -> PlacementResult:
     """Compare Aux Block placements on a trained ``backbone``: one row per candidate point and per set.
 
@@ -232,6 +233,7 @@ def place_study(
         n: test images measured (the first ``n``).
         seed: seeds the heads' initial weights and the data order.
         input_size: ``(C, H, W)`` (default: the backbone's design size).
+        device: where to fine-tune and attack (see :attr:`auxsurgery.train.TrainConfig.device`).
     """
     if mode not in ("heads", "full"):
         raise ValueError(f"unknown mode {mode!r}; valid: heads, full")
@@ -244,7 +246,8 @@ def place_study(
     for points in placements:
         attach_aux_blocks(copy.deepcopy(backbone), at=points, input_size=input_size, head=head)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, mode=mode, optimizer="adamw", lr=lr,
-                         weight_decay=5e-4, schedule="onecycle", seed=seed, out_dir=None, progress=False, amp="off")
+                         weight_decay=5e-4, schedule="onecycle", seed=seed, out_dir=None, progress=False, amp="off",
+                         device=device)
     rows = []
     for points in placements:
         torch.manual_seed(seed)  # same head initialisation whatever ran before

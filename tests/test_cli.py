@@ -1,14 +1,20 @@
-"""The CLI: layers, attach (table, JSON, saving) and the error path's exit code."""
+"""The CLI: layers, attach (table, JSON, saving), the shared options, help examples and exit codes."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
 from auxsurgery import load
 from auxsurgery.cli import app
+from auxsurgery.commands import attach as attach_commands
+from auxsurgery.train import TrainingInterrupted
 
 runner = CliRunner()
+COMMANDS = typer.main.get_command(app).commands
 
 
 def test_layers_table_lists_points_with_shapes():
@@ -45,3 +51,68 @@ def test_user_errors_exit_2_with_one_clear_line():
 def test_help_shows_examples():
     result = runner.invoke(app, ["attach", "--help"])
     assert result.exit_code == 0 and "Example: auxsurgery attach resnet18" in result.output
+
+
+def _option(command: str, flag: str):
+    """The click parameter behind ``flag`` of ``command``, or None."""
+    return next((p for p in COMMANDS[command].params if flag in p.opts), None)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_help_ends_with_an_example(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Example: auxsurgery " + command in result.output
+    assert COMMANDS[command].help.strip().splitlines()[-1].startswith("Example: ")
+
+
+def test_top_level_help_has_an_example_per_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert all(f"auxsurgery {name} " in result.output for name in COMMANDS)
+
+
+# Which commands take each shared option: new commands get all of them unless listed here.
+@pytest.mark.parametrize("flag, without", [
+    ("--json", set()),
+    ("--seed", {"models", "layers", "run"}),  # run's seed is the recipe file's
+    ("--device", {"models", "layers", "attach"}),
+    ("--data-root", {"models", "layers", "attach", "demo"}),
+])
+def test_shared_options_are_declared_identically(flag, without):
+    found = {name: _option(name, flag) for name in COMMANDS if name not in without}
+    assert all(found.values()), [name for name, param in found.items() if param is None]
+    assert len({(param.help, param.default) for param in found.values()}) == 1
+
+
+def test_device_defaults_to_auto():
+    assert _option("attack", "--device").default == "auto"
+
+
+@pytest.mark.parametrize("args", [["train", "small_cnn", "--out", "unused"],
+                                  ["attack", "m.safetensors", "--data", "mnist"]])
+def test_unknown_device_is_a_usage_error(args):
+    result = runner.invoke(app, [*args, "--device", "nonsense"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--device'" in result.output and "'nonsense' is not a device" in result.output
+
+
+@pytest.mark.parametrize("raised, line", [(KeyboardInterrupt(), "interrupted"),
+                                          (TrainingInterrupted("stopped at epoch 2"), "stopped at epoch 2")])
+def test_interrupt_exits_130_with_one_line(monkeypatch, raised, line):
+    def interrupted():
+        raise raised
+    monkeypatch.setattr(attach_commands, "available_backbones", interrupted)
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 130 and result.output.strip().splitlines() == [line]
+
+
+def test_train_json_is_the_only_stdout(tmp_path, single_thread):
+    result = runner.invoke(app, ["train", "small_cnn", "--data", "synthetic", "--subset", "64", "--val-subset", "32",
+                                 "--epochs", "1", "--batch-size", "32", "--amp", "off", "--device", "cpu",
+                                 "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["best_epoch"] == 1 and summary["epochs_run"] == 1
+    assert summary["final"]["epoch"] == 1 and summary["best_accuracy"] == summary["final"]["val/rule/vote"]
+    assert str(tmp_path / "last.safetensors") in summary["files"]
+    assert all(Path(path).is_file() for path in summary["files"])

@@ -1,7 +1,6 @@
 """``auxsurgery layers`` and ``auxsurgery attach``: inspect a backbone and perform the surgery."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +14,7 @@ from ..cost import head_costs
 from ..graph import list_attach_points
 from ..heads import list_heads
 from ..surgery import attach_aux_blocks, parse_input_size
+from .options import Json, Seed, print_json
 
 console = Console()
 
@@ -51,7 +51,7 @@ def describe_head(head) -> str:
 
 def models(
     pattern: str = typer.Argument("", help="Substring to filter names by."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a list."),
+    as_json: Json = False,
 ):
     """List buildable backbone names per source (auxsurgery, torchvision, timm).
 
@@ -59,7 +59,7 @@ def models(
     """
     found = {src: [n for n in names if pattern in n] for src, names in available_backbones().items()}
     if as_json:
-        typer.echo(json.dumps(found, indent=2))
+        print_json(found)
         return
     for src, names in found.items():
         console.print(f"[bold]{src}[/bold] ({len(names)}): {', '.join(names)}")
@@ -71,7 +71,7 @@ def layers(
     num_classes: int = typer.Option(10, help="Classes of the backbone's classifier."),
     depth: int = typer.Option(2, help="Module-name depth to list (layer1 is 1, layer1.0 is 2)."),
     all_nodes: bool = typer.Option(False, "--all", help="List every fx node, leaf ops included."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: Json = False,
 ):
     """List where Aux Blocks can attach, with output shape and stride.
 
@@ -81,7 +81,7 @@ def layers(
     size = parse_input_size(input_size) if input_size else backbone.default_input_size
     points = list_attach_points(backbone.net, size, depth=None if all_nodes else depth)
     if as_json:
-        typer.echo(json.dumps([p.to_dict() for p in points], indent=2))
+        print_json([p.to_dict() for p in points])
         return
     table = Table(title=f"{model}: attach points at input {_fmt_shape(size)}")
     for column in ("name", "kind", "output shape", "layout", "stride", "note"):
@@ -101,8 +101,8 @@ def attach(
     head: str = typer.Option("default", help="Head preset, default:<width>, or one per point (comma-separated)."),
     pretrained: bool = typer.Option(False, help="Start from the library's pretrained weights (downloads)."),
     out: Optional[Path] = typer.Option(None, help="Save the AuxModel here (safetensors + surgery spec)."),
-    seed: int = typer.Option(0, help="Seed for the heads' initial weights."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    seed: Seed = 0,
+    as_json: Json = False,
 ):
     """Attach Aux Block heads to a backbone; print the heads and their cost.
 
@@ -110,14 +110,14 @@ def attach(
     """
     import torch
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the heads' initial weights
     heads = head.split(",") if "," in head else head
     aux = attach_aux_blocks(model, at=at, num_classes=num_classes, input_size=input_size, head=heads,
                             pretrained=pretrained)
     costs = head_costs(aux)
     saved = str(save(aux, out)) if out else None
     if as_json:
-        typer.echo(json.dumps({"spec": aux.spec, "costs": [c.to_dict() for c in costs], "saved": saved}, indent=2))
+        print_json({"spec": aux.spec, "costs": [c.to_dict() for c in costs], "saved": saved})
         return
     table = Table(title=f"{model} + {len(aux.heads)} Aux Blocks at input {_fmt_shape(aux.spec['input_size'])}")
     for column in ("head", "feature", "layout", "params", "% params", "FLOPs", "% FLOPs"):

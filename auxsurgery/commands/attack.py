@@ -1,7 +1,6 @@
 """``auxsurgery attack``: run the evaluation suites on a saved checkpoint and write the report."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +14,8 @@ from ..evaluation import (
     PRESETS, SUITES, Budget, get_preset, parse_suites, print_table, results_document, run_suite, write_report,
 )
 from ..model import check_rule
+from ..train.distributed import resolve_device
+from .options import DataRoot, Device, Json, Out, Seed, json_mode, print_json
 
 console = Console()
 
@@ -58,21 +59,23 @@ def attack(
     data: str = typer.Option(..., help="Test data: mnist, cifar10, synthetic, ..., an ImageFolder path, or a .pt "
                                        "file holding {'x': images in [0, 1], 'y': labels[, 'classes': names]}."),
     suite: str = typer.Option("static,adaptive", help=f"Suites, comma-separated: {', '.join(SUITES)}."),
-    data_root: Optional[Path] = typer.Option(None, help="Folder of the named datasets (default $AUXSURGERY_DATA)."),
+    data_root: DataRoot = None,
     n: int = typer.Option(1000, help="Evaluate the first N test samples."),
     eps: Optional[float] = typer.Option(None, help="L-inf budget in [0, 1] pixels (default: the preset's)."),
     step_size: Optional[float] = typer.Option(None, help="PGD step (default: the preset's, scaled with --eps)."),
     steps: Optional[int] = typer.Option(None, help="PGD iterations of the paper-faithful rows (default 5)."),
     preset: Optional[str] = typer.Option(None, help="Budget preset: mnist, cifar10, mini-imagenet (default: --data)."),
     rules: str = typer.Option("vote,score", help="Decision rules to attack: vote, score, public, private."),
-    seed: int = typer.Option(0, help="Seed of every attack's randomness."),
+    seed: Seed = 0,
     batch_size: int = typer.Option(128, help="Samples per attack batch."),
-    device: str = typer.Option("cpu", help="Device to attack on: cpu, cuda, cuda:1, ..."),
+    device: Device = "auto",
     quick: bool = typer.Option(False, help="Smoke-test budget: every attack runs, none seriously."),
-    out: Optional[Path] = typer.Option(None, help="Write results.json, report.md and PNG plots to this folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout instead of the table."),
+    out: Out = None,
+    as_json: Json = False,
 ):
     """Attack a checkpoint with the evaluation suites; judge by its own decision rules; report.
+
+    With --out, writes results.json, report.md and PNG plots there; --json prints results.json.
 
     Example: auxsurgery attack model.safetensors --data mnist --suite static,adaptive,strong --n 1000 --out report
     """
@@ -87,18 +90,18 @@ def attack(
     if n < 1 or batch_size < 1:
         raise ValueError(f"--n and --batch-size must be >= 1, got {n} and {batch_size}")
     spec = read_spec(checkpoint)
-    samples, classes, shape = load_eval_data(data, data_root, n)
-    check_compatible(spec, classes, shape, data)
-
-    model = load(checkpoint, map_location=device)
-    result = run_suite(model, samples, suite=suites, eps=eps, step_size=step_size, steps=steps,
-                       dataset=preset or data, seed=seed, rules=attacked_rules, batch_size=batch_size,
-                       budget=Budget.quick() if quick else None)
-    result.model_info["checkpoint"] = str(checkpoint)
-    result.data_info["source"] = data
-    written = write_report(result, out) if out else []
+    with json_mode(as_json):
+        samples, classes, shape = load_eval_data(data, data_root, n)
+        check_compatible(spec, classes, shape, data)
+        model = load(checkpoint, map_location=str(resolve_device(device)))
+        result = run_suite(model, samples, suite=suites, eps=eps, step_size=step_size, steps=steps,
+                           dataset=preset or data, seed=seed, rules=attacked_rules, batch_size=batch_size,
+                           budget=Budget.quick() if quick else None)
+        result.model_info["checkpoint"] = str(checkpoint)
+        result.data_info["source"] = data
+        written = write_report(result, out) if out else []
     if as_json:
-        typer.echo(json.dumps(results_document(result), indent=1))
+        print_json(results_document(result))
         return
     print_table(result, console)
     for path in written:

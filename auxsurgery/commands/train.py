@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import torch
 import typer
@@ -12,7 +12,9 @@ from rich.console import Console
 from ..checkpoint import load
 from ..data import dataset_classes, load_dataset
 from ..surgery import attach_aux_blocks
-from ..train import TrainConfig, TrainingInterrupted, adversarial_preset, finetune, paper_config
+from ..train import TrainConfig, adversarial_preset, finetune, paper_config
+from ..train.engine import BEST_FILE, LAST_FILE, METRICS_FILE, STATE_FILE
+from .options import DataRoot, Device, Json, Out, Seed, json_mode, print_json
 
 console = Console()
 
@@ -26,14 +28,22 @@ def _model(model: str, at: str, head: str, pretrained: bool, num_classes: int, i
                              pretrained=pretrained)
 
 
+def _summary(result, config: TrainConfig, files: list[str]) -> dict:
+    """The ``--json`` document: the best epoch, the last epoch's metrics and the files written."""
+    return {"best_epoch": result.best_epoch, "select_best": config.select_best, "best_accuracy": result.best_accuracy,
+            "epochs_run": len(result.history), "final": result.history[-1] if result.history else None,
+            "files": files}
+
+
 def train(
-    model: str = typer.Argument(..., help="A checkpoint (from `auxsurgery attach` or a previous run), or a backbone name."),
+    model: Annotated[str, typer.Argument(
+        help="A checkpoint (from `auxsurgery attach` or a previous run), or a backbone name.")],
+    out: Out,
     data: str = typer.Option("synthetic", help="mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic, or an ImageFolder path."),
-    out: Path = typer.Option(..., help="Run folder: metrics.jsonl, best/last.safetensors, train_state.pt."),
     at: str = typer.Option("auto:3", help="With a backbone name: attach points (comma-separated) or auto:K."),
     head: str = typer.Option("default", help="With a backbone name: head preset, or one per point (comma-separated)."),
     pretrained: bool = typer.Option(False, help="With a backbone name: start from pretrained weights (downloads)."),
-    data_root: Optional[Path] = typer.Option(None, help="Folder holding the named datasets (default $AUXSURGERY_DATA)."),
+    data_root: DataRoot = None,
     download: bool = typer.Option(False, "--download", help="Download a missing named dataset."),
     subset: Optional[int] = typer.Option(None, help="Train on the first N training samples."),
     val_subset: Optional[int] = typer.Option(None, help="Validate on the first N test samples."),
@@ -52,18 +62,20 @@ def train(
     amp: Optional[str] = typer.Option(None, help="auto (default), bf16, fp16, off."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the data order, augmentation and dropout (default 0)."),
+    seed: Seed = 0,
     adversarial: Optional[str] = typer.Option(None, help="PGD adversarial training with the paper's preset: mnist, cifar10, mini-imagenet."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly."),
     save_every: Optional[int] = typer.Option(None, help="Also save the resume state every N steps."),
     num_workers: Optional[int] = typer.Option(None, help="Data-loading worker processes (default 0)."),
-    device: Optional[str] = typer.Option(None, help="auto (default), cpu, cuda, cuda:1, ..."),
+    device: Device = "auto",
+    as_json: Json = False,
 ):
     """Fine-tune every head on the joint objective; validate each epoch; save best/last checkpoints.
 
-    Example: auxsurgery train small_cnn --at auto:3 --data synthetic --epochs 10 --schedule cosine --out runs/demo
-
+    Writes metrics.jsonl, best/last.safetensors and train_state.pt under --out; --json prints a summary.
     Under torchrun (``torchrun --nproc_per_node 2 -m auxsurgery train ...``) the run is data-parallel.
+
+    Example: auxsurgery train small_cnn --at auto:3 --data synthetic --epochs 10 --schedule cosine --out runs/demo
     """
     chosen = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
                   weight_decay=weight_decay, schedule=schedule, mode=mode, backbone_lr_scale=backbone_lr_scale,
@@ -74,19 +86,21 @@ def train(
     settings = {k: v for k, v in chosen.items() if v is not None}  # unset options keep the preset's
     config = paper_config(preset, **settings) if preset else TrainConfig(**settings)
 
-    train_set = load_dataset(data, root=data_root, train=True, download=download, image_size=image_size, subset=subset)
-    val_set = load_dataset(data, root=data_root, train=False, download=download, image_size=image_size,
-                           subset=val_subset)
-    classes = dataset_classes(train_set)
-    torch.manual_seed(config.seed)  # the new heads' initial weights
-    aux = _model(model, at, head, pretrained, len(classes), tuple(train_set[0][0].shape))
-    try:
+    with json_mode(as_json):
+        train_set = load_dataset(data, root=data_root, train=True, download=download, image_size=image_size,
+                                 subset=subset)
+        val_set = load_dataset(data, root=data_root, train=False, download=download, image_size=image_size,
+                               subset=val_subset)
+        classes = dataset_classes(train_set)
+        torch.manual_seed(config.seed)  # the new heads' initial weights
+        aux = _model(model, at, head, pretrained, len(classes), tuple(train_set[0][0].shape))
         result = finetune(aux, train_set, val_set, config)
-    except TrainingInterrupted as stop:
-        console.print(f"[yellow]{stop}[/yellow]")
-        raise typer.Exit(130) from None
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
+    files = [str(out / name) for name in (METRICS_FILE, BEST_FILE, LAST_FILE, STATE_FILE) if (out / name).exists()]
+    if as_json:
+        print_json(_summary(result, config, files))
         return
     if result.best_epoch is not None:
         console.print(f"best epoch {result.best_epoch}: {config.select_best} accuracy {result.best_accuracy:.4f}")
-    console.print(f"wrote {out / 'metrics.jsonl'}, {out / 'best.safetensors'}, {out / 'last.safetensors'}")
+    console.print("wrote " + ", ".join(files))

@@ -1,0 +1,56 @@
+"""Options shared by several commands, each defined once.
+
+Commands declare ``--device``, ``--seed``, ``--data-root``, ``--json`` and ``--out`` only
+through these aliases (``device: Device = "auto"``), so an option has one name, one help
+text, one validation and one behaviour in every command that takes it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager, nullcontext, redirect_stdout
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import torch
+import typer
+
+from ..train.distributed import resolve_device
+
+
+def _check_device(value: str) -> str:
+    """Reject a device torch cannot parse or this machine lacks while parsing, not after loading data."""
+    try:
+        device = resolve_device(value)
+    except RuntimeError:
+        raise typer.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda, cuda:1, ...") from None
+    # Counted, not touched: initialising CUDA here would claim GPU 0 in every torchrun process.
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise typer.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return value
+
+
+Device = Annotated[str, typer.Option(
+    help="Device: auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...", callback=_check_device)]
+Seed = Annotated[int, typer.Option(
+    help="Seed of every random choice: initial weights, data order, augmentation, attacks.")]
+DataRoot = Annotated[Optional[Path], typer.Option(
+    help="Folder of the named datasets (default $AUXSURGERY_DATA, else ./data).")]
+Json = Annotated[bool, typer.Option(
+    "--json", help="Print machine-readable JSON on stdout; progress and messages go to stderr.")]
+Out = Annotated[Optional[Path], typer.Option(help="Folder for the command's files (created if missing).")]
+
+
+@contextmanager
+def json_mode(as_json: bool) -> Iterator[None]:
+    """With ``--json``, send whatever the work prints to stderr, so that stdout carries only the JSON.
+
+    A redirect rather than a choice of console: training's progress bars print to stdout.
+    """
+    with redirect_stdout(sys.stderr) if as_json else nullcontext():
+        yield
+
+
+def print_json(document) -> None:
+    """The ``--json`` output: one JSON document on stdout."""
+    typer.echo(json.dumps(document, indent=1))

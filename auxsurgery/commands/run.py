@@ -1,0 +1,43 @@
+"""``auxsurgery run``: a whole experiment from a recipe file, resumable."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..experiment import run_recipe
+from ..recipe import load_recipe
+from ..train import TrainingInterrupted
+from .options import DataRoot, Device, Json, Out, json_mode, print_json
+
+
+def run(
+    recipe: Path = typer.Argument(..., help="A recipe file (TOML), e.g. recipes/mnist-lenet5-cpu.toml."),
+    out: Out = None,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    check: bool = typer.Option(False, "--check", help="Only validate the recipe and exit."),
+    as_json: Json = False,
+):
+    """Run a recipe end to end: train the undefended, adversarially trained and Aux Block models,
+    attack them with the recipe's suites, and write report.md/report.json with the paper's numbers
+    beside ours. Running the same command again resumes where it stopped (the run folder, default
+    runs/<recipe name>, keeps every stage's state).
+
+    Example: auxsurgery run recipes/mnist-lenet5-cpu.toml --data-root ../shared/data --out runs/mnist
+
+    Example: auxsurgery run recipes/cifar10-vgg16.toml --check
+    """
+    parsed = load_recipe(recipe)
+    if check:
+        Console(stderr=True).print(f"{recipe}: ok ({parsed.name})")
+        return
+    try:
+        with json_mode(as_json):
+            report = run_recipe(parsed, out, data_root=str(data_root) if data_root else None, device=device)
+    except TrainingInterrupted as stop:
+        Console(stderr=True).print(f"[yellow]{stop}[/yellow]; run the same command again to resume")
+        raise typer.Exit(130) from None
+    if as_json:
+        print_json(report)

@@ -1,0 +1,182 @@
+"""Recipes: validation errors that name the file, key and choices; `auxsurgery run` end to end and resumed."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from auxsurgery import experiment
+from auxsurgery.paper import paper_value
+from auxsurgery.recipe import RecipeError, load_recipe, parse_recipe
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
+BASE = """
+[recipe]
+name = "tiny"
+paper = "mnist"
+[data]
+name = "synthetic"
+[backbone]
+name = "small_cnn"
+"""
+# A run of a few seconds: every stage and every suite, nothing measured seriously.
+TINY = BASE.replace('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 128\nval_subset = 32') + """
+[train]
+epochs = 1
+batch_size = 32
+optimizer = "adamw"
+lr = 0.003
+amp = "off"
+[adversarial]
+enabled = true
+preset = "cifar10"
+steps = 1
+[aux]
+at = "stage1,stage2"
+[attack]
+suites = ["static", "adaptive", "strong"]
+n = 12
+[attack.budget]
+apgd_steps = 2
+square_queries = 4
+cw_steps = 2
+cw_search_steps = 1
+boundary_steps = 3
+cascade_steps = [1, 2]
+cascade_restarts = 1
+probe_steps = 1
+[[attack.readings]]
+name = "wide"
+eps = 0.06
+[[attack.readings]]
+name = "narrow"
+eps = 0.02
+exclude = ["CW-L2", "Boundary"]
+[attack.curve]
+eps = [0.02, 0.06]
+apgd_steps = 2
+"""
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_shipped_recipes_are_valid(path):
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem
+    assert recipe["recipe"]["paper"] in ("mnist", "cifar10", "mini-imagenet")
+
+
+def test_paper_recipes_use_table_iii_and_section_iv_settings():
+    mnist = load_recipe(Path("recipes/mnist-lenet5.toml"))
+    config = mnist.train_config("undefended")
+    assert (config.lr, config.momentum, config.weight_decay, config.batch_size, config.epochs) == (0.01, 0.5, 0.0, 128, 20)
+    assert [(r["eps"], r["step_size"]) for r in mnist["attack"]["readings"]] == [(0.3, 0.1), (0.09243, 0.03081)]
+    cifar = load_recipe(Path("recipes/cifar10-vgg16.toml")).train_config("aux")
+    assert (cifar.momentum, cifar.weight_decay, cifar.epochs, cifar.milestones) == (0.9, 5e-4, 100, (50,))
+
+
+@pytest.mark.parametrize("snippet, expected", [
+    ("[train]\nepoch = 3", ["recipes/x.toml", "[train]", "'epoch'", "Did you mean 'epochs'", "Valid keys:"]),
+    ("[train]\nepochs = \"ten\"", ["recipes/x.toml", "[train] epochs", "must be an integer", "'ten'"]),
+    ("[aux.train]\nlr = \"fast\"", ["[aux.train] lr", "must be a number"]),
+    ("[attack]\nn = true", ["[attack] n", "must be an integer"]),
+    ("[recipe2]\nx = 1", ["unknown section [recipe2]", "Valid sections: recipe, data"]),
+    ("[aux]\nhead = \"paper-mnst\"", ["[aux] head", "paper-mnist"]),
+    ("[aux]\ninit = \"pretrained\"", ["[aux] init", "valid: undefended, scratch"]),
+    ("[attack]\nsuites = [\"statc\"]", ["[attack] suites", "valid: static, adaptive, strong"]),
+    ("[attack]\nrules = [\"majority\"]", ["[attack] rules", "valid: vote, score, public, private"]),
+    ("[train]\noptimizer = \"adam\"", ["[train]", "unknown optimizer 'adam'", "valid: sgd, adamw"]),
+    ("[[attack.readings]]\nname = \"a\"", ["[attack.readings[0]] eps is required"]),
+    ("[[attack.readings]]\nname = \"a\"\neps = 2", ["[attack.readings[0]] eps", "(0, 1]"]),
+    ("[undefended]\nenabled = false", ["[aux] init", "[undefended] enabled"]),
+    ("[adversarial]\nenabled = true", ["[adversarial]", "set preset"]),
+])
+def test_bad_recipes_name_file_key_and_choices(snippet, expected):
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(BASE + snippet, "recipes/x.toml")
+    for text in expected:
+        assert text in str(err.value)
+
+
+def test_unknown_model_gets_close_matches():
+    with pytest.raises(RecipeError, match=r"recipes/x.toml: \[backbone\] name: unknown model 'resnet81'.*resnet18"):
+        parse_recipe(BASE.replace('"small_cnn"', '"resnet81"'), "recipes/x.toml")
+
+
+def test_unknown_dataset_and_missing_required_key():
+    with pytest.raises(RecipeError, match=r"\[data\] name: unknown dataset 'mnsit'; valid: mnist"):
+        parse_recipe(BASE.replace('"synthetic"', '"mnsit"'))
+    with pytest.raises(RecipeError, match=r"\[backbone\] name is required"):
+        parse_recipe(BASE.replace('name = "small_cnn"', ""))
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    with pytest.raises(RecipeError, match="x.toml: not valid TOML"):
+        parse_recipe("[recipe\nname=", "x.toml")
+    with pytest.raises(FileNotFoundError, match="no recipe at"):
+        load_recipe(tmp_path / "absent.toml")
+
+
+def test_cli_error_exits_2_naming_the_file(tmp_path):
+    path = tmp_path / "typo.toml"
+    path.write_text(BASE + "[train]\nepoch = 3\n")
+    proc = subprocess.run([sys.executable, "-m", "auxsurgery", "run", str(path), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert str(path) in proc.stderr and "Did you mean 'epochs'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_paper_values_come_from_tables_ii_and_vii():
+    assert paper_value("mnist", "Aux Block (all)", "PGD") == 88.2
+    assert paper_value("mnist", "Aux Block (all)", "Adp-PGD") == 56.55
+    assert paper_value("cifar10", "NA", "Boundary") == 5.4
+    assert paper_value("mini-imagenet", "NA", "Boundary") is None
+    assert paper_value("mnist", "Aux Block (private)", "Adp-PGD") is None
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    recipe = parse_recipe(TINY, "tiny.toml")
+    return recipe, out, experiment.run_recipe(recipe, out)  # device "auto": the CPU here
+
+
+def test_run_writes_comparison_with_paper_values(tiny_run):
+    _, out, report = tiny_run
+    for name in ("report.md", "report.json", "accuracy_vs_eps.png", "recipe.toml", "recipe.json",
+                 "aux/eval/wide/results.json", "adversarial/eval/narrow/report.md", "undefended/eval/curve/results.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "report.json").read_text()) == report
+    wide = {row["label"]: row["cells"] for row in report["tables"]["wide"]}
+    assert list(wide) == ["NA (undefended)", "Adversarial Training", "Aux Block (all): vote",
+                          "Aux Block (all): score", "Aux Block (private)"]
+    assert wide["Aux Block (all): vote"]["PGD"]["paper"] == 88.2
+    assert wide["NA (undefended)"]["Adp-PGD"]["paper"] == 21.30
+    doc = json.loads((out / "aux/eval/wide/results.json").read_text())
+    assert wide["Aux Block (private)"]["clean"]["ours"] == pytest.approx(100 * doc["clean"]["rules"]["private"])
+    # The narrow reading skipped the unbounded attacks and borrows them from the wide one.
+    narrow = {row["label"]: row["cells"] for row in report["tables"]["narrow"]}
+    assert narrow["NA (undefended)"]["CW"]["from_reading"] == "wide"
+    assert narrow["NA (undefended)"]["PGD"]["from_reading"] is None
+    assert [eps for eps, _ in report["curve"]["aux"]["series"]["Adp-PGD (paper's steps)"]] == [0.02, 0.06]
+    assert "| Aux Block (all): vote |" in (out / "report.md").read_text()
+
+
+def test_rerun_resumes_instead_of_recomputing(tiny_run, monkeypatch):
+    recipe, out, report = tiny_run
+    (out / "aux/eval/narrow/results.json").unlink()
+    calls = []
+    real = experiment.run_suite
+    monkeypatch.setattr(experiment, "run_suite", lambda *a, **k: calls.append(k) or real(*a, **k))
+    lines = (out / "aux/train/metrics.jsonl").read_text()
+    again = experiment.run_recipe(recipe, out, device="cpu")
+    assert len(calls) == 1 and calls[0]["eps"] == 0.02  # only the deleted evaluation ran again
+    assert (out / "aux/train/metrics.jsonl").read_text() == lines  # no training epoch was redone
+    assert again["tables"]["wide"] == report["tables"]["wide"]
+
+
+def test_other_recipe_into_same_folder_is_refused(tiny_run):
+    _, out, _ = tiny_run
+    changed = parse_recipe(TINY.replace("epochs = 1", "epochs = 2"), "changed.toml")
+    with pytest.raises(RecipeError, match=r"changed.toml: .* different recipe \(changed: train.epochs\)"):
+        experiment.run_recipe(changed, out, device="cpu")
