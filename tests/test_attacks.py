@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -231,6 +232,27 @@ def test_boundary_walks_towards_the_input():
     dist_walked = (walked - x).flatten(1).norm(dim=1)
     assert (dist_walked <= dist_start + 1e-6).all()
     assert dist_walked.median() < 0.8 * dist_start.median()
+
+
+class Brightness(nn.Module):
+    """Class 1 for bright images, else 0: every uniform-noise draw (mean 0.5) is class 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(20.0))
+
+    def forward(self, x):
+        z = self.scale * (x.flatten(1).mean(1) - 0.4)
+        return torch.stack([-z, z], 1)
+
+
+def test_boundary_starts_from_other_inputs_when_noise_never_fools():
+    x = torch.cat([torch.full((4, 1, 4, 4), 0.2), torch.full((4, 1, 4, 4), 0.7)])
+    y = torch.tensor([0] * 4 + [1] * 4)
+    model = Brightness()
+    start = Boundary(model, steps=0, init_trials=5, seed=0)(x, y)
+    # Noise only fools the dark images; the bright ones start from a dark input of the batch.
+    assert is_adversarial(model, start, y).all()
 
 
 def test_transfer_crafts_on_the_surrogate_and_judges_on_the_target():

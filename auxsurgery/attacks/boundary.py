@@ -10,7 +10,8 @@ from .base import Attack, l2_norms, per_sample
 class Boundary(Attack):
     """Decision-based L2 attack: needs only the decision rule's label, no scores or gradients.
 
-    Starts from uniform noise that fools the rule, pulled towards the input by binary
+    Starts from uniform noise that fools the rule (else from another input of the batch
+    that does), pulled towards the input by binary
     search onto the decision boundary. Each step proposes a random move along the sphere
     around the input (length ``spherical_step`` times the current distance) followed by a
     step towards the input (``source_step`` times the distance), and keeps it if it still
@@ -83,6 +84,15 @@ class Boundary(Attack):
             draw = torch.rand(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
             hit = self.fooled(self.logits(draw), y) & ~found
             noise = torch.where(per_sample(hit, x), draw, noise)
+            found |= hit
+        # Every noise draw can land in one class (MNIST models call uniform noise one digit): then the
+        # batch's other inputs, which the rule labels otherwise, are the starting points.
+        for shift in range(1, x.shape[0]):
+            if found.all():
+                break
+            other = x.roll(shift, 0)
+            hit = self.fooled(self.logits(other), y) & ~found
+            noise = torch.where(per_sample(hit, x), other, noise)
             found |= hit
         # Bisection on the blend x + t (noise - x): t = high always fools, t = low does not.
         low, high = x.new_zeros(x.shape[0]), x.new_ones(x.shape[0])

@@ -116,7 +116,7 @@ def _static(c: _Context) -> list[AttackPlan]:
     return [
         plan("PGD", "static", PGD, objective="public", **_paper_pgd(c, c.preset.steps), **public),
         plan("CW-L2", "static", CW, objective="margin-public", steps=b.cw_steps, search_steps=b.cw_search_steps,
-             **public),
+             lr=b.cw_lr, **public),
         plan("Boundary", "static", Boundary, steps=b.boundary_steps, seed=c.seed, **public),
     ]
 
