@@ -28,7 +28,6 @@ import datetime as _dt
 import json
 import multiprocessing as mp
 import os
-import platform
 import random
 import shlex
 import sys
@@ -39,6 +38,8 @@ import warnings
 import timm  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+
+from auxsurgery.provenance import machine  # noqa: E402
 
 STAGES = ("build", "input-size", "attach", "forward-eval", "equivalence", "predict",
           "train-forward", "backward", "gradients", "sgd-step", "equivalence-after-step")
@@ -626,25 +627,6 @@ def write_json(path: str, data: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
     os.replace(tmp, path)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            mem = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB RAM"
-    except OSError:
-        pass
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, {mem}, {platform.platform()}, Python {platform.python_version()}"
 
 
 def main(argv=None) -> int:
