@@ -61,12 +61,13 @@ def _kind_of(value) -> str:
     return {int: "int", float: "float", str: "str"}[type(value)]
 
 
-# Every TrainConfig setting that describes training (not where files go or how it is shown).
+# Every TrainConfig setting that describes training (not where files go or how it is shown), and every
+# Budget setting. They have no default here: an unset key keeps the paper preset's or the class's own.
 _NOT_IN_RECIPES = {"out_dir", "resume", "progress", "adversarial", "device"}
 _TRAIN_KIND_OVERRIDES = {"grad_clip": "float"}
-TRAIN_KEYS = {f.name: Key(_TRAIN_KIND_OVERRIDES.get(f.name) or _kind_of(f.default), f.default)
+TRAIN_KEYS = {f.name: Key(_TRAIN_KIND_OVERRIDES.get(f.name) or _kind_of(f.default))
               for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_IN_RECIPES}
-BUDGET_KEYS = {f.name: Key(_kind_of(f.default), f.default) for f in dataclasses.fields(Budget)}
+BUDGET_KEYS = {f.name: Key(_kind_of(f.default)) for f in dataclasses.fields(Budget)}
 READING_KEYS = {
     "name": Key("str", REQUIRED), "eps": Key("float", REQUIRED), "step_size": Key("float"),
     "exclude": Key("str-list", []), "note": Key("str", ""),
@@ -80,19 +81,19 @@ SCHEMA: dict[str, dict] = {
     "data": {"name": Key("str", REQUIRED), "root": Key("str"), "train_subset": Key("int"), "val_subset": Key("int"),
              "image_size": Key("int"), "augment": Key("bool"), "download": Key("bool", False)},
     "backbone": {"name": Key("str", REQUIRED), "pretrained": Key("bool", False)},
-    "train": {"preset": Key("str", None, tuple(PAPER_PRESETS)), **{k: Key(v.kind) for k, v in TRAIN_KEYS.items()}},
-    "undefended": {"enabled": Key("bool", True), "train": {k: Key(v.kind) for k, v in TRAIN_KEYS.items()}},
+    "train": {"preset": Key("str", None, tuple(PAPER_PRESETS)), **TRAIN_KEYS},
+    "undefended": {"enabled": Key("bool", True), "train": TRAIN_KEYS},
     "adversarial": {"enabled": Key("bool", False), "init": Key("str", "undefended", INITS),
                     "preset": Key("str", None, tuple(ADVERSARIAL_PRESETS)), "eps": Key("float"),
                     "step_size": Key("float"), "steps": Key("int"),
-                    "train": {k: Key(v.kind) for k, v in TRAIN_KEYS.items()}},
+                    "train": TRAIN_KEYS},
     "aux": {"enabled": Key("bool", True), "at": Key("str-or-list", "auto:3"), "head": Key("str-or-list", "default"),
             "alpha": Key("float-list"), "init": Key("str", "undefended", INITS),
-            "train": {k: Key(v.kind) for k, v in TRAIN_KEYS.items()}},
+            "train": TRAIN_KEYS},
     "attack": {"suites": Key("str-list", ["static", "adaptive", "strong"]), "n": Key("int", 1000),
                "rules": Key("str-list", ["vote", "score"]), "batch_size": Key("int", 128),
                "preset": Key("str", None, tuple(ATTACK_PRESETS)), "readings": [READING_KEYS],
-               "budget": {k: Key(v.kind) for k, v in BUDGET_KEYS.items()}, "curve": CURVE_KEYS},
+               "budget": BUDGET_KEYS, "curve": CURVE_KEYS},
 }
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
                "str-list": "a list of strings", "float-list": "a list of numbers", "int-list": "a list of integers",
