@@ -74,16 +74,40 @@ def _differences(old, new, where: str = "") -> list[str]:
     return [] if old == new else [where]
 
 
+def _redone_by(key: str, out: Path) -> list[Path] | None:
+    """The run folders whose work a change of recipe key ``key`` (``section.key``) invalidates;
+    None when it invalidates everything (data, backbone, shared training, the undefended model)."""
+    section = key.split(".")[0]
+    if section in ("aux", "adversarial"):
+        return [out / section]
+    if section == "attack":
+        return [out / model / "eval" for model in MODELS]
+    if key in ("recipe.name", "recipe.description", "recipe.paper"):
+        return []  # only the report changes, and it is rewritten at every run
+    return None
+
+
 def _claim_out_dir(recipe: Recipe, out: Path) -> None:
-    """Record the recipe in ``out``, or check that ``out`` holds a run of this same recipe."""
+    """Record the recipe in ``out``, or check that the run there can continue under it.
+
+    A changed recipe is accepted when the work it invalidates is not on disk (say, ``[aux.train]``
+    changed and ``out/aux`` was deleted); otherwise the error says what to delete.
+    """
     lock, resolved = out / "recipe.json", _resolved(recipe)
     if lock.exists():
         changed = _differences(json.loads(lock.read_text()), resolved)
-        if changed:
+        if not changed:
+            console.print(f"resuming the run in {out}")
+            return
+        invalidated = [_redone_by(key, out) for key in changed]
+        if any(folders is None for folders in invalidated):
             raise RecipeError(f"{recipe.path}: {out} holds a run of a different recipe (changed: {', '.join(changed)}); "
                               "choose another --out, or delete the folder to start over")
-        console.print(f"resuming the run in {out}")
-        return
+        stale = sorted({str(f) for folders in invalidated for f in folders if f.exists()})
+        if stale:
+            raise RecipeError(f"{recipe.path}: the recipe changed ({', '.join(changed)}) since {out} was run; delete "
+                              f"{', '.join(stale)} to redo that work with the new settings, or choose another --out")
+        console.print(f"recipe changed ({', '.join(changed)}); the affected stages will run with the new settings")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "recipe.toml", lambda tmp: Path(tmp).write_text(recipe.text))
     atomic_write(lock, lambda tmp: Path(tmp).write_text(json.dumps(resolved, indent=1)))

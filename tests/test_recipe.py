@@ -1,5 +1,6 @@
 """Recipes: validation errors that name the file, key and choices; `auxsurgery run` end to end and resumed."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,16 @@ def test_other_recipe_into_same_folder_is_refused(tiny_run):
     changed = parse_recipe(TINY.replace("epochs = 1", "epochs = 2"), "changed.toml")
     with pytest.raises(RecipeError, match=r"changed.toml: .* different recipe \(changed: train.epochs\)"):
         experiment.run_recipe(changed, out, device="cpu")
+
+
+def test_change_to_one_stage_is_accepted_once_its_work_is_deleted(tiny_run, tmp_path):
+    recipe, out, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    changed = parse_recipe(TINY.replace('at = "stage1,stage2"', 'at = "stage1,stage2"\n[aux.train]\ngrad_clip = 1.0'),
+                           "changed.toml")
+    with pytest.raises(RecipeError, match=r"changed \(aux.train.grad_clip\).*delete .*copy/aux to redo"):
+        experiment._claim_out_dir(changed, copy)
+    shutil.rmtree(copy / "aux")
+    experiment._claim_out_dir(changed, copy)  # accepted, and recorded
+    assert json.loads((copy / "recipe.json").read_text())["aux"]["train"]["grad_clip"] == 1.0
