@@ -115,7 +115,9 @@ def report_markdown(report: dict, plots: list[str]) -> str:
     lines = [f"# Recipe report: {report['recipe']['name']}", "", *description,
              f"- command: `{report['command']}`", f"- machine: {report['machine']}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
-             "- test samples attacked: " + ", ".join(f"{m} {n}" for m, n in report["n"].items()), "",
+             "- test samples attacked: " + ", ".join(f"{m} {n}" for m, n in report["n"].items()),
+             f"- wall time of the invocation that wrote this report: {report['seconds_this_session'] / 60:.1f} min "
+             "(work that an earlier, interrupted invocation finished is not counted)", "",
              "Accuracy in %" + (f", ours / the paper's ({setting} column of Tables II and VII)" if with_paper else "")
              + ". PGD, CW and Boundary are the static adversary (crafted on the backbone alone, then judged by "
              "each model's own decision): a baseline, not an evaluation of the defence. Adp-PGD is the paper's "
@@ -168,15 +170,17 @@ def plot_curves(report: dict, path: str | Path) -> Path | None:
         return None
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
-    for model, curve in report["curve"].items():
+    # One colour per model; the paper's attack dashed, the stronger one solid.
+    for colour, (model, curve) in enumerate(report["curve"].items()):
         for k, (series, points) in enumerate(curve["series"].items()):
             ax.plot([e for e, _ in points], [a for _, a in points], marker="o", linestyle="-" if k else "--",
-                    label=f"{model}: {series}")
+                    color=f"C{colour}", label=f"{model}: {series}")
     for reading in report["readings"]:
         ax.axvline(reading["eps"], color="grey", linestyle=":")
-        ax.annotate(reading["name"], (reading["eps"], 100), rotation=90, va="top", ha="right", fontsize=8)
+        ax.annotate(f"reading '{reading['name']}'", (reading["eps"], 50), rotation=90, va="center", ha="right",
+                    fontsize=8, color="grey")
     ax.set_xlabel("eps (L-inf, pixels in [0, 1])")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left")
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
