@@ -155,9 +155,8 @@ def _adversarial_config(recipe: Recipe) -> AdversarialConfig:
 def train_models(recipe: Recipe, data: RunData, out: Path, device: str) -> dict[str, nn.Module]:
     """The recipe's trained models by stage name (only the enabled ones)."""
     models = {}
-    undefended = _fresh_backbone(recipe, data, 0)
     if recipe["undefended"]["enabled"]:
-        models["undefended"] = _train(undefended, "undefended", recipe, data, out, device)
+        models["undefended"] = _train(_fresh_backbone(recipe, data, 0), "undefended", recipe, data, out, device)
 
     def start(stage: str, offset: int) -> nn.Module:
         init = recipe[stage]["init"]
