@@ -6,11 +6,10 @@ compared with our ``vote`` rule, the system's decision (Algorithm 1).
 """
 from __future__ import annotations
 
-__all__ = ["METHODS", "TABLE_II", "TABLE_VII", "paper_value"]
+__all__ = ["TABLE_II", "TABLE_VII", "paper_value"]
 
 # Table II columns, then Table VII's Adp-PGD.
 COLUMNS = ("clean", "PGD", "CW", "Boundary", "Adp-PGD")
-METHODS = ("NA", "Adversarial Training", "Aux Block (all)", "Aux Block (private)")
 
 TABLE_II = {
     "mnist": {
