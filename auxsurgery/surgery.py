@@ -170,7 +170,10 @@ def attach_aux_blocks(
     outputs = probe_features(trunk, net, input_size, getattr(model, "spec", {}).get("name", type(net).__name__))
     logits = first_tensor(outputs[OUTPUT])
     if logits is None or logits.dim() != 2:
-        raise ValueError(f"the model's output is not [B, num_classes] logits (got {type(outputs[OUTPUT]).__name__})")
+        got = (f"a tensor of shape {tuple(logits.shape)}" if logits is not None
+               else type(outputs[OUTPUT]).__name__)
+        raise ValueError(f"the model's output is not [B, num_classes] logits (got {got}); a feature encoder "
+                         "without a classifier head cannot be defended with Aux Blocks")
     if num_classes is not None and logits.shape[1] != num_classes:
         raise ValueError(f"the model outputs {logits.shape[1]} classes but num_classes={num_classes}")
     num_classes = logits.shape[1]

@@ -279,3 +279,18 @@ def test_repeated_or_empty_points():
         attach_aux_blocks("resnet18", at="layer1,layer1", num_classes=10, input_size=(3, 32, 32))
     with pytest.raises(ValueError, match="no attach points"):
         attach_aux_blocks("resnet18", at=" , ", num_classes=10, input_size=(3, 32, 32))
+
+
+def test_feature_encoder_without_classifier_is_refused_with_its_output_shape():
+    class TokenEncoder(nn.Module):
+        """Like timm's *_enc models: patch tokens out, no class scores."""
+
+        def __init__(self):
+            super().__init__()
+            self.patch = nn.Conv2d(3, 6, 4, stride=4)
+
+        def forward(self, x):
+            return self.patch(x).flatten(2).transpose(1, 2)
+
+    with pytest.raises(ValueError, match=r"not \[B, num_classes\] logits \(got a tensor of shape \(\d+, 4, 6\)\)"):
+        attach_aux_blocks(TokenEncoder(), at="patch", input_size=(3, 8, 8))
