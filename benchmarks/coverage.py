@@ -364,8 +364,11 @@ def _surgery_checks(backbone, size, seed, stage, F, auxsurgery) -> dict:
         return fail("gradients", "gradients", message="; ".join(problems))
     stage("sgd-step")
     try:
-        opt = torch.optim.SGD([p for p in aux.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+        # Plain SGD: on a first step momentum gives the same update, and its buffer would be
+        # one more copy of the weights (the difference between fitting and not for 1B+ models).
+        opt = torch.optim.SGD([p for p in aux.parameters() if p.requires_grad], lr=1e-3)
         opt.step()
+        opt.zero_grad(set_to_none=True)
         if not all(torch.isfinite(p).all() for p in aux.parameters()):
             raise ValueError("non-finite parameters after the SGD step")
     except Exception as err:
@@ -493,6 +496,7 @@ def run_one(entry: dict, args) -> dict:
                    "error": f"worker died with exit code {code} in stage '{stage}'"}
         rec["failed_stage"] = stage
     rec = {**entry, **rec, "seconds": round(seconds, 2), "peak_rss_gb": round(peak, 2),
+           "limits": {"timeout": args.timeout, "max_mem_gb": args.max_mem_gb, "threads": args.threads},
            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "auxsurgery_commit": _git_head()}
     return rec
@@ -554,8 +558,10 @@ def write_markdown(path: str, data: dict) -> None:
               f"- Machine: {meta['machine']}",
               f"- Versions: {meta['versions']}",
               f"- Settings: seed {meta['seed']}, small sizes {meta['sizes']} then default size, "
-              f"timeout {meta['timeout']} s/model, memory cap {meta['max_mem_gb']} GiB, "
-              f"torch threads {meta['threads']}, random weights, num_classes=10, batch 2",
+              f"limits of the last invocation: timeout {meta['timeout']} s/model, memory cap "
+              f"{meta['max_mem_gb']} GiB, torch threads {meta['threads']} (records written since "
+              "the limits were stored carry their own under `limits` in the JSON), "
+              "random weights, num_classes=10, batch 2",
               f"- Models planned: {meta['planned']}; done: {len(records)}"
               + (" (INCOMPLETE: rerun the command with --resume)" if len(records) < meta["planned"] else ""),
               f"- Wall time of model checks (sum): {sum(r.get('seconds', 0) for r in records) / 60:.1f} min",
@@ -693,10 +699,13 @@ def main(argv=None) -> int:
     if args.resume and os.path.exists(args.json):
         with open(args.json) as f:
             old = json.load(f)
-        # Keep every earlier record (a --limit or --models run must not drop the others).
+        # Keep every earlier record (a --limit or --models run must not drop the others); --rerun
+        # drops failures of the given categories among the planned models only.
         rerun = {c.strip() for c in args.rerun.split(",") if c.strip()}
+        planned = {(e["source"], e["name"]) for e in plan}
         records = [r for r in old.get("records", [])
-                   if not (r["status"] != "ok" and r.get("category") in rerun)]
+                   if not (r["status"] != "ok" and r.get("category") in rerun
+                           and (r["source"], r["name"]) in planned)]
         meta["planned"] = max(len(plan), old.get("meta", {}).get("planned", 0))
         meta["started"] = old.get("meta", {}).get("started", now)
         meta["wall_seconds"] = old.get("meta", {}).get("wall_seconds", 0.0)
