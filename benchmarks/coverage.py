@@ -555,7 +555,7 @@ def write_markdown(path: str, data: dict) -> None:
     lines = ["# auxsurgery coverage benchmark", ""]
     lines += [f"- Command: `{meta['command']}`",
               f"- Date: {meta['started']} (last update {meta['updated']})",
-              f"- Machine: {meta['machine']}",
+              "- Machines (every invocation's): " + "; ".join(meta.get("machines") or [meta["machine"]]),
               f"- Versions: {meta['versions']}",
               f"- Settings: seed {meta['seed']}, small sizes {meta['sizes']} then default size, "
               f"limits of the last invocation: timeout {meta['timeout']} s/model, memory cap "
@@ -652,7 +652,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--resume", action="store_true", help="skip models already in --json")
     ap.add_argument("--rerun", default="",
-                    help="with --resume: comma-separated failure categories to run again (e.g. memory,timeout)")
+                    help="with --resume: comma-separated failure categories to run again (e.g. memory,timeout); "
+                         "'untracked' also reruns records that do not say which auxsurgery commit they tested")
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite --markdown (and the summary) from an existing --json; runs no model")
     args = ap.parse_args(argv)
@@ -703,15 +704,20 @@ def main(argv=None) -> int:
         # drops failures of the given categories among the planned models only.
         rerun = {c.strip() for c in args.rerun.split(",") if c.strip()}
         planned = {(e["source"], e["name"]) for e in plan}
-        records = [r for r in old.get("records", [])
-                   if not (r["status"] != "ok" and r.get("category") in rerun
-                           and (r["source"], r["name"]) in planned)]
+        def stale(r):
+            return ((r["status"] != "ok" and r.get("category") in rerun)
+                    or ("untracked" in rerun and not r.get("auxsurgery_commit")))
+
+        records = [r for r in old.get("records", []) if not (stale(r) and (r["source"], r["name"]) in planned)]
         meta["planned"] = max(len(plan), old.get("meta", {}).get("planned", 0))
         meta["started"] = old.get("meta", {}).get("started", now)
         meta["wall_seconds"] = old.get("meta", {}).get("wall_seconds", 0.0)
         meta["resumed"] = old.get("meta", {}).get("resumed", 0) + 1
         cmds = old.get("meta", {}).get("commands", [old.get("meta", {}).get("command")])
         meta["commands"] = [c for c in cmds if c] + [command]
+        # A long run is resumed on whatever machine a session gets: keep every one it ran on.
+        machines = old.get("meta", {}).get("machines") or [old.get("meta", {}).get("machine")]
+        meta["machines"] = [m for m in machines if m] + [m for m in [meta["machine"]] if m not in machines]
     done = {(r["source"], r["name"]) for r in records}
     todo = [e for e in plan if (e["source"], e["name"]) not in done]
     print(f"{len(plan)} models planned, {len(done)} already done, {len(todo)} to run", flush=True)
