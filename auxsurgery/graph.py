@@ -411,10 +411,38 @@ def _stage_outputs(points: list[AttachPoint]) -> dict[int, AttachPoint]:
     return stages
 
 
+# Module names timm and torchvision give the input stem (a few strided convs before the first
+# stage, or a ViT's patch embedding).
+STEM_NAMES = frozenset({"stem", "conv_stem", "patch_embed"})
+
+
+def _collapse_stems(points: list[AttachPoint]) -> list[AttachPoint]:
+    """Keep one point per stem module: its own output when it is a candidate, else its last point.
+
+    The layers inside a stem each halve the resolution, so without this a stem of three
+    strided convs (LeViT, EfficientViT, XCiT) looks like three stages and takes every head.
+    """
+    def stem_of(name: str) -> str | None:
+        parts = name.split(".")
+        for i, part in enumerate(parts):
+            if part in STEM_NAMES:
+                return ".".join(parts[: i + 1])
+        return None
+
+    last_in_stem: dict[str, AttachPoint] = {}
+    for p in points:
+        stem = stem_of(p.name)
+        if stem is not None and (stem not in last_in_stem or last_in_stem[stem].name != stem):
+            last_in_stem[stem] = p
+    kept = set(map(id, last_in_stem.values()))
+    return [p for p in points if stem_of(p.name) is None or id(p) in kept]
+
+
 def auto_points(points: list[AttachPoint], k: int) -> list[str]:
     """Pick ``k`` attach points in the early and middle network.
 
-    Candidates are spatial module outputs outside the classifier, preferring blocks
+    Candidates are spatial module outputs outside the classifier, with each input stem
+    (``stem``, ``conv_stem``, ``patch_embed``) standing as one point, preferring blocks
     (modules with children: ``layer1``, ``stages.0``, ``blocks.3``) over single layers
     when blocks give enough choices. Hierarchical networks (ResNet, VGG, ConvNeXt, Swin,
     EfficientNet): use the module depth whose names cover the most resolutions, take the
@@ -425,8 +453,8 @@ def auto_points(points: list[AttachPoint], k: int) -> list[str]:
     """
     if k < 1:
         raise ValueError(f"auto placement needs k >= 1, got {k}")
-    spatial = [p for p in points if p.kind != "op" and not p.in_classifier and p.layout is not None
-               and p.layout.kind != "flat" and p.layout.height > 1]
+    spatial = _collapse_stems([p for p in points if p.kind != "op" and not p.in_classifier
+                               and p.layout is not None and p.layout.kind != "flat" and p.layout.height > 1])
     if not spatial:
         raise ValueError("no spatial attach point found; pass attach points explicitly")
     blocks = [p for p in spatial if p.kind == "block"]

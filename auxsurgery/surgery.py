@@ -163,6 +163,11 @@ def attach_aux_blocks(
         candidates = (list_attach_points(net, input_size, depth=3, ops=False) if nodes is not None
                       else list_module_points_by_hooks(net, input_size, depth=3))
         points = auto_points(candidates, k)
+        if len(points) < k:
+            warnings.warn(f"auto:{k} found only {len(points)} stage outputs with a map larger than 1x1 at input "
+                          f"{'x'.join(map(str, input_size))} ({', '.join(points)}); attaching those. Name the "
+                          "points yourself (`auxsurgery layers MODEL`) or use a larger input for more heads.",
+                          stacklevel=2)
     _check_points(points, nodes, net)
 
     trunk = build_trunk(net, points, nodes) if nodes is not None else HookTrunk(net, points)

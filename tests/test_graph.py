@@ -4,8 +4,8 @@ import torch
 import torchvision
 from torch import nn
 
-from auxsurgery import build_backbone, list_attach_points
-from auxsurgery.graph import Layout, auto_points, infer_layout, preserved_state
+from auxsurgery import attach_aux_blocks, build_backbone, list_attach_points
+from auxsurgery.graph import AttachPoint, Layout, auto_points, infer_layout, preserved_state
 
 
 def test_resnet18_points_have_shapes_strides_and_classifier_flag():
@@ -53,10 +53,33 @@ def test_infer_layout_rejects_what_is_not_a_grid():
     ("torchvision:convnext_tiny", (3, 64, 64), ["features.1", "features.3", "features.5"]),
     ("timm:vit_tiny_patch16_224", (3, 224, 224), ["blocks.0", "blocks.4", "blocks.7"]),
     ("vgg16_cifar", (3, 32, 32), ["features.1", "features.4", "features.8"]),
+    # A stem of four strided convs is one point, not four stages.
+    ("timm:levit_128s", (3, 224, 224), ["stages.0", "stages.1", "stages.2"]),
 ])
 def test_auto_points_pick_early_stage_outputs(name, size, expected):
     net = build_backbone(name, num_classes=10).net
-    assert auto_points(list_attach_points(net, size, depth=None), 3) == expected
+    assert auto_points(list_attach_points(net, size, depth=3, ops=False), 3) == expected  # as attach does
+
+
+def _map_point(name, side, channels=8, kind="block"):
+    return AttachPoint(name, kind, (channels, side, side), Layout("nchw", channels, side, side), 64 / side, False)
+
+
+def test_auto_points_count_a_stem_once():
+    points = [_map_point("stem.conv1", 32), _map_point("stem.conv2", 16), _map_point("stem", 16),
+              _map_point("stages.0", 16), _map_point("stages.1", 8), _map_point("stages.2", 4)]
+    assert auto_points(points, 3) == ["stages.0", "stages.1", "stages.2"]
+    # A stem that is not a candidate itself stands as its last inner point.
+    assert auto_points([p for p in points if p.name != "stem"], 3) == ["stages.0", "stages.1", "stages.2"]
+
+
+def test_auto_with_fewer_stages_than_asked_warns_and_attaches_what_it_found():
+    net = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU()),
+                        nn.Sequential(nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU()),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    with pytest.warns(UserWarning, match="auto:3 found only 2 stage outputs"):
+        aux = attach_aux_blocks(net, at="auto:3", input_size=(3, 8, 8))
+    assert aux.attach_points == ["0", "1"]
 
 
 def test_preserved_state_restores_modes_and_batchnorm_statistics():
