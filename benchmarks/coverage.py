@@ -653,7 +653,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="skip models already in --json")
     ap.add_argument("--rerun", default="",
                     help="with --resume: comma-separated failure categories to run again (e.g. memory,timeout); "
-                         "'untracked' also reruns records that do not say which auxsurgery commit they tested")
+                         "'untracked' also reruns records that do not say which auxsurgery commit they tested, "
+                         "'all' every record of the planned models (after a change that affects them)")
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite --markdown (and the summary) from an existing --json; runs no model")
     args = ap.parse_args(argv)
@@ -705,7 +706,7 @@ def main(argv=None) -> int:
         rerun = {c.strip() for c in args.rerun.split(",") if c.strip()}
         planned = {(e["source"], e["name"]) for e in plan}
         def stale(r):
-            return ((r["status"] != "ok" and r.get("category") in rerun)
+            return ("all" in rerun or (r["status"] != "ok" and r.get("category") in rerun)
                     or ("untracked" in rerun and not r.get("auxsurgery_commit")))
 
         records = [r for r in old.get("records", []) if not (stale(r) and (r["source"], r["name"]) in planned)]
