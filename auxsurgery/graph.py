@@ -299,9 +299,19 @@ def candidate_names(nodes: list[str], modules: set[str], depth: int | None) -> l
     return sorted(last_position, key=lambda n: (last_position[n], -n.count(".")))
 
 
-def classifier_prefix(nodes: list[str]) -> str:
-    """The top-level name holding the backbone's final node (``fc``, ``classifier``, ``head``)."""
-    return nodes[-1].split(".")[0]
+def classifier_modules(net: nn.Module, last: str) -> tuple[str, ...]:
+    """Module names holding the classifier: the top-level module that computes the output
+    (``fc``, ``classifier``, ``head``), plus the heads timm declares in a model's
+    ``pretrained_cfg["classifier"]`` (distillation and token-labelling heads such as
+    ``head_dist`` or VOLO's ``aux_head`` that are merged into the output)."""
+    declared = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or ()
+    declared = (declared,) if isinstance(declared, str) else tuple(declared)
+    return (last.split(".")[0], *declared)
+
+
+def within_classifier(name: str, classifier: tuple[str, ...]) -> bool:
+    """Is ``name`` one of the ``classifier`` modules or inside one?"""
+    return any(name == c or name.startswith(c + ".") for c in classifier)
 
 
 def probe_input(net: nn.Module, input_size: tuple[int, int, int]) -> torch.Tensor:
@@ -344,12 +354,12 @@ def list_attach_points(
     unique_nodes = list(dict.fromkeys(resolved.values()))
     node_outputs = probe_features(build_trunk(net, unique_nodes, nodes), net, input_size, type(net).__name__)
     outputs = {name: node_outputs[node] for name, node in resolved.items()}
-    head_prefix = classifier_prefix(nodes)
+    classifier = classifier_modules(net, nodes[-1])
     points = []
     for name in names:
         kind = ("block" if name in containers else "layer") if name in modules else "op"
-        in_classifier = name == nodes[-1] or name.split(".")[0] == head_prefix
-        point = _attach_point(name, kind, outputs[name], input_size, in_classifier)
+        point = _attach_point(name, kind, outputs[name], input_size,
+                              name == nodes[-1] or within_classifier(name, classifier))
         if point is not None:
             points.append(point)
     return points
@@ -389,11 +399,11 @@ def list_module_points_by_hooks(net: nn.Module, input_size: tuple[int, int, int]
     finally:
         for handle in handles:
             handle.remove()
-    head_prefix = finished[-1][0].split(".")[0] if finished else ""
+    classifier = classifier_modules(net, finished[-1][0]) if finished else ()
     points = []
     for name, value in dict(finished).items():
         kind = "block" if name in containers else "layer"
-        point = _attach_point(name, kind, value, input_size, name.split(".")[0] == head_prefix)
+        point = _attach_point(name, kind, value, input_size, within_classifier(name, classifier))
         if point is not None:
             points.append(point)
     return points

@@ -21,7 +21,7 @@ from .graph import (
     auto_points,
     build_trunk,
     candidate_names,
-    classifier_prefix,
+    classifier_modules,
     first_tensor,
     infer_layout,
     list_attach_points,
@@ -29,6 +29,7 @@ from .graph import (
     node_names,
     probe_features,
     suggest,
+    within_classifier,
 )
 from .heads import HeadFactory, build_head, get_head_factory
 from .model import AuxModel
@@ -100,11 +101,11 @@ def _check_points(points: list[str], nodes: list[str] | None, net: nn.Module) ->
             raise ValueError(f"unknown layer {p!r} in {type(net).__name__}. Close matches: {suggest(p, known)}. "
                              "List them with `auxsurgery layers MODEL`.")
     if nodes is not None:
-        head = classifier_prefix(nodes)
+        classifier = classifier_modules(net, nodes[-1])
         for p in points:
-            if p == nodes[-1] or p.split(".")[0] == head:
-                raise ValueError(f"attach point {p!r} is in the classifier ({head!r}), after the last feature map; "
-                                 "attach heads to earlier layers")
+            if p == nodes[-1] or within_classifier(p, classifier):
+                raise ValueError(f"attach point {p!r} is in the classifier ({', '.join(classifier)}), after the last "
+                                 "feature map; attach heads to earlier layers")
 
 
 def _head_factories(head, points: list[str]) -> tuple[list[HeadFactory], list[str]]:

@@ -82,6 +82,31 @@ def test_auto_with_fewer_stages_than_asked_warns_and_attaches_what_it_found():
     assert aux.attach_points == ["0", "1"]
 
 
+class TokenLabellingNet(nn.Module):
+    """Like VOLO: an auxiliary per-position classifier merged into the output."""
+
+    pretrained_cfg = {"classifier": ("head", "aux_head")}
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.aux_head = nn.Conv2d(8, 4, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.body(x)
+        return self.head(x.mean((2, 3))) + self.aux_head(x).amax((2, 3))
+
+
+def test_classifier_modules_timm_declares_are_no_attach_points():
+    points = {p.name: p for p in list_attach_points(TokenLabellingNet(), (3, 16, 16))}
+    assert points["aux_head"].in_classifier and points["head"].in_classifier
+    assert not points["body"].in_classifier
+    assert "aux_head" not in auto_points(list(points.values()), 3)
+    with pytest.raises(ValueError, match="'aux_head' is in the classifier"):
+        attach_aux_blocks(TokenLabellingNet(), at="aux_head", input_size=(3, 16, 16))
+
+
 def test_preserved_state_restores_modes_and_batchnorm_statistics():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
     net[0].eval()
