@@ -53,3 +53,12 @@ def test_rerun_untracked_reruns_records_without_a_commit(coverage_bench, tmp_pat
 def test_plain_resume_keeps_every_record(coverage_bench, tmp_path):
     data = _run(coverage_bench, tmp_path, [_record("resnet18"), _record("alexnet")])
     assert [r["error"] for r in data["records"]] == ["earlier failure", "earlier failure"]
+
+
+def test_rerun_all_reruns_passing_records_of_the_named_models(coverage_bench, tmp_path):
+    passing = _record("resnet18", status="ok", category=None)
+    data = _run(coverage_bench, tmp_path, [passing, _record("alexnet", status="ok", category=None)],
+                "--rerun", "all")
+    by_name = {r["name"]: r for r in data["records"]}
+    assert by_name["resnet18"].get("limits") is not None and by_name["resnet18"]["status"] == "ok"
+    assert "limits" not in by_name["alexnet"]
