@@ -70,7 +70,9 @@ def test_auto_points_count_a_stem_once():
               _map_point("stages.0", 16), _map_point("stages.1", 8), _map_point("stages.2", 4)]
     assert auto_points(points, 3) == ["stages.0", "stages.1", "stages.2"]
     # A stem that is not a candidate itself stands as its last inner point.
-    assert auto_points([p for p in points if p.name != "stem"], 3) == ["stages.0", "stages.1", "stages.2"]
+    inner_only = [_map_point("stem.conv1", 32), _map_point("stem.conv2", 16),
+                  _map_point("stages.0", 8), _map_point("stages.1", 4), _map_point("stages.2", 2)]
+    assert auto_points(inner_only, 3) == ["stem.conv2", "stages.0", "stages.1"]
 
 
 def test_auto_with_fewer_stages_than_asked_warns_and_attaches_what_it_found():
