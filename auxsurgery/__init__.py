@@ -1,28 +1,53 @@
-"""auxsurgery: attach Aux Block heads to any timm/torchvision classifier and measure its robustness honestly."""
-__version__ = "0.1.0"
+"""auxsurgery: attach Aux Block heads to any timm/torchvision classifier and measure its robustness honestly.
 
-from .checkpoint import CheckpointError, load, save
-from .backbones import NormalizedBackbone, available_backbones, build_backbone
-from .graph import list_attach_points
-from .heads import list_heads, register_head
-from .model import AuxModel, rule_predict, rule_scores
-from .surgery import attach_aux_blocks
-from .evaluation import run_suite, write_report
+The public API is listed in ``__all__``; each name is imported on first use (PEP 562), so that
+``import auxsurgery.attacks`` or ``import auxsurgery.model`` loads only what those need, and not
+the training, report or plotting stack.
+"""
+from __future__ import annotations
 
-__all__ = [
-    "AuxModel",
-    "CheckpointError",
-    "NormalizedBackbone",
-    "attach_aux_blocks",
-    "available_backbones",
-    "build_backbone",
-    "list_attach_points",
-    "list_heads",
-    "load",
-    "register_head",
-    "rule_predict",
-    "rule_scores",
-    "run_suite",
-    "save",
-    "write_report",
-]
+import importlib
+
+from .version import __version__
+
+# public name -> the module that defines it
+_API = {
+    "attach_aux_blocks": "surgery",
+    "AuxModel": "model",
+    "rule_predict": "model",
+    "rule_scores": "model",
+    "build_backbone": "backbones",
+    "available_backbones": "backbones",
+    "NormalizedBackbone": "backbones",
+    "list_attach_points": "graph",
+    "list_heads": "heads",
+    "register_head": "heads",
+    "save": "checkpoint",
+    "load": "checkpoint",
+    "CheckpointError": "checkpoint",
+    "load_dataset": "data",
+    "TrainConfig": "train",
+    "finetune": "train",
+    "run_suite": "evaluation",
+    "write_report": "evaluation",
+    "Budget": "evaluation",
+    "list_attacks": "attacks",
+    "list_objectives": "attacks",
+    "list_suites": "evaluation",
+    "load_recipe": "studies",
+    "run_recipe": "studies",
+}
+
+__all__ = ["__version__", *sorted(_API)]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'auxsurgery' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -6,13 +6,14 @@ pixels and their eps is in pixel units.
 """
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Sequence
 
 import timm
 import torch
 import torchvision
 from torch import nn
+
+from ._utils import close_matches
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -174,7 +175,7 @@ def resolve_name(name: str) -> tuple[str, str]:
         if bare in known:
             return src, bare
     everything = list(dict.fromkeys(n for known in candidates.values() for n in known))
-    close = difflib.get_close_matches(bare, everything, n=6, cutoff=0.6)
+    close = close_matches(bare, everything, n=6)
     hint = f" Close matches: {', '.join(close)}." if close else ""
     raise ValueError(f"unknown model {name!r}.{hint} See `auxsurgery models` or timm.list_models().")
 

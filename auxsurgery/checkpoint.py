@@ -9,14 +9,13 @@ leaves a half-written checkpoint in place.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from ._utils import atomic_write
 from .backbones import NormalizedBackbone, backbone_from_spec
 from .model import AuxModel
 from .surgery import attach_aux_blocks
@@ -26,23 +25,6 @@ SPEC_KEY = "auxsurgery_spec"
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not match the model it should rebuild."""
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(tmp_path)`` then move the finished file onto ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save(aux_model: AuxModel, path: str | Path) -> Path:

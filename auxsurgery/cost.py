@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .graph import preserved_state, probe_input
+from ._utils import preserved_state
+from .graph.discovery import probe_input
 from .model import AuxModel
 
 
@@ -47,7 +48,7 @@ def head_costs(aux: AuxModel, input_size: tuple[int, int, int] | None = None) ->
     input_size = tuple(input_size or aux.spec["input_size"])
     backbone = aux.public_model()
     x = probe_input(backbone, input_size)[:1]
-    with preserved_state(aux):
+    with preserved_state(aux, buffers=True):
         aux.eval()
         base_flops = count_flops(backbone, x)
         base_params = count_params(backbone)

@@ -19,7 +19,8 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import transforms as T
 
-from auxsurgery import synthetic
+from . import synthetic
+from ._utils import derive_seed
 
 DATA_ENV = "AUXSURGERY_DATA"
 DOWNLOAD_HINT = f"pass --download (download=True) to fetch it, or set {DATA_ENV} (--data-root) to a folder that holds it"
@@ -81,7 +82,7 @@ class SeededAugmentation(Dataset):
         with torch.random.fork_rng(devices=[]):
             samples = []
             for index in indices:
-                generator.manual_seed(hash((self.seed, self.epoch, index)) & 0xFFFF_FFFF_FFFF_FFFF)
+                generator.manual_seed(derive_seed(self.seed, self.epoch, index))
                 samples.append(self.dataset[index])
         return samples
 

@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ._utils import preserved_state
+
 HeadFactory = Callable[[tuple, int], nn.Module]
 _PRESETS: dict[str, HeadFactory] = {}
 
@@ -170,15 +172,11 @@ def build_head(factory: HeadFactory, shape: tuple, num_classes: int, point: str)
         raise ValueError(f"head factory failed at attach point {point!r} (feature {tuple(shape)}): {err}") from err
     if not isinstance(head, nn.Module):
         raise TypeError(f"head factory for {point!r} returned {type(head).__name__}, expected an nn.Module")
-    was_training = head.training
-    head.eval()
     try:
-        with torch.no_grad():
-            out = head(torch.zeros(2, *shape))
+        with preserved_state(head, buffers=True), torch.no_grad():
+            out = head.eval()(torch.zeros(2, *shape))
     except Exception as err:
         raise ValueError(f"head at {point!r} fails on its feature map {tuple(shape)}: {err}") from err
-    finally:
-        head.train(was_training)
     if tuple(out.shape) != (2, num_classes):
         raise ValueError(
             f"head at {point!r} returns shape {list(out.shape[1:])} per sample for feature {tuple(shape)}; "

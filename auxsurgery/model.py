@@ -12,10 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import first_tensor, match_graph_to_mode
+from .graph.layouts import first_tensor
+from .graph.tracing import OUTPUT, match_graph_to_mode
 
 RULES = ("vote", "score", "public", "private")
 PUBLIC_HEAD = "public"
+
+
+def as_stacked(logits: torch.Tensor) -> torch.Tensor:
+    """``[H, B, C]`` logits; a plain classifier's ``[B, C]`` becomes a single head ``[1, B, C]``."""
+    if logits.dim() == 2:
+        return logits.unsqueeze(0)
+    if logits.dim() != 3:
+        raise ValueError(f"expected logits [B, C] or [H, B, C], got shape {tuple(logits.shape)}")
+    return logits
 
 
 def check_rule(rule: str) -> str:
@@ -122,7 +132,7 @@ class AuxModel(nn.Module):
         match_graph_to_mode(self.trunk)
         features = self.trunk(self.normalize(x))
         # GoogLeNet and Inception return (logits, aux logits) in train mode.
-        logits = [first_tensor(features["output"])]
+        logits = [first_tensor(features[OUTPUT])]
         for name, adapter, head in zip(self.attach_points, self.adapters, self.heads):
             logits.append(head(adapter(features[name])))
         return torch.stack([z.to(logits[0].dtype) for z in logits])
@@ -167,3 +177,27 @@ class RuleClassifier(nn.Module):
         scores = self.aux_model.scores(x, self.rule)
         return (scores / scores.sum(-1, keepdim=True)).clamp_min(1e-12).log()
 
+
+
+class _Outputs(nn.Module):
+    """A plain classifier as an AuxModel trunk: its logits under the key AuxModel reads."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {OUTPUT: self.model(x)}
+
+
+def as_aux_model(model: nn.Module) -> AuxModel:
+    """``model`` itself if it is an AuxModel, else a head-less AuxModel around it (output ``[1, B, C]``).
+
+    The one way a plain ``[B, C]`` classifier (the undefended baseline) is seen as a one-head model,
+    by training and evaluation alike.
+    """
+    if isinstance(model, AuxModel):
+        return model
+    aux = AuxModel(_Outputs(model), heads=[], attach_points=[], backbone=model)
+    param = next(model.parameters(), None)
+    return aux.to(param.device) if param is not None else aux

@@ -10,7 +10,7 @@ import timm
 import torch
 import torchvision
 
-from . import __version__
+from .version import __version__
 
 __all__ = ["command_line", "machine", "versions"]
 

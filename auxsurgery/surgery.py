@@ -12,27 +12,22 @@ from typing import Sequence
 
 from torch import nn
 
-from . import __version__
+from ._utils import close_matches
 from .backbones import Normalize, NormalizedBackbone, build_backbone
-from .graph import (
-    OUTPUT,
-    FeatureAdapter,
-    HookTrunk,
-    auto_points,
-    build_trunk,
+from .graph.auto import auto_points
+from .graph.discovery import (
     candidate_names,
     classifier_modules,
-    first_tensor,
-    infer_layout,
     list_attach_points,
     list_module_points_by_hooks,
-    node_names,
     probe_features,
-    suggest,
     within_classifier,
 )
+from .graph.layouts import FeatureAdapter, first_tensor, infer_layout
+from .graph.tracing import OUTPUT, HookTrunk, build_trunk, node_names
 from .heads import HeadFactory, build_head, get_head_factory
 from .model import AuxModel
+from .version import __version__
 
 METHODS = ("auto", "fx", "hooks")
 
@@ -98,7 +93,7 @@ def _check_points(points: list[str], nodes: list[str] | None, net: nn.Module) ->
     known_set = set(known)
     for p in points:
         if p not in known_set:
-            raise ValueError(f"unknown layer {p!r} in {type(net).__name__}. Close matches: {suggest(p, known)}. "
+            raise ValueError(f"unknown layer {p!r} in {type(net).__name__}. Close matches: {', '.join(close_matches(p, known, cutoff=0.5, fallback=True))}. "
                              "List them with `auxsurgery layers MODEL`.")
     if nodes is not None:
         classifier = classifier_modules(net, nodes[-1])

@@ -8,7 +8,7 @@ import typer
 from typer.testing import CliRunner
 
 from auxsurgery import attach_aux_blocks, save
-from auxsurgery.commands import attack as attack_command
+from auxsurgery.cli import attack as attack_command
 from auxsurgery.data import ImageTensorDataset
 from auxsurgery.evaluation import validate_results
 
@@ -67,7 +67,7 @@ def test_json_output_is_the_results_document(checkpoint, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--eps", "-0.1"], r"eps must lie in \[0, 1\]"),
     (["--eps", "1.5"], r"eps must lie in \[0, 1\]"),
-    (["--suite", "static,bogus"], "unknown suite 'bogus'; valid suites: static, adaptive, strong, sweep, heads"),
+    (["--suite", "static,bogus"], "unknown suite 'bogus'. Valid suites: static, adaptive, strong, sweep, curve, heads"),
     (["--rules", "majority"], "unknown prediction rule 'majority'"),
     (["--preset", "mnsit"], "unknown preset 'mnsit'; valid presets: mnist, cifar10, mini-imagenet"),
 ])

@@ -275,7 +275,7 @@ def test_transfer_crafts_on_the_surrogate_and_judges_on_the_target():
     (dict(eps=-0.1), r"eps must lie in \[0, 1\]"),
     (dict(eps=1.5), r"eps must lie in \[0, 1\]"),
     (dict(eps=0.0, norm="l2"), "l2 eps must be > 0"),
-    (dict(objective="adaptive"), "valid objectives: public, ensemble, joint"),
+    (dict(objective="adaptive"), "Valid objectives: public, ensemble, joint"),
     (dict(norm="l1"), "supports norm"),
     (dict(rule="majority"), "valid rules: vote, score"),
     (dict(steps=0), "steps and restarts must be >= 1"),

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from auxsurgery import load
 from auxsurgery.cli import app
-from auxsurgery.commands import attach as attach_commands
+from auxsurgery.cli import attach as attach_commands
 from auxsurgery.train import TrainingInterrupted
 
 runner = CliRunner()

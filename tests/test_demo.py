@@ -2,7 +2,7 @@
 import json
 from dataclasses import replace
 
-from auxsurgery.demo import COLUMNS, DemoConfig, run_demo, summary_markdown
+from auxsurgery.studies.demo import COLUMNS, DemoConfig, run_demo, summary_markdown
 
 
 def test_demo_smoke_writes_summary_and_both_reports(tmp_path):

@@ -113,7 +113,7 @@ def test_presets_follow_the_paper_and_overrides_keep_the_step_ratio():
 
 def test_unknown_suite_raises_listing_the_valid_ones(aux, test_data):
     assert parse_suites(" static, adaptive,static ") == ["static", "adaptive"]
-    with pytest.raises(ValueError, match="unknown suite 'strnog'.*static, adaptive, strong, sweep, heads"):
+    with pytest.raises(ValueError, match="unknown suite 'strnog'. Did you mean 'strong'.*static, adaptive, strong, sweep, curve, heads"):
         run_suite(aux, test_data, suite="static,strnog", progress=False)
 
 
@@ -174,7 +174,7 @@ def test_rows_carry_every_rule_and_head_and_runs_repeat(aux, test_data):
 class FoolClasses:
     """A fake attack: samples of the chosen classes become the prototype of the next class."""
 
-    seed, norm = None, "linf"
+    seed, norm, kind = None, "linf", "white-box"
 
     def __init__(self, model, classes, eps=EPS):
         self.classes, self.eps = torch.tensor(classes), eps

@@ -5,7 +5,8 @@ import torchvision
 from torch import nn
 
 from auxsurgery import attach_aux_blocks, build_backbone, list_attach_points
-from auxsurgery.graph import AttachPoint, Layout, auto_points, infer_layout, preserved_state
+from auxsurgery._utils import preserved_state
+from auxsurgery.graph import AttachPoint, Layout, auto_points, infer_layout
 
 
 def test_resnet18_points_have_shapes_strides_and_classifier_flag():
@@ -114,9 +115,22 @@ def test_preserved_state_restores_modes_and_batchnorm_statistics():
     net[0].eval()
     before = net[1].running_mean.clone()
     with pytest.raises(RuntimeError):
-        with preserved_state(net):
+        with preserved_state(net, buffers=True):
             net.train()
             net(torch.rand(4, 3, 8, 8) * 10)
             raise RuntimeError("tracing failed")
     assert torch.equal(net[1].running_mean, before)
     assert net.training and not net[0].training and net[1].training
+
+
+def test_preserved_state_restores_requires_grad_only_when_asked():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    net[1].requires_grad_(False)
+    with preserved_state(net, requires_grad=True):
+        net.requires_grad_(False)
+        net.eval()
+    assert [p.requires_grad for p in net.parameters()] == [True, True, False, False]
+    assert net.training  # the training flags too (the default)
+    with preserved_state(net, training=False):
+        net.eval()
+    assert not net.training

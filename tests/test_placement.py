@@ -6,11 +6,11 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-import auxsurgery.placement as placement
+import auxsurgery.studies.placement as placement
 from auxsurgery.backbones import build_backbone
-from auxsurgery.commands.place import place
+from auxsurgery.cli.place import place
 from auxsurgery.data import load_dataset
-from auxsurgery.placement import PlacementRow, pareto_front, place_study
+from auxsurgery.studies.placement import PlacementRow, pareto_front, place_study
 from auxsurgery.train import TrainConfig, finetune
 
 CANDIDATES = ["stage1", "stage2", "stage3"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from auxsurgery import experiment
-from auxsurgery.paper import paper_value
-from auxsurgery.recipe import RecipeError, load_recipe, parse_recipe
+from auxsurgery.studies import experiment
+from auxsurgery.studies.paper import paper_value
+from auxsurgery.studies.recipe import RecipeError, load_recipe, parse_recipe
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
 BASE = """

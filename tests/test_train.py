@@ -12,13 +12,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from auxsurgery.data import load_dataset
-from auxsurgery.model import rule_predict
+from auxsurgery.model import as_aux_model, rule_predict
 from auxsurgery.train import (
     AdversarialConfig,
     HeadAccuracy,
     NonFiniteLossError,
     TrainConfig,
-    as_aux_model,
     evaluate,
     finetune,
     joint_loss,
@@ -290,7 +289,7 @@ def test_train_command_attaches_heads_trains_and_writes_a_loadable_checkpoint(tm
     from typer.testing import CliRunner
 
     from auxsurgery import load
-    from auxsurgery.commands.train import train
+    from auxsurgery.cli.train import train
 
     app = typer.Typer()
     app.command()(train)

@@ -8,6 +8,7 @@ from torch import nn
 
 from .base import Attack, per_sample
 from .objectives import Objective
+from .registry import register_attack
 
 MOMENTUM = 0.75
 
@@ -25,6 +26,7 @@ def checkpoints(steps: int) -> list[int]:
     return sorted({max(1, math.ceil(pj * steps - 1e-9)) for pj in p[1:]})
 
 
+@register_attack
 class APGD(Attack):
     """Auto-PGD: gradient ascent with momentum and an automatic step-size schedule.
 
@@ -44,6 +46,8 @@ class APGD(Attack):
         rho: fraction of increasing steps below which the step size is halved.
         (others: see :class:`Attack`)
     """
+
+    kind = "white-box"
 
     def __init__(
         self,

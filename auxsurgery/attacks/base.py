@@ -14,8 +14,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from ..model import check_rule, rule_predict
-from .objectives import Objective, as_stacked, get_objective
+from .._utils import preserved_state
+from ..model import as_stacked, check_rule, rule_predict
+from .objectives import Objective, get_objective
 
 NORMS = ("linf", "l2")
 
@@ -35,18 +36,9 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
     Every submodule's own ``training`` flag and every parameter's ``requires_grad`` are
     restored, even if the attack raises.
     """
-    modes = [(module, module.training) for module in model.modules()]
-    grads = [(param, param.requires_grad) for param in model.parameters()]
-    model.eval()
-    for param, _ in grads:
-        param.requires_grad_(False)
-    try:
+    with preserved_state(model, requires_grad=True):
+        model.eval().requires_grad_(False)
         yield model
-    finally:
-        for module, training in modes:
-            module.training = training
-        for param, requires_grad in grads:
-            param.requires_grad_(requires_grad)
 
 
 def head_weights(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
@@ -183,6 +175,8 @@ class Attack:
     into the threat model exactly.
     """
 
+    # Declared by every registered attack (see :mod:`.registry`): what it uses of the model.
+    kind: str
     norms: tuple[str, ...] = NORMS
     eps_optional = False  # minimum-distance attacks (CW, Boundary) may run without a budget
 

@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 from .base import Attack, l2_norms, per_sample
+from .registry import register_attack
 
 
+@register_attack
 class Boundary(Attack):
     """Decision-based L2 attack: needs only the decision rule's label, no scores or gradients.
 
@@ -31,6 +33,7 @@ class Boundary(Attack):
         (others: see :class:`Attack`)
     """
 
+    kind = "decision-based"
     norms = ("l2",)
     eps_optional = True
 

@@ -6,8 +6,10 @@ from torch import nn
 
 from .base import Attack, l2_norms, per_sample
 from .objectives import Objective
+from .registry import register_attack
 
 
+@register_attack
 class CW(Attack):
     """Carlini-Wagner L2: minimise ``||x' - x||^2 - c * objective(x')`` with Adam in tanh space.
 
@@ -29,6 +31,7 @@ class CW(Attack):
         (others: see :class:`Attack`)
     """
 
+    kind = "white-box"
     norms = ("l2",)
     eps_optional = True
 

@@ -5,8 +5,10 @@ from torch import nn
 
 from .objectives import Objective
 from .pgd import PGD
+from .registry import register_attack
 
 
+@register_attack
 class FGSM(PGD):
     """The fast gradient sign method: ``x + eps * sign(grad)``, clipped to [0, 1].
 
@@ -14,6 +16,8 @@ class FGSM(PGD):
     gradient method (a step along the normalised gradient). With ``objective="joint"``
     on an AuxModel it is the paper's Adp-FGSM.
     """
+
+    kind = "white-box"
 
     def __init__(
         self,

@@ -27,18 +27,12 @@ from typing import Callable
 
 import torch
 
+from .._utils import did_you_mean
+from ..model import as_stacked
+
 Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["Objective", "OBJECTIVES", "as_stacked", "get_objective", "ensemble_log_probs"]
-
-
-def as_stacked(logits: torch.Tensor) -> torch.Tensor:
-    """``[H, B, C]`` logits; a plain classifier's ``[B, C]`` becomes a single head ``[1, B, C]``."""
-    if logits.dim() == 2:
-        return logits.unsqueeze(0)
-    if logits.dim() != 3:
-        raise ValueError(f"expected logits [B, C] or [H, B, C], got shape {tuple(logits.shape)}")
-    return logits
+__all__ = ["Objective", "ensemble_log_probs", "get_objective", "list_objectives", "register_objective"]
 
 
 # ---- views: stacked head logits -> one [B, C] score vector --------------------------
@@ -132,8 +126,30 @@ def _dlr_objective(name: str, objective: Objective, targeted: bool) -> Objective
     return objective
 
 
-# name -> builder(targeted, kappa)
-_NAMED = {
+_OBJECTIVES: dict[str, Callable[[bool, float], Objective]] = {}
+_PER_HEAD: dict[str, Callable[[int, bool, float], Objective]] = {}
+
+
+def register_objective(name: str, per_head: bool = False):
+    """Decorator registering an objective builder under ``name``.
+
+    A builder takes ``(targeted, kappa)`` and returns ``(logits [H,B,C], y [B], alpha [H]) -> loss [B]``;
+    with ``per_head``, ``name`` is a prefix such as ``head:`` and the builder takes ``(k, targeted, kappa)``
+    for the names ``<prefix><k>``. Adding an objective is one decorated function.
+    """
+    def decorate(builder):
+        (_PER_HEAD if per_head else _OBJECTIVES)[name] = builder
+        return builder
+
+    return decorate
+
+
+def list_objectives() -> list[str]:
+    """Names of the registered objectives (per-head forms as ``<prefix><k>``)."""
+    return [*_OBJECTIVES, *(prefix + "<k>" for prefix in _PER_HEAD)]
+
+
+for _name, _builder in {
     "public": lambda t, kappa: _ce_objective(_on_view(_ce, _head(0)), t),
     "ensemble": lambda t, kappa: _ce_objective(_on_view(_ce, ensemble_log_probs), t),
     "joint": lambda t, kappa: _ce_objective(_head_sum(_ce), t),
@@ -145,27 +161,29 @@ _NAMED = {
     "dlr-public": lambda t, kappa: _dlr_objective("dlr-public", _on_view(_dlr, _head(0)), t),
     "dlr-ensemble": lambda t, kappa: _dlr_objective("dlr-ensemble", _on_view(_dlr, ensemble_log_probs), t),
     "dlr-joint": lambda t, kappa: _dlr_objective("dlr-joint", _head_sum(_dlr), t),
-}
-# "<prefix><k>" -> builder(k, targeted, kappa)
-_PER_HEAD = {
+}.items():
+    register_objective(_name)(_builder)
+
+for _prefix, _builder in {
     "head:": lambda k, t, kappa: _ce_objective(_on_view(_ce, _head(k)), t),
     "margin-head:": lambda k, t, kappa: _on_view(_margin(kappa, t), _head(k)),
     "dlr-head:": lambda k, t, kappa: _dlr_objective(f"dlr-head:{k}", _on_view(_dlr, _head(k)), t),
-}
-OBJECTIVES = (*_NAMED, *(prefix + "<k>" for prefix in _PER_HEAD))
+}.items():
+    register_objective(_prefix, per_head=True)(_builder)
 
 
 def get_objective(name: str, targeted: bool = False, kappa: float = 0.0) -> Objective:
-    """Build the objective called ``name`` (listed in the module docstring and ``OBJECTIVES``).
+    """Build the objective called ``name`` (listed in the module docstring and by :func:`list_objectives`).
 
     Args:
         name: an objective name; the ``...head:<k>`` forms take a head index (0 = public).
         targeted: build the form that rewards reaching the target label ``y``.
         kappa: cap of the margin objectives; ignored by the others.
     """
-    if name in _NAMED:
-        return _NAMED[name](targeted, kappa)
+    if name in _OBJECTIVES:
+        return _OBJECTIVES[name](targeted, kappa)
     prefix, colon, index = name.partition(":")
     if colon and prefix + colon in _PER_HEAD and index.isdigit():
         return _PER_HEAD[prefix + colon](int(index), targeted, kappa)
-    raise ValueError(f"unknown objective {name!r}; valid objectives: {', '.join(OBJECTIVES)}")
+    raise ValueError(f"unknown objective {name!r}.{did_you_mean(name, list_objectives())} "
+                     f"Valid objectives: {', '.join(list_objectives())}")

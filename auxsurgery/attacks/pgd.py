@@ -6,8 +6,10 @@ from torch import nn
 
 from .base import Attack
 from .objectives import Objective
+from .registry import register_attack
 
 
+@register_attack
 class PGD(Attack):
     """Projected gradient ascent on the objective, with random start and restarts.
 
@@ -24,6 +26,8 @@ class PGD(Attack):
         restarts: runs per sample; each needs ``random_start``.
         (others: see :class:`Attack`)
     """
+
+    kind = "white-box"
 
     def __init__(
         self,

@@ -8,11 +8,13 @@ from torch import nn
 
 from .base import Attack
 from .objectives import Objective
+from .registry import register_attack
 
 # Query indices (on a 10,000-query scale) after which the square's area is halved.
 HALVING_POINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
+@register_attack
 class Square(Attack):
     """Random search over vertical-stripe and square-shaped L-inf perturbations.
 
@@ -31,6 +33,7 @@ class Square(Attack):
         (others: see :class:`Attack`)
     """
 
+    kind = "score-based"
     norms = ("linf",)
 
     def __init__(

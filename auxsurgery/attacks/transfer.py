@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 from .base import Attack
+from .registry import register_attack
 
 
+@register_attack
 class Transfer(Attack):
     """Adversarial examples crafted by ``attack`` on its own (surrogate) model, scored on ``model``.
 
@@ -17,6 +19,7 @@ class Transfer(Attack):
     adversary ``Transfer(aux_model, PGD(aux_model.public_model()))``.
     """
 
+    kind = "transfer"
     eps_optional = True
 
     def __init__(self, model: nn.Module, attack: Attack, rule: str = "vote"):

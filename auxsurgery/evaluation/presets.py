@@ -94,6 +94,8 @@ class Budget:
     cascade_restarts: int = 4
     sweep_multiples: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
     sweep_steps: tuple[int, ...] = (1, 2, 5, 10, 20, 50)
+    # eps values of the ``curve`` suite (empty: the sweep's multiples of the preset's eps)
+    curve_eps: tuple[float, ...] = ()
     probe_steps: int = 10
 
     @classmethod

@@ -14,13 +14,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from matplotlib.figure import Figure
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .. import __version__
-from ..checkpoint import atomic_write
+from .._utils import atomic_write, markdown_table
+from ..version import __version__
+from .plans import Suite, get_suite
 
 __all__ = [
     "ROW_FIELDS", "SCHEMA", "TOP_LEVEL_FIELDS", "markdown_report", "plot_sweep", "plot_transfer", "print_table",
@@ -40,11 +40,6 @@ ROW_FIELDS = {
 }
 RULE_LABELS = {"vote": "vote (Alg. 1, all heads)", "score": "score (Alg. 2, all heads)",
                "private": "private (aux heads only)", "public": "public (backbone alone)"}
-PAPER_TABLES = {"static": "Table II: static adversary (a baseline: crafted on the public backbone only)",
-                "adaptive": "Table VII: adaptive adversary (crafted on the whole defended model)"}
-CAPTIONS = {"static": "CW-L2 is untargeted here (the paper's was targeted). CW-L2 and Boundary are unbounded "
-                      "minimum-distance attacks: their inputs are the smallest perturbations found that fool the "
-                      "backbone, so they stay out of the worst case."}
 SWEEP_PLOT, TRANSFER_PLOT = "accuracy_vs_eps.png", "transfer_heatmap.png"
 
 
@@ -164,9 +159,13 @@ def print_table(result, console: Console | None = None) -> None:
 # ---- report.md -----------------------------------------------------------------------------------
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+def _suite(name: str) -> Suite:
+    """How to present a suite's rows: its registration, or a plain list for rows of unregistered
+    suites (extra plans passed to run_suite, the sanity probes)."""
+    try:
+        return get_suite(name)
+    except ValueError:
+        return Suite(name, build=lambda context: [], title=f"{name.capitalize()} attacks")
 
 
 def _paper_layout(result, rows) -> list[str]:
@@ -176,7 +175,7 @@ def _paper_layout(result, rows) -> list[str]:
             for r in result.eval_rules]
     heads = [[f"head {name}", _pct(clean), *(_pct(row.outcome.head_accuracy()[k]) for row in rows)]
              for k, (name, clean) in enumerate(zip(result.head_names, result.clean.head_accuracy()))]
-    return _md_table(header, body + heads)
+    return markdown_table(header, body + heads)
 
 
 def _list_layout(result, rows) -> list[str]:
@@ -185,7 +184,7 @@ def _list_layout(result, rows) -> list[str]:
               "Seconds"]
     body = [[row.name, row.kind, fmt_threat(row.threat), *(_pct(row.outcome.accuracy(r)) for r in result.rules),
              f"{row.seconds:.1f}"] for row in rows]
-    return _md_table(header, body)
+    return markdown_table(header, body)
 
 
 def _worst_case_section(result) -> list[str]:
@@ -195,20 +194,20 @@ def _worst_case_section(result) -> list[str]:
              f"({len(worst.attacks)} attacks: {', '.join(worst.attacks) or 'none'}).", ""]
     body = [[RULE_LABELS[r], _pct(result.clean.accuracy(r)), _pct(worst.outcome.accuracy(r))]
             for r in result.eval_rules]
-    return lines + _md_table(["Model decision", "Clean", "Worst case"], body)
+    return lines + markdown_table(["Model decision", "Clean", "Worst case"], body)
 
 
 def _heads_section(study, plots: Sequence[str]) -> list[str]:
     names = study.head_names
     lines = ["## Per-head study (Table VI, Fig. 5)", "", "Table VI: each head's accuracy under PGD crafted on the "
              "public head:", ""]
-    lines += _md_table(["", *names], [["clean", *map(_pct, study.clean)],
+    lines += markdown_table(["", *names], [["clean", *map(_pct, study.clean)],
                                       ["PGD on public", *map(_pct, study.matrix[0])]])
     lines += ["", "Transfer matrix: row = head the PGD was crafted on, column = head judged.", ""]
-    lines += _md_table(["crafted on \\ judged", *names],
+    lines += markdown_table(["crafted on \\ judged", *names],
                        [[name, *map(_pct, row)] for name, row in zip(names, study.matrix)])
     lines += ["", "Fig. 5 loss ratio l_avg / l_i (below 1: attacking head i barely hurts the others):", ""]
-    lines += _md_table(["", *names], [["l_avg / l_i", *(f"{r:.3f}" for r in study.loss_ratio)]])
+    lines += markdown_table(["", *names], [["l_avg / l_i", *(f"{r:.3f}" for r in study.loss_ratio)]])
     return lines + (["", f"![transfer matrix]({TRANSFER_PLOT})"] if TRANSFER_PLOT in plots else [])
 
 
@@ -230,15 +229,16 @@ def markdown_report(result, plots: Sequence[str] = ()) -> str:
         "## Sanity checks", "",
     ]
     lines += [f"- **{f.level}** ({f.check}): {f.message}" for f in result.findings] or ["- all checks passed"]
-    for suite in dict.fromkeys(row.suite for row in result.rows):
-        rows = result.rows_of(suite)
-        if suite in PAPER_TABLES:
-            lines += ["", f"## {PAPER_TABLES[suite]}", ""] + _paper_layout(result, rows)
-            lines += ["", CAPTIONS[suite]] if suite in CAPTIONS else []
-        elif suite != "heads":
-            lines += ["", f"## {suite.capitalize()} attacks", ""] + _list_layout(result, rows)
-        if suite == "sweep" and SWEEP_PLOT in plots:
+    for name in dict.fromkeys(row.suite for row in result.rows):
+        rows, suite = result.rows_of(name), _suite(name)
+        if suite.layout == "paper":
+            lines += ["", f"## {suite.title}", ""] + _paper_layout(result, rows)
+        elif suite.layout == "list":
+            lines += ["", f"## {suite.title}", ""] + _list_layout(result, rows)
+        lines += ["", suite.caption] if suite.caption and suite.layout != "study" else []
+        if suite.plots_series and SWEEP_PLOT in plots:
             lines += ["", f"![accuracy vs eps and steps]({SWEEP_PLOT})"]
+            plots = [p for p in plots if p != SWEEP_PLOT]
     lines += [""] + _worst_case_section(result)
     study = result.heads_study()
     if study:
@@ -251,10 +251,12 @@ def markdown_report(result, plots: Sequence[str] = ()) -> str:
 
 def plot_sweep(result, path: str | Path) -> Path | None:
     """Accuracy against eps and against steps (Fig. 4), one line per attacked rule; None without a sweep."""
-    rows = [row for row in result.rows_of("sweep") if row.series]
+    rows = [row for row in result.rows if row.series and _suite(row.suite).plots_series]
     if not rows:
         return None
     axes_names = list(dict.fromkeys(row.series[1] for row in rows))
+    from matplotlib.figure import Figure  # plotting is imported only when a plot is drawn
+
     fig = Figure(figsize=(5 * len(axes_names), 4), layout="constrained")
     for ax, axis in zip(fig.subplots(1, len(axes_names), squeeze=False)[0], axes_names):
         members = sorted((row for row in rows if row.series[1] == axis), key=lambda row: row.series[2])
@@ -281,6 +283,8 @@ def plot_sweep(result, path: str | Path) -> Path | None:
 
 def plot_transfer(study, path: str | Path) -> Path:
     """Head x head transfer heatmap (accuracy of each judged head) beside Fig. 5's loss ratios."""
+    from matplotlib.figure import Figure  # plotting is imported only when a plot is drawn
+
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     heat, bars = fig.subplots(1, 2, width_ratios=[3, 2])
     names = study.head_names
@@ -302,7 +306,7 @@ def plot_transfer(study, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def _save(fig, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 

@@ -10,7 +10,6 @@ from auxsurgery.train.engine import (
     NonFiniteLossError,
     StepInfo,
     TrainingInterrupted,
-    as_aux_model,
     evaluate,
     finetune,
 )
@@ -26,7 +25,6 @@ __all__ = [
     "TrainConfig",
     "TrainingInterrupted",
     "adversarial_preset",
-    "as_aux_model",
     "evaluate",
     "finetune",
     "head_losses",

@@ -11,6 +11,7 @@ import dataclasses
 
 import torch
 
+from auxsurgery._utils import derive_seed
 from auxsurgery.model import AuxModel
 from auxsurgery.train.config import AdversarialConfig
 
@@ -49,5 +50,5 @@ class Adversary:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         """The PGD examples of batch ``(x, y)`` at training step ``step``."""
-        self.attack.seed = hash((self.seed, step)) & 0x7FFF_FFFF_FFFF_FFFF
+        self.attack.seed = derive_seed(self.seed, step, bits=63)
         return self.attack(x, y)

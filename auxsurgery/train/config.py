@@ -111,6 +111,13 @@ class TrainConfig:
         if isinstance(self.adversarial, dict):
             self.adversarial = AdversarialConfig(**self.adversarial)
 
+    @classmethod
+    def quick(cls, epochs: int, lr: float = 3e-3, **overrides) -> "TrainConfig":
+        """AdamW with a one-cycle schedule in fp32: converges in a handful of epochs on small tasks
+        (the demo, the placement study's heads, a backbone trained for a study)."""
+        settings = dict(epochs=epochs, optimizer="adamw", lr=lr, weight_decay=5e-4, schedule="onecycle", amp="off")
+        return cls(**{**settings, **overrides})
+
     def to_dict(self) -> dict:
         """A JSON-able dict (``TrainConfig(**d)`` rebuilds it)."""
         return dataclasses.asdict(self)

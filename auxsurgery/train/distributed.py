@@ -18,6 +18,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from auxsurgery._utils import resolve_device
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -66,13 +68,6 @@ class DistContext:
     def shard(self, n: int) -> range:
         """This process's share of ``n`` evaluation samples: each sample is seen exactly once."""
         return range(self.rank, n, self.world_size)
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto``: this process's GPU when CUDA is available, else the CPU; otherwise as given."""
-    if device != "auto":
-        return torch.device(device)
-    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
 @contextmanager

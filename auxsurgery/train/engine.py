@@ -32,9 +32,10 @@ from safetensors.torch import save_model
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
-from auxsurgery.checkpoint import atomic_write, save
+from auxsurgery._utils import atomic_write, derive_seed, preserved_state
+from auxsurgery.checkpoint import save
 from auxsurgery.data import SeededAugmentation, dataset_classes, make_loader
-from auxsurgery.model import AuxModel
+from auxsurgery.model import AuxModel, as_aux_model
 from auxsurgery.train.config import TrainConfig
 from auxsurgery.train.distributed import DistContext, distributed_context
 from auxsurgery.train.objective import RULES_REPORTED, HeadAccuracy, head_losses
@@ -75,24 +76,6 @@ class FinetuneResult:
     out_dir: Path | None = None
 
 
-class _Outputs(nn.Module):
-    """A plain classifier as an AuxModel trunk: its logits under the key AuxModel reads."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"output": self.model(x)}
-
-
-def as_aux_model(model: nn.Module) -> AuxModel:
-    """``model`` itself if it is an AuxModel, else a head-less AuxModel around it (output ``[1, B, C]``)."""
-    if isinstance(model, AuxModel):
-        return model
-    return AuxModel(_Outputs(model), heads=[], attach_points=[], backbone=model)
-
-
 # ---- setup ------------------------------------------------------------------------------------
 
 
@@ -120,15 +103,12 @@ def _set_train_mode(aux: AuxModel, config: TrainConfig) -> None:
 @contextmanager
 def _frozen_backbone(aux: AuxModel, frozen: bool) -> Iterator[None]:
     """Backbone parameters without gradients inside (if ``frozen``), as they were afterwards."""
-    params = list(aux.trunk.parameters()) if frozen else []
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
+    if not frozen:
         yield
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
+        return
+    with preserved_state(aux.trunk, training=False, requires_grad=True):
+        aux.trunk.requires_grad_(False)
+        yield
 
 
 def _param_groups(aux: AuxModel, config: TrainConfig) -> list[dict]:
@@ -196,7 +176,7 @@ def _best_key(head_names: list[str], select_best: str) -> str:
 
 def _seed_step(seed: int, rank: int, step: int, device: torch.device) -> None:
     """Reseed the global generators from (seed, rank, step): a pure function of the run's position."""
-    step_seed = hash((seed, rank, step)) & 0xFFFF_FFFF_FFFF_FFFF
+    step_seed = derive_seed(seed, rank, step)
     torch.default_generator.manual_seed(step_seed)
     if device.type == "cuda":
         torch.cuda.manual_seed(step_seed)

@@ -19,27 +19,24 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from torch import nn
 
-from .attacks import APGD, PGD
-from .backbones import build_backbone
-from .checkpoint import atomic_write
+from .._utils import atomic_write, resolve_device
+from ..backbones import build_backbone
+from ..data import dataset_classes, load_dataset
+from ..evaluation import Budget, get_preset, get_suite, run_suite, write_report
+from ..provenance import command_line, machine, versions
+from ..surgery import attach_aux_blocks
+from ..train import adversarial_preset, finetune
+from ..train.config import AdversarialConfig
+from ..train.engine import METRICS_FILE, STATE_FILE
 from .comparison import build_report, plot_curves, report_markdown
-from .data import dataset_classes, load_dataset
-from .evaluation import Budget, get_preset, plan, run_suite, write_report
-from .evaluation.suites import RULE_OBJECTIVE
-from .provenance import command_line, machine, versions
 from .recipe import Recipe, RecipeError
-from .surgery import attach_aux_blocks
-from .train import adversarial_preset, finetune
-from .train.config import AdversarialConfig
-from .train.distributed import resolve_device
-from .train.engine import METRICS_FILE, STATE_FILE
 
 __all__ = ["MODELS", "RunData", "run_recipe"]
 
@@ -194,21 +191,10 @@ def _budget(recipe: Recipe) -> Budget:
     return Budget(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v is not None})
 
 
-def _curve_plans(recipe: Recipe, rule: str, plain: bool) -> list:
-    """Adp-PGD as the paper runs it, and APGD on the rule's objective, at every eps of the curve."""
-    preset, seed = get_preset(_preset_name(recipe)), recipe["recipe"]["seed"]
-    objective = "ensemble" if plain else RULE_OBJECTIVE[rule]
-    plans = []
-    for eps in recipe["attack"]["curve"]["eps"]:
-        plans += [
-            plan(f"Adp-PGD eps={eps:.4g}", "sweep", PGD, objective="joint", eps=eps, steps=preset.steps,
-                 step_size=eps * preset.step_size / preset.eps, random_start=False,
-                 series=("Adp-PGD (paper's steps)", "eps", eps)),
-            plan(f"APGD [{rule}] eps={eps:.4g}", "sweep", APGD, objective=objective, eps=eps,
-                 steps=recipe["attack"]["curve"]["apgd_steps"], rule=rule, seed=seed,
-                 series=(f"APGD on {objective}", "eps", eps)),
-        ]
-    return plans
+def _curve_budget(recipe: Recipe) -> Budget:
+    """The budget of the ``curve`` suite: the recipe's eps values and APGD steps."""
+    curve = recipe["attack"]["curve"]
+    return replace(_budget(recipe), curve_eps=tuple(curve["eps"]), apgd_steps=curve["apgd_steps"])
 
 
 def _results(folder: Path, run) -> dict:
@@ -231,7 +217,7 @@ def attack_models(recipe: Recipe, models: dict[str, nn.Module], data: RunData, o
         model.to(device)
         plain = not hasattr(model, "head_names")
         rules = ("vote",) if plain else tuple(a["rules"])
-        suites = [s for s in a["suites"] if not (plain and s == "heads")]  # the per-head study needs heads
+        suites = [s for s in a["suites"] if not (plain and get_suite(s).needs_heads)]
         documents[name] = {}
         for reading in readings(recipe):
             console.rule(f"attack: {name}, eps reading '{reading['name']}' (eps {reading['eps']:.4g})")
@@ -243,8 +229,8 @@ def attack_models(recipe: Recipe, models: dict[str, nn.Module], data: RunData, o
             console.rule(f"attack: {name}, accuracy against eps")
             documents[name]["curve"] = _results(
                 out / name / "eval" / "curve",
-                lambda: run_suite(model, data.test, suite=(), rules=rules[:1],
-                                  attacks=_curve_plans(recipe, rules[0], plain), **common))
+                lambda: run_suite(model, data.test, suite="curve", rules=rules[:1],
+                                  **dict(common, budget=_curve_budget(recipe))))
     return documents
 
 

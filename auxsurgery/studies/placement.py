@@ -26,12 +26,12 @@ from rich.table import Table
 from torch import nn
 from torch.utils.data import Dataset
 
-from .attacks import PGD
-from .checkpoint import atomic_write
-from .cost import head_costs
-from .model import rule_predict
-from .surgery import attach_aux_blocks, parse_points
-from .train import TrainConfig, finetune
+from .._utils import atomic_write
+from ..attacks import PGD
+from ..cost import head_costs
+from ..model import rule_predict
+from ..surgery import attach_aux_blocks, parse_points
+from ..train import TrainConfig, finetune
 
 __all__ = ["PlacementResult", "PlacementRow", "pareto_front", "place_study"]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +21,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .backbones import resolve_name
-from .data import SOURCES, SYNTHETIC_NAMES
-from .evaluation import SUITES, Budget
-from .evaluation.presets import PRESETS as ATTACK_PRESETS
-from .heads import list_heads
-from .model import RULES
-from .train import TrainConfig
-from .train.adversarial import PRESETS as ADVERSARIAL_PRESETS
-from .train.config import PAPER_PRESETS
+from .._utils import did_you_mean
+from ..backbones import resolve_name
+from ..data import SOURCES, SYNTHETIC_NAMES
+from ..evaluation import Budget, list_suites
+from ..evaluation.presets import PRESETS as ATTACK_PRESETS
+from ..heads import list_heads
+from ..model import RULES
+from ..train import TrainConfig
+from ..train.adversarial import PRESETS as ADVERSARIAL_PRESETS
+from ..train.config import PAPER_PRESETS
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "parse_recipe"]
 
@@ -170,9 +170,7 @@ def _check_type(where: str, value, kind: str, choices: tuple | None):
 
 
 def _unknown_key(where: str, key: str, valid) -> RecipeError:
-    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return RecipeError(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(valid)}")
+    return RecipeError(f"{where}: unknown key {key!r}.{did_you_mean(key, valid)} Valid keys: {', '.join(valid)}")
 
 
 def _fill(section: str, table, schema: dict) -> dict:
@@ -218,8 +216,8 @@ def _check_names(r: Recipe) -> None:
         if head.split(":")[0] not in list_heads():
             raise r.error("[aux] head", f"unknown head preset {head!r}; valid: {', '.join(list_heads())}")
     for suite in r["attack"]["suites"]:
-        if suite not in SUITES:
-            raise r.error("[attack] suites", f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
+        if suite not in list_suites():
+            raise r.error("[attack] suites", f"unknown suite {suite!r}; valid: {', '.join(list_suites())}")
     for rule in r["attack"]["rules"]:
         if rule not in RULES:
             raise r.error("[attack] rules", f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
@@ -250,9 +248,7 @@ def parse_recipe(text: str, path: str = "<string>") -> Recipe:
         raise RecipeError(f"{path}: not valid TOML: {err}") from None
     for section in raw:
         if section not in SCHEMA:
-            close = difflib.get_close_matches(section, list(SCHEMA), n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise RecipeError(f"{path}: unknown section [{section}].{hint} Valid sections: {', '.join(SCHEMA)}")
+            raise RecipeError(f"{path}: unknown section [{section}].{did_you_mean(section, SCHEMA)} Valid sections: {', '.join(SCHEMA)}")
     sections = {}
     for section, schema in SCHEMA.items():
         try:

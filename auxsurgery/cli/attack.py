@@ -4,61 +4,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 from rich.console import Console
 
+from .._utils import resolve_device
 from ..checkpoint import load, read_spec
-from ..data import dataset_classes, load_dataset, take_subset
 from ..evaluation import (
-    PRESETS, SUITES, Budget, get_preset, parse_suites, print_table, results_document, run_suite, write_report,
+    PRESETS,
+    Budget,
+    check_compatible,
+    get_preset,
+    list_suites,
+    load_eval_data,
+    parse_suites,
+    print_table,
+    results_document,
+    run_suite,
+    write_report,
 )
 from ..model import check_rule
-from ..train.distributed import resolve_device
 from .options import DataRoot, Device, Json, Out, Seed, json_mode, print_json
 
 console = Console()
-
-
-def load_tensors(path: Path) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
-    """``(x, y, classes)`` from a ``.pt`` file holding ``{"x", "y"[, "classes"]}`` or ``(x, y)``.
-
-    Read with ``weights_only=True``: plain tensors and containers only, never pickled code.
-    """
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and {"x", "y"} <= obj.keys():
-        return obj["x"], obj["y"], obj.get("classes")
-    if isinstance(obj, (tuple, list)) and len(obj) == 2:
-        return obj[0], obj[1], None
-    raise ValueError(f"{path} must hold {{'x': images, 'y': labels[, 'classes': names]}} or an (x, y) pair")
-
-
-def load_eval_data(data: str, root: Optional[Path], n: int):
-    """``(samples, class names, image shape)``: the first ``n`` test samples of a dataset name,
-    ImageFolder path or ``.pt`` file."""
-    if data.endswith(".pt"):
-        x, y, classes = load_tensors(Path(data))
-        return (x[:n], y[:n]), classes, tuple(x.shape[1:])
-    dataset = load_dataset(data, root=root, train=False)
-    dataset = take_subset(dataset, min(n, len(dataset)))
-    return dataset, dataset_classes(dataset), tuple(dataset[0][0].shape)
-
-
-def check_compatible(spec: dict, classes: list[str] | None, shape: tuple, data: str) -> None:
-    """Raise a clear ValueError when the checkpoint's classes or input size do not fit the data."""
-    if classes is not None and len(classes) != spec["num_classes"]:
-        raise ValueError(f"the checkpoint has {spec['num_classes']} classes but {data} has {len(classes)} "
-                         f"({', '.join(map(str, classes[:5]))}{', ...' if len(classes) > 5 else ''})")
-    if list(shape) != list(spec["input_size"]):
-        raise ValueError(f"the checkpoint takes inputs of size {'x'.join(map(str, spec['input_size']))} but {data} "
-                         f"has images of size {'x'.join(map(str, shape))}")
 
 
 def attack(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `auxsurgery attach` or auxsurgery.save."),
     data: str = typer.Option(..., help="Test data: mnist, cifar10, synthetic, ..., an ImageFolder path, or a .pt "
                                        "file holding {'x': images in [0, 1], 'y': labels[, 'classes': names]}."),
-    suite: str = typer.Option("static,adaptive", help=f"Suites, comma-separated: {', '.join(SUITES)}."),
+    suite: str = typer.Option("static,adaptive", help=f"Suites, comma-separated: {', '.join(list_suites())}."),
     data_root: DataRoot = None,
     n: int = typer.Option(1000, help="Evaluate the first N test samples."),
     eps: Optional[float] = typer.Option(None, help="L-inf budget in [0, 1] pixels (default: the preset's)."),
@@ -82,7 +56,7 @@ def attack(
     # Cheap checks first: a typo should not cost a dataset load.
     suites = parse_suites(suite)
     if not suites:
-        raise ValueError(f"--suite names no suite; valid suites: {', '.join(SUITES)}")
+        raise ValueError(f"--suite names no suite; valid suites: {', '.join(list_suites())}")
     if preset is not None and get_preset(preset).name == "default":
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     get_preset(preset or data, eps, step_size, steps)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .checkpoint import atomic_write
-from .evaluation.report import fmt_eps
+from .._utils import atomic_write
+from ..evaluation.report import fmt_eps
 from .paper import paper_value
 
 __all__ = ["COLUMNS", "ROWS", "SCHEMA", "build_report", "plot_curves", "report_markdown"]
@@ -74,7 +74,8 @@ def _curve(doc: dict) -> dict:
     rule = doc["settings"]["rules"][0]
     series: dict[str, list] = {}
     for row in doc["attacks"]:
-        if row["suite"] == "sweep" and row["series"]:
+        # Every attack row along eps (the ``curve`` suite's; ``sweep`` in reports before 0.2), no sanity probe.
+        if row["series"] and row["series"][1] == "eps" and row["suite"] != "sanity":
             name, _, eps = row["series"]
             series.setdefault(name, []).append([eps, 100 * row["rules"][rule]])
     return {"rule": rule, "series": {name: sorted(points) for name, points in series.items()}}

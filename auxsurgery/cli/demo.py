@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..demo import DemoConfig, run_demo
+from ..studies.demo import DemoConfig, run_demo
 from .options import Device, Json, Out, Seed, json_mode, print_json
 
 

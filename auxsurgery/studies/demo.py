@@ -17,12 +17,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .backbones import build_backbone
-from .checkpoint import atomic_write, save
-from .data import load_dataset
-from .evaluation import Budget, run_suite, write_report
-from .surgery import attach_aux_blocks
-from .train import TrainConfig, finetune
+from .._utils import atomic_write
+from ..backbones import build_backbone
+from ..checkpoint import save
+from ..data import load_dataset
+from ..evaluation import Budget, run_suite, write_report
+from ..surgery import attach_aux_blocks
+from ..train import TrainConfig, finetune
 
 console = Console(stderr=True)
 

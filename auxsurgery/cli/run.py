@@ -6,8 +6,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ..experiment import run_recipe
-from ..recipe import load_recipe
+from ..studies.experiment import run_recipe
+from ..studies.recipe import load_recipe
 from ..train import TrainingInterrupted
 from .options import DataRoot, Device, Json, Out, json_mode, print_json
 

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.base import frozen, head_weights
-from ..attacks.objectives import as_stacked
-from ..model import RULES, rule_predict
+from ..model import RULES, as_stacked, rule_predict
 
 __all__ = ["Outcome", "WorstCase", "applicable_rules", "evaluate", "worst_case"]
 

@@ -15,7 +15,7 @@ from typing import Annotated, Iterator, Optional
 import torch
 import typer
 
-from ..train.distributed import resolve_device
+from .._utils import resolve_device
 
 
 def _check_device(value: str) -> str:

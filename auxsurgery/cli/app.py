@@ -6,12 +6,12 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from .commands import attach as attach_commands
-from .commands import attack as attack_commands
-from .commands import demo as demo_commands
-from .commands import place as place_commands
-from .commands import run as run_commands
-from .commands import train as train_commands
+from . import attach as attach_commands
+from . import attack as attack_commands
+from . import demo as demo_commands
+from . import place as place_commands
+from . import run as run_commands
+from . import train as train_commands
 
 
 class _Commands(TyperGroup):

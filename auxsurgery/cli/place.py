@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..backbones import build_backbone
 from ..data import dataset_classes, load_dataset
-from ..placement import place_study
+from ..studies.placement import place_study
 from ..train import TrainConfig, finetune
 from .options import DataRoot, Device, Json, Out, Seed, json_mode, print_json
 

@@ -1,0 +1,274 @@
+"""What an evaluation runs: attack plans, cascades, and the registry of named suites.
+
+A suite is a function from a :class:`SuiteContext` (preset, budget, attacked rules, seed,
+heads) to a list of plans, registered by name with :func:`register_suite`; the CLI, recipes
+and reports list suites from this registry (:func:`list_suites`). The built-in suites:
+
+* ``static`` (Table II, a *baseline*): PGD (the paper's 5 iterations), untargeted CW-L2
+  and Boundary, all crafted on the public backbone alone; the defended model is then
+  judged on those inputs. The paper ran CW targeted; untargeted is the stronger test
+  of a defence (any wrong class counts), so it is used here.
+* ``adaptive`` (Table VII): Adp-FGSM and Adp-PGD climbing the joint loss of all heads.
+* ``strong``: per attacked rule, APGD-CE on ``ensemble``, APGD-DLR on ``dlr-ensemble``,
+  APGD on ``vote-margin`` and Square (score-based) on the rule itself, plus a cascade
+  (Tramer et al. 2020) that attacks only the points still robust: PGD, then more steps
+  with restarts, then Square.
+* ``sweep`` (Fig. 4): Adp-PGD accuracy against eps (multiples of the preset, up to 1)
+  and against the number of steps; sweeps use Madry's step ``2.5 * eps / steps``.
+* ``curve``: accuracy against eps for a recipe's plot: the paper's Adp-PGD and APGD on
+  each attacked rule's objective, at every eps of ``Budget.curve_eps``.
+* ``heads`` (Table VI, Fig. 5): PGD crafted on each head alone, every head judged.
+
+Adding a suite is one decorated function here (or in your own module).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from torch import nn
+
+from .._utils import did_you_mean
+from ..attacks import APGD, CW, FGSM, PGD, Attack, Boundary, Square
+from .presets import Budget, Preset
+from .sanity import LARGE_EPS
+
+__all__ = [
+    "HEADS_SUITE", "RULE_OBJECTIVE", "AttackPlan", "Cascade", "Suite", "SuiteContext", "get_suite", "list_suites", "parse_suites",
+    "plan", "plan_suites", "register_suite", "sanity_probes",
+]
+
+# The differentiable stand-in that gradient attacks climb to fool each decision rule.
+RULE_OBJECTIVE = {"vote": "vote-margin", "score": "ensemble", "public": "public", "private": "private"}
+# Square's objective per rule: a margin where one exists (random search wants a bounded signal).
+SQUARE_OBJECTIVE = {"vote": "vote-margin", "score": "margin-ensemble", "public": "margin-public", "private": "private"}
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """One attack to run and how to label its row.
+
+    Attributes:
+        name, suite: the row's label and the suite it belongs to.
+        make: builds the attack on the model it crafts on.
+        config: JSON-able description of the attack (class and arguments).
+        on_public: crafted on the public backbone alone (the static adversary).
+        series: ``(name, axis, x)`` for rows along a sweep (axis ``eps`` or ``steps``).
+    """
+
+    name: str
+    suite: str
+    make: Callable[[nn.Module], Attack]
+    config: dict
+    on_public: bool = False
+    series: tuple[str, str, float] | None = None
+
+
+def plan(name: str, suite: str, attack: type[Attack], *, on_public: bool = False,
+         series: tuple[str, str, float] | None = None, **params) -> AttackPlan:
+    """An :class:`AttackPlan` for ``attack(model, **params)``."""
+    config = {"attack": attack.__name__, "crafted_on": "public" if on_public else "defended", **params}
+    return AttackPlan(name, suite, functools.partial(attack, **params), config, on_public, series)
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """Attacks run in turn, each only on the samples that every earlier stage left robust under ``rule``."""
+
+    name: str
+    suite: str
+    rule: str
+    stages: tuple[AttackPlan, ...]
+
+
+@dataclass(frozen=True)
+class SuiteContext:
+    """What a suite builder may read: the threat model, the budget and the model's heads."""
+
+    preset: Preset
+    budget: Budget
+    rules: tuple[str, ...]
+    seed: int
+    head_names: tuple[str, ...]
+
+
+# ---- the registry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A registered suite: its builder and how reports present its rows.
+
+    Attributes:
+        build: ``SuiteContext -> [AttackPlan | Cascade]``.
+        title: the report's section heading.
+        layout: ``paper`` (rules and heads by attack, as Tables II and VII), ``list`` (one line per
+            attack) or ``study`` (a section of its own, such as the per-head study).
+        caption: a note printed under the section.
+        needs_heads: the suite only makes sense on a model with aux heads (skipped on a plain one).
+        plots_series: the report plots its rows' ``series`` (accuracy against eps or steps).
+    """
+
+    name: str
+    build: Callable[[SuiteContext], list]
+    title: str
+    layout: str = "list"
+    caption: str = ""
+    needs_heads: bool = False
+    plots_series: bool = False
+
+
+_SUITES: dict[str, Suite] = {}
+
+
+def register_suite(name: str, title: str, **options):
+    """Decorator registering ``builder(context) -> plans`` as the suite ``name`` (see :class:`Suite`)."""
+    def decorate(builder: Callable[[SuiteContext], list]):
+        _SUITES[name] = Suite(name, builder, title, **options)
+        return builder
+
+    return decorate
+
+
+def list_suites() -> list[str]:
+    """Names of the registered suites, in registration order."""
+    return list(_SUITES)
+
+
+def get_suite(name: str) -> Suite:
+    """The registered suite ``name``; unknown names raise a ValueError naming the valid ones."""
+    if name not in _SUITES:
+        raise ValueError(f"unknown suite {name!r}.{did_you_mean(name, _SUITES)} Valid suites: {', '.join(_SUITES)}")
+    return _SUITES[name]
+
+
+def parse_suites(suite: str | Sequence[str]) -> list[str]:
+    """Suite names from ``"static,adaptive"`` or a list, in order, without repeats; unknown names raise."""
+    names = suite.split(",") if isinstance(suite, str) else list(suite)
+    names = list(dict.fromkeys(name.strip() for name in names if name.strip()))
+    for name in names:
+        get_suite(name)
+    return names
+
+
+def plan_suites(names: Sequence[str], context: SuiteContext) -> list:
+    """The plans of the named suites, in order."""
+    return [pl for name in names for pl in get_suite(name).build(context)]
+
+
+# ---- the built-in suites ----------------------------------------------------------------------
+
+
+# The paper's PGD is BIM under another name (Section II-B): it starts from the clean input,
+# and its 5 preset steps add up to more than eps, so every coordinate can reach the corner.
+def _paper_pgd(c: SuiteContext, steps: int) -> dict:
+    return dict(eps=c.preset.eps, steps=steps, step_size=c.preset.step_size, random_start=False)
+
+
+@register_suite("static", "Table II: static adversary (a baseline: crafted on the public backbone only)",
+                layout="paper",
+                caption="CW-L2 is untargeted here (the paper's was targeted). CW-L2 and Boundary are unbounded "
+                        "minimum-distance attacks: their inputs are the smallest perturbations found that fool the "
+                        "backbone, so they stay out of the worst case.")
+def _static(c: SuiteContext) -> list[AttackPlan]:
+    b = c.budget
+    public = dict(on_public=True, rule="public")
+    return [
+        plan("PGD", "static", PGD, objective="public", **_paper_pgd(c, c.preset.steps), **public),
+        plan("CW-L2", "static", CW, objective="margin-public", steps=b.cw_steps, search_steps=b.cw_search_steps,
+             lr=b.cw_lr, **public),
+        plan("Boundary", "static", Boundary, steps=b.boundary_steps, seed=c.seed, **public),
+    ]
+
+
+@register_suite("adaptive", "Table VII: adaptive adversary (crafted on the whole defended model)", layout="paper")
+def _adaptive(c: SuiteContext) -> list[AttackPlan]:
+    p = c.preset
+    series = "Adp-FGSM/Adp-PGD vs steps"
+    return [
+        plan("Adp-FGSM", "adaptive", FGSM, objective="joint", eps=p.eps, series=(series, "steps", 1)),
+        plan("Adp-PGD", "adaptive", PGD, objective="joint", **_paper_pgd(c, p.steps),
+             series=(series, "steps", p.steps)),
+    ]
+
+
+def _cascade(c: SuiteContext, rule: str) -> Cascade:
+    p, b = c.preset, c.budget
+    first, second = b.cascade_steps
+    pgd = dict(objective=RULE_OBJECTIVE[rule], eps=p.eps, rule=rule, seed=c.seed)
+    return Cascade(f"Cascade [{rule}]", "strong", rule, (
+        plan(f"PGD-{first}", "strong", PGD, steps=first, **pgd),
+        plan(f"PGD-{second}x{b.cascade_restarts}", "strong", PGD, steps=second, restarts=b.cascade_restarts, **pgd),
+        # Another seed than the standalone Square row's: the cascade should not replay its random search.
+        plan("Square", "strong", Square, objective=SQUARE_OBJECTIVE[rule], eps=p.eps, n_queries=b.square_queries,
+             rule=rule, seed=c.seed + 1),
+    ))
+
+
+@register_suite("strong", "Strong attacks")
+def _strong(c: SuiteContext) -> list[AttackPlan | Cascade]:
+    p, b = c.preset, c.budget
+    plans: list[AttackPlan | Cascade] = []
+    for rule in c.rules:
+        apgd = dict(eps=p.eps, steps=b.apgd_steps, restarts=b.apgd_restarts, rule=rule, seed=c.seed)
+        plans += [
+            plan(f"APGD-CE [{rule}]", "strong", APGD, objective="ensemble", **apgd),
+            plan(f"APGD-DLR [{rule}]", "strong", APGD, objective="dlr-ensemble", **apgd),
+            plan(f"APGD-vote [{rule}]", "strong", APGD, objective="vote-margin", **apgd),
+            plan(f"Square [{rule}]", "strong", Square, objective=SQUARE_OBJECTIVE[rule], eps=p.eps,
+                 n_queries=b.square_queries, rule=rule, seed=c.seed),
+        ]
+    return plans + [_cascade(c, rule) for rule in c.rules]
+
+
+@register_suite("sweep", "Sweep attacks", plots_series=True)
+def _sweep(c: SuiteContext) -> list[AttackPlan]:
+    p, b = c.preset, c.budget
+    eps_values = sorted({min(1.0, m * p.eps) for m in b.sweep_multiples} | {LARGE_EPS})
+    by_eps = [plan(f"Adp-PGD eps={eps:.4g}", "sweep", PGD, objective="joint", eps=eps, steps=p.steps, seed=c.seed,
+                   series=("Adp-PGD vs eps", "eps", eps)) for eps in eps_values]
+    by_steps = [plan(f"Adp-PGD steps={steps}", "sweep", PGD, objective="joint", eps=p.eps, steps=steps, seed=c.seed,
+                     series=("Adp-PGD vs steps", "steps", steps)) for steps in b.sweep_steps]
+    return by_eps + by_steps
+
+
+@register_suite("curve", "Accuracy against eps", plots_series=True)
+def _curve(c: SuiteContext) -> list[AttackPlan]:
+    """Adp-PGD as the paper runs it, and APGD on each attacked rule's objective, at every eps of the curve."""
+    p, b = c.preset, c.budget
+    plans = []
+    for eps in b.curve_eps or tuple(sorted({min(1.0, m * p.eps) for m in b.sweep_multiples})):
+        plans.append(plan(f"Adp-PGD eps={eps:.4g}", "curve", PGD, objective="joint", eps=eps, steps=p.steps,
+                          step_size=eps * p.step_size / p.eps, random_start=False,
+                          series=("Adp-PGD (paper's steps)", "eps", eps)))
+        for rule in c.rules:
+            # A plain classifier (one head) has no vote margin to climb: its own loss is the ensemble's.
+            objective = RULE_OBJECTIVE[rule] if len(c.head_names) > 1 else "ensemble"
+            plans.append(plan(f"APGD [{rule}] eps={eps:.4g}", "curve", APGD, objective=objective, eps=eps,
+                              steps=b.apgd_steps, rule=rule, seed=c.seed, series=(f"APGD on {objective}", "eps", eps)))
+    return plans
+
+
+HEADS_SUITE = "heads"
+
+
+@register_suite(HEADS_SUITE, "Per-head study (Table VI, Fig. 5)", layout="study", needs_heads=True)
+def _heads(c: SuiteContext) -> list[AttackPlan]:
+    return [plan(f"PGD on {name}", HEADS_SUITE, PGD, objective=f"head:{k}", **_paper_pgd(c, c.preset.heads_steps))
+            for k, name in enumerate(c.head_names)]
+
+
+def sanity_probes(c: SuiteContext, plans: Sequence[AttackPlan | Cascade]) -> list[AttackPlan]:
+    """Sanity probes for whatever the chosen suites do not measure already."""
+    series = [pl.series for pl in plans if isinstance(pl, AttackPlan) and pl.series]
+    p, probes = c.preset, []
+    if not any(axis == "eps" and x >= LARGE_EPS for _, axis, x in series):
+        probes.append(plan(f"PGD eps={LARGE_EPS:g} (probe)", "sanity", PGD, objective="joint", eps=LARGE_EPS,
+                           steps=c.budget.probe_steps, seed=c.seed, series=("probe vs eps", "eps", LARGE_EPS)))
+    if len({x for _, axis, x in series if axis == "steps"}) < 2:
+        probes += [plan(f"PGD steps={steps} (probe)", "sanity", PGD, objective="joint", eps=p.eps, steps=steps,
+                        step_size=p.step_size, seed=c.seed, series=("probe vs steps", "steps", steps))
+                   for steps in (p.steps, 4 * p.steps)]
+    return probes
+
