@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from auxsurgery import attach_aux_blocks, save
 from auxsurgery.cli import attack as attack_command
 from auxsurgery.data import ImageTensorDataset
-from auxsurgery.evaluation import validate_results
+from auxsurgery.evaluation import inputs, validate_results
 
 runner = CliRunner()
 app = typer.Typer(pretty_exceptions_enable=False)
@@ -92,7 +92,7 @@ def test_data_that_does_not_fit_fails_clearly(checkpoint, tmp_path, data_kwargs,
 def test_named_dataset_with_other_classes_is_refused(checkpoint, monkeypatch):
     images = torch.zeros((3, 1, 28, 28), dtype=torch.uint8)
     hundred = ImageTensorDataset(images, torch.zeros(3), [f"c{i}" for i in range(100)])
-    monkeypatch.setattr(attack_command, "load_dataset", lambda name, root=None, train=True: hundred)
+    monkeypatch.setattr(inputs, "load_dataset", lambda name, root=None, train=True: hundred)
     result = invoke(checkpoint, "cifar100")
     assert isinstance(result.exception, ValueError)
     assert "the checkpoint has 10 classes but cifar100 has 100 (c0, c1, c2, c3, c4, ...)" in str(result.exception)
