@@ -9,8 +9,10 @@ leaves a half-written checkpoint in place.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -21,6 +23,12 @@ from .model import AuxModel
 from .surgery import attach_aux_blocks
 
 SPEC_KEY = "auxsurgery_spec"
+FORMATS = (1,)  # spec formats this version reads
+# Limits checked before anything is built: a spec past them is corrupt or hostile, and building it
+# would try to allocate far more memory than any machine has before failing.
+MAX_CLASSES = 100_000
+MAX_CHANNELS = 64
+MAX_SIDE = 4096
 
 
 class CheckpointError(ValueError):
@@ -47,9 +55,45 @@ def read_spec(path: str | Path) -> dict:
     if SPEC_KEY not in metadata:
         raise CheckpointError(f"{path} is a safetensors file without an auxsurgery spec; was it saved by auxsurgery.save?")
     try:
-        return json.loads(metadata[SPEC_KEY])
+        spec = json.loads(metadata[SPEC_KEY])
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: the stored surgery spec is not valid JSON: {err}") from err
+    _check_spec(spec, path)
+    return spec
+
+
+def _check_spec(spec, path) -> None:
+    """Refuse a spec that is not one this version wrote, before anything is built from it."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: invalid surgery spec: {what}; the file was not written by "
+                               "auxsurgery.save or has been altered")
+
+    if not isinstance(spec, dict):
+        raise bad(f"expected a JSON object, got {type(spec).__name__}")
+    missing = [k for k in ("format", "attach_points", "heads", "num_classes", "input_size", "alpha", "method")
+               if k not in spec]
+    if missing:
+        raise bad(f"missing {', '.join(missing)}")
+    if spec["format"] not in FORMATS:
+        raise bad(f"format {spec['format']!r} is not one this version reads ({', '.join(map(str, FORMATS))}); "
+                  "upgrade auxsurgery")
+    points, heads = spec["attach_points"], spec["heads"]
+    if not isinstance(points, list) or not all(isinstance(p, str) for p in points):
+        raise bad("attach_points must be a list of names")
+    if not isinstance(heads, (str, list)) or (isinstance(heads, list) and len(heads) != len(points)):
+        raise bad(f"heads must name one head per attach point ({len(points)})")
+    classes = spec["num_classes"]
+    if type(classes) is not int or not 1 <= classes <= MAX_CLASSES:
+        raise bad(f"num_classes must be an integer in 1..{MAX_CLASSES}, got {classes!r}")
+    size = spec["input_size"]
+    if (not isinstance(size, list) or len(size) != 3 or any(type(s) is not int for s in size)
+            or not 1 <= size[0] <= MAX_CHANNELS or not all(1 <= s <= MAX_SIDE for s in size[1:])):
+        raise bad(f"input_size must be [C, H, W] with C in 1..{MAX_CHANNELS} and sides in 1..{MAX_SIDE}, "
+                  f"got {size!r}")
+    alpha = spec["alpha"]
+    if (not isinstance(alpha, list) or len(alpha) != len(points) + 1
+            or not all(isinstance(a, (int, float)) and math.isfinite(a) and a >= 0 for a in alpha)):
+        raise bad(f"alpha must be {len(points) + 1} finite weights >= 0 (backbone first), got {alpha!r}")
 
 
 def load(path: str | Path, backbone: nn.Module | None = None, head=None, map_location: str = "cpu") -> AuxModel:
@@ -84,4 +128,8 @@ def load(path: str | Path, backbone: nn.Module | None = None, head=None, map_loc
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the rebuilt model "
                               f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})")
+    # alpha is stored twice (spec and buffer); the buffer is what predictions use, so both must agree.
+    if not torch.equal(aux.alpha.cpu(), torch.tensor(spec["alpha"], dtype=aux.alpha.dtype)):
+        raise CheckpointError(f"{path}: the alpha weights stored with the tensors ({aux.alpha.tolist()}) disagree "
+                              f"with the spec's ({spec['alpha']}); the file has been altered")
     return aux.to(map_location).eval()

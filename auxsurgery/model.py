@@ -28,6 +28,33 @@ def as_stacked(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def check_pixels(x: torch.Tensor, what: str = "input", size: Sequence[int] | None = None) -> None:
+    """Raise a ValueError unless ``x`` is a float batch ``[B, *size]`` of finite pixels in [0, 1]."""
+    if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() < 2:
+        got = f"{x.dtype} {list(x.shape)}" if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{what} must be a float tensor [B, C, H, W] of pixels in [0, 1], got {got}")
+    if size is not None and list(x.shape[1:]) != list(size):
+        raise ValueError(f"{what} has images of size {'x'.join(map(str, x.shape[1:]))} but the model takes "
+                         f"{'x'.join(map(str, size))} (channels x height x width); resize the data or rebuild "
+                         "the model with that input_size")
+    if x.numel():
+        low, high = x.min().item(), x.max().item()
+        if not 0 <= low <= high <= 1:  # also refuses NaN (comparisons with NaN are False) and inf
+            raise ValueError(f"{what} must be finite pixels in [0, 1], got values in [{low:.3g}, {high:.3g}]: "
+                             "normalisation belongs inside the model")
+
+
+def check_labels(y: torch.Tensor, n: int, num_classes: int, what: str = "labels") -> None:
+    """Raise a ValueError unless ``y`` holds ``n`` integer labels in ``[0, num_classes)``."""
+    if not torch.is_tensor(y) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) \
+            or y.shape != (n,):
+        got = f"{y.dtype} {list(y.shape)}" if torch.is_tensor(y) else type(y).__name__
+        raise ValueError(f"{what} must be an integer tensor of shape ({n},), got {got}")
+    if n and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{what} span {y.min().item()}..{y.max().item()} but the model has {num_classes} classes "
+                         f"(valid labels 0..{num_classes - 1})")
+
+
 def check_rule(rule: str) -> str:
     """Return ``rule`` if it names a prediction rule, else raise a ValueError listing them."""
     if rule not in RULES:
@@ -127,6 +154,22 @@ class AuxModel(nn.Module):
         """Number of heads, the backbone's own included."""
         return len(self.heads) + 1
 
+    @property
+    def input_size(self) -> tuple[int, int, int] | None:
+        """The ``(C, H, W)`` the heads were built for (None for a plain classifier seen as one head)."""
+        size = self.spec.get("input_size")
+        return tuple(size) if size else None
+
+    def check_input(self, x: torch.Tensor, what: str = "input") -> None:
+        """Raise a ValueError naming expected and got unless ``x`` is a batch of this model's images.
+
+        The heads are sized for one input size (their layers and token grids depend on it), so a
+        network that would run on another size still gives meaningless answers: the contract is the
+        spec's ``input_size`` exactly, and pixels are finite values in [0, 1]. Called at the
+        boundaries (predict, attacks, training and evaluation data), not inside ``forward``.
+        """
+        check_pixels(x, what, self.input_size)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every head, stacked ``[H, B, num_classes]``; head 0 is the backbone's."""
         match_graph_to_mode(self.trunk)
@@ -144,6 +187,7 @@ class AuxModel(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor, rule: str = "vote") -> torch.Tensor:
         """Predicted labels ``[B]`` under ``rule``: vote (Algorithm 1), score (Algorithm 2), public, private."""
+        self.check_input(x)
         return rule_predict(self(x), rule, self.alpha)
 
     def public_model(self) -> nn.Module:

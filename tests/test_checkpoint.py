@@ -88,3 +88,51 @@ def test_custom_backbone_and_custom_heads_need_to_be_passed_back(tmp_path):
     loaded = load(path, backbone=fresh, head=head)
     x = torch.rand(2, 3, 8, 8)
     assert torch.equal(loaded(x), aux(x))
+
+
+def _rewrite(path, spec=None, tensors=None):
+    """Re-save a checkpoint with an altered spec and/or tensors (what a hostile or careless edit does)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    data = load_file(str(path))
+    data.update(tensors or {})
+    save_file(data, str(path), metadata={"auxsurgery_spec": json.dumps(spec if spec is not None else read_spec(path))})
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), -1.0])
+def test_alpha_tensor_that_disagrees_with_the_spec_is_refused(aux, tmp_path, alpha):
+    path = save(aux, tmp_path / "model.safetensors")
+    _rewrite(path, tensors={"alpha": torch.tensor([alpha, 2.0, 0.5])})
+    with pytest.raises(CheckpointError, match="alpha weights stored with the tensors"):
+        load(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: "a string", "expected a JSON object, got str"),
+    (lambda s: dict(s, format=999), "format 999 is not one this version reads"),
+    (lambda s: dict(s, num_classes="10"), "num_classes must be an integer"),
+    (lambda s: dict(s, num_classes=10**9), "num_classes must be an integer in 1..100000"),
+    (lambda s: dict(s, input_size=[3, 100000, 100000]), "input_size must be"),
+    (lambda s: dict(s, alpha=[1.0, float("nan"), 0.5]), "alpha must be 3 finite weights"),
+    (lambda s: dict(s, alpha=[1.0, -2.0, 0.5]), "alpha must be 3 finite weights"),
+    (lambda s: {k: v for k, v in s.items() if k != "heads"}, "missing heads"),
+])
+def test_invalid_specs_are_refused_before_anything_is_built(aux, tmp_path, change, message):
+    path = save(aux, tmp_path / "model.safetensors")
+    _rewrite(path, spec=change(read_spec(path)))
+    with pytest.raises(CheckpointError, match=message):
+        load(path)
+
+
+def test_predict_checks_the_input_contract(aux):
+    with pytest.raises(ValueError, match="images of size 1x32x32 but the model takes 3x32x32"):
+        aux.predict(torch.rand(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="images of size 3x28x28"):
+        aux.predict(torch.rand(2, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"finite pixels in \[0, 1\]"):
+        aux.predict(torch.full((2, 3, 32, 32), float("nan")))
+    with pytest.raises(ValueError, match=r"finite pixels in \[0, 1\]"):
+        aux.predict(torch.rand(2, 3, 32, 32) * 255)
+    assert aux.predict(torch.rand(2, 3, 32, 32)).shape == (2,)
