@@ -1,8 +1,8 @@
-"""The CLI: layers, attach (table, JSON, saving), the shared options, help examples and exit codes."""
+"""The CLI: layers, attach (table, JSON, saving), the shared options, help examples, errors and exit codes."""
+import errno
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import typer
@@ -15,6 +15,11 @@ from auxsurgery.train import TrainingInterrupted
 
 runner = CliRunner()
 COMMANDS = typer.main.get_command(app).commands
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("AUXSURGERY_DEBUG", raising=False)
 
 
 def test_layers_table_lists_points_with_shapes():
@@ -43,9 +48,9 @@ def test_attach_json_is_machine_readable():
 def test_user_errors_exit_2_with_one_clear_line():
     proc = subprocess.run([sys.executable, "-m", "auxsurgery", "attach", "resnet18", "--at", "layr1",
                            "--input-size", "3x32x32"], capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "unknown layer 'layr1'" in proc.stderr and "layer1" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: unknown layer 'layr1'") and "layer1" in line
 
 
 def test_help_shows_examples():
@@ -93,26 +98,53 @@ def test_device_defaults_to_auto():
 def test_unknown_device_is_a_usage_error(args):
     result = runner.invoke(app, [*args, "--device", "nonsense"])
     assert result.exit_code == 2
-    assert "Invalid value for '--device'" in result.output and "'nonsense' is not a device" in result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: Invalid value for '--device'") and "'nonsense' is not a device" in line
+    assert line.endswith(f"{args[0]} --help')")
+
+
+def _models_raises(monkeypatch, error: BaseException) -> None:
+    def fail():
+        raise error
+    monkeypatch.setattr(attach_commands, "available_backbones", fail)
 
 
 @pytest.mark.parametrize("raised, line", [(KeyboardInterrupt(), "interrupted"),
                                           (TrainingInterrupted("stopped at epoch 2"), "stopped at epoch 2")])
 def test_interrupt_exits_130_with_one_line(monkeypatch, raised, line):
-    def interrupted():
-        raise raised
-    monkeypatch.setattr(attach_commands, "available_backbones", interrupted)
+    _models_raises(monkeypatch, raised)
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 130 and result.output.strip().splitlines() == [line]
 
 
-def test_train_json_is_the_only_stdout(tmp_path, single_thread):
-    result = runner.invoke(app, ["train", "small_cnn", "--data", "synthetic", "--subset", "64", "--val-subset", "32",
-                                 "--epochs", "1", "--batch-size", "32", "--amp", "off", "--device", "cpu",
-                                 "--out", str(tmp_path), "--json"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
-    assert summary["best_epoch"] == 1 and summary["epochs_run"] == 1
-    assert summary["final"]["epoch"] == 1 and summary["best_accuracy"] == summary["final"]["val/rule/vote"]
-    assert str(tmp_path / "last.safetensors") in summary["files"]
-    assert all(Path(path).is_file() for path in summary["files"])
+@pytest.mark.parametrize("error, status, line", [
+    (ValueError("unknown model 'x'"), 2, "error: unknown model 'x'"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "x.pt"), 2,
+     "error: No such file or directory: 'x.pt'"),
+    (FileExistsError("runs/a already holds a run"), 2, "error: runs/a already holds a run"),
+    (PermissionError(errno.EACCES, "Permission denied", "runs/a"), 1, "error: Permission denied: 'runs/a'"),
+    (OSError(errno.ENOSPC, "No space left on device"), 1, "error: No space left on device"),
+])
+def test_user_errors_exit_2_and_environment_errors_exit_1_with_one_line(monkeypatch, error, status, line):
+    _models_raises(monkeypatch, error)
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == status and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [line]
+
+
+@pytest.mark.parametrize("bug", [KeyError("spec"), TypeError("unsupported operand"), RuntimeError("shape mismatch")])
+def test_other_exceptions_are_bugs_and_keep_their_traceback(monkeypatch, bug):
+    _models_raises(monkeypatch, bug)
+    result = runner.invoke(app, ["models"])
+    assert result.exception is bug  # not turned into a line: it reaches Python, which prints the traceback
+    assert "error:" not in result.output
+
+
+@pytest.mark.parametrize("args, env", [(["--debug", "models"], {}), (["models"], {"AUXSURGERY_DEBUG": "1"})])
+def test_debug_adds_the_traceback_to_one_line_errors(monkeypatch, args, env):
+    _models_raises(monkeypatch, ValueError("unknown model 'x'"))
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Traceback (most recent call last)")
+    assert "ValueError: unknown model 'x'" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: unknown model 'x'"

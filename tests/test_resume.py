@@ -10,7 +10,7 @@ import torch
 from torchvision import transforms as T
 
 from auxsurgery.train import TrainConfig, TrainingInterrupted, finetune
-from auxsurgery.train.engine import STATE_FILE
+from auxsurgery.train.run_files import STATE_FILE
 
 from train_helpers import random_images, tiny_aux_model
 

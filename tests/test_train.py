@@ -23,7 +23,7 @@ from auxsurgery.train import (
     joint_loss,
     paper_config,
 )
-from auxsurgery.train.engine import _amp_dtype, _scheduler
+from auxsurgery.train.setup import amp_dtype, make_scheduler
 
 from train_helpers import random_images, tiny_aux_model
 
@@ -122,7 +122,7 @@ def test_run_writes_metrics_per_epoch_and_best_last_checkpoints(tmp_path):
 def test_multistep_cosine_and_onecycle_schedules_step_per_batch():
     def lrs(schedule, **kw):
         optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
-        scheduler = _scheduler(optimizer, TrainConfig(epochs=4, lr=0.1, schedule=schedule, **kw), steps_per_epoch=5)
+        scheduler = make_scheduler(optimizer, TrainConfig(epochs=4, lr=0.1, schedule=schedule, **kw), steps_per_epoch=5)
         values = []
         for _ in range(20):
             values.append(optimizer.param_groups[0]["lr"])
@@ -156,8 +156,8 @@ def test_optimizers_and_gradient_clipping_bound_the_update(optimizer):
 
 def test_amp_auto_picks_bf16_only_where_the_cpu_has_native_bf16():
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert _amp_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if native else None)
-    assert _amp_dtype("off", torch.device("cpu")) is None and _amp_dtype("fp16", torch.device("cpu")) == torch.float16
+    assert amp_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if native else None)
+    assert amp_dtype("off", torch.device("cpu")) is None and amp_dtype("fp16", torch.device("cpu")) == torch.float16
 
 
 def test_amp_and_channels_last_train_close_to_fp32():

@@ -1,7 +1,21 @@
-"""The ``auxsurgery`` command line: a thin Typer layer over the Python API."""
+"""The ``auxsurgery`` command line: a thin Typer layer over the Python API.
+
+One error convention for every command:
+
+- a user error (a ValueError, such as CheckpointError or RecipeError; a path that does not
+  exist or already holds a run; a bad option) prints one red ``error: ...`` line on stderr
+  and exits 2;
+- an OSError from the environment (permissions, a full disk) prints one line and exits 1;
+- Ctrl-C prints one line and exits 130;
+- anything else is a bug and keeps its traceback.
+
+``auxsurgery --debug COMMAND`` (or AUXSURGERY_DEBUG=1) adds the traceback to the one-line errors.
+"""
 from __future__ import annotations
 
-import sys
+import traceback
+from contextlib import contextmanager
+from typing import Iterator
 
 import typer
 from typer.core import TyperGroup
@@ -13,17 +27,53 @@ from . import place as place_commands
 from . import run as run_commands
 from . import train as train_commands
 
+# The OSErrors that mean a path the user named is wrong, not that the machine failed.
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+# click's UsageError (unknown option or command, missing argument, bad value). Reached through typer's
+# public BadParameter: typer >= 0.29 ships its own copy of click, older versions use click itself.
+_UsageError = typer.BadParameter.__base__
+
+
+def _fail(ctx: typer.Context, err: BaseException, message: str, status: int) -> None:
+    if ctx.params.get("debug"):
+        traceback.print_exception(err)
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(status) from None
+
+
+@contextmanager
+def _one_line_errors(ctx: typer.Context) -> Iterator[None]:
+    try:
+        yield
+    except _UsageError as err:
+        hint = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
+        _fail(ctx, err, err.format_message() + hint, 2)
+    except (ValueError, *_PATH_ERRORS) as err:
+        _fail(ctx, err, _os_message(err) if isinstance(err, OSError) else str(err), 2)
+    except BrokenPipeError:
+        raise  # stdout closed by its reader (`| head`): click ends quietly
+    except OSError as err:
+        _fail(ctx, err, _os_message(err), 1)
+    except KeyboardInterrupt as stop:
+        # Typer would exit 130 silently; a stopped training run's message says how to resume it.
+        typer.secho(str(stop) or "interrupted", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+
+
+def _os_message(err: OSError) -> str:
+    """``No such file or directory: 'x.pt'`` rather than ``[Errno 2] No such file or directory: 'x.pt'``."""
+    if not err.strerror:
+        return str(err)
+    return err.strerror if err.filename is None else f"{err.strerror}: {str(err.filename)!r}"
+
 
 class _Commands(TyperGroup):
-    """The app's commands; Ctrl-C in any of them ends with one line on stderr and exit status 130."""
+    """The app's commands, parsed and run under :func:`_one_line_errors` (the options before the
+    command name are parsed before: their errors keep click's usage message)."""
 
-    def invoke(self, ctx):
-        try:
+    def invoke(self, ctx: typer.Context):
+        with _one_line_errors(ctx):
             return super().invoke(ctx)
-        except KeyboardInterrupt as stop:
-            # Typer would exit 130 silently; a stopped training run's message says how to resume it.
-            typer.secho(str(stop) or "interrupted", fg=typer.colors.YELLOW, err=True)
-            raise typer.Exit(130) from None
 
 
 app = typer.Typer(
@@ -38,10 +88,22 @@ app = typer.Typer(
     "  auxsurgery attack runs/demo/best.safetensors --data synthetic --out report\n"
     "  auxsurgery place small_cnn --candidates stage1,stage2,stage3\n"
     "  auxsurgery run recipes/mnist-lenet5-cpu.toml --data-root ../shared/data\n\n"
-    "Every command takes --json (machine-readable output on stdout) and shows its options with --help.",
+    "Every command takes --json (machine-readable output on stdout) and shows its options with --help. "
+    "A user error prints one line and exits 2; --debug adds its traceback.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", envvar="AUXSURGERY_DEBUG",
+                               help="Show the traceback of one-line errors too (before the command name)."),
+):
+    # Read through the click context by _one_line_errors.
+    del debug
+
+
 app.command()(demo_commands.demo)
 app.command()(attach_commands.models)
 app.command()(attach_commands.layers)
@@ -53,12 +115,5 @@ app.command()(run_commands.run)
 
 
 def main() -> None:
-    """Console-script entry point: a user error prints one clear line and exits with status 2.
-
-    Other exceptions keep their traceback (and a non-zero status): they are bugs to report.
-    """
-    try:
-        app()
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+    """Console-script entry point (``auxsurgery``, ``python -m auxsurgery``)."""
+    app()

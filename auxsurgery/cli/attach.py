@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..backbones import available_backbones, build_backbone
@@ -14,9 +13,7 @@ from ..cost import head_costs
 from ..graph import list_attach_points
 from ..heads import list_heads
 from ..surgery import attach_aux_blocks, parse_input_size
-from .options import Json, Seed, print_json
-
-console = Console()
+from .options import Json, Seed, head_choice, messages, print_json, results
 
 
 def _fmt_shape(shape) -> str:
@@ -62,7 +59,7 @@ def models(
         print_json(found)
         return
     for src, names in found.items():
-        console.print(f"[bold]{src}[/bold] ({len(names)}): {', '.join(names)}")
+        results.print(f"[bold]{src}[/bold] ({len(names)}): {', '.join(names)}")
 
 
 def layers(
@@ -90,7 +87,7 @@ def layers(
         note = "classifier" if p.in_classifier else ("" if p.layout else "no head layout")
         stride = f"{p.stride:g}" if p.stride else "-"
         table.add_row(p.name, p.kind, _fmt_shape(p.shape), p.layout.kind if p.layout else "-", stride, note)
-    console.print(table)
+    results.print(table)
 
 
 def attach(
@@ -111,14 +108,20 @@ def attach(
     import torch
 
     torch.manual_seed(seed)  # the heads' initial weights
-    heads = head.split(",") if "," in head else head
-    aux = attach_aux_blocks(model, at=at, num_classes=num_classes, input_size=input_size, head=heads,
+    aux = attach_aux_blocks(model, at=at, num_classes=num_classes, input_size=input_size, head=head_choice(head),
                             pretrained=pretrained)
     costs = head_costs(aux)
     saved = str(save(aux, out)) if out else None
     if as_json:
         print_json({"spec": aux.spec, "costs": [c.to_dict() for c in costs], "saved": saved})
-        return
+    else:
+        _print_costs(model, aux, costs)
+    if saved:
+        messages.print(f"saved to {saved}")
+
+
+def _print_costs(model: str, aux, costs) -> None:
+    """The heads and their cost as a table, then each head's layers."""
     table = Table(title=f"{model} + {len(aux.heads)} Aux Blocks at input {_fmt_shape(aux.spec['input_size'])}")
     for column in ("head", "feature", "layout", "params", "% params", "FLOPs", "% FLOPs"):
         table.add_column(column, justify="right" if column != "head" else "left")
@@ -129,8 +132,6 @@ def attach(
                       f"{cost.params_ratio:.1%}", _fmt_count(cost.flops), f"{cost.flops_ratio:.1%}")
     total = sum(c.flops_ratio for c in costs[1:])
     table.caption = f"all heads: {total:.1%} of the backbone's FLOPs; presets: {', '.join(list_heads())}"
-    console.print(table)
+    results.print(table)
     for name, module in zip(aux.attach_points, aux.heads):
-        console.print(f"[bold]{name}[/bold]: {describe_head(module)}")
-    if saved:
-        console.print(f"saved to {saved}")
+        results.print(f"[bold]{name}[/bold]: {describe_head(module)}")

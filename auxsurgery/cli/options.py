@@ -1,21 +1,27 @@
-"""Options shared by several commands, each defined once.
+"""Options shared by several commands, each defined once, and the output convention they share.
 
 Commands declare ``--device``, ``--seed``, ``--data-root``, ``--json`` and ``--out`` only
 through these aliases (``device: Device = "auto"``), so an option has one name, one help
 text, one validation and one behaviour in every command that takes it.
+
+Output: a command's result (its final table, or its ``--json`` document) goes to stdout
+through :data:`results` or :func:`print_json`; progress, logs and messages ("wrote ...")
+go to stderr through :data:`messages`. So ``--json`` output can be piped as it is.
 """
 from __future__ import annotations
 
 import json
-import sys
-from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import torch
 import typer
+from rich.console import Console
 
 from .._utils import resolve_device
+
+results = Console()
+messages = Console(stderr=True, soft_wrap=True)  # a long path stays on its line
 
 
 def _check_device(value: str) -> str:
@@ -41,14 +47,9 @@ Json = Annotated[bool, typer.Option(
 Out = Annotated[Optional[Path], typer.Option(help="Folder for the command's files (created if missing).")]
 
 
-@contextmanager
-def json_mode(as_json: bool) -> Iterator[None]:
-    """With ``--json``, send whatever the work prints to stderr, so that stdout carries only the JSON.
-
-    A redirect rather than a choice of console: training's progress bars print to stdout.
-    """
-    with redirect_stdout(sys.stderr) if as_json else nullcontext():
-        yield
+def head_choice(head: str) -> str | list[str]:
+    """A ``--head`` value: one preset for every attach point, or one per point (comma-separated)."""
+    return head.split(",") if "," in head else head
 
 
 def print_json(document) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from ..studies.experiment import run_recipe
 from ..studies.recipe import load_recipe
 from ..train import TrainingInterrupted
-from .options import DataRoot, Device, Json, Out, json_mode, print_json
+from .options import DataRoot, Device, Json, Out, messages, print_json
 
 
 def run(
@@ -31,13 +30,12 @@ def run(
     """
     parsed = load_recipe(recipe)
     if check:
-        Console(stderr=True).print(f"{recipe}: ok ({parsed.name})")
+        messages.print(f"{recipe}: ok ({parsed.name})")
         return
     try:
-        with json_mode(as_json):
-            report = run_recipe(parsed, out, data_root=str(data_root) if data_root else None, device=device)
+        report = run_recipe(parsed, out, data_root=str(data_root) if data_root else None, device=device)
     except TrainingInterrupted as stop:
-        Console(stderr=True).print(f"[yellow]{stop}[/yellow]; run the same command again to resume")
+        messages.print(f"[yellow]{stop}[/yellow]; run the same command again to resume")
         raise typer.Exit(130) from None
     if as_json:
         print_json(report)

@@ -1,31 +1,15 @@
 """``auxsurgery train``: fine-tune an AuxModel (a checkpoint, or a backbone name plus --at) on a dataset."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
-from rich.console import Console
 
-from ..checkpoint import load
-from ..data import dataset_classes, load_dataset
-from ..surgery import attach_aux_blocks
-from ..train import TrainConfig, adversarial_preset, finetune, paper_config
-from ..train.engine import BEST_FILE, LAST_FILE, METRICS_FILE, STATE_FILE
-from .options import DataRoot, Device, Json, Out, Seed, json_mode, print_json
-
-console = Console()
-
-
-def _model(model: str, at: str, head: str, pretrained: bool, num_classes: int, input_size: tuple):
-    """The AuxModel to train: a saved checkpoint, or ``model`` (a backbone name) with heads at ``at``."""
-    if Path(model).is_file():
-        return load(model)
-    heads = head.split(",") if "," in head else head
-    return attach_aux_blocks(model, at=at, num_classes=num_classes, input_size=input_size, head=heads,
-                             pretrained=pretrained)
+from ..data import load_dataset
+from ..train import TrainConfig, adversarial_preset, finetune, paper_config, starting_model
+from ..train.distributed import launched_rank
+from ..train.run_files import written_files
+from .options import DataRoot, Device, Json, Out, Seed, head_choice, messages, print_json, results
 
 
 def _summary(result, config: TrainConfig, files: list[str]) -> dict:
@@ -86,21 +70,17 @@ def train(
     settings = {k: v for k, v in chosen.items() if v is not None}  # unset options keep the preset's
     config = paper_config(preset, **settings) if preset else TrainConfig(**settings)
 
-    with json_mode(as_json):
-        train_set = load_dataset(data, root=data_root, train=True, download=download, image_size=image_size,
-                                 subset=subset)
-        val_set = load_dataset(data, root=data_root, train=False, download=download, image_size=image_size,
-                               subset=val_subset)
-        classes = dataset_classes(train_set)
-        torch.manual_seed(config.seed)  # the new heads' initial weights
-        aux = _model(model, at, head, pretrained, len(classes), tuple(train_set[0][0].shape))
-        result = finetune(aux, train_set, val_set, config)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+    train_set = load_dataset(data, root=data_root, train=True, download=download, image_size=image_size,
+                             subset=subset)
+    val_set = load_dataset(data, root=data_root, train=False, download=download, image_size=image_size,
+                           subset=val_subset)
+    aux = starting_model(model, train_set, at=at, head=head_choice(head), pretrained=pretrained, seed=config.seed)
+    result = finetune(aux, train_set, val_set, config)
+    if launched_rank() != 0:  # under torchrun, rank 0 reports
         return
-    files = [str(out / name) for name in (METRICS_FILE, BEST_FILE, LAST_FILE, STATE_FILE) if (out / name).exists()]
+    files = [str(path) for path in written_files(out)]
     if as_json:
         print_json(_summary(result, config, files))
-        return
-    if result.best_epoch is not None:
-        console.print(f"best epoch {result.best_epoch}: {config.select_best} accuracy {result.best_accuracy:.4f}")
-    console.print("wrote " + ", ".join(files))
+    elif result.best_epoch is not None:
+        results.print(f"best epoch {result.best_epoch}: {config.select_best} accuracy {result.best_accuracy:.4f}")
+    messages.print("wrote " + ", ".join(files))

@@ -5,15 +5,12 @@
 """
 from auxsurgery.train.adversarial import Adversary, adversarial_preset
 from auxsurgery.train.config import AdversarialConfig, TrainConfig, paper_config
-from auxsurgery.train.engine import (
-    FinetuneResult,
-    NonFiniteLossError,
-    StepInfo,
-    TrainingInterrupted,
-    evaluate,
-    finetune,
-)
+from auxsurgery.train.engine import FinetuneResult, StepInfo, finetune
+from auxsurgery.train.meter import NonFiniteLossError
 from auxsurgery.train.objective import HeadAccuracy, head_losses, joint_loss
+from auxsurgery.train.signals import TrainingInterrupted
+from auxsurgery.train.start import starting_model
+from auxsurgery.train.validation import evaluate
 
 __all__ = [
     "AdversarialConfig",
@@ -30,4 +27,5 @@ __all__ = [
     "head_losses",
     "joint_loss",
     "paper_config",
+    "starting_model",
 ]

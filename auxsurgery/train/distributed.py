@@ -70,6 +70,11 @@ class DistContext:
         return range(self.rank, n, self.world_size)
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun launched it (0 outside torchrun); readable before and after the run."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @contextmanager
 def distributed_context(device: str = "auto") -> Iterator[DistContext]:
     """Join torchrun's process group if the environment describes one; leave it on exit.
