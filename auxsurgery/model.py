@@ -71,6 +71,8 @@ def rule_scores(logits: torch.Tensor, rule: str, alpha: torch.Tensor) -> torch.T
     ``public`` is head 0 alone, ``private`` the aux heads' alpha-weighted softmax sum.
     """
     check_rule(rule)
+    # At least float32: in bfloat16 the spacing near 2 votes (1/64) swallows the tie-break.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if rule == "public":
         return logits[0].softmax(-1)
     if rule == "private":

@@ -1,4 +1,7 @@
-"""Head presets, the default sizing rule, custom factories and the FLOP overhead."""
+"""Head presets, the default sizing rule, custom factories and the FLOP overhead.
+
+The preset forward test takes the ``device`` and ``dtype`` fixtures (``--device``, ``--dtype``).
+"""
 import pytest
 import torch
 from torch import nn
@@ -19,10 +22,11 @@ PRESET_SHAPES = {
 
 
 @pytest.mark.parametrize("preset", sorted(PRESET_SHAPES))
-def test_presets_map_their_feature_to_logits(preset):
+def test_presets_map_their_feature_to_logits(preset, device, dtype):
     shape = PRESET_SHAPES[preset]
-    head = build_head(get_head_factory(preset), shape, 10, "p")
-    assert head(torch.rand(3, *shape)).shape == (3, 10)
+    head = build_head(get_head_factory(preset), shape, 10, "p").to(device, dtype)
+    logits = head(torch.rand(3, *shape).to(device, dtype))
+    assert logits.shape == (3, 10) and logits.dtype == dtype and torch.isfinite(logits).all()
 
 
 def test_paper_tables_layer_by_layer():
