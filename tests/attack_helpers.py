@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -112,6 +113,69 @@ def count_forwards(module: nn.Module) -> Iterator[list[int]]:
         handle.remove()
 
 
+class ScatterVote(nn.Module):
+    """Three linear heads, ``classes`` classes, built so that untargeted losses scatter the heads.
+
+    Around x = 0.5 every head says class 0 (true label of :func:`scatter_data`). Head h's nearest
+    wrong class is h + 1, reachable along its own sign pattern ``p_h`` (a full-budget step along
+    ``p_h`` alone flips head h; along ``p_0 + p_1 + p_2`` none), so an untargeted loss pulls each
+    head towards its own class and at most one head, never a majority, flips. Class 4 sits far
+    below in every head (logit -7) but along a shared pattern ``p_T`` a full-budget step lifts it
+    to +2 in all three at once: a targeted attack at class 4 fools the vote, an untargeted one
+    never aims there. Logits are linear in x, so budget ``eps`` (L-inf) sets the scale.
+    """
+
+    def __init__(self, eps: float, classes: int = 10, seed: int = 0):
+        super().__init__()
+        numel = math.prod(SHAPE)
+        g = torch.Generator().manual_seed(seed)
+        patterns = torch.randint(0, 2, (4, numel), generator=g).float() * 2 - 1  # p_0, p_1, p_2, p_T
+        scale = eps * numel  # the gain of a full-budget step along a pattern: p . (eps p) = eps * numel
+        weight, bias = torch.zeros(3, classes, numel), torch.full((3, classes), -10.0)
+        for h in range(3):
+            bias[h, 0] = 0.0
+            weight[h, h + 1], bias[h, h + 1] = 1.5 * patterns[h] / scale, -1.0
+            weight[h, 4], bias[h, 4] = 9.0 * patterns[3] / scale, -7.0
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("hcd,bd->hbc", self.weight, x.flatten(1) - 0.5) + self.bias[:, None, :]
+
+
+def scatter_data(n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs within 0.1 of 0.5 (no box clipping below eps 0.15), all of class 0."""
+    g = torch.Generator().manual_seed(seed)
+    return 0.5 + 0.1 * (2 * torch.rand((n, *SHAPE), generator=g) - 1), torch.zeros(n, dtype=torch.long)
+
+
+class NearTie(nn.Module):
+    """Two classes whose logits differ by 0.002, less than bfloat16 resolves at 1.0: in fp32 it
+    predicts class 1 everywhere, under bfloat16 autocast class 0 (a tie, broken to the first).
+    Its tiny weights keep any [0, 1] input from changing the fp32 decision."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(math.prod(SHAPE), 2)
+        with torch.no_grad():
+            self.linear.weight.copy_(1e-6 * torch.randn(2, math.prod(SHAPE), generator=torch.Generator().manual_seed(0)))
+            self.linear.bias.copy_(torch.tensor([1.0, 1.002]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+@contextmanager
+def batch_sizes(module: nn.Module) -> Iterator[list[int]]:
+    """The batch size of every forward call of ``module`` inside the block."""
+    sizes: list[int] = []
+    handle = module.register_forward_pre_hook(lambda _module, inputs: sizes.append(inputs[0].shape[0]))
+    try:
+        yield sizes
+    finally:
+        handle.remove()
+
+
 @functools.cache
 def trained_plain_model() -> nn.Module:
     """A plain classifier trained to ~100% clean accuracy on :func:`dataset` (cached per process)."""
@@ -124,3 +188,68 @@ def trained_aux_model() -> AuxModel:
     """An AuxModel with all three heads trained on :func:`dataset` (cached per process)."""
     x, y = dataset(1200, seed=0)
     return train(aux_model(), x, y)
+
+
+# ---- reference runs: PGD and APGD as they were before samples were dropped -------------------
+
+
+def _legacy_pgd_run(attack, x, y):
+    """PGD's run before it kept first fooling iterates: every sample steps to the end, last iterate out."""
+    ball = attack.ball(x)
+    x_adv = ball.random_point(attack.generator) if attack.random_start else x
+    for _ in range(attack.steps):
+        _, grad, _ = attack.loss_and_grad(x_adv, y)
+        x_adv = ball.step(x_adv, grad, attack.step_size)
+    return x_adv
+
+
+def _legacy_apgd_run(attack, x, y):
+    """APGD's run before it dropped fooled samples: the whole batch steps to the end."""
+    from auxsurgery.attacks.apgd import MOMENTUM, checkpoints
+    from auxsurgery.attacks.base import per_sample
+
+    ball = attack.ball(x)
+    x_adv = ball.random_point(attack.generator)
+    loss, grad, logits = attack.loss_and_grad(x_adv, y)
+    fooled = attack.fooled(logits, y)
+    x_found = x_adv
+    best_loss, x_best, grad_best = loss, x_adv, grad
+    step = torch.full((x.shape[0],), 2.0 * attack.eps, dtype=x.dtype)
+    increases = torch.zeros_like(loss)
+    best_at_check, reduced_at_check, last_check = best_loss, torch.ones_like(fooled), 0
+    check_at = set(checkpoints(attack.steps))
+    x_prev, prev_loss = x_adv, loss
+    for i in range(attack.steps):
+        z = ball.step(x_adv, grad, step)
+        if i > 0:
+            z = ball.project_(torch.lerp(x_adv, z, MOMENTUM).add_(x_adv - x_prev, alpha=1 - MOMENTUM))
+        x_prev, x_adv = x_adv, z
+        loss, grad, logits = attack.loss_and_grad(x_adv, y)
+        newly_fooled = attack.fooled(logits, y) & ~fooled
+        x_found = torch.where(per_sample(newly_fooled, x), x_adv, x_found)
+        fooled = fooled | newly_fooled
+        increases += loss > prev_loss
+        prev_loss = loss
+        improved = loss > best_loss
+        best_loss = torch.where(improved, loss, best_loss)
+        x_best = torch.where(per_sample(improved, x), x_adv, x_best)
+        grad_best = torch.where(per_sample(improved, x), grad, grad_best)
+        if i + 1 in check_at:
+            reduce = (increases < attack.rho * (i + 1 - last_check)) | (~reduced_at_check & (best_loss <= best_at_check))
+            step = torch.where(reduce, step / 2, step)
+            x_adv = torch.where(per_sample(reduce, x), x_best, x_adv)
+            grad = torch.where(per_sample(reduce, x), grad_best, grad)
+            increases = torch.zeros_like(increases)
+            best_at_check, reduced_at_check, last_check = best_loss, reduce, i + 1
+    return torch.where(per_sample(fooled, x), x_found, x_best)
+
+
+def legacy_attack(attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One run (restarts=1) of ``attack`` (a PGD or APGD) as the code before sample dropping ran it."""
+    from auxsurgery.attacks.base import enforce_bounds, frozen
+
+    run = {"PGD": _legacy_pgd_run, "APGD": _legacy_apgd_run}[type(attack).__name__]
+    attack.generator = torch.Generator().manual_seed(attack.seed)
+    with frozen(attack.model):
+        x_adv = run(attack, x, y)
+    return enforce_bounds(x_adv.detach(), x, attack.eps, attack.norm)

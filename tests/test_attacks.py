@@ -8,10 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attack_helpers import (
-    SHAPE, aux_model, count_forwards, dataset, plain_model, trained_aux_model,
-    trained_plain_model,
+    CLASSES, SHAPE, NearTie, aux_model, batch_sizes, count_forwards, dataset, legacy_attack, plain_model,
+    trained_aux_model, trained_plain_model,
 )
-from auxsurgery.attacks import APGD, CW, FGSM, PGD, Attack, Boundary, Square, Transfer, is_adversarial
+from auxsurgery.attacks import (
+    APGD, APGDT, CW, FGSM, FMN, PGD, PGDT, Attack, Boundary, Square, Transfer, is_adversarial,
+)
+from auxsurgery.attacks.base import enforce_bounds, frozen, per_sample
 from auxsurgery.model import rule_predict
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -30,6 +33,13 @@ ATTACKS = {
     "Boundary": (("l2",), lambda m, eps, norm, seed: Boundary(m, eps=eps, steps=10, init_trials=5, seed=seed)),
     "Transfer": (("linf", "l2"), lambda m, eps, norm, seed: Transfer(
         m, PGD(plain_model(seed=1), eps=eps, norm=norm, steps=2, seed=seed))),
+    "APGDT": (("linf", "l2"), lambda m, eps, norm, seed: APGDT(m, eps=eps, norm=norm, steps=3, n_target_classes=2,
+                                                              seed=seed)),
+    "PGDT": (("linf", "l2"), lambda m, eps, norm, seed: PGDT(m, "vote-margin", eps=eps, norm=norm, steps=2, restarts=2,
+                                                            n_target_classes=2, seed=seed)),
+    "FMN": (("linf", "l2"), lambda m, eps, norm, seed: FMN(m, eps=eps, norm=norm, steps=6)),
+    "APGD-bf16": (("linf", "l2"), lambda m, eps, norm, seed: APGD(m, "vote-margin", eps=eps, norm=norm, steps=3,
+                                                                 seed=seed, dtype="bf16")),
 }
 
 
@@ -49,7 +59,7 @@ def assert_in_threat_model(x_adv, x, eps, norm):
         assert delta.flatten(1).norm(dim=1).max() <= eps + 1e-6
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     name=st.sampled_from(sorted(ATTACKS)),
     norm=st.sampled_from(["linf", "l2"]),
@@ -109,6 +119,7 @@ def test_the_model_runs_in_eval_mode_without_parameter_gradients():
     (lambda m: PGD(m, "joint", steps=7), 7),
     (lambda m: APGD(m, "ensemble", steps=9), 10),  # one forward at the random start
     (lambda m: CW(m, steps=4, search_steps=2), 8),
+    (lambda m: FMN(m, steps=4), 4),
 ])
 def test_one_trunk_pass_per_step(make, forwards):
     # The AuxModel yields every head from one trunk pass: the backbone never runs twice a step.
@@ -128,6 +139,144 @@ def test_seeds_repeat_runs_and_leave_the_global_rng_alone():
     assert not torch.equal(PGD(model, eps=0.1, steps=3, seed=6)(x, y), first)
     assert torch.equal(Square(model, eps=0.1, n_queries=30, seed=5)(x, y),
                        Square(model, eps=0.1, n_queries=30, seed=5)(x, y))
+
+
+# ---- first fooling iterates; fooled samples stop costing compute -------------------------
+
+
+def _pgd_trajectory(attack, x, y):
+    """Every iterate of a full-batch PGD run ``[steps + 1, B, ...]`` and whether iterates 0..steps-1 fool."""
+    attack.generator = torch.Generator().manual_seed(attack.seed)
+    with frozen(attack.model):
+        ball = attack.ball(x)
+        x_adv = ball.random_point(attack.generator)
+        iterates, fooled = [x_adv], []
+        for _ in range(attack.steps):
+            _, grad, logits = attack.loss_and_grad(x_adv, y)
+            fooled.append(attack.fooled(logits, y))
+            x_adv = ball.step(x_adv, grad, attack.step_size)
+            iterates.append(x_adv)
+    return torch.stack(iterates), torch.stack(fooled)
+
+
+def test_pgd_returns_each_samples_first_fooling_iterate():
+    model = trained_aux_model()
+    x, y = dataset(64, seed=4)
+    attack = PGD(model, "vote-margin", eps=0.08, steps=10, seed=0)
+    x_adv = attack(x, y)
+
+    iterates, fooled = _pgd_trajectory(attack, x, y)
+    ever = fooled.any(0)
+    first = fooled.int().argmax(0)  # the first iterate that fools (where any does)
+    expected = torch.where(per_sample(ever, x), iterates[first, torch.arange(len(y))], iterates[-1])
+    assert torch.equal(x_adv, enforce_bounds(expected, x, attack.eps, attack.norm))
+    # Part way: fooled after the start, and some never; the first fooling iterate is one the last
+    # iterate may no longer be (the vote-margin stops pulling once the vote flips).
+    assert (first[ever] > 0).any() and not ever.all()
+    last_fools = is_adversarial(model, iterates[-1], y)
+    assert (attack.success(x_adv, y) | ~last_fools).all()
+    assert attack.success(x_adv, y).sum() > last_fools.sum()
+
+
+@pytest.mark.parametrize("attack_cls, steps", [(PGD, 10), (APGD, 20)])
+@pytest.mark.parametrize("norm, eps", [("linf", 0.08), ("l2", 1.0)])
+def test_samples_that_never_fool_follow_the_old_trajectories(attack_cls, steps, norm, eps):
+    # The reference is the code before fooled samples were dropped (attack_helpers.legacy_attack).
+    model = trained_aux_model()
+    x, y = dataset(128, seed=4)
+    attack = attack_cls(model, "dlr-ensemble", eps=eps, norm=norm, steps=steps, seed=0)
+    new, old = attack(x, y), legacy_attack(attack, x, y)
+    never = ~attack.success(new, y)
+    assert never.sum() >= 10
+    if norm == "linf":
+        assert torch.equal(new[never], old[never])
+    else:  # a sample left alone in the working batch runs batch-size-1 kernels: last-bit differences
+        torch.testing.assert_close(new[never], old[never], rtol=0, atol=1e-6)
+    assert (~attack.success(old, y) | ~never).all()  # whatever the old run fooled, the new one fools
+
+
+@pytest.mark.parametrize("attack_cls", [PGD, APGD])
+def test_other_samples_in_the_batch_leave_a_robust_samples_run_alone(attack_cls):
+    # A run draws its randomness (the start) for the whole batch first and nothing afterwards: a
+    # sample's start depends on the seed and its position (L-inf), as before, and samples after it
+    # that fool and drop out along the way change nothing for it.
+    model = trained_aux_model()
+    x, y = dataset(32, seed=4)
+    more_x, more_y = dataset(32, seed=5)
+    attack = attack_cls(model, "vote-margin", eps=0.08, steps=10, seed=0)
+    alone = attack(x, y)
+    together = attack(torch.cat([x, more_x]), torch.cat([y, more_y]))
+    never = ~attack.success(alone, y)
+    assert never.sum() >= 5 and attack.success(together[32:], more_y).any()
+    assert torch.equal(together[:32][never], alone[never])
+
+
+@pytest.mark.parametrize("make, forwards", [
+    (lambda m: PGD(m, "vote-margin", eps=0.08, steps=10, seed=0), 10),
+    (lambda m: APGD(m, "vote-margin", eps=0.08, steps=10, seed=0), 11),
+])
+def test_fooled_samples_stop_costing_compute(make, forwards):
+    model = trained_aux_model()
+    x, y = dataset(64, seed=4)
+    with batch_sizes(model.trunk) as sizes:
+        x_adv = make(model)(x, y)
+    robust = (~is_adversarial(model, x_adv, y)).sum().item()
+    assert len(sizes) == forwards and sizes[0] == 64
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] >= robust > 0
+    assert sum(sizes) < 0.8 * 64 * forwards  # the fooled samples left the batch part way
+
+
+def test_a_batch_fooled_from_the_start_costs_one_forward():
+    model = trained_plain_model()
+    x, y = dataset(8)
+    wrong = (y + 1) % CLASSES  # the clean inputs already "fool" these labels
+    for attack in (PGD(model, steps=10, random_start=False), FGSM(model), APGD(model, eps=1e-3, steps=10, seed=0)):
+        with count_forwards(model) as calls:
+            x_adv = attack(x, wrong)
+        assert calls[0] == 1, attack
+        assert is_adversarial(model, x_adv, wrong).all()
+        if not isinstance(attack, APGD):  # no random start: the inputs themselves are returned
+            assert torch.equal(x_adv, x)
+
+
+# ---- bfloat16 steps ------------------------------------------------------------------------
+
+
+def test_bf16_verdicts_are_verified_in_fp32():
+    model = NearTie()
+    x, _ = dataset(8)
+    y = torch.ones(8, dtype=torch.long)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (model(x).argmax(1) != y).all()  # bfloat16 alone calls every sample fooled...
+    assert not is_adversarial(model, x, y).any()  # ...fp32 none, and no budget changes that
+    for attack, steps in ((PGD(model, eps=0.01, steps=5, seed=0, dtype="bf16"), 5),
+                          (APGD(model, eps=0.01, steps=5, seed=0, dtype="bf16"), 6)):
+        with count_forwards(model) as calls:
+            x_adv = attack(x, y)
+        # Every step ran on every sample, each bfloat16 verdict re-checked by one fp32 forward; counted
+        # as fooled, the samples would have left after the first forward.
+        assert calls[0] == 2 * steps, attack
+        assert not attack.success(x_adv, y).any()
+    fmn = FMN(model, steps=5, dtype="bf16")
+    assert torch.isinf(fmn.minimum_norms(x, y)).all()  # no fooling norm 0 from bfloat16's tie
+
+
+def test_bf16_steps_run_under_autocast_and_find_what_fp32_finds():
+    model = trained_aux_model()
+    x, y = dataset(64, seed=4)
+    seen = []
+    handle = model.heads[0].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    try:
+        rates = {dtype: is_adversarial(model, APGD(model, "vote-margin", eps=0.08, steps=10, seed=0, dtype=dtype)(x, y),
+                                       y).float().mean().item()
+                 for dtype in ("fp32", "bf16")}
+    finally:
+        handle.remove()
+    assert torch.bfloat16 in seen and torch.float32 in seen  # bf16 steps, fp32 verification forwards
+    assert 0.2 < rates["fp32"] < 1 and abs(rates["fp32"] - rates["bf16"]) <= 0.05
+    assert "dtype='bf16'" in repr(APGD(model, dtype="bf16")) and "dtype='fp32'" in repr(PGD(model))
+    with pytest.raises(ValueError, match="dtype must be one of fp32, bf16"):
+        PGD(model, dtype="fp16")
 
 
 @pytest.mark.parametrize("rule", ["vote", "score", "public", "private"])
@@ -263,8 +412,9 @@ def test_transfer_crafts_on_the_surrogate_and_judges_on_the_target():
     with count_forwards(target) as target_calls:
         x_adv = transfer(x, y)
     assert target_calls[0] == 0
-    # Same examples as attacking the AuxModel through its public head (one trunk pass).
-    assert torch.equal(x_adv, PGD(target, "public", eps=0.1, steps=5, seed=0)(x, y))
+    # Same examples as attacking the AuxModel through its public head (one trunk pass), judged by
+    # that head alone as the surrogate judges them (PGD keeps each sample's first fooling iterate).
+    assert torch.equal(x_adv, PGD(target, "public", eps=0.1, steps=5, seed=0, rule="public")(x, y))
     assert torch.equal(transfer.success(x_adv, y), is_adversarial(target, x_adv, y, "vote"))
 
 
@@ -297,6 +447,14 @@ def test_attack_specific_configuration_errors():
         PGD(aux_model(), eps=None)
     with pytest.raises(ValueError, match="at least one aux head"):
         PGD(plain_model(), rule="private")
+    with pytest.raises(ValueError, match="needs the true labels besides the targets"):
+        PGD(aux_model(), "dlr-t-ensemble", targeted=True)
+    with pytest.raises(ValueError, match="n_target_classes must be >= 1"):
+        APGDT(aux_model(), n_target_classes=0)
+    with pytest.raises(ValueError, match="gamma"):
+        FMN(aux_model(), gamma_init=1.5)
+    with pytest.raises(ValueError, match="supports norm"):
+        FMN(aux_model(), norm="l1")
 
 
 @pytest.mark.parametrize("x_transform, match", [

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from .base import Attack, per_sample
+from .base import Attack, Survivors, per_sample, take
 from .objectives import Objective
 from .registry import register_attack
 
@@ -38,7 +38,11 @@ class APGD(Attack):
     APGD-DLR on Algorithm 2's probabilities, and so on.
 
     A run returns, per sample, the first iterate that fools the decision rule, else the
-    iterate with the highest objective. Untargeted only.
+    iterate with the highest objective. A sample that fools is dropped from the working
+    batch at once: the rest of the run costs only the samples still robust, and the
+    others' trajectories are exactly those of a run without dropping (all the state is
+    per sample and the only randomness, the start, is drawn for the whole batch first).
+    Untargeted (:class:`~auxsurgery.attacks.apgdt.APGDT` is the targeted version).
 
     Args:
         steps: gradient steps per run (one forward and backward each, plus one at the start).
@@ -61,8 +65,9 @@ class APGD(Attack):
         rule: str = "vote",
         seed: int | None = None,
         kappa: float = 0.0,
+        dtype: str = "fp32",
     ):
-        super().__init__(model, objective, eps, norm, rule, seed, targeted=False, kappa=kappa)
+        super().__init__(model, objective, eps, norm, rule, seed, targeted=False, kappa=kappa, dtype=dtype)
         if steps < 1 or restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
         self.steps = steps
@@ -72,44 +77,56 @@ class APGD(Attack):
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.best_of_restarts(x, y, self.restarts, self._run)
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         ball = self.ball(x)
         x_adv = ball.random_point(self.generator)
-        loss, grad, logits = self.loss_and_grad(x_adv, y)
-        fooled = self.fooled(logits, y)
-        x_found = x_adv
+        working = Survivors(x_adv.clone())
+        loss, grad, logits = self.loss_and_grad(x_adv, y, target)
         best_loss, x_best, grad_best = loss, x_adv, grad
         step = torch.full((x.shape[0],), 2.0 * self.eps, device=x.device, dtype=x.dtype)
         # State of the step-size test, reset at every checkpoint.
         increases = torch.zeros_like(loss)
-        best_at_check, reduced_at_check, last_check = best_loss, torch.ones_like(fooled), 0
+        best_at_check, reduced_at_check, last_check = best_loss, torch.ones_like(loss, dtype=torch.bool), 0
         check_at = set(checkpoints(self.steps))
-
         x_prev, prev_loss = x_adv, loss
-        for i in range(self.steps):
-            z = ball.step(x_adv, grad, step)
-            if i > 0:  # momentum: x_adv + a (z - x_adv) + (1 - a) (x_adv - x_prev), projected again
-                z = ball.project_(torch.lerp(x_adv, z, MOMENTUM).add_(x_adv - x_prev, alpha=1 - MOMENTUM))
-            x_prev, x_adv = x_adv, z
 
-            loss, grad, logits = self.loss_and_grad(x_adv, y)
-            newly_fooled = self.fooled(logits, y) & ~fooled
-            x_found = torch.where(per_sample(newly_fooled, x), x_adv, x_found)
-            fooled = fooled | newly_fooled
+        for i in range(self.steps + 1):  # i: steps taken so far (0: the random start)
+            if i > 0:
+                z = ball.step(x_adv, grad, step)
+                if i > 1:  # momentum: x_adv + a (z - x_adv) + (1 - a) (x_adv - x_prev), projected again
+                    z = ball.project_(torch.lerp(x_adv, z, MOMENTUM).add_(x_adv - x_prev, alpha=1 - MOMENTUM))
+                x_prev, x_adv = x_adv, z
+                loss, grad, logits = self.loss_and_grad(x_adv, y, target)
+
+            # The samples this iterate fools are done: it is their result (their first fooling
+            # iterate), and the run goes on without them.
+            fooled = self.fooled(logits, y, x_adv)
+            if fooled.any():
+                keep = working.retire(fooled, x_adv)
+                if not working:
+                    return working.result
+                (x_adv, x_prev, loss, grad, prev_loss, best_loss, x_best, grad_best, step, increases,
+                 best_at_check, reduced_at_check, y, target) = take(
+                    keep, x_adv, x_prev, loss, grad, prev_loss, best_loss, x_best, grad_best, step, increases,
+                    best_at_check, reduced_at_check, y, target)
+                ball = ball.select(keep)
+            if i == 0:
+                continue
+
             increases += loss > prev_loss
             prev_loss = loss
             improved = loss > best_loss
             best_loss = torch.where(improved, loss, best_loss)
-            x_best = torch.where(per_sample(improved, x), x_adv, x_best)
-            grad_best = torch.where(per_sample(improved, x), grad, grad_best)
+            x_best = torch.where(per_sample(improved, x_adv), x_adv, x_best)
+            grad_best = torch.where(per_sample(improved, x_adv), grad, grad_best)
 
-            if i + 1 in check_at:
-                too_few_increases = increases < self.rho * (i + 1 - last_check)
+            if i in check_at:
+                too_few_increases = increases < self.rho * (i - last_check)
                 stalled = ~reduced_at_check & (best_loss <= best_at_check)
                 reduce = too_few_increases | stalled
                 step = torch.where(reduce, step / 2, step)
-                x_adv = torch.where(per_sample(reduce, x), x_best, x_adv)
-                grad = torch.where(per_sample(reduce, x), grad_best, grad)
+                x_adv = torch.where(per_sample(reduce, x_adv), x_best, x_adv)
+                grad = torch.where(per_sample(reduce, x_adv), grad_best, grad)
                 increases = torch.zeros_like(increases)
-                best_at_check, reduced_at_check, last_check = best_loss, reduce, i + 1
-        return torch.where(per_sample(fooled, x), x_found, x_best)
+                best_at_check, reduced_at_check, last_check = best_loss, reduce, i
+        return working.finish(x_best)

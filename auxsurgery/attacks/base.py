@@ -4,25 +4,32 @@ Attacks see a model as a function from [0, 1] pixels to stacked logits ``[H, B, 
 (a plain ``[B, C]`` classifier is one head). They climb an *objective* (a surrogate,
 see :mod:`.objectives`) but success is always judged by the defended model's real
 decision rule (:func:`auxsurgery.model.rule_predict` with the model's ``alpha``).
+
+Iterative attacks stop spending compute on a sample once it fools the rule: they drop it
+from the working batch (:class:`Survivors`, :func:`take`, :meth:`Ball.select`) and keep
+its first fooling iterate. With ``dtype="bf16"`` the gradient steps run the model under
+bfloat16 autocast, and a sample only counts as fooled once an fp32 forward agrees
+(:meth:`Attack.fooled` with the inputs).
 """
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from .._utils import preserved_state
 from ..model import as_stacked, check_rule, rule_predict
-from .objectives import Objective, get_objective
+from .objectives import Objective, evaluate, get_objective, wants_true_label
 
 NORMS = ("linf", "l2")
+DTYPES = ("fp32", "bf16")
 
 __all__ = [
-    "NORMS", "Attack", "Ball", "ascent_direction", "enforce_bounds", "frozen", "head_weights",
-    "is_adversarial", "l2_norms", "per_sample",
+    "DTYPES", "NORMS", "Attack", "Ball", "Survivors", "ascent_direction", "enforce_bounds", "frozen",
+    "head_weights", "is_adversarial", "l2_norms", "per_sample", "perturbation_norms", "robust_accuracy_curve", "take",
 ]
 
 
@@ -76,6 +83,30 @@ def l2_norms(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1)
 
 
+def perturbation_norms(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample ``norm`` (``"linf"`` or ``"l2"``) of a ``[B, ...]`` tensor: ``[B]``."""
+    return t.flatten(1).abs().amax(dim=1) if norm == "linf" else l2_norms(t)
+
+
+def robust_accuracy_curve(norms: torch.Tensor, eps_values: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Robust accuracy at every budget from one minimum-norm run: the fraction of samples whose
+    smallest fooling perturbation is larger than eps, ``[len(eps_values)]``.
+
+    ``norms`` ``[B]``: each sample's smallest fooling perturbation norm, ``inf`` where none was
+    found and ``0`` where the clean input already fools (e.g. :attr:`FMN.last_norms`). A sample
+    fooled at exactly eps counts as fooled, as the threat model's ball is closed; eps is compared
+    in the norms' dtype (0.1 is the float32 0.1 for float32 norms, as an attack at eps=0.1 sees it).
+    """
+    norms = torch.as_tensor(norms).detach().flatten()
+    norms = norms if norms.is_floating_point() else norms.double()
+    eps = torch.as_tensor(eps_values).to(norms.device, norms.dtype).flatten()
+    if norms.numel() == 0:
+        raise ValueError("robust_accuracy_curve needs at least one norm")
+    if torch.isnan(norms).any() or (norms < 0).any():
+        raise ValueError("norms must be >= 0 (inf where no adversarial was found)")
+    return (norms.unsqueeze(0) > eps.unsqueeze(1)).double().mean(1)
+
+
 def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """Steepest-ascent direction of unit ``norm``: sign for L-inf, normalised gradient for L2."""
     if norm == "linf":
@@ -89,14 +120,27 @@ class Ball:
     Built once per attack run. The hot loop of a gradient attack is a few elementwise
     passes over the batch, so each step allocates as little as it can: the L-inf ball
     clipped to the box is itself a box, whose corners are computed here once, and a
-    projected step is one fused multiply-add followed by an in-place clamp.
+    projected step is one fused multiply-add followed by an in-place clamp. ``eps`` is a
+    number (or a 0-d tensor) for the whole batch, or a ``[B]`` tensor of per-sample radii
+    (FMN's adaptive constraints; ``inf`` means unconstrained but for the box).
     """
 
     def __init__(self, x: torch.Tensor, eps: float | torch.Tensor, norm: str):
         self.x, self.eps, self.norm = x, eps, norm
+        self.per_sample = torch.is_tensor(eps) and eps.dim() == 1
         if norm == "linf":
-            self.low = (x - eps).clamp_(0.0, 1.0)
-            self.high = (x + eps).clamp_(0.0, 1.0)
+            radius = per_sample(eps, x) if self.per_sample else eps
+            self.low = (x - radius).clamp_(0.0, 1.0)
+            self.high = (x + radius).clamp_(0.0, 1.0)
+
+    def select(self, keep: torch.Tensor) -> "Ball":
+        """The ball around the samples ``keep`` (a bool mask or indices) only."""
+        ball = Ball.__new__(Ball)
+        ball.x, ball.norm, ball.per_sample = self.x[keep], self.norm, self.per_sample
+        ball.eps = self.eps[keep] if self.per_sample else self.eps
+        if self.norm == "linf":
+            ball.low, ball.high = self.low[keep], self.high[keep]
+        return ball
 
     def project_(self, z: torch.Tensor) -> torch.Tensor:
         """Project ``z`` onto the ball in place (``z`` must be a tensor the caller owns)."""
@@ -117,7 +161,9 @@ class Ball:
         return self.project_(torch.addcmul(x_adv, size, ascent_direction(grad, self.norm)))
 
     def random_point(self, generator: torch.Generator) -> torch.Tensor:
-        """A uniformly random point of the ball (clipped to [0, 1])."""
+        """A uniformly random point of the ball (clipped to [0, 1]), drawn for the whole batch at once."""
+        if self.per_sample:
+            raise ValueError("random points need one radius for the whole batch")
         x = self.x
         if self.norm == "linf":
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -150,6 +196,46 @@ def enforce_bounds(x_adv: torch.Tensor, x: torch.Tensor, eps: float | None, norm
     return torch.where(overshoot, torch.nextafter(x_adv, x), x_adv)
 
 
+# ---- dropping finished samples from a run ---------------------------------------------
+
+
+def take(keep: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Each per-sample tensor indexed by ``keep`` (``None`` passes through): the still-working samples."""
+    return tuple(None if t is None else t[keep] for t in tensors)
+
+
+class Survivors:
+    """Index bookkeeping of a run that drops samples from its working batch once they are done.
+
+    ``result`` is the run's output for the full batch; ``index`` the batch positions of the samples
+    still worked on. ``retire(done, values)`` writes the finished samples' results and returns the
+    mask of the others, to index the run's per-sample state with (:func:`take`,
+    :meth:`Ball.select`); ``finish(values)`` writes the remaining samples' results. A dropped sample
+    costs no more forward or backward passes, and since a run draws all its randomness up front,
+    dropping one changes nothing for the others.
+    """
+
+    def __init__(self, result: torch.Tensor):
+        self.result = result
+        self.index = torch.arange(result.shape[0], device=result.device)
+
+    def __bool__(self) -> bool:
+        """Whether any sample is still worked on."""
+        return self.index.numel() > 0
+
+    def retire(self, done: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Record ``values[done]`` as the final result of those samples; the keep mask of the others."""
+        self.result[self.index[done]] = values[done]
+        keep = ~done
+        self.index = self.index[keep]
+        return keep
+
+    def finish(self, values: torch.Tensor) -> torch.Tensor:
+        """Record ``values`` for the samples still worked on; the full result."""
+        self.result[self.index] = values
+        return self.result
+
+
 # ---- the base class ---------------------------------------------------------------------
 
 
@@ -160,7 +246,9 @@ class Attack:
         model: maps [0, 1] pixels to logits ``[H, B, C]`` (an AuxModel) or ``[B, C]``.
         objective: the loss the attack maximises: a name from :mod:`.objectives` or a
             callable ``(logits [H,B,C], y [B], alpha [H]) -> [B]``. A callable is used
-            as given, so for a targeted attack it must already reward reaching ``y``.
+            as given, so for a targeted attack it must already reward reaching ``y``; one
+            marked :func:`~.objectives.needs_true_label` is called
+            ``(logits, target, alpha, y_true)`` (untargeted attacks and APGDT/PGDT only).
         eps: radius of the threat model's ball (``None``: unbounded, minimum-distance
             attacks only).
         norm: ``"linf"`` or ``"l2"`` (each attack lists the ones it supports in ``norms``).
@@ -169,6 +257,10 @@ class Attack:
             the global RNG is never touched.
         targeted: ``y`` are target labels to reach instead of true labels to leave.
         kappa: cap of the margin objectives (``vote-margin``, ``margin-*``).
+        dtype: precision of the gradient steps (attacks that take it): ``"fp32"`` (the model as
+            it is) or ``"bf16"`` (forward and backward under ``torch.autocast`` to bfloat16, on
+            CPU or CUDA; the objective itself is computed in the inputs' dtype). A sample only
+            counts as fooled once an fp32 forward of the decision rule agrees.
 
     Subclasses implement :meth:`perturb`; ``__call__`` validates the inputs, freezes the
     model (eval mode, no parameter gradients, restored afterwards) and clips the result
@@ -179,6 +271,9 @@ class Attack:
     kind: str
     norms: tuple[str, ...] = NORMS
     eps_optional = False  # minimum-distance attacks (CW, Boundary) may run without a budget
+    # Attacks that aim at targets they pick themselves while success stays untargeted (APGDT):
+    # their objective is built targeted and called with the target and the true label.
+    targets_objective = False
 
     def __init__(
         self,
@@ -190,6 +285,7 @@ class Attack:
         seed: int | None = None,
         targeted: bool = False,
         kappa: float = 0.0,
+        dtype: str = "fp32",
     ):
         name = type(self).__name__
         if norm not in self.norms:
@@ -202,6 +298,8 @@ class Attack:
         elif norm == "l2" and not eps > 0:
             raise ValueError(f"l2 eps must be > 0, got {eps}")
         check_rule(rule)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if rule == "private" and getattr(model, "num_heads", 1) < 2:
             raise ValueError("rule 'private' needs a model with at least one aux head")
         self.model = model
@@ -211,14 +309,25 @@ class Attack:
         self.seed = seed
         self.targeted = targeted
         self.kappa = kappa
+        self.dtype = dtype
         self.objective_name = objective if isinstance(objective, str) else getattr(objective, "__name__", None)
-        self.objective = get_objective(objective, targeted, kappa) if isinstance(objective, str) else objective
+        if isinstance(objective, str):
+            objective = get_objective(objective, targeted or self.targets_objective, kappa)
+        if targeted and wants_true_label(objective):
+            raise ValueError(f"objective {self.objective_name!r} needs the true labels besides the targets, which "
+                             f"{name} given target labels (targeted=True) does not know: use APGDT or PGDT, which "
+                             "pick their targets from the true labels")
+        self.objective = objective
         self.generator: torch.Generator | None = None
 
     def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self.config().items())})"
+
+    def config(self) -> dict[str, str]:
+        """The settings shown by ``repr``: name to printed value."""
         eps = "None" if self.eps is None else f"{self.eps:.4g}"
-        return (f"{type(self).__name__}(objective={self.objective_name!r}, eps={eps}, norm={self.norm!r}, "
-                f"rule={self.rule!r}, targeted={self.targeted})")
+        return {"objective": repr(self.objective_name), "eps": eps, "norm": repr(self.norm),
+                "rule": repr(self.rule), "targeted": str(self.targeted), "dtype": repr(self.dtype)}
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples for inputs ``x`` (pixels in [0, 1]) and labels ``y`` ``[B]``."""
@@ -245,58 +354,97 @@ class Attack:
     # ---- helpers for subclasses ------------------------------------------------------
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Stacked logits ``[H, B, C]``: one forward of the model."""
+        """Stacked logits ``[H, B, C]``: one forward of the model (in its own precision)."""
         return as_stacked(self.model(x))
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The objective per sample ``[B]`` (to maximise)."""
-        return self.objective(logits, y, head_weights(self.model, logits))
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """The objective per sample ``[B]`` (to maximise).
 
-    def loss_and_grad(self, x_adv: torch.Tensor, y: torch.Tensor):
-        """``(loss [B], d loss / d x_adv, logits)`` from one forward and one backward pass."""
+        ``y`` are the labels the attack judges success against (targets if ``targeted``);
+        ``target``, if given, is the class an untargeted attack aims its (targeted) objective at
+        (APGDT). The objective gets the true label where it asks for it and it is known.
+        """
+        alpha = head_weights(self.model, logits)
+        if target is not None:
+            return evaluate(self.objective, logits, target, alpha, y)
+        return evaluate(self.objective, logits, y, alpha, None if self.targeted else y)
+
+    def autocast(self, x: torch.Tensor):
+        """The precision context of the gradient steps: bfloat16 autocast with ``dtype="bf16"``."""
+        if self.dtype == "bf16":
+            return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def loss_and_grad(self, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None):
+        """``(loss [B], d loss / d x_adv, logits)`` from one forward and one backward pass.
+
+        With ``dtype="bf16"`` the model runs under autocast; its logits are cast back to the
+        inputs' dtype before the objective, so only the network itself runs in bfloat16.
+        """
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = self.logits(x_adv)
-            loss = self.loss(logits, y)
+            with self.autocast(x_adv):
+                logits = self.logits(x_adv)
+            if logits.dtype != x_adv.dtype and self.dtype != "fp32":
+                logits = logits.to(x_adv.dtype)
+            loss = self.loss(logits, y, target)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         return loss.detach(), grad, logits.detach()
 
-    def fooled(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Whether the decision rule on these logits is fooled (reaches the target): bool ``[B]``."""
-        return _fooled(logits, y, self.rule, head_weights(self.model, logits), self.targeted)
+    def fooled(self, logits: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None = None) -> torch.Tensor:
+        """Whether the decision rule on these logits is fooled (reaches the target): bool ``[B]``.
+
+        Pass ``x_adv``, the inputs the logits came from, when the logits may come from a
+        bfloat16 step (:meth:`loss_and_grad`): with ``dtype="bf16"`` the samples they call
+        fooled are re-checked by an fp32 forward, and only those it confirms count.
+        """
+        fooled = _fooled(logits, y, self.rule, head_weights(self.model, logits), self.targeted)
+        if x_adv is None or self.dtype == "fp32" or not fooled.any():
+            return fooled
+        check = fooled.nonzero().squeeze(1)
+        with torch.no_grad():
+            logits = self.logits(x_adv[check])
+        fooled[check] = _fooled(logits, y[check], self.rule, head_weights(self.model, logits), self.targeted)
+        return fooled
 
     def ball(self, x: torch.Tensor) -> Ball:
         """This attack's threat model around clean inputs ``x``."""
         return Ball(x, self.eps, self.norm)
 
     def best_of_restarts(
-        self, x: torch.Tensor, y: torch.Tensor, restarts: int,
-        run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        self, x: torch.Tensor, y: torch.Tensor, restarts: int, run: Callable[..., torch.Tensor],
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run ``run(x, y) -> x_adv`` up to ``restarts`` times and keep each sample's worst case.
 
         Each restart only attacks the samples that no earlier run fooled (judged by the
-        decision rule); among points that fool nobody, the highest objective wins. Costs
-        one extra forward per restart, so a single run skips the bookkeeping.
+        decision rule, by an fp32 forward); among points that fool nobody, the highest
+        objective wins. Costs one extra forward per restart, so a single run skips the bookkeeping.
+
+        With ``targets`` ``[B, K]`` (classes to aim at, success still untargeted), the runs are
+        ``run(x, y, target)`` for each column in turn, ``restarts`` runs each, again only on the
+        samples still robust: the top-k targeted attacks (APGDT, PGDT).
         """
-        if restarts == 1:
+        if restarts == 1 and targets is None:
             return run(x, y)
         x_best = x.clone()
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(restarts):
-            todo = (~fooled).nonzero().squeeze(1)
-            if todo.numel() == 0:
-                break
-            x_adv = run(x[todo], y[todo])
-            with torch.no_grad():
-                logits = self.logits(x_adv)
-                loss = self.loss(logits, y[todo])
-            now_fooled = self.fooled(logits, y[todo])
-            better = now_fooled | (loss > best_loss[todo])
-            x_best[todo[better]] = x_adv[better]
-            best_loss[todo[better]] = loss[better].to(best_loss.dtype)
-            fooled[todo] = now_fooled
+        for target in [None] if targets is None else targets.unbind(1):
+            for _ in range(restarts):
+                todo = (~fooled).nonzero().squeeze(1)
+                if todo.numel() == 0:
+                    return x_best
+                aim = None if target is None else target[todo]
+                x_adv = run(x[todo], y[todo]) if aim is None else run(x[todo], y[todo], aim)
+                with torch.no_grad():
+                    logits = self.logits(x_adv)
+                    loss = self.loss(logits, y[todo], aim)
+                now_fooled = self.fooled(logits, y[todo])
+                better = now_fooled | (loss > best_loss[todo])
+                x_best[todo[better]] = x_adv[better]
+                best_loss[todo[better]] = loss[better].to(best_loss.dtype)
+                fooled[todo] = now_fooled
         return x_best
 
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor) -> None:

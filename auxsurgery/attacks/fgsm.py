@@ -14,7 +14,8 @@ class FGSM(PGD):
 
     One PGD step of length eps from the clean input; with ``norm="l2"`` it is the fast
     gradient method (a step along the normalised gradient). With ``objective="joint"``
-    on an AuxModel it is the paper's Adp-FGSM.
+    on an AuxModel it is the paper's Adp-FGSM. An input that already fools the decision
+    rule is returned as it is (PGD's first fooling iterate).
     """
 
     kind = "white-box"
@@ -28,6 +29,7 @@ class FGSM(PGD):
         rule: str = "vote",
         targeted: bool = False,
         kappa: float = 0.0,
+        dtype: str = "fp32",
     ):
         super().__init__(model, objective, eps, norm, steps=1, step_size=eps, random_start=False,
-                         rule=rule, targeted=targeted, kappa=kappa)
+                         rule=rule, targeted=targeted, kappa=kappa, dtype=dtype)

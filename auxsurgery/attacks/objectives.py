@@ -4,7 +4,15 @@ An objective is a callable ``(logits [H, B, C], y [B], alpha [H]) -> loss [B]`` 
 the attack MAXIMISES, one value per sample (so restarts and step-size rules can act
 per sample). ``logits`` are an AuxModel's stacked head logits, head 0 the backbone's;
 a plain ``[B, C]`` output counts as a single head. ``alpha`` are the head weights of
-Algorithm 2.
+Algorithm 2. A targeted objective gets the target class as ``y``.
+
+Some targeted objectives also need the true label (targeted DLR compares the target with
+it): marked with :func:`needs_true_label`, they are called as
+``(logits, target [B], alpha, y_true [B])``. Attacks call every objective through
+:func:`evaluate`, which passes ``y_true`` only to the marked ones, so a plain
+three-argument callable keeps working unchanged. ``y_true`` is known to untargeted
+attacks and to the attacks that pick their own targets from it (APGDT, PGDT); an attack
+given target labels (``targeted=True``) does not know it and refuses such objectives.
 
 Names, by loss family (``get_objective`` builds them; ``<k>`` is a head index):
 
@@ -17,9 +25,18 @@ Names, by loss family (``get_objective`` builds them; ``<k>`` is a head index):
   and ``vote-margin``, the unweighted sum over heads: a smooth stand-in for fooling a
   majority vote (Algorithm 1);
 * DLR (Croce & Hein 2020, untargeted only): ``dlr-public``, ``dlr-ensemble``,
-  ``dlr-joint`` (alpha-weighted sum over heads), ``dlr-head:<k>``.
+  ``dlr-joint`` (alpha-weighted sum over heads), ``dlr-head:<k>``;
+* targeted DLR (Croce & Hein 2020, AutoAttack's APGD-T loss)
+  ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` for true label ``y``, target ``t`` and
+  scores sorted ``z_pi1 >= z_pi2 >= ...``: ``dlr-t-public``, ``dlr-t-ensemble`` (on
+  Algorithm 2's log-probabilities), ``dlr-t-joint``, ``dlr-t-head:<k>``. Targeted, they
+  need the true label (see above); built untargeted they aim at each sample's runner-up
+  class (``t`` = the best class other than ``y``), which needs nothing more than ``y``.
 
-A targeted objective rewards reaching the target class ``y`` instead.
+A targeted objective rewards reaching the target class ``y`` instead: cross-entropy
+becomes minus the target's cross-entropy (``ensemble`` targeted is the log of Algorithm 2's
+probability of the target), a margin the target's lead over the best other class
+(``vote-margin`` targeted pulls every head towards the one target, each capped at ``kappa``).
 """
 from __future__ import annotations
 
@@ -30,9 +47,38 @@ import torch
 from .._utils import did_you_mean
 from ..model import as_stacked
 
-Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Objective = Callable[..., torch.Tensor]
 
-__all__ = ["Objective", "ensemble_log_probs", "get_objective", "list_objectives", "register_objective"]
+__all__ = [
+    "Objective", "ensemble_log_probs", "evaluate", "get_objective", "list_objectives", "needs_true_label",
+    "register_objective", "wants_true_label",
+]
+
+
+# ---- the calling convention -------------------------------------------------------------
+
+
+def needs_true_label(objective: Objective) -> Objective:
+    """Mark ``objective`` as ``(logits, target, alpha, y_true) -> [B]``: a targeted objective that needs
+    the true label too (usable as a decorator; returns ``objective`` itself)."""
+    objective.needs_true_label = True
+    return objective
+
+
+def wants_true_label(objective: Objective | None) -> bool:
+    """Whether ``objective`` is marked by :func:`needs_true_label`."""
+    return bool(getattr(objective, "needs_true_label", False))
+
+
+def evaluate(
+    objective: Objective, logits: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor,
+    y_true: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``objective``'s loss ``[B]``: ``y`` as the objective's label (the target if targeted); ``y_true``
+    (the true label, ``None`` if unknown) only for objectives marked :func:`needs_true_label`."""
+    if wants_true_label(objective):
+        return objective(logits, y, alpha, y_true)
+    return objective(logits, y, alpha)
 
 
 # ---- views: stacked head logits -> one [B, C] score vector --------------------------
@@ -67,6 +113,11 @@ def _true_and_best_other(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
     return true, other
 
 
+def _score(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Score of class ``y`` over the last dim (``y`` broadcast over leading head dims)."""
+    return z.gather(-1, y.expand(z.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+
+
 def _ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     log_probs = z.log_softmax(-1)
     return -log_probs.gather(-1, y.expand(z.shape[:-1]).unsqueeze(-1)).squeeze(-1)
@@ -90,24 +141,53 @@ def _dlr(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (other - true) / (top[..., 0] - top[..., 2] + 1e-12)
 
 
+def _dlr_t_scale(z: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR's denominator ``z_pi1 - (z_pi3 + z_pi4) / 2`` (shift- and scale-invariant loss)."""
+    if z.shape[-1] < 4:
+        raise ValueError("targeted DLR objectives need at least 4 classes")
+    top = z.topk(4, dim=-1).values
+    return top[..., 0] - (top[..., 2] + top[..., 3]) / 2 + 1e-12
+
+
+def _dlr_targeted(name: str):
+    def loss(z: torch.Tensor, target: torch.Tensor, y_true: torch.Tensor | None) -> torch.Tensor:
+        if y_true is None:
+            raise ValueError(f"targeted objective {name!r} needs the true labels besides the targets; "
+                             "attacks given only target labels (targeted=True) do not know them: use APGDT or PGDT")
+        scale = _dlr_t_scale(z)
+        return (_score(z, target) - _score(z, y_true)) / scale
+
+    return loss
+
+
+def _dlr_runner_up(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR aimed at the best class other than ``y`` (the untargeted form of ``dlr-t-*``)."""
+    scale = _dlr_t_scale(z)
+    true, other = _true_and_best_other(z, y)
+    return (other - true) / scale
+
+
 # ---- objectives: a loss applied to one view, or summed over heads ---------------------
 
 
+# ``labels``: nothing, or the true label for the losses that need it (see ``needs_true_label``).
+
+
 def _on_view(loss, view) -> Objective:
-    def objective(logits, y, alpha):
-        return loss(view(as_stacked(logits), alpha), y)
+    def objective(logits, y, alpha, *labels):
+        return loss(view(as_stacked(logits), alpha), y, *labels)
 
     return objective
 
 
 def _head_sum(loss, aux_only: bool = False, weighted: bool = True) -> Objective:
-    def objective(logits, y, alpha):
+    def objective(logits, y, alpha, *labels):
         logits = as_stacked(logits)
         if aux_only:
             if logits.shape[0] < 2:
                 raise ValueError("objective 'private' needs a model with at least one aux head")
             logits, alpha = logits[1:], alpha[1:]
-        per_head = loss(logits, y)  # [H, B]: the losses broadcast over the head dimension
+        per_head = loss(logits, y, *labels)  # [H, B]: the losses broadcast over the head dimension
         if weighted:
             per_head = alpha.to(per_head.dtype).view(-1, 1) * per_head
         return per_head.sum(0)
@@ -122,8 +202,16 @@ def _ce_objective(objective: Objective, targeted: bool) -> Objective:
 
 def _dlr_objective(name: str, objective: Objective, targeted: bool) -> Objective:
     if targeted:
-        raise ValueError(f"objective {name!r} has no targeted form (targeted DLR needs the true label too)")
+        raise ValueError(f"objective {name!r} has no targeted form: targeted DLR, which needs the true label "
+                         f"too, is {name.replace('dlr-', 'dlr-t-', 1)!r}")
     return objective
+
+
+def _dlr_t_objective(name: str, view_or_sum, targeted: bool) -> Objective:
+    """``dlr-t-*``: the targeted DLR (needs the true label) or, untargeted, aimed at the runner-up class."""
+    if targeted:
+        return needs_true_label(view_or_sum(_dlr_targeted(name)))
+    return view_or_sum(_dlr_runner_up)
 
 
 _OBJECTIVES: dict[str, Callable[[bool, float], Objective]] = {}
@@ -133,7 +221,8 @@ _PER_HEAD: dict[str, Callable[[int, bool, float], Objective]] = {}
 def register_objective(name: str, per_head: bool = False):
     """Decorator registering an objective builder under ``name``.
 
-    A builder takes ``(targeted, kappa)`` and returns ``(logits [H,B,C], y [B], alpha [H]) -> loss [B]``;
+    A builder takes ``(targeted, kappa)`` and returns ``(logits [H,B,C], y [B], alpha [H]) -> loss [B]``
+    (or, marked :func:`needs_true_label`, ``(logits, target, alpha, y_true) -> loss [B]``);
     with ``per_head``, ``name`` is a prefix such as ``head:`` and the builder takes ``(k, targeted, kappa)``
     for the names ``<prefix><k>``. Adding an objective is one decorated function.
     """
@@ -161,6 +250,10 @@ for _name, _builder in {
     "dlr-public": lambda t, kappa: _dlr_objective("dlr-public", _on_view(_dlr, _head(0)), t),
     "dlr-ensemble": lambda t, kappa: _dlr_objective("dlr-ensemble", _on_view(_dlr, ensemble_log_probs), t),
     "dlr-joint": lambda t, kappa: _dlr_objective("dlr-joint", _head_sum(_dlr), t),
+    "dlr-t-public": lambda t, kappa: _dlr_t_objective("dlr-t-public", lambda loss: _on_view(loss, _head(0)), t),
+    "dlr-t-ensemble": lambda t, kappa: _dlr_t_objective(
+        "dlr-t-ensemble", lambda loss: _on_view(loss, ensemble_log_probs), t),
+    "dlr-t-joint": lambda t, kappa: _dlr_t_objective("dlr-t-joint", _head_sum, t),
 }.items():
     register_objective(_name)(_builder)
 
@@ -168,6 +261,8 @@ for _prefix, _builder in {
     "head:": lambda k, t, kappa: _ce_objective(_on_view(_ce, _head(k)), t),
     "margin-head:": lambda k, t, kappa: _on_view(_margin(kappa, t), _head(k)),
     "dlr-head:": lambda k, t, kappa: _dlr_objective(f"dlr-head:{k}", _on_view(_dlr, _head(k)), t),
+    "dlr-t-head:": lambda k, t, kappa: _dlr_t_objective(
+        f"dlr-t-head:{k}", lambda loss: _on_view(loss, _head(k)), t),
 }.items():
     register_objective(_prefix, per_head=True)(_builder)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Attack
+from .base import Attack, Survivors, take
 from .objectives import Objective
 from .registry import register_attack
 
@@ -15,9 +15,16 @@ class PGD(Attack):
 
     Each step is one forward and one backward pass: ``x <- P(x + step_size * d)`` with
     ``d`` the sign of the gradient (L-inf) or the normalised gradient (L2) and ``P`` the
-    projection onto the eps ball and [0, 1]. A run returns its last iterate; with
-    ``restarts > 1`` every sample keeps the worst case over runs, judged by the decision
-    rule (see :meth:`Attack.best_of_restarts`).
+    projection onto the eps ball and [0, 1]. A run returns, per sample, the first iterate
+    that fools the decision rule (the start included), else its last iterate; a sample
+    that fools is dropped from the working batch, so later steps cost only the samples
+    still robust. With ``restarts > 1`` every sample keeps the worst case over runs,
+    judged by the decision rule (see :meth:`Attack.best_of_restarts`).
+
+    Samples that never fool follow exactly the trajectory of a plain PGD run: a run draws
+    its random start for its whole batch at once and nothing afterwards, so dropping the
+    others changes nothing for them (up to a model whose output for one sample depends on
+    the batch size, e.g. kernels picked by batch size).
 
     Args:
         steps: gradient steps per run.
@@ -43,8 +50,9 @@ class PGD(Attack):
         seed: int | None = None,
         targeted: bool = False,
         kappa: float = 0.0,
+        dtype: str = "fp32",
     ):
-        super().__init__(model, objective, eps, norm, rule, seed, targeted, kappa)
+        super().__init__(model, objective, eps, norm, rule, seed, targeted, kappa, dtype)
         if steps < 1 or restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
         if restarts > 1 and not random_start:
@@ -59,10 +67,19 @@ class PGD(Attack):
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.best_of_restarts(x, y, self.restarts, self._run)
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         ball = self.ball(x)
         x_adv = ball.random_point(self.generator) if self.random_start else x
+        working = Survivors(x_adv.clone())
         for _ in range(self.steps):
-            _, grad, _ = self.loss_and_grad(x_adv, y)
+            # The logits of this step's forward judge the current iterate: no extra forward.
+            _, grad, logits = self.loss_and_grad(x_adv, y, target)
+            fooled = self.fooled(logits, y, x_adv)
+            if fooled.any():
+                keep = working.retire(fooled, x_adv)
+                if not working:
+                    return working.result
+                x_adv, grad, y, target = take(keep, x_adv, grad, y, target)
+                ball = ball.select(keep)
             x_adv = ball.step(x_adv, grad, self.step_size)
-        return x_adv
+        return working.finish(x_adv)

@@ -1,0 +1,52 @@
+"""APGD-T: APGD aimed at each of the model's top-k other classes in turn (Croce & Hein 2020)."""
+from __future__ import annotations
+
+from torch import nn
+
+from .apgd import APGD
+from .objectives import Objective
+from .registry import register_attack
+from .targeted import TopKTargeted
+
+
+@register_attack
+class APGDT(TopKTargeted, APGD):
+    """Targeted APGD over the top ``n_target_classes`` classes, as AutoAttack's APGD-T.
+
+    For each target class (ranked by the ensemble scores at the clean input, see
+    :class:`~auxsurgery.attacks.targeted.TopKTargeted`) it runs APGD on the targeted objective,
+    ``restarts`` times, on the samples still robust under the decision rule; success is the
+    rule's prediction leaving the true label. Objectives: ``dlr-t-ensemble`` (default, the
+    paper's targeted DLR on Algorithm 2's log-probabilities), ``vote-margin`` (every head
+    pulled towards the target: the vote), ``ensemble`` (targeted CE of Algorithm 2), or any
+    other name (built targeted) or callable ``(logits, target, alpha[, y_true]) -> [B]``.
+
+    Cost: up to ``n_target_classes * restarts`` APGD runs, each ``steps + 1`` forward and
+    backward passes on the samples still robust, plus one forward per run and one on the
+    clean inputs.
+
+    Args:
+        n_target_classes: targets tried per sample (AutoAttack: 9 for 10 classes; capped at
+            the number of classes minus one).
+        (others: see :class:`~auxsurgery.attacks.apgd.APGD`)
+    """
+
+    kind = "white-box"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: str | Objective = "dlr-t-ensemble",
+        eps: float = 8 / 255,
+        norm: str = "linf",
+        steps: int = 100,
+        restarts: int = 1,
+        n_target_classes: int = 9,
+        rho: float = 0.75,
+        rule: str = "vote",
+        seed: int | None = None,
+        kappa: float = 0.0,
+        dtype: str = "fp32",
+    ):
+        super().__init__(model, objective, eps, norm, steps, restarts, rho, rule, seed, kappa, dtype)
+        self._init_targets(n_target_classes)

@@ -1,0 +1,111 @@
+"""Targeted attacks on the ensemble: top-k targets, APGDT/PGDT, and why they beat untargeted ones on a vote."""
+import pytest
+import torch
+
+from attack_helpers import (
+    CLASSES, ScatterVote, aux_model, batch_sizes, dataset, scatter_data, trained_aux_model, trained_plain_model,
+)
+from auxsurgery.attacks import APGD, APGDT, PGD, PGDT, get_attack, is_adversarial, list_attacks, needs_true_label
+from auxsurgery.attacks.objectives import ensemble_log_probs
+from auxsurgery.attacks.targeted import top_k_targets
+from auxsurgery.model import rule_predict
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_top_k_targets_rank_the_other_classes_by_score():
+    scores = torch.tensor([[0.1, 0.5, 0.3, 0.9, 0.2], [0.9, 0.8, 0.7, 0.6, 0.5]])
+    y = torch.tensor([3, 2])
+    assert top_k_targets(scores, y, 2).tolist() == [[1, 2], [0, 1]]
+    assert top_k_targets(scores, y, 9).tolist() == [[1, 2, 4, 0], [0, 1, 3, 4]]  # capped at C - 1
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        top_k_targets(scores[:, :1], y * 0, 1)
+
+
+def test_targeted_attacks_fool_a_vote_that_untargeted_ones_cannot():
+    # Each head's nearest wrong class is its own, so untargeted losses scatter the heads; only one
+    # class, far in every head, moves all of them at once (attack_helpers.ScatterVote).
+    eps = 0.1
+    model = ScatterVote(eps)
+    x, y = scatter_data(32)
+    assert not is_adversarial(model, x, y).any()
+    with torch.no_grad():
+        ranked = top_k_targets(ensemble_log_probs(model(x), torch.ones(3)), y, 9)
+    assert (ranked[:, :3].sort(1).values == torch.tensor([1, 2, 3])).all() and (ranked[:, 3] == 4).all()
+
+    def fooled(attack):
+        return is_adversarial(model, attack(x, y), y, "vote").float().mean().item()
+
+    # The same budget per sample: nine targeted runs against nine untargeted restarts.
+    untargeted = max(fooled(attack(model, objective, eps=eps, steps=10, restarts=9, seed=0))
+                     for attack in (APGD, PGD) for objective in ("ensemble", "dlr-ensemble", "vote-margin", "joint"))
+    targeted = {objective: fooled(APGDT(model, objective, eps=eps, steps=10, n_target_classes=9, seed=0))
+                for objective in ("dlr-t-ensemble", "vote-margin", "ensemble")}
+    targeted["PGDT"] = fooled(PGDT(model, "vote-margin", eps=eps, steps=10, n_target_classes=9, seed=0))
+    assert untargeted <= 0.1
+    assert min(targeted.values()) >= 0.9, targeted
+    # A head alone is easy to flip (to its own class): the vote, not the heads, is what resists.
+    for k in range(3):
+        x_adv = APGD(model, f"head:{k}", eps=eps, steps=10, rule="public", seed=0)(x, y)
+        with torch.no_grad():
+            assert (model(x_adv)[k].argmax(1) == k + 1).float().mean() >= 0.9
+        assert not is_adversarial(model, x_adv, y, "vote").any()
+
+
+def test_apgdt_judges_success_by_the_rule_and_runs_each_target_on_the_robust_samples():
+    model = trained_aux_model()
+    x, y = dataset(48, seed=6)
+    attack = APGDT(model, eps=0.08, steps=8, n_target_classes=3, seed=0)
+    with batch_sizes(model.trunk) as sizes:
+        x_adv = attack(x, y)
+    fooled = attack.success(x_adv, y)
+    assert 0 < fooled.float().mean() < 1
+    with torch.no_grad():
+        assert torch.equal(fooled, rule_predict(model(x_adv), "vote", model.alpha) != y)  # untargeted success
+    # The clean forward, then per target: 9 forwards of its run and one judging it, each run on the
+    # samples still robust, and within a run fooled samples drop out.
+    assert sizes[0] == 48 and len(sizes) <= 1 + 3 * 10
+    runs = [sizes[1 + 10 * t: 1 + 10 * (t + 1)] for t in range(3)]
+    assert runs[0][0] == 48 and all(run[:9] == sorted(run[:9], reverse=True) for run in runs if run)
+    assert all(later[0] < earlier[0] for earlier, later in zip(runs, runs[1:]) if later)
+    assert min(sizes) >= (~fooled).sum() and sum(sizes) < 0.8 * 48 * len(sizes)
+
+
+def test_apgdt_aims_the_objective_at_each_target_with_the_true_label():
+    model = trained_aux_model()
+    x, y = dataset(16, seed=6)
+    calls = []
+
+    @needs_true_label
+    def spy(logits, target, alpha, y_true):
+        calls.append((target.clone(), y_true.clone()))
+        return ensemble_log_probs(logits, alpha).gather(1, target[:, None]).squeeze(1)
+
+    APGDT(model, spy, eps=0.01, steps=2, n_target_classes=3, seed=0)(x, y)
+    with torch.no_grad():
+        logits = model(x)
+    expected = top_k_targets(ensemble_log_probs(logits, model.alpha), y, 3)
+    targets_seen = {tuple(target.tolist()) for target, _ in calls}
+    assert all(not (target == y_true).any() for target, y_true in calls)
+    assert tuple(expected[:, 0].tolist()) in targets_seen  # the first run covers every sample
+    # A plain three-argument callable gets the target as its label.
+    seen = []
+    APGDT(model, lambda z, labels, alpha: seen.append(labels) or z[0].gather(1, labels[:, None]).squeeze(1),
+          eps=0.01, steps=1, n_target_classes=1, seed=0)(x, y)
+    assert torch.equal(seen[0], expected[:, 0])
+
+
+def test_apgdt_leaves_inputs_the_rule_already_gets_wrong():
+    model = trained_plain_model()
+    x, y = dataset(8, seed=6)
+    wrong = (y + 1) % CLASSES
+    assert torch.equal(APGDT(model, eps=0.1, steps=3, seed=0)(x, wrong), x)
+
+
+def test_targeted_classes_are_registered_and_configured():
+    assert {"APGDT", "PGDT", "FMN"} <= set(list_attacks("white-box"))
+    assert get_attack("APGDT") is APGDT
+    attack = APGDT(aux_model(), eps=0.03, n_target_classes=5, dtype="bf16")
+    assert repr(attack) == ("APGDT(objective='dlr-t-ensemble', eps=0.03, norm='linf', rule='vote', targeted=False, "
+                            "dtype='bf16', n_target_classes=5)")
+    assert not attack.targeted and attack.objective.needs_true_label
