@@ -34,12 +34,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
-    # mkstemp creates the file 0600; a finished file gets the mode any new file would (the umask's).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         write(tmp)
+        # mkstemp creates the file 0600 (and some writers recreate it): the finished file gets the mode
+        # any new file would, the umask's.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

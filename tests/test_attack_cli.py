@@ -45,7 +45,8 @@ def test_end_to_end_writes_the_report(checkpoint, tmp_path):
     result = invoke(checkpoint, data, "--suite", "static,adaptive,heads", "--preset", "mnist", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "worst case" in result.output and "Adp-PGD" in result.output
-    assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "transfer_heatmap.png"}
+    assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "transfer_heatmap.png", "state",
+                                               ".auxsurgery.lock"}  # the resumable progress and the folder lock
     doc = json.loads((out / "results.json").read_text())
     validate_results(doc)
     assert doc["data"]["n"] == 12 and doc["settings"]["preset"]["name"] == "mnist"

@@ -217,19 +217,45 @@ def test_worst_case_is_the_per_sample_and_over_attacks(aux, test_data):
     assert "fool 0" in result.worst_case().attacks and not any("eps=1" in n for n in result.worst_case().attacks)
 
 
-def test_strong_suite_cascade_attacks_only_what_is_still_robust(aux, test_data):
+def test_strong_suite_is_a_cascade_on_the_points_still_robust(aux, test_data):
     result = suite(aux, test_data, "strong", rules=("vote",))
-    names = [row.name for row in result.rows_of("strong")]
-    assert names[:4] == ["APGD-CE [vote]", "APGD-DLR [vote]", "APGD-vote [vote]", "Square [vote]"]
-    cascade = [row for row in result.rows if row.kind == "cascade"]
-    assert len(cascade) == 3
+    cascade = result.rows_of("strong")
+    assert [row.name for row in cascade] == [
+        "Cascade [vote] 1: APGD [vote-margin]", "Cascade [vote] 2: APGD-CE [ensemble]",
+        "Cascade [vote] 3: APGD-T [dlr-t-ensemble, top-3]", "Cascade [vote] 4: APGD-T [vote-margin, top-3]",
+        "Cascade [vote] 5: Square"]
+    assert all(row.kind == "cascade" for row in cascade)
     previous = result.clean.rules["vote"]
     for row in cascade:
-        assert row.attacked == int(previous.sum())
+        assert row.attacked == int(previous.sum())  # each stage attacks exactly what is still robust
         assert not (row.outcome.rules["vote"] & ~previous).any()  # robust only if robust before
         previous = row.outcome.rules["vote"]
-    worst = result.worst_case()
-    assert worst.outcome.accuracy("vote") <= min(row.outcome.accuracy("vote") for row in result.rows_of("strong"))
+    assert torch.equal(result.worst_case().outcome.rules["vote"], cascade[-1].outcome.rules["vote"])
+
+
+def test_cascade_gives_the_worst_case_of_the_standalone_attacks(aux, test_data):
+    """The same attacks, run alone on every point or as a cascade on the survivors, break the same points.
+
+    Exact here because every attack is deterministic given its batch and the fooled points are judged
+    by the same rule; the cascade reaches it attacking fewer points.
+    """
+    both = suite(aux, test_data, "strong", rules=("vote",), standalone=True)
+    alone = [row for row in both.rows_of("strong") if row.kind != "cascade"]
+    cascade = [row for row in both.rows_of("strong") if row.kind == "cascade"]
+    assert len(alone) == len(cascade) == 5
+    union = both.clean
+    for row in alone:
+        union = union & row.outcome
+    cascade_only = suite(aux, test_data, "strong", rules=("vote",)).worst_case().outcome.rules["vote"]
+    assert torch.equal(union.rules["vote"], cascade_only)
+    assert sum(row.attacked for row in cascade) < sum(row.attacked for row in alone)
+
+
+def test_a_second_rule_cascade_starts_from_what_the_first_left(aux, test_data):
+    result = suite(aux, test_data, "strong", rules=("vote", "score"))
+    votes = [row for row in result.rows_of("strong") if row.name.startswith("Cascade [vote]")]
+    scores = [row for row in result.rows_of("strong") if row.name.startswith("Cascade [score]")]
+    assert scores[0].attacked == int(votes[-1].outcome.rules["score"].sum())
 
 
 # ---- sanity checks ---------------------------------------------------------------------------------
@@ -238,17 +264,21 @@ def test_strong_suite_cascade_attacks_only_what_is_still_robust(aux, test_data):
 def test_sanity_checks_stay_quiet_on_a_normal_model(aux, test_data):
     result = suite(aux, test_data, "static,adaptive,sweep")
     assert result.warnings == []
-    assert [f.check for f in result.findings] == ["baseline"]  # the static suite is labelled a baseline
-    sweep = sorted((row for row in result.rows_of("sweep") if row.series[1] == "eps"), key=lambda r: r.series[2])
+    assert [f.check for f in result.findings] == ["baseline", "bounds"]  # the static suite is labelled a baseline
+    bounds = result.findings[1].message  # and the largest perturbation of each threat model is reported
+    assert "largest linf perturbation" in bounds and "largest l2 perturbation" in bounds and "[0, 1]" in bounds
+    sweep = sorted((row for row in result.rows_of("sweep") if row.series[0] == "Adp-PGD vs eps"),
+                   key=lambda r: r.series[2])
     assert sweep[-1].threat["eps"] == 1.0 and sweep[-1].outcome.accuracy("vote") == 0.0
 
 
 def test_sanity_checks_fire_on_a_masked_gradient_model(masked, test_data):
-    result = suite(masked, test_data, "static,adaptive,strong", rules=("vote",))
+    result = suite(masked, test_data, "static,adaptive,strong", rules=("vote",), standalone=True)
     checks = {f.check for f in result.warnings}
     assert {"large-eps", "masking"} <= checks
     assert result.row("Adp-PGD").outcome.accuracy("vote") > 0.9  # gradient attacks see nothing...
     assert result.row("Square [vote]").outcome.accuracy("vote") < 0.9  # ...gradient-free ones do
+    assert "zero-gradient" in checks  # rounding has zero gradient: seen before any attack runs
     masking = next(f for f in result.warnings if f.check == "masking")
     assert "transfer" in masking.message or "score-based" in masking.message
 
@@ -289,3 +319,30 @@ def test_report_writes_json_markdown_and_plots(aux, test_data, tmp_path):
     with pytest.raises(ValueError, match="every rule and head"):
         validate_results(broken)
     assert results_document(result)["schema"] == SCHEMA
+
+
+def test_one_minimum_norm_run_gives_the_whole_curve(aux, test_data):
+    result = run_suite(aux, test_data, suite="curve", eps=EPS, rules=("vote",), batch_size=32, progress=False,
+                       budget=Budget(fmn_steps=30, curve_eps=(0.02, 0.1, 0.3)))
+    fmn = [row for row in result.rows_of("curve") if row.name.startswith("FMN")]
+    assert [row.name for row in fmn] == ["FMN [vote] eps=0.02", "FMN [vote] eps=0.1", "FMN [vote] eps=0.3"]
+    accuracies = [row.outcome.accuracy("vote") for row in fmn]
+    assert accuracies == sorted(accuracies, reverse=True)  # a larger ball never leaves more accuracy
+    assert accuracies[0] > accuracies[-1]
+    assert fmn[0].seconds > 0 and fmn[1].seconds == fmn[2].seconds == 0  # one run, counted once
+    for row in fmn:  # every example that counts lies in that row's ball
+        assert row.perturbation["linf_max"] <= row.threat["eps"] + 1e-6
+    # The rows at or below the preset eps take part in the worst case.
+    assert "FMN [vote] eps=0.1" in result.worst_case().attacks and "FMN [vote] eps=0.3" not in result.worst_case().attacks
+
+
+def test_bf16_attack_steps_are_recorded_and_judged_in_fp32(aux, test_data):
+    half = suite(aux, test_data, "adaptive,strong", rules=("vote",), attack_dtype="bf16")
+    assert half.settings["attack_dtype"] == "bf16"
+    cascade = [row for row in half.rows_of("strong")]
+    assert all(row.config.get("dtype") == "bf16" for row in cascade if row.config["attack"] != "Square")
+    full = suite(aux, test_data, "adaptive,strong", rules=("vote",))
+    # Success is judged by the fp32 model either way: the two worst cases differ by a few points at most.
+    assert abs(half.worst_case().outcome.accuracy("vote") - full.worst_case().outcome.accuracy("vote")) <= 0.1
+    with pytest.raises(ValueError, match="unknown attack dtype 'fp16'; valid: fp32, bf16"):
+        suite(aux, test_data, "adaptive", attack_dtype="fp16")

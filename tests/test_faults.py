@@ -81,3 +81,16 @@ def test_a_killed_atomic_write_never_replaces_the_old_file(tmp_path):
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     assert target.read_bytes() == b"good"
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    """safetensors recreates the file it writes: the mode must be set on the finished file."""
+    from attack_helpers import aux_model
+    from safetensors.torch import save_model
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "m.safetensors", lambda tmp: save_model(aux_model(), tmp))
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)

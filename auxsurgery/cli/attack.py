@@ -5,27 +5,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from .._utils import resolve_device
-from ..checkpoint import load, read_spec
-from ..evaluation import (
-    PRESETS,
-    Budget,
-    check_compatible,
-    get_preset,
-    list_suites,
-    load_eval_data,
-    parse_suites,
-    print_table,
-    results_document,
-    run_suite,
-    write_report,
-)
-from ..model import check_rule
-from .options import DataRoot, Device, Json, Out, Seed, json_mode, print_json
-
-console = Console()
+from ..evaluation import Budget, list_suites, print_table, results_document
+from ..evaluation.checkpoint_eval import evaluate_checkpoint
+from .options import DataRoot, Device, Json, Out, Seed, messages, print_json, results
 
 
 def attack(
@@ -44,39 +27,31 @@ def attack(
     batch_size: int = typer.Option(128, help="Samples per attack batch."),
     device: Device = "auto",
     quick: bool = typer.Option(False, help="Smoke-test budget: every attack runs, none seriously."),
+    standalone: bool = typer.Option(False, help="Strong suite: also run each attack alone on every point (rows "
+                                                "for tables); by default only the cascade runs."),
+    attack_dtype: str = typer.Option("fp32", help="Precision of the gradient attacks' steps: fp32, or bf16 "
+                                                   "(faster on CPUs and GPUs with bf16 units; every success is "
+                                                   "re-verified in fp32 before it counts)."),
     out: Out = None,
     as_json: Json = False,
 ):
     """Attack a checkpoint with the evaluation suites; judge by its own decision rules; report.
 
-    With --out, writes results.json, report.md and PNG plots there; --json prints results.json.
+    With --out, writes results.json, report.md and PNG plots there and keeps the evaluation's progress in
+    OUT/state: the same command after an interruption continues where it stopped. Under
+    `torchrun --nproc_per_node N -m auxsurgery attack ...` the processes share the work.
 
     Example: auxsurgery attack model.safetensors --data mnist --suite static,adaptive,strong --n 1000 --out report
     """
-    # Cheap checks first: a typo should not cost a dataset load.
-    suites = parse_suites(suite)
-    if not suites:
-        raise ValueError(f"--suite names no suite; valid suites: {', '.join(list_suites())}")
-    if preset is not None and get_preset(preset).name == "default":
-        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    get_preset(preset or data, eps, step_size, steps)
-    attacked_rules = [check_rule(r.strip()) for r in rules.split(",") if r.strip()]
-    if n < 1 or batch_size < 1:
-        raise ValueError(f"--n and --batch-size must be >= 1, got {n} and {batch_size}")
-    spec = read_spec(checkpoint)
-    with json_mode(as_json):
-        samples, classes, shape = load_eval_data(data, data_root, n)
-        check_compatible(spec, classes, shape, data)
-        model = load(checkpoint, map_location=str(resolve_device(device)))
-        result = run_suite(model, samples, suite=suites, eps=eps, step_size=step_size, steps=steps,
-                           dataset=preset or data, seed=seed, rules=attacked_rules, batch_size=batch_size,
-                           budget=Budget.quick() if quick else None)
-        result.model_info["checkpoint"] = str(checkpoint)
-        result.data_info["source"] = data
-        written = write_report(result, out) if out else []
+    result, written = evaluate_checkpoint(
+        checkpoint, data, suite, data_root=data_root, n=n, eps=eps, step_size=step_size, steps=steps, preset=preset,
+        rules=[r.strip() for r in rules.split(",") if r.strip()], seed=seed, batch_size=batch_size, device=device,
+        budget=Budget.quick() if quick else None, standalone=standalone, attack_dtype=attack_dtype, out=out)
+    if not written and out is not None:
+        return  # a torchrun process other than rank 0: rank 0 prints and writes
     if as_json:
         print_json(results_document(result))
-        return
-    print_table(result, console)
+    else:
+        print_table(result, results)
     for path in written:
-        console.print(f"wrote {path}")
+        messages.print(f"wrote {path}")

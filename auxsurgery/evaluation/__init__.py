@@ -21,7 +21,8 @@ from .sanity import Finding, sanity_checks
 
 __all__ = [
     "AttackPlan", "AttackRow", "Budget", "Cascade", "Finding", "HeadsStudy", "Outcome", "PRESETS", "Preset",
-    "SCHEMA", "SuiteContext", "SuiteResult", "WorstCase", "check_compatible", "collect", "evaluate", "get_preset", "get_suite",
-    "list_suites", "load_eval_data", "markdown_report", "parse_suites", "plan", "print_table", "register_suite", "results_document",
-    "run_suite", "sanity_checks", "validate_results", "worst_case", "write_report",
+    "SCHEMA", "SuiteContext", "SuiteResult", "WorstCase", "check_compatible", "collect", "evaluate", "get_preset",
+    "get_suite", "list_suites", "load_eval_data", "markdown_report", "parse_suites", "plan", "print_table",
+    "register_suite", "results_document", "run_suite", "sanity_checks", "validate_results", "worst_case",
+    "write_report",
 ]

@@ -3,12 +3,14 @@ ImageFolder or a ``.pt`` file, checked once (pixels in [0, 1], integer labels) a
 the checkpoint that will be attacked (classes, input size)."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import dataset_classes, load_dataset, take_subset
+from ..model import check_labels, check_pixels
 
 __all__ = ["check_compatible", "collect", "load_eval_data", "load_tensors"]
 
@@ -34,14 +36,10 @@ def collect(data, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor, str
             raise ValueError(f"the data ({source}) is empty")
         x, y = torch.cat(xs), torch.cat(ys)
     x, y = x[:n], y[:n]
-    if not x.is_floating_point() or x.dim() < 2 or len(x) == 0:
-        raise ValueError(f"inputs must be a non-empty float tensor [N, ...], got {x.dtype} {tuple(x.shape)}")
-    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.shape != (len(x),):
-        raise ValueError(f"labels must be integers of shape ({len(x)},), got {y.dtype} {tuple(y.shape)}")
-    low, high = x.min().item(), x.max().item()
-    if not 0 <= low <= high <= 1:  # also refuses NaN
-        raise ValueError(f"inputs must be pixels in [0, 1], got values in [{low:.3g}, {high:.3g}]: "
-                         "normalisation belongs inside the model")
+    check_pixels(x, "inputs")
+    if len(x) == 0:
+        raise ValueError(f"the data ({source}) is empty")
+    check_labels(y, len(x), num_classes=torch.iinfo(torch.int64).max)  # the class count is checked by the caller
     return x, y.long(), source
 
 
@@ -50,7 +48,16 @@ def load_tensors(path: Path) -> tuple[torch.Tensor, torch.Tensor, list[str] | No
 
     Read with ``weights_only=True``: plain tensors and containers only, never pickled code.
     """
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} holds objects other than tensors and plain containers; it is not loaded, "
+                         "since unpickling could run code (torch.load weights_only=True): "
+                         f"{str(err).splitlines()[0]}") from None
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable torch file (corrupt or truncated?): {err}") from None
     if isinstance(obj, dict) and {"x", "y"} <= obj.keys():
         return obj["x"], obj["y"], obj.get("classes")
     if isinstance(obj, (tuple, list)) and len(obj) == 2:

@@ -9,34 +9,39 @@ and reports list suites from this registry (:func:`list_suites`). The built-in s
   judged on those inputs. The paper ran CW targeted; untargeted is the stronger test
   of a defence (any wrong class counts), so it is used here.
 * ``adaptive`` (Table VII): Adp-FGSM and Adp-PGD climbing the joint loss of all heads.
-* ``strong``: per attacked rule, APGD-CE on ``ensemble``, APGD-DLR on ``dlr-ensemble``,
-  APGD on ``vote-margin`` and Square (score-based) on the rule itself, plus a cascade
-  (Tramer et al. 2020) that attacks only the points still robust: PGD, then more steps
-  with restarts, then Square.
+* ``strong``: per attacked rule, a cascade (AutoAttack's protocol; Tramer et al. 2020) in which
+  each attack runs only on the points still robust under that rule: APGD on the rule's
+  surrogate (``vote-margin`` for the vote, ``ensemble`` for the score), APGD-CE on the ensemble
+  or APGD-DLR, APGD-T over the top-k target classes (targeted DLR on the ensemble, and for the
+  vote a targeted vote margin that pulls every head toward one class), then Square.
 * ``sweep`` (Fig. 4): Adp-PGD accuracy against eps (multiples of the preset, up to 1)
-  and against the number of steps; sweeps use Madry's step ``2.5 * eps / steps``.
-* ``curve``: accuracy against eps for a recipe's plot: the paper's Adp-PGD and APGD on
-  each attacked rule's objective, at every eps of ``Budget.curve_eps``.
+  and against the number of steps (Madry's step ``2.5 * eps / steps``), and each attacked
+  rule's accuracy at every eps from one minimum-norm (FMN) run.
+* ``curve``: accuracy against eps for a recipe's plot: the paper's Adp-PGD at every eps of
+  ``Budget.curve_eps``, and one FMN run per attacked rule read at all of them.
 * ``heads`` (Table VI, Fig. 5): PGD crafted on each head alone, every head judged.
 
 Adding a suite is one decorated function here (or in your own module).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from torch import nn
 
 from .._utils import did_you_mean
-from ..attacks import APGD, CW, FGSM, PGD, Attack, Boundary, Square
+from ..attacks import APGD, APGDT, CW, FGSM, FMN, PGD, Attack, Boundary, Square
 from .presets import Budget, Preset
 from .sanity import LARGE_EPS
 
 __all__ = [
-    "HEADS_SUITE", "RULE_OBJECTIVE", "AttackPlan", "Cascade", "Suite", "SuiteContext", "get_suite", "list_suites", "parse_suites",
-    "plan", "plan_suites", "register_suite", "sanity_probes",
+    "HEADS_SUITE", "RULE_OBJECTIVE", "AttackPlan", "Cascade", "MinimumNormCurve", "Suite", "SuiteContext",
+    "get_suite", "list_suites", "parse_suites", "plan", "plan_suites", "register_suite", "sanity_probes",
+    "with_dtype",
 ]
 
 # The differentiable stand-in that gradient attacks climb to fool each decision rule.
@@ -83,6 +88,22 @@ class Cascade:
 
 
 @dataclass(frozen=True)
+class MinimumNormCurve:
+    """One minimum-norm attack run (``attack``, unbounded) read at every eps of ``eps_values``.
+
+    Each point's example counts at eps only if its perturbation fits in that ball: the row at eps is
+    the attack "the minimum-norm example if it is that close, else the clean input", so one run gives
+    the whole accuracy-vs-eps curve, one row per eps on the series ``series``.
+    """
+
+    name: str
+    suite: str
+    attack: AttackPlan
+    eps_values: tuple[float, ...]
+    series: str
+
+
+@dataclass(frozen=True)
 class SuiteContext:
     """What a suite builder may read: the threat model, the budget and the model's heads."""
 
@@ -91,6 +112,7 @@ class SuiteContext:
     rules: tuple[str, ...]
     seed: int
     head_names: tuple[str, ...]
+    standalone: bool = False  # strong suite: also each attack alone on every point
 
 
 # ---- the registry ------------------------------------------------------------------------------
@@ -152,6 +174,24 @@ def parse_suites(suite: str | Sequence[str]) -> list[str]:
     return names
 
 
+def with_dtype(pl, dtype: str):
+    """``pl`` (a plan, cascade or curve) with its gradient attacks stepping in ``dtype`` (``fp32``, ``bf16``).
+
+    Only attacks whose class takes a ``dtype`` change (the gradient attacks); the choice is written into
+    each plan's config, so reports and the state folder's fingerprint show it.
+    """
+    if dtype == "fp32":
+        return pl
+    if isinstance(pl, Cascade):
+        return dataclasses.replace(pl, stages=tuple(with_dtype(stage, dtype) for stage in pl.stages))
+    if isinstance(pl, MinimumNormCurve):
+        return dataclasses.replace(pl, attack=with_dtype(pl.attack, dtype))
+    attack = getattr(pl.make, "func", None)
+    if attack is None or "dtype" not in inspect.signature(attack).parameters:
+        return pl
+    return dataclasses.replace(pl, make=functools.partial(pl.make, dtype=dtype), config={**pl.config, "dtype": dtype})
+
+
 def plan_suites(names: Sequence[str], context: SuiteContext) -> list:
     """The plans of the named suites, in order."""
     return [pl for name in names for pl in get_suite(name).build(context)]
@@ -193,33 +233,44 @@ def _adaptive(c: SuiteContext) -> list[AttackPlan]:
     ]
 
 
-def _cascade(c: SuiteContext, rule: str) -> Cascade:
+def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
+    """The strong attacks on one rule, strongest per cost first (AutoAttack's order: untargeted
+    APGD, targeted APGD over the top-k classes, then the gradient-free Square).
+
+    Against a vote an untargeted loss can scatter the heads over several wrong classes so that no
+    majority forms; the targeted stages pull every head toward one class instead.
+    """
     p, b = c.preset, c.budget
-    first, second = b.cascade_steps
-    pgd = dict(objective=RULE_OBJECTIVE[rule], eps=p.eps, rule=rule, seed=c.seed)
-    return Cascade(f"Cascade [{rule}]", "strong", rule, (
-        plan(f"PGD-{first}", "strong", PGD, steps=first, **pgd),
-        plan(f"PGD-{second}x{b.cascade_restarts}", "strong", PGD, steps=second, restarts=b.cascade_restarts, **pgd),
-        # Another seed than the standalone Square row's: the cascade should not replay its random search.
-        plan("Square", "strong", Square, objective=SQUARE_OBJECTIVE[rule], eps=p.eps, n_queries=b.square_queries,
-             rule=rule, seed=c.seed + 1),
-    ))
+    apgd = dict(eps=p.eps, steps=b.apgd_steps, restarts=b.apgd_restarts, rule=rule, seed=c.seed)
+    targeted = dict(apgd, n_target_classes=b.target_classes)
+    multi_head = len(c.head_names) > 1
+    plans = [plan(f"APGD [{RULE_OBJECTIVE[rule]}]", "strong", APGD, objective=RULE_OBJECTIVE[rule], **apgd)]
+    if rule == "vote" and multi_head:
+        plans.append(plan("APGD-CE [ensemble]", "strong", APGD, objective="ensemble", **apgd))
+    elif rule == "score":
+        plans.append(plan("APGD-DLR [dlr-ensemble]", "strong", APGD, objective="dlr-ensemble", **apgd))
+    plans.append(plan(f"APGD-T [dlr-t-ensemble, top-{b.target_classes}]", "strong", APGDT,
+                      objective="dlr-t-ensemble", **targeted))
+    if rule == "vote" and multi_head:
+        plans.append(plan(f"APGD-T [vote-margin, top-{b.target_classes}]", "strong", APGDT,
+                          objective="vote-margin", **targeted))
+    plans.append(plan("Square", "strong", Square, objective=SQUARE_OBJECTIVE[rule], eps=p.eps,
+                      n_queries=b.square_queries, rule=rule, seed=c.seed))
+    return plans
 
 
-@register_suite("strong", "Strong attacks")
+@register_suite("strong", "Strong attacks: a cascade per attacked rule (AutoAttack's protocol)")
 def _strong(c: SuiteContext) -> list[AttackPlan | Cascade]:
-    p, b = c.preset, c.budget
+    """Per rule, a cascade: each attack runs only on the points still robust under that rule (after
+    every earlier attack), as AutoAttack does; with ``standalone``, each attack also runs alone on
+    every point, for tables that need per-attack rows."""
     plans: list[AttackPlan | Cascade] = []
     for rule in c.rules:
-        apgd = dict(eps=p.eps, steps=b.apgd_steps, restarts=b.apgd_restarts, rule=rule, seed=c.seed)
-        plans += [
-            plan(f"APGD-CE [{rule}]", "strong", APGD, objective="ensemble", **apgd),
-            plan(f"APGD-DLR [{rule}]", "strong", APGD, objective="dlr-ensemble", **apgd),
-            plan(f"APGD-vote [{rule}]", "strong", APGD, objective="vote-margin", **apgd),
-            plan(f"Square [{rule}]", "strong", Square, objective=SQUARE_OBJECTIVE[rule], eps=p.eps,
-                 n_queries=b.square_queries, rule=rule, seed=c.seed),
-        ]
-    return plans + [_cascade(c, rule) for rule in c.rules]
+        attacks = _strong_attacks(c, rule)
+        if c.standalone:
+            plans += [dataclasses.replace(pl, name=f"{pl.name} [{rule}]") for pl in attacks]
+        plans.append(Cascade(f"Cascade [{rule}]", "strong", rule, tuple(attacks)))
+    return plans
 
 
 @register_suite("sweep", "Sweep attacks", plots_series=True)
@@ -230,24 +281,27 @@ def _sweep(c: SuiteContext) -> list[AttackPlan]:
                    series=("Adp-PGD vs eps", "eps", eps)) for eps in eps_values]
     by_steps = [plan(f"Adp-PGD steps={steps}", "sweep", PGD, objective="joint", eps=p.eps, steps=steps, seed=c.seed,
                      series=("Adp-PGD vs steps", "steps", steps)) for steps in b.sweep_steps]
-    return by_eps + by_steps
+    return by_eps + by_steps + [minimum_norm_curve(c, rule, "sweep", eps_values) for rule in c.rules]
+
+
+def minimum_norm_curve(c: SuiteContext, rule: str, suite: str, eps_values) -> MinimumNormCurve:
+    """FMN (L-inf, unbounded) on the rule's margin surrogate, read at every eps of ``eps_values``."""
+    objective = "vote-margin" if rule == "vote" and len(c.head_names) > 1 else "margin-ensemble"
+    fmn = plan(f"FMN [{rule}]", suite, FMN, objective=objective, norm="linf", eps=None, steps=c.budget.fmn_steps,
+               rule=rule)
+    return MinimumNormCurve(f"FMN [{rule}]", suite, fmn, tuple(sorted(eps_values)), f"FMN on {objective} [{rule}]")
 
 
 @register_suite("curve", "Accuracy against eps", plots_series=True)
-def _curve(c: SuiteContext) -> list[AttackPlan]:
-    """Adp-PGD as the paper runs it, and APGD on each attacked rule's objective, at every eps of the curve."""
+def _curve(c: SuiteContext) -> list:
+    """The paper's Adp-PGD at every eps of the curve, and one minimum-norm run per attacked rule,
+    which gives that rule's accuracy at every eps at once."""
     p, b = c.preset, c.budget
-    plans = []
-    for eps in b.curve_eps or tuple(sorted({min(1.0, m * p.eps) for m in b.sweep_multiples})):
-        plans.append(plan(f"Adp-PGD eps={eps:.4g}", "curve", PGD, objective="joint", eps=eps, steps=p.steps,
-                          step_size=eps * p.step_size / p.eps, random_start=False,
-                          series=("Adp-PGD (paper's steps)", "eps", eps)))
-        for rule in c.rules:
-            # A plain classifier (one head) has no vote margin to climb: its own loss is the ensemble's.
-            objective = RULE_OBJECTIVE[rule] if len(c.head_names) > 1 else "ensemble"
-            plans.append(plan(f"APGD [{rule}] eps={eps:.4g}", "curve", APGD, objective=objective, eps=eps,
-                              steps=b.apgd_steps, rule=rule, seed=c.seed, series=(f"APGD on {objective}", "eps", eps)))
-    return plans
+    eps_values = b.curve_eps or tuple(sorted({min(1.0, m * p.eps) for m in b.sweep_multiples}))
+    plans: list = [plan(f"Adp-PGD eps={eps:.4g}", "curve", PGD, objective="joint", eps=eps, steps=p.steps,
+                        step_size=eps * p.step_size / p.eps, random_start=False,
+                        series=("Adp-PGD (paper's steps)", "eps", eps)) for eps in eps_values]
+    return plans + [minimum_norm_curve(c, rule, "curve", eps_values) for rule in c.rules]
 
 
 HEADS_SUITE = "heads"

@@ -90,8 +90,8 @@ class Budget:
     # an undefended LeNet-5.
     cw_lr: float = 0.1
     boundary_steps: int = 1000
-    cascade_steps: tuple[int, int] = (20, 100)
-    cascade_restarts: int = 4
+    target_classes: int = 9  # APGD-T's target classes (AutoAttack: 9 of CIFAR-10's 10)
+    fmn_steps: int = 100  # the minimum-norm attack behind the accuracy-vs-eps curves
     sweep_multiples: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
     sweep_steps: tuple[int, ...] = (1, 2, 5, 10, 20, 50)
     # eps values of the ``curve`` suite (empty: the sweep's multiples of the preset's eps)
@@ -102,7 +102,7 @@ class Budget:
     def quick(cls) -> "Budget":
         """A smoke-test budget: every attack runs, none of them seriously."""
         return cls(apgd_steps=10, square_queries=50, cw_steps=10, cw_search_steps=2, boundary_steps=20,
-                   cascade_steps=(5, 10), cascade_restarts=2, sweep_multiples=(0.5, 1.0, 2.0),
+                   target_classes=3, fmn_steps=10, sweep_multiples=(0.5, 1.0, 2.0),
                    sweep_steps=(1, 5), probe_steps=5)
 
     def to_dict(self) -> dict:

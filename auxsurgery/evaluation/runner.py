@@ -5,25 +5,49 @@ steps comparison) join any run that lacks them.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 from torch import nn
 
 from ..attacks import KINDS, Attack
-from ..attacks.base import frozen
-from ..model import as_aux_model, as_stacked, check_rule
+from ..attacks.base import DTYPES, frozen
+from ..model import AuxModel, as_aux_model, as_stacked, check_labels, check_rule
+from ..train.distributed import DistContext, distributed_context
 from .inputs import collect
-from .judging import applicable_rules, evaluate
-from .plans import AttackPlan, Cascade, SuiteContext, get_suite, list_suites, parse_suites, plan_suites, sanity_probes
-from .presets import Budget, get_preset
+from .judging import Outcome, applicable_rules, evaluate
+from .plans import (
+    RULE_OBJECTIVE,
+    AttackPlan,
+    Cascade,
+    MinimumNormCurve,
+    SuiteContext,
+    get_suite,
+    list_suites,
+    parse_suites,
+    plan_suites,
+    sanity_probes,
+    with_dtype,
+)
+from .presets import Budget, Preset, get_preset
 from .results import AttackRow, SuiteResult
-from .sanity import sanity_checks
+from .sanity import model_checks, sanity_checks
+from .state import EvaluationState, StateError, fingerprint_data, fingerprint_model
 
 __all__ = ["run_suite"]
 
@@ -32,74 +56,153 @@ class _ImagesPerSecond(ProgressColumn):
     """Average throughput of an attack since it started, in images per second."""
 
     def render(self, task) -> Text:
+        if task.fields.get("overall"):
+            return Text("")
         speed = task.completed / task.elapsed if task.elapsed else None
         return Text(f"{speed:,.1f} img/s" if speed else "- img/s", style="progress.data.speed")
 
 
 def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
-                    TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled)
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
 
 
 class _Runner:
-    """Runs plans batch by batch over fixed samples and judges each result by the defended model."""
+    """Runs plans batch by batch over fixed samples and judges each batch by the defended model.
+
+    Each batch's judgement (per point: rules and heads still right, losses, perturbation sizes) is a
+    record; rows are rebuilt from the records of all batches. With a state folder every record is
+    kept on disk as soon as it exists, so a killed run resumes at the batch it stopped in; under
+    torchrun, batch ``b`` of every attack runs on process ``b % world_size`` and all processes
+    gather the records, so each holds the whole result. A batch's attack seed is ``seed + b *
+    batch_size`` over the globally ordered points it attacks: neither an interruption nor the
+    number of processes changes any result.
+    """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequence[str],
-                 batch_size: int, progress: Progress):
+                 batch_size: int, progress: Progress, state: EvaluationState | None, ctx: DistContext):
         self.model, self.x, self.y, self.rules = model, x, y, rules
-        self.batch_size, self.progress = batch_size, progress
+        self.batch_size, self.progress, self.state, self.ctx = batch_size, progress, state, ctx
         self.device = next(model.parameters()).device
         self.clean = evaluate(model, x, y, rules, batch_size)
         # Samples that no rule or head gets right cannot be fooled: attacking them is wasted time.
         self.active = self.clean.any_correct().nonzero().flatten()
+        self.planned = 0  # plans started so far: names each plan's records in the state folder
 
-    def craft(self, attack: Attack, todo: torch.Tensor, label: str) -> torch.Tensor:
-        """Adversarial versions of samples ``todo``, in batches; each batch gets its own seed."""
-        task = self.progress.add_task(escape(label), total=len(todo))
-        seed, crafted = attack.seed, []
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start:start + self.batch_size]
-            if seed is not None:
-                attack.seed = seed + start
-            crafted.append(attack(self.x[batch].to(self.device), self.y[batch].to(self.device)).cpu())
+    def _judge(self, batch: torch.Tensor, x_adv: torch.Tensor, seconds: float) -> dict:
+        """The record of one attacked batch (see :data:`auxsurgery.evaluation.state.RECORD_KEYS`)."""
+        adv = evaluate(self.model, x_adv, self.y[batch], self.rules, self.batch_size)
+        delta, pixels = (x_adv - self.x[batch]).flatten(1), x_adv.flatten(1)
+        return {"indices": batch, "rules": torch.stack([adv.rules[r] for r in self.rules]), "heads": adv.heads,
+                "losses": adv.losses, "linf": delta.abs().amax(1), "l2": delta.norm(dim=1),
+                "pixel_min": pixels.amin(1), "pixel_max": pixels.amax(1), "seconds": torch.tensor(seconds)}
+
+    def craft(self, attack: Attack, key: str, todo: torch.Tensor, label: str) -> list[dict]:
+        """The records of every batch of ``todo``: this process's computed or read back, the others gathered."""
+        batches = [todo[start:start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
+        mine = range(self.ctx.rank, len(batches), self.ctx.world_size)
+        task = self.progress.add_task(escape(label), total=sum(len(batches[b]) for b in mine))
+        seed, records = attack.seed, {}
+        for b in mine:
+            batch = batches[b]
+            record = self.state.get(key, b) if self.state else None
+            if record is not None and not torch.equal(record["indices"], batch):
+                raise StateError(f"{self.state.folder / key}: batch {b} holds other points than this run "
+                                 "attacks; the folder is not this evaluation's, delete it to start over")
+            if record is None:
+                if seed is not None:
+                    attack.seed = seed + b * self.batch_size
+                began = time.perf_counter()
+                x_adv = attack(self.x[batch].to(self.device), self.y[batch].to(self.device)).cpu()
+                record = self._judge(batch, x_adv, time.perf_counter() - began)
+                if self.state:
+                    self.state.put(key, b, record)
+            records[b] = record
             self.progress.advance(task, len(batch))
-        return torch.cat(crafted) if crafted else self.x[:0]
+        if self.ctx.world_size > 1:
+            gathered: list[dict] = [{} for _ in range(self.ctx.world_size)]
+            dist.all_gather_object(gathered, records)
+            records = {b: r for part in gathered for b, r in part.items()}
+        return [records[b] for b in range(len(batches))]
 
-    def run_plan(self, plan: AttackPlan, todo: torch.Tensor | None = None, start: torch.Tensor | None = None,
-                 name: str | None = None, kind: str | None = None) -> tuple[AttackRow, torch.Tensor]:
-        """Attack samples ``todo`` (default: every active one) starting from inputs ``start`` (default: clean)."""
+    def run_plan(self, plan: AttackPlan, todo: torch.Tensor | None = None, name: str | None = None,
+                 kind: str | None = None) -> AttackRow:
+        """Attack samples ``todo`` (default: every active one); the others keep their clean judgement."""
         todo = self.active if todo is None else todo
         attack = plan.make(self.model.public_model() if plan.on_public else self.model)
         if getattr(attack, "kind", None) not in KINDS:
             # The masking check compares kinds: an undeclared one must not pass for white-box.
             raise ValueError(f"attack {type(attack).__name__} must declare its kind as class data, one of "
                              f"{', '.join(KINDS)} (got {getattr(attack, 'kind', None)!r})")
-        began = time.perf_counter()
-        x_adv = (self.x if start is None else start).clone()
-        x_adv[todo] = self.craft(attack, todo, name or plan.name)
-        seconds = time.perf_counter() - began
-        adv = evaluate(self.model, x_adv, self.y, self.rules, self.batch_size)
-        delta = (x_adv - self.x)[todo].flatten(1)
-        row = AttackRow(
-            name=name or plan.name, suite=plan.suite,
-            kind=kind or ("transfer" if plan.on_public else attack.kind),
+        name = name or plan.name
+        key = f"{self.planned:03d}"
+        self.planned += 1
+        records = self.craft(attack, key, todo, name)
+        rules = {r: c.clone() for r, c in self.clean.rules.items()}
+        heads, losses = self.clean.heads.clone(), self.clean.losses.clone()
+        for record in records:
+            index = record["indices"]
+            for i, r in enumerate(self.rules):
+                rules[r][index] = record["rules"][i]
+            heads[:, index], losses[:, index] = record["heads"], record["losses"]
+        return AttackRow(
+            name=name, suite=plan.suite, kind=kind or ("transfer" if plan.on_public else attack.kind),
             config=plan.config, threat={"norm": attack.norm, "eps": attack.eps}, series=plan.series,
-            outcome=self.clean & adv, head_loss=adv.losses.mean(1), seconds=seconds, attacked=len(todo),
-            perturbation={"linf_max": delta.abs().max().item() if len(todo) else 0.0,
-                          "l2_median": delta.norm(dim=1).median().item() if len(todo) else 0.0},
+            outcome=self.clean & Outcome(rules, heads), head_loss=losses.mean(1),
+            seconds=sum(r["seconds"].item() for r in records), attacked=len(todo),
+            perturbation=_perturbation(records),
         )
-        return row, x_adv
 
-    def run_cascade(self, cascade: Cascade) -> list[AttackRow]:
-        """Each stage attacks only what is still robust; every row is the cumulative result so far."""
-        rows, x_adv = [], self.x
-        robust = self.clean.rules[cascade.rule]
+    def run_curve(self, curve: MinimumNormCurve) -> list[AttackRow]:
+        """One minimum-norm run on every active point, read at each eps of the curve (one row each)."""
+        attack = curve.attack.make(self.model)
+        key = f"{self.planned:03d}"
+        self.planned += 1
+        records = self.craft(attack, key, self.active, curve.name)
+        rows = []
+        for eps in curve.eps_values:
+            rules = {r: c.clone() for r, c in self.clean.rules.items()}
+            heads, losses = self.clean.heads.clone(), self.clean.losses.clone()
+            used = []  # the examples that count at this eps: those in its ball (with float32 rounding)
+            for record in records:
+                inside = record["linf"] <= eps + 1e-7
+                used.append({k: v[..., inside] if v.dim() else v for k, v in record.items()})
+            for record in used:
+                index = record["indices"]
+                for i, r in enumerate(self.rules):
+                    rules[r][index] = record["rules"][i]
+                heads[:, index], losses[:, index] = record["heads"], record["losses"]
+            rows.append(AttackRow(
+                name=f"{curve.name} eps={eps:.4g}", suite=curve.suite, kind=attack.kind,
+                config={**curve.attack.config, "read_at_eps": eps}, threat={"norm": "linf", "eps": eps},
+                series=(curve.series, "eps", eps), outcome=self.clean & Outcome(rules, heads),
+                head_loss=losses.mean(1),
+                # One run serves every eps: its time is counted once, on the first row.
+                seconds=sum(r["seconds"].item() for r in records) if not rows else 0.0,
+                attacked=len(self.active), perturbation=_perturbation([r for r in used if len(r["indices"])])))
+        return rows
+
+    def run_cascade(self, cascade: Cascade, prior: Outcome) -> list[AttackRow]:
+        """Each stage attacks only the points still robust under the cascade's rule, after ``prior``
+        (the worst case of every attack that ran before) and the earlier stages; every row is that
+        cumulative worst case, so the last row is the cascade's answer."""
+        rows = []
         for i, stage in enumerate(cascade.stages, 1):
-            row, x_adv = self.run_plan(stage, robust.nonzero().flatten(), x_adv,
-                                       name=f"{cascade.name} {i}: {stage.name}", kind="cascade")
-            robust = row.outcome.rules[cascade.rule]
+            row = self.run_plan(stage, prior.rules[cascade.rule].nonzero().flatten(),
+                                name=f"{cascade.name} {i}: {stage.name}", kind="cascade")
+            row.outcome = prior = prior & row.outcome
             rows.append(row)
         return rows
+
+
+def _perturbation(records: list[dict]) -> dict:
+    """Sizes of the perturbations and the pixel range of the examples actually attacked."""
+    if not records:
+        return {"linf_max": 0.0, "l2_max": 0.0, "l2_median": 0.0, "pixel_min": 0.0, "pixel_max": 0.0}
+    l2 = torch.cat([r["l2"] for r in records])
+    return {"linf_max": torch.cat([r["linf"] for r in records]).max().item(), "l2_max": l2.max().item(),
+            "l2_median": l2.median().item(), "pixel_min": min(r["pixel_min"].min().item() for r in records),
+            "pixel_max": max(r["pixel_max"].max().item() for r in records)}
 
 
 @torch.no_grad()
@@ -123,6 +226,9 @@ def run_suite(
     budget: Budget | None = None,
     attacks: Iterable[AttackPlan | Cascade] = (),
     exclude: Sequence[str] = (),
+    standalone: bool = False,
+    state_dir: str | os.PathLike | None = None,
+    attack_dtype: str = "fp32",
     progress: bool = True,
 ) -> SuiteResult:
     """Attack ``model`` with the chosen suites and judge every result by its real decision rules.
@@ -141,7 +247,18 @@ def run_suite(
         attacks: extra plans or cascades to run (and to count in the worst case) beside the suites.
         exclude: names of the suites' attacks to leave out (e.g. ``Boundary``, whose result does
             not depend on eps, when a second eps is evaluated); unknown names raise.
-        progress: show a progress bar (with images/s) on stderr.
+        standalone: the strong suite also runs each of its attacks alone on every point (rows for
+            tables); by default only its cascades run, each attack on the points still robust.
+        state_dir: keep the evaluation's progress in this folder as it goes; the same call after an
+            interruption continues where it stopped (see :mod:`.state`). A folder made for another
+            model, data set, plan, budget or seed is refused.
+        attack_dtype: ``fp32``, or ``bf16`` for the gradient attacks' steps (bfloat16 autocast; every
+            success is re-verified by an fp32 forward of the real decision rule before it counts).
+        progress: show progress bars (images/s per attack; attacks done, with an ETA) on stderr.
+
+    Under ``torchrun`` (or inside an initialised process group) the batches of every attack are
+    shared out over the processes (gloo on CPU, nccl on CUDA: each process evaluates on its own
+    device) and every process returns the whole result, identical to a single process's.
     """
     names = parse_suites(suite)
     extra = list(attacks)
@@ -149,15 +266,15 @@ def run_suite(
         raise ValueError(f"no suite chosen; valid suites: {', '.join(list_suites())}")
     aux = as_aux_model(model)
     x, y, source = collect(data, n)
+    aux.check_input(x, "the evaluation data")
     classes = _num_classes(aux, x)
-    if y.min() < 0 or y.max() >= classes:
-        raise ValueError(f"labels span {y.min().item()}..{y.max().item()} but the model has {classes} classes")
+    check_labels(y, len(x), classes)
     eval_rules = applicable_rules(len(aux.head_names))
     targets = tuple(dict.fromkeys(check_rule(r) for r in rules))
     if any(r not in eval_rules for r in targets):
         raise ValueError(f"a model with {len(aux.head_names)} head(s) has rules {', '.join(eval_rules)}; got {targets}")
     preset, budget = get_preset(dataset, eps, step_size, steps), budget or Budget()
-    context = SuiteContext(preset, budget, targets, seed, tuple(aux.head_names))
+    context = SuiteContext(preset, budget, targets, seed, tuple(aux.head_names), standalone)
     if len(aux.head_names) < 2:
         skipped = [name for name in names if get_suite(name).needs_heads]
         if skipped:
@@ -169,22 +286,66 @@ def run_suite(
                          f"{', '.join(pl.name for pl in plans)}")
     plans = [pl for pl in plans if pl.name not in exclude]
     plans += sanity_probes(context, plans)
+    if attack_dtype not in DTYPES:
+        raise ValueError(f"unknown attack dtype {attack_dtype!r}; valid: {', '.join(DTYPES)}")
+    plans = [with_dtype(pl, attack_dtype) for pl in plans]
 
     began = time.perf_counter()
+    with distributed_context(str(next(aux.parameters()).device)) as ctx:
+        state = None
+        if state_dir is not None:
+            state = EvaluationState(state_dir, {
+                "model": fingerprint_model(aux), "data": fingerprint_data(x, y), "suites": names,
+                "plans": [_describe(pl) for pl in plans], "rules": list(targets), "eval_rules": list(eval_rules),
+                "seed": seed, "batch_size": batch_size, "preset": preset.to_dict(), "budget": budget.to_dict()})
+        devices: list = [None] * ctx.world_size
+        if ctx.world_size > 1:
+            dist.all_gather_object(devices, str(ctx.device))
+        else:
+            devices = [str(ctx.device)]
+        result = _run(aux, x, y, plans, eval_rules, targets, preset, batch_size, state, ctx, progress and ctx.is_main)
+    result.suites, result.budget = names, budget
+    result.settings = {"suites": names, "rules": list(targets), "seed": seed, "batch_size": batch_size,
+                       "standalone": standalone, "attack_dtype": attack_dtype, "dataset": dataset,
+                       "preset": preset.to_dict(), "budget": budget.to_dict(), "processes": len(devices),
+                       "devices": devices, "state_dir": str(state_dir) if state_dir is not None else None}
+    result.model_info = {"head_names": list(aux.head_names), "alpha": aux.alpha.tolist(), "num_classes": classes,
+                         "spec": getattr(aux, "spec", None), "class": type(model).__name__}
+    result.data_info = {"source": source, "dataset": dataset, "n": len(x), "shape": list(x.shape[1:])}
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+def _describe(plan: AttackPlan | Cascade) -> dict:
+    """A plan as JSON-able values, for the state folder's fingerprint."""
+    if isinstance(plan, Cascade):
+        return {"cascade": plan.name, "rule": plan.rule, "stages": [_describe(stage) for stage in plan.stages]}
+    if isinstance(plan, MinimumNormCurve):
+        return {"curve": plan.name, "attack": _describe(plan.attack), "eps": list(plan.eps_values)}
+    return {"name": plan.name, "suite": plan.suite, "config": plan.config, "series": plan.series}
+
+
+def _run(aux: AuxModel, x: torch.Tensor, y: torch.Tensor, plans: list, eval_rules: Sequence[str],
+         targets: Sequence[str], preset: Preset, batch_size: int, state: EvaluationState | None, ctx: DistContext,
+         progress: bool) -> SuiteResult:
+    """Run every plan in order and judge the results (the body of :func:`run_suite`)."""
+    preflight = model_checks(aux, x, y, targets, RULE_OBJECTIVE, batch_size)
+    stages = sum(len(pl.stages) if isinstance(pl, Cascade) else
+                 len(pl.eps_values) if isinstance(pl, MinimumNormCurve) else 1 for pl in plans)
     with _progress(progress) as bar:
-        runner = _Runner(aux, x, y, eval_rules, batch_size, bar)
+        overall = bar.add_task("attacks done", total=stages, overall=True)
+        runner = _Runner(aux, x, y, eval_rules, batch_size, bar, state, ctx)
         result = SuiteResult(
-            suites=names, rules=list(targets), eval_rules=list(eval_rules), head_names=list(aux.head_names),
-            preset=preset, budget=budget,
-            settings={"suites": names, "rules": list(targets), "seed": seed, "batch_size": batch_size,
-                      "dataset": dataset, "preset": preset.to_dict(), "budget": budget.to_dict()},
-            model_info={"head_names": list(aux.head_names), "alpha": aux.alpha.tolist(), "num_classes": classes,
-                        "spec": getattr(aux, "spec", None), "class": type(model).__name__},
-            data_info={"source": source, "dataset": dataset, "n": len(x), "shape": list(x.shape[1:])},
-            labels=y, clean=runner.clean,
+            suites=[], rules=list(targets), eval_rules=list(eval_rules), head_names=list(aux.head_names),
+            preset=preset, budget=None, settings={}, model_info={}, data_info={}, labels=y, clean=runner.clean,
         )
         for pl in plans:
-            result.rows += runner.run_cascade(pl) if isinstance(pl, Cascade) else [runner.run_plan(pl)[0]]
-    result.seconds = time.perf_counter() - began
-    result.findings = sanity_checks(result.rows, targets, len(x))
+            if isinstance(pl, Cascade):
+                result.rows += runner.run_cascade(pl, result.worst_case().outcome)
+            elif isinstance(pl, MinimumNormCurve):
+                result.rows += runner.run_curve(pl)
+            else:
+                result.rows.append(runner.run_plan(pl))
+            bar.update(overall, completed=len(result.rows))
+    result.findings = preflight + sanity_checks(result.rows, targets, len(x))
     return result

@@ -10,6 +10,17 @@ mistake; these checks look for its symptoms in the rows that ran:
 * ``masking``: a gradient-free (score- or decision-based) or transfer attack that beats
   every white-box attack at the same budget means the white-box gradients are useless.
 * ``baseline``: the static suite attacks the backbone alone; it is not an evaluation.
+
+Before any attack, :func:`model_checks` probes the model itself (AutoAttack's and Carlini's checks):
+
+* ``zero-gradient``: inputs whose gradient of an attack surrogate is exactly zero give gradient
+  attacks nothing to climb (saturated or quantised outputs): their robustness is not measured.
+* ``randomness``: two forward passes on the same inputs differ, so the defence is randomised and
+  every attack needs expectation over transformation (EOT); these attacks do not average.
+* ``non-finite``: NaN or infinite logits break both the attacks and the decision rules.
+
+After the attacks, ``bounds`` reports each threat model's largest perturbation and the pixel range
+of every example, and warns if any lies outside its ball or the [0, 1] box.
 """
 from __future__ import annotations
 
@@ -17,7 +28,14 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-__all__ = ["Finding", "LARGE_EPS", "LARGE_EPS_MAX_ACCURACY", "sanity_checks"]
+import torch
+from torch import nn
+
+from ..attacks import get_objective
+from ..attacks.base import frozen, head_weights
+from ..model import as_stacked, rule_predict
+
+__all__ = ["Finding", "LARGE_EPS", "LARGE_EPS_MAX_ACCURACY", "model_checks", "sanity_checks"]
 
 LARGE_EPS = 1.0
 LARGE_EPS_MAX_ACCURACY = 0.05
@@ -114,6 +132,70 @@ def _masking(rows: Sequence, rules: Sequence[str], tolerance: float) -> list[Fin
     return findings
 
 
+def _bounds(rows: Sequence) -> list[Finding]:
+    findings, largest = [], {}
+    for row in rows:
+        p, eps = row.perturbation, row.threat["eps"]
+        if not row.attacked:
+            continue
+        size = p["linf_max"] if row.threat["norm"] == "linf" else p["l2_max"]
+        if row.threat["norm"] not in largest or size > largest[row.threat["norm"]][0]:
+            largest[row.threat["norm"]] = (size, row.name)
+        # float32 rounding of x + delta may land one ulp past the ball (the attacks pull it back to x's side)
+        if (eps is not None and size > eps + 1e-6) or p["pixel_min"] < 0 or p["pixel_max"] > 1:
+            findings.append(Finding("bounds", "warning", (
+                f"{row.name}: examples leave the threat model ({row.threat['norm']} size {size:.6g} for eps "
+                f"{eps}, pixels in [{p['pixel_min']:.6g}, {p['pixel_max']:.6g}]): a bug in the attack")))
+    summary = "; ".join(f"largest {norm} perturbation {size:.6g} ({name})" for norm, (size, name) in largest.items())
+    return findings + ([Finding("bounds", "note", summary + "; every example's pixels lie in [0, 1]")]
+                       if summary and not findings else [])
+
+
+@torch.no_grad()
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return as_stacked(model(x)).float()
+
+
+def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequence[str],
+                 surrogates: dict[str, str], batch_size: int = 128) -> list[Finding]:
+    """Probe the model on (a batch of) the clean inputs for zero gradients, randomness and non-finite logits.
+
+    Args:
+        surrogates: rule -> the objective gradient attacks climb for it (e.g. ``vote-margin``).
+    """
+    device = next(model.parameters()).device
+    xb, yb = x[:batch_size].to(device), y[:batch_size].to(device)
+    findings = []
+    with frozen(model):
+        first, second = _forward(model, xb), _forward(model, xb)
+        if not torch.isfinite(first).all():
+            findings.append(Finding("non-finite", "warning", (
+                f"{(~torch.isfinite(first)).any(-1).any(0).sum().item()} of {len(xb)} clean inputs give NaN or "
+                "infinite logits: attacks and decision rules are undefined there")))
+        if not torch.equal(first, second):
+            findings.append(Finding("randomness", "warning", (
+                f"two forward passes on the same inputs differ (by up to {(first - second).abs().max().item():.3g}): "
+                "the model is randomised; gradient attacks need EOT (averaging over the randomness), which these "
+                "attacks do not do, so their numbers overstate robustness")))
+        for rule in rules:
+            objective = get_objective(surrogates[rule])
+            xg = xb.clone().requires_grad_(True)
+            with torch.enable_grad():
+                logits = as_stacked(model(xg))
+                loss = objective(logits, yb, head_weights(model, logits))
+                (grad,) = torch.autograd.grad(loss.sum(), xg)
+            # Only inputs the rule gets right matter: the others are not robust anyway.
+            correct = rule_predict(logits.detach(), rule, head_weights(model, logits)) == yb
+            zero = ((grad.flatten(1).abs().amax(1) == 0) & correct).sum().item()
+            if zero > max(2, 0.01 * correct.sum().item()):
+                findings.append(Finding("zero-gradient", "warning", (
+                    f"[{rule}] {zero} of {correct.sum().item()} correctly classified inputs have an exactly zero "
+                    f"gradient of "
+                    f"{surrogates[rule]}: gradient attacks cannot move them (saturated or masked gradients); "
+                    "trust the gradient-free attacks' numbers there")))
+    return findings
+
+
 def sanity_checks(rows: Sequence, rules: Sequence[str], n: int, tolerance: float = TOLERANCE) -> list[Finding]:
     """Run every check over an evaluation's attack rows, judged under each of ``rules``.
 
@@ -126,4 +208,4 @@ def sanity_checks(rows: Sequence, rules: Sequence[str], n: int, tolerance: float
     # 2.5 samples: a difference of exactly two samples must not flag through rounding.
     tolerance = max(tolerance, 2.5 / max(n, 1))
     return [*_baseline(rows), *_large_eps(rows, rules), *_monotone(rows, rules, tolerance),
-            *_masking(rows, rules, tolerance)]
+            *_masking(rows, rules, tolerance), *_bounds(rows)]

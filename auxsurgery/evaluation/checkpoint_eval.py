@@ -1,0 +1,75 @@
+"""Evaluating a saved checkpoint end to end: what ``auxsurgery attack`` does, one import away.
+
+Checks the cheap things first (suites, preset, rules, sizes), then the data against the
+checkpoint's spec, then runs the suites on this process's device and writes the report. With an
+output folder the run holds the folder's lock and keeps its progress in ``<out>/state``, so the
+same call after an interruption continues where it stopped; under ``torchrun`` every process
+takes its share of the batches and rank 0 alone writes.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Sequence
+
+import torch.distributed as dist
+
+from .._utils import resolve_device, run_folder_lock
+from ..checkpoint import load, read_spec
+from ..model import check_rule
+from .inputs import check_compatible, load_eval_data
+from .plans import list_suites, parse_suites
+from .presets import PRESETS, Budget, get_preset
+from .report import write_report
+from .results import SuiteResult
+from .runner import run_suite
+
+__all__ = ["STATE_FOLDER", "evaluate_checkpoint"]
+
+STATE_FOLDER = "state"
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0 and (not dist.is_initialized() or dist.get_rank() == 0)
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, suite: str = "static,adaptive", *,
+                        data_root: str | os.PathLike | None = None, n: int = 1000, eps: float | None = None,
+                        step_size: float | None = None, steps: int | None = None, preset: str | None = None,
+                        rules: Sequence[str] = ("vote", "score"), seed: int = 0, batch_size: int = 128,
+                        device: str = "auto", budget: Budget | None = None, standalone: bool = False,
+                        attack_dtype: str = "fp32",
+                        out: str | os.PathLike | None = None, progress: bool = True) -> tuple[SuiteResult, list[Path]]:
+    """Attack ``checkpoint`` on the first ``n`` test samples of ``data``; returns the result and the files written.
+
+    ``data`` is a dataset name, an ImageFolder path or a ``.pt`` file (see :func:`load_eval_data`);
+    the other arguments are :func:`run_suite`'s. Files (results.json, report.md, plots) go to ``out``
+    on rank 0 only.
+    """
+    suites = parse_suites(suite)
+    if not suites:
+        raise ValueError(f"no suite named; valid suites: {', '.join(list_suites())}")
+    if preset is not None and get_preset(preset).name == "default":
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    get_preset(preset or data, eps, step_size, steps)
+    rules = [check_rule(r) for r in rules]
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"the output folder {out} is a file; choose a folder")
+    spec = read_spec(checkpoint)
+    samples, classes, shape = load_eval_data(data, data_root, n)
+    check_compatible(spec, classes, shape, data)
+    # Under torchrun each process evaluates on its own GPU.
+    model = load(checkpoint, map_location=str(resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))))
+    # Only rank 0 holds the folder: the other processes of the same run share it.
+    with run_folder_lock(out, "auxsurgery attack") if out is not None and _is_main() else nullcontext():
+        result = run_suite(model, samples, suite=suites, eps=eps, step_size=step_size, steps=steps,
+                           dataset=preset or data, seed=seed, rules=rules, batch_size=batch_size, budget=budget,
+                           standalone=standalone, attack_dtype=attack_dtype, progress=progress,
+                           state_dir=Path(out) / STATE_FOLDER if out is not None else None)
+        result.model_info["checkpoint"] = str(checkpoint)
+        result.data_info["source"] = data
+        written = write_report(result, out) if out is not None and _is_main() else []
+    return result, written

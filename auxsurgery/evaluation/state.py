@@ -1,0 +1,110 @@
+"""An evaluation's progress on disk, so that a killed run continues where it stopped.
+
+The state folder holds ``manifest.json`` (what is being evaluated: a fingerprint of the model's
+weights, the data, the planned attacks, the budget and the seed) and one file per finished batch of
+each attack: the per-point judgement of its examples (which rules and heads still get each point
+right, the heads' losses, the perturbation sizes and pixel range). Rows are rebuilt from these
+records, so a resumed run ends with the same results as an uninterrupted one. Every file is written
+atomically; a folder made for another model, data set, suite or budget is refused, naming what
+changed, and a corrupt file stops the run instead of mixing results.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._utils import atomic_write
+from ..version import __version__
+
+__all__ = ["EvaluationState", "StateError", "fingerprint_data", "fingerprint_model"]
+
+SCHEMA = "auxsurgery.eval-state/1"
+MANIFEST = "manifest.json"
+RECORD_KEYS = ("indices", "rules", "heads", "losses", "linf", "l2", "pixel_min", "pixel_max", "seconds")
+
+
+class StateError(ValueError):
+    """A state folder that belongs to another evaluation, or a corrupt state file."""
+
+
+def _digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{list(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def fingerprint_model(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer (names, dtypes, shapes and values)."""
+    state = model.state_dict()
+    h = hashlib.sha256(json.dumps(sorted(state)).encode())
+    h.update(_digest(state[k] for k in sorted(state)).encode())
+    return h.hexdigest()
+
+
+def fingerprint_data(x: torch.Tensor, y: torch.Tensor) -> str:
+    """sha256 of the evaluated inputs and labels."""
+    return _digest([x, y])
+
+
+class EvaluationState:
+    """The state folder of one evaluation (see the module docstring).
+
+    Args:
+        folder: where the state lives (created if missing).
+        fingerprint: JSON-able description of what is evaluated; an existing folder must match it.
+
+    In a sharded run every process opens the same folder (the same manifest: the result does not
+    depend on the number of processes) and writes the batches it computed.
+    """
+
+    def __init__(self, folder: str | Path, fingerprint: dict):
+        self.folder = Path(folder)
+        # Through JSON and back: tuples become lists, as in the stored manifest they are compared with.
+        self.fingerprint = json.loads(json.dumps({"schema": SCHEMA, "auxsurgery_version": __version__, **fingerprint}))
+        manifest = self.folder / MANIFEST
+        if manifest.exists():
+            try:
+                stored = json.loads(manifest.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise StateError(f"{manifest} is corrupt ({err}); delete {self.folder} to start the evaluation "
+                                 "again") from None
+            if not isinstance(stored, dict) or stored.get("schema") != SCHEMA:
+                raise StateError(f"{self.folder} is not an auxsurgery evaluation state folder (no {SCHEMA} "
+                                 "manifest); choose another output folder")
+            changed = [key for key in sorted(set(stored) | set(self.fingerprint))
+                       if stored.get(key) != self.fingerprint.get(key)]
+            if changed:
+                raise StateError(f"{self.folder} holds an evaluation of another setting ({', '.join(changed)} "
+                                 "changed); rerun with what it was made for, or delete the folder (or choose "
+                                 "another) to start over")
+        else:
+            atomic_write(manifest, lambda tmp: Path(tmp).write_text(json.dumps(self.fingerprint, indent=1)))
+
+    def _path(self, plan: str, batch: int) -> Path:
+        return self.folder / plan / f"batch-{batch:05d}.pt"
+
+    def get(self, plan: str, batch: int) -> dict | None:
+        """The record of ``batch`` of ``plan`` if it was finished, else None."""
+        path = self._path(plan, batch)
+        if not path.exists():
+            return None
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+            raise StateError(f"{path} is corrupt ({str(err).splitlines()[0]}); delete it to recompute that "
+                             "batch") from None
+        if not isinstance(record, dict) or set(record) != set(RECORD_KEYS):
+            raise StateError(f"{path} is not a batch record of this version; delete it to recompute that batch")
+        return record
+
+    def put(self, plan: str, batch: int, record: dict) -> None:
+        """Keep the record of ``batch`` of ``plan`` (atomically)."""
+        atomic_write(self._path(plan, batch), lambda tmp: torch.save(record, tmp))

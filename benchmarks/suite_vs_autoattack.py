@@ -1,0 +1,152 @@
+"""The strong suite against AutoAttack, point by point, on the same models, points and eps.
+
+For each model (MNIST LeNet-5 + Table IX heads; a CIFAR-10 small_cnn with default heads at auto:3),
+each eps (in [0, 1] pixels) and the first N test points, measured in one run:
+
+* the strong suite's worst case for the vote (``run_suite(..., suite="strong", rules=("vote",))``),
+* AutoAttack's standard protocol (APGD-CE and APGD-T with 100 steps, 9 targets, FAB-T, Square with 5,000
+  queries; :mod:`auxsurgery.evaluation.autoattack`) on the ensemble's log-probabilities, every example
+  re-judged by the vote,
+* the per-point union (robust only if neither broke it) and the points the suite calls robust that
+  AutoAttack fooled (the suite's misses: must be 0),
+* wall times: suite / AutoAttack standard, suite / torchattacks' default AutoAttack (10-step stages),
+  and with ``--bf16`` the suite with bf16 attack steps (time ratio and worst case against fp32).
+
+The models are trained here once and cached beside the results (weights are not committed); results
+are kept per (model, eps) and a rerun skips what is done (``--rerun`` redoes it).
+
+Usage:
+  OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 500 \\
+      --out benchmarks/results/suite_vs_autoattack [--bf16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from auxsurgery import attach_aux_blocks, load, save
+from auxsurgery._utils import atomic_write, markdown_table
+from auxsurgery.data import load_dataset
+from auxsurgery.evaluation import collect, run_suite
+from auxsurgery.evaluation.autoattack import autoattack
+from auxsurgery.provenance import command_line, machine, versions
+from auxsurgery.train import TrainConfig, finetune, paper_config
+
+# name -> (dataset, eps values in pixels, how to build and train it)
+MODELS = {
+    "mnist-lenet5": ("mnist", (0.1, 0.15)),
+    "cifar10-small_cnn": ("cifar10", (2 / 255, 8 / 255)),
+}
+
+
+def trained_model(name: str, data_root: str | None, folder: Path):
+    """The benchmark's model, trained on the first call and loaded from ``folder`` afterwards."""
+    path = folder / "models" / f"{name}.safetensors"
+    if path.exists():
+        return load(path)
+    torch.manual_seed(0)
+    dataset = MODELS[name][0]
+    train = load_dataset(dataset, root=data_root, train=True)
+    test = load_dataset(dataset, root=data_root, train=False, subset=2000)
+    if name == "mnist-lenet5":
+        aux = attach_aux_blocks("lenet5", at="auto:3", head="paper-mnist", num_classes=10)
+        config = paper_config("mnist", epochs=3, amp="off")
+    else:
+        aux = attach_aux_blocks("small_cnn", at="auto:3", num_classes=10, input_size=(3, 32, 32))
+        config = TrainConfig.quick(epochs=10, batch_size=128)
+    finetune(aux, train, test, config)
+    save(aux, path)
+    return load(path)
+
+
+def measure(model, x, y, eps: float, bf16: bool) -> dict:
+    """One (model, eps) record: the suite, AutoAttack (both protocols), the union and the timings."""
+    began = time.perf_counter()
+    suite = run_suite(model, (x, y), suite="strong", eps=eps, rules=("vote",), progress=True)
+    suite_seconds = time.perf_counter() - began
+    suite_robust = suite.worst_case().outcome.rules["vote"]
+    standard = autoattack(model, x, y, eps, rule="vote", protocol="standard")
+    library = autoattack(model, x, y, eps, rule="vote", protocol="torchattacks")
+    missed = suite_robust & ~standard.robust
+    record = {
+        "eps": eps, "n": len(x),
+        "clean": suite.clean.accuracy("vote"),
+        "suite": {"accuracy": suite_robust.float().mean().item(), "seconds": suite_seconds,
+                  "rows": [{"name": r.name, "accuracy": r.outcome.accuracy("vote"), "attacked": r.attacked,
+                            "seconds": r.seconds} for r in suite.rows if r.suite == "strong"],
+                  "warnings": [f.message for f in suite.warnings]},
+        "autoattack": {"accuracy": standard.accuracy, "seconds": standard.seconds, "stages": standard.stages},
+        "torchattacks_default": {"accuracy": library.accuracy, "seconds": library.seconds, "stages": library.stages},
+        "union": (suite_robust & standard.robust).float().mean().item(),
+        "suite_robust_autoattack_fooled": missed.nonzero().flatten().tolist(),
+        "autoattack_robust_suite_fooled": int((standard.robust & ~suite_robust).sum()),
+        "time_ratio_vs_autoattack": suite_seconds / standard.seconds,
+        "time_ratio_vs_torchattacks_default": suite_seconds / library.seconds,
+    }
+    if bf16:
+        began = time.perf_counter()
+        half = run_suite(model, (x, y), suite="strong", eps=eps, rules=("vote",), attack_dtype="bf16")
+        seconds = time.perf_counter() - began
+        record["suite_bf16"] = {"accuracy": half.worst_case().outcome.accuracy("vote"), "seconds": seconds,
+                                "speedup_vs_fp32": suite_seconds / seconds}
+    return record
+
+
+def report(doc: dict) -> str:
+    """The results as Markdown."""
+    header = ["model", "eps", "n", "clean", "suite worst case", "AutoAttack", "union", "suite-robust & AA-fooled",
+              "suite s", "AA s", "suite / AA", "suite / torchattacks default"]
+    rows = []
+    for key, r in doc["records"].items():
+        rows.append([key.split("@")[0], f"{r['eps']:.4g}", str(r["n"]), f"{100 * r['clean']:.1f}",
+                     f"{100 * r['suite']['accuracy']:.1f}", f"{100 * r['autoattack']['accuracy']:.1f}",
+                     f"{100 * r['union']:.1f}", str(len(r["suite_robust_autoattack_fooled"])),
+                     f"{r['suite']['seconds']:.0f}", f"{r['autoattack']['seconds']:.0f}",
+                     f"{r['time_ratio_vs_autoattack']:.2f}", f"{r['time_ratio_vs_torchattacks_default']:.2f}"])
+    lines = ["# Strong suite vs AutoAttack (vote rule)", "", f"Command: `{doc['command']}`", "",
+             f"Machine: {doc['machine']}", "", "Accuracy in %; times in seconds, measured in one run.", ""]
+    lines += markdown_table(header, rows)
+    half = [(k, r["suite_bf16"]) for k, r in doc["records"].items() if "suite_bf16" in r]
+    if half:
+        lines += ["", "bf16 attack steps (successes re-verified in fp32):", ""]
+        lines += markdown_table(["model@eps", "fp32 worst case", "bf16 worst case", "speed-up"],
+                                [[k, f"{100 * doc['records'][k]['suite']['accuracy']:.1f}",
+                                  f"{100 * h['accuracy']:.1f}", f"{h['speedup_vs_fp32']:.2f}"] for k, h in half])
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
+    parser.add_argument("--n", type=int, default=500, help="first N test points")
+    parser.add_argument("--out", default="benchmarks/results/suite_vs_autoattack")
+    parser.add_argument("--bf16", action="store_true", help="also run the suite with bf16 attack steps")
+    parser.add_argument("--rerun", action="store_true", help="redo records that exist")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    path = out / "suite_vs_autoattack.json"
+    doc = json.loads(path.read_text()) if path.exists() and not args.rerun else {"records": {}}
+    doc.update(command=command_line(), machine=machine(), versions=versions())
+    for name in args.models.split(","):
+        dataset, eps_values = MODELS[name]
+        model = trained_model(name, args.data_root, out)
+        x, y, _ = collect(load_dataset(dataset, root=args.data_root, train=False), args.n)
+        for eps in eps_values:
+            key = f"{name}@{eps:.4g}"
+            if key in doc["records"] and doc["records"][key]["n"] == args.n:
+                continue
+            print(f"== {key} (n={args.n})", flush=True)
+            doc["records"][key] = measure(model, x, y, eps, args.bf16)
+            atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+            atomic_write(out / "suite_vs_autoattack.md", lambda tmp: Path(tmp).write_text(report(doc)))
+            print(report(doc), flush=True)
+
+
+if __name__ == "__main__":
+    main()
