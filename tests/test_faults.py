@@ -4,8 +4,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
 from auxsurgery._utils import LOCK_FILE, RunFolderBusy, atomic_write, run_folder_lock
 
@@ -94,3 +96,98 @@ def test_checkpoints_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: __import__("auxsurgery.attacks", fromlist=["CW"]).CW(m, eps=0.5, steps=20, rule="public"),
+    lambda m: __import__("auxsurgery.attacks", fromlist=["Boundary"]).Boundary(m, eps=1.0, steps=40, seed=0,
+                                                                                rule="public"),
+    lambda m: __import__("auxsurgery.attacks", fromlist=["PGD"]).PGD(m, norm="l2", eps=0.5, steps=10,
+                                                                      rule="public"),
+], ids=["CW", "Boundary", "PGD-L2"])
+def test_the_l2_ball_holds_exactly_in_float32_and_float64(make):
+    from attack_helpers import dataset, trained_plain_model
+
+    model = trained_plain_model()
+    x, y = dataset(64, seed=5, noise=0.3)
+    attack = make(model)
+    delta = (attack(x, y) - x).flatten(1)
+    assert delta.norm(dim=1).max().item() <= attack.eps
+    assert delta.double().norm(dim=1).max().item() <= attack.eps
+
+
+def test_labels_outside_the_classes_are_refused_by_attacks_and_judging():
+    from attack_helpers import CLASSES, aux_model, dataset, plain_model
+
+    from auxsurgery.attacks import PGD, is_adversarial
+
+    x, y = dataset(4)
+    wrong = torch.full_like(y, CLASSES)
+    for model in (aux_model(), plain_model()):
+        with pytest.raises(ValueError, match=rf"labels span {CLASSES}..{CLASSES} but the model has {CLASSES} classes"):
+            PGD(model, steps=2)(x, wrong)
+        with pytest.raises(ValueError, match="labels span"):
+            is_adversarial(model, x, wrong)
+    with pytest.raises(ValueError, match="finite pixels"):
+        is_adversarial(aux_model(), torch.full_like(x, float("nan")), y)
+
+
+TRAIN = """
+import sys
+from auxsurgery import attach_aux_blocks
+from auxsurgery.data import load_dataset
+from auxsurgery.train import TrainConfig, finetune
+aux = attach_aux_blocks("small_cnn", at="stage1", num_classes=10, input_size=(3, 32, 32))
+finetune(aux, load_dataset("synthetic", subset=2000), None,
+         TrainConfig.quick(epochs=50, batch_size=32, out_dir=sys.argv[1], progress=False, seed=int(sys.argv[2])))
+"""
+
+
+def test_two_training_runs_on_one_folder_the_second_stops_naming_the_first(tmp_path):
+    first = subprocess.Popen([sys.executable, "-c", TRAIN, str(tmp_path), "0"], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / LOCK_FILE).exists() or not (tmp_path / LOCK_FILE).read_text():
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.05)
+        second = subprocess.run([sys.executable, "-m", "auxsurgery", "train", "small_cnn", "--data", "synthetic",
+                                 "--epochs", "1", "--seed", "1", "--out", str(tmp_path)],
+                                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2
+    assert f"is in use by pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+
+
+def test_training_data_of_another_input_size_is_refused(tmp_path):
+    from auxsurgery import attach_aux_blocks
+    from auxsurgery.data import ImageTensorDataset
+    from auxsurgery.train import TrainConfig, finetune
+
+    aux = attach_aux_blocks("small_cnn", at="stage1", num_classes=10, input_size=(3, 32, 32))
+    mnist_like = ImageTensorDataset(torch.zeros(64, 1, 28, 28, dtype=torch.uint8), torch.zeros(64, dtype=torch.long),
+                                    [str(i) for i in range(10)])
+    with pytest.raises(ValueError, match="the training data has images of size 1x28x28 but the model takes 3x32x32"):
+        finetune(aux, mnist_like, None, TrainConfig.quick(epochs=1, progress=False))
+
+
+def test_a_resume_state_with_pickled_code_is_refused_not_run(tmp_path):
+    from auxsurgery import attach_aux_blocks
+    from auxsurgery.data import load_dataset
+    from auxsurgery.train import TrainConfig, finetune
+    from auxsurgery.train.run_files import STATE_FILE
+
+    marker = tmp_path / "executed"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"epoch": Exploit()}, tmp_path / STATE_FILE)
+    aux = attach_aux_blocks("small_cnn", at="stage1", num_classes=10, input_size=(3, 32, 32))
+    with pytest.raises(ValueError, match="cannot be resumed: it is corrupt or holds objects other than tensors"):
+        finetune(aux, load_dataset("synthetic", subset=256), None,
+                 TrainConfig.quick(epochs=1, batch_size=64, out_dir=tmp_path, resume=True, progress=False))
+    assert not marker.exists()

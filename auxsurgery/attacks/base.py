@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .._utils import preserved_state
-from ..model import as_stacked, check_rule, rule_predict
+from ..model import as_stacked, check_labels, check_pixels, check_rule, rule_predict
 from .objectives import Objective, evaluate, get_objective, wants_true_label
 
 NORMS = ("linf", "l2")
@@ -65,8 +65,11 @@ def is_adversarial(
 ) -> torch.Tensor:
     """Which samples fool ``model``'s decision ``rule`` (reach target ``y`` if ``targeted``): bool ``[B]``."""
     check_rule(rule)
+    if hasattr(model, "check_input"):
+        model.check_input(x_adv, "x_adv")
     with frozen(model):
         logits = as_stacked(model(x_adv))
+    check_labels(y, x_adv.shape[0], logits.shape[-1])
     return _fooled(logits, y, rule, head_weights(model, logits), targeted)
 
 
@@ -182,11 +185,22 @@ def enforce_bounds(x_adv: torch.Tensor, x: torch.Tensor, eps: float | None, norm
     For L-inf the bound holds exactly: ``(x_adv - x).abs() <= eps`` computed in the input's
     dtype or in float64. Plain projection can overshoot by one rounding unit, because
     ``x + eps`` rounds to the nearest representable number; such coordinates step back one unit.
+    For L2 the norm of ``x_adv - x``, computed in the input's dtype and in float64, is at most
+    ``eps``: samples projection leaves a rounding error outside shrink toward ``x`` until inside.
     """
     if eps is None:
         return x_adv.clamp(0.0, 1.0)
     if norm == "l2":
-        return Ball(x, eps, norm).project(x_adv)
+        x_adv = Ball(x, eps, norm).project(x_adv)
+        for attempt in range(1, 40):
+            delta = x_adv - x
+            over = (l2_norms(delta) > eps) | (l2_norms(x_adv.double() - x.double()) > eps)
+            if not over.any():
+                break
+            # Clamping into [0, 1] only moves toward x (which is inside), so it never grows the norm.
+            shrink = 1 - 2.0 ** (attempt - 24)
+            x_adv = torch.where(per_sample(over, x), (x + delta * shrink).clamp(0.0, 1.0), x_adv)
+        return x_adv
     eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)
     if eps_t.item() > eps:  # eps itself rounded up in this dtype: use the number just below
         eps_t = torch.nextafter(eps_t, torch.zeros_like(eps_t))
@@ -319,6 +333,7 @@ class Attack:
                              "pick their targets from the true labels")
         self.objective = objective
         self.generator: torch.Generator | None = None
+        self._unchecked_labels: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self.config().items())})"
@@ -355,7 +370,11 @@ class Attack:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Stacked logits ``[H, B, C]``: one forward of the model (in its own precision)."""
-        return as_stacked(self.model(x))
+        logits = as_stacked(self.model(x))
+        if self._unchecked_labels is not None:
+            labels, self._unchecked_labels = self._unchecked_labels, None
+            check_labels(labels, len(labels), logits.shape[-1], self._label_kind())
+        return logits
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """The objective per sample ``[B]`` (to maximise).
@@ -448,15 +467,18 @@ class Attack:
         return x_best
 
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() < 2:
-            raise ValueError("x must be a floating-point tensor [B, ...] of pixels in [0, 1]")
-        if not torch.is_tensor(y) or y.dtype not in (torch.int64, torch.int32) or y.shape != (x.shape[0],):
-            shape = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
-            raise ValueError(f"labels must be an integer tensor of shape ({x.shape[0]},) for {x.shape[0]} "
-                             f"inputs, got {shape}")
-        low, high = x.min().item(), x.max().item()
-        if not 0 <= low <= high <= 1:  # also refuses NaN
-            raise ValueError(f"inputs must be pixels in [0, 1], got values in [{low:.3g}, {high:.3g}]: "
-                             "normalisation belongs inside the model")
+        # The model's own contract (an AuxModel's input size) where it has one, else the pixel box.
+        check = getattr(self.model, "check_input", None)
+        check(x, "inputs") if check is not None else check_pixels(x, "inputs")
+        # Labels (or targets) outside the classes would index out of range inside the objectives: checked
+        # here when the model states its class count, else against the first forward's logits.
+        classes = (getattr(self.model, "spec", None) or {}).get("num_classes")
+        check_labels(y, x.shape[0], classes or torch.iinfo(torch.int64).max, self._label_kind())
+        self._unchecked_labels = None if classes else y
+        if self.norm == "l2" and self.eps is not None and self.eps > math.sqrt(x[0].numel()):
+            raise ValueError(f"l2 eps {self.eps} exceeds sqrt({x[0].numel()}), the diameter of the pixel box")
+
+    def _label_kind(self) -> str:
+        return "targets" if self.targeted else "labels"
         if self.norm == "l2" and self.eps is not None and self.eps > math.sqrt(x[0].numel()):
             raise ValueError(f"l2 eps {self.eps} exceeds sqrt({x[0].numel()}), the diameter of the pixel box")

@@ -65,7 +65,7 @@ def train(
                   weight_decay=weight_decay, schedule=schedule, mode=mode, backbone_lr_scale=backbone_lr_scale,
                   amp=amp, channels_last=channels_last, grad_clip=grad_clip, seed=seed, save_every=save_every,
                   num_workers=num_workers, device=device, out_dir=str(out), resume=resume,
-                  milestones=tuple(int(m) for m in milestones.split(",")) if milestones else None,
+                  milestones=_milestones(milestones) if milestones else None,
                   adversarial=adversarial_preset(adversarial) if adversarial else None)
     settings = {k: v for k, v in chosen.items() if v is not None}  # unset options keep the preset's
     config = paper_config(preset, **settings) if preset else TrainConfig(**settings)
@@ -84,3 +84,12 @@ def train(
     elif result.best_epoch is not None:
         results.print(f"best epoch {result.best_epoch}: {config.select_best} accuracy {result.best_accuracy:.4f}")
     messages.print("wrote " + ", ".join(files))
+
+
+def _milestones(text: str) -> tuple[int, ...]:
+    """``--milestones 50,75`` as epochs."""
+    try:
+        return tuple(int(m) for m in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of epochs, e.g. 50,75",
+                                 param_hint="--milestones") from None

@@ -8,8 +8,8 @@ watch), :mod:`.validation`, :mod:`.run_files` (metrics, checkpoints, resume stat
 """
 from __future__ import annotations
 
-import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from auxsurgery._utils import run_folder_lock
 from auxsurgery.data import SeededAugmentation, make_loader
 from auxsurgery.model import as_aux_model
 from auxsurgery.train.config import TrainConfig
@@ -82,7 +83,10 @@ def finetune(
     """
     config = config or TrainConfig()
     with distributed_context(config.device) as ctx, StopSignals() as stop:
-        return _Run(model, train_data, val_data, config, ctx).fit(on_step, stop)
+        # The main process holds the run folder: a second run on it stops at once, naming this one.
+        owns_folder = config.out_dir is not None and ctx.is_main
+        with run_folder_lock(config.out_dir, "auxsurgery train") if owns_folder else nullcontext():
+            return _Run(model, train_data, val_data, config, ctx).fit(on_step, stop)
 
 
 class _Run:
@@ -194,11 +198,14 @@ class _Run:
             global_step = epoch * self.steps_per_epoch + step - 1
             loss = self._step(x, y, global_step)
             self.images += len(y) * ctx.world_size
-            if step % config.log_every == 0 or step == self.steps_per_epoch:
+            # One process reads its own flag at every step (free); processes agree on stopping only at
+            # the log points, where they synchronise anyway.
+            stop_now = stop.requested and ctx.world_size == 1
+            if step % config.log_every == 0 or step == self.steps_per_epoch or stop_now:
                 # The only point where the loop waits for the device: progress, NaN and stop checks.
                 self.meter.raise_if_nonfinite(ctx, self.steps_per_epoch)
                 bars.step(step, self.meter.joint_loss_sum(aux.alpha))
-                if ctx.any(stop.requested):
+                if stop_now or ctx.any(stop.requested):
                     self._save_state(epoch, step)
                     raise TrainingInterrupted(f"stopped at epoch {epoch + 1}, step {step}; "
                                               f"continue with resume=True (--resume) in {config.out_dir}")
@@ -239,7 +246,8 @@ class _Run:
         record = {"epoch": epoch + 1, "step": (epoch + 1) * self.steps_per_epoch,
                   "lr": self.scheduler.get_last_lr()[-1]}
         record.update(self.meter.compute(self.ctx, self.aux.alpha))
-        record["images_per_s"] = self.images / elapsed if elapsed > 0 else math.nan
+        # A run resumed at the end of an epoch trained no image in it: no throughput to report.
+        record["images_per_s"] = self.images / elapsed if self.images and elapsed > 0 else None
         if self.val_data is not None:
             val = evaluate(self.aux, self.val_data, amp=self.config.amp, ctx=self.ctx, num_workers=self.config.num_workers)
             record.update({f"val/{key}": value for key, value in val.items()})

@@ -55,4 +55,5 @@ def _epoch_summary(record: dict, best_key: str | None) -> str:
     """One line per epoch: joint loss, the main validation accuracies, throughput."""
     keys = dict.fromkeys(k for k in ("val/head/public", "val/rule/vote", "val/rule/score", best_key) if k in record)
     parts = [f"loss {record['train/loss']:.4f}", *(f"{k.removeprefix('val/')} {record[k]:.4f}" for k in keys)]
-    return "  ".join([*parts, f"{record['images_per_s']:,.0f} img/s"])
+    speed = record["images_per_s"]
+    return "  ".join([*parts, f"{speed:,.0f} img/s" if speed is not None else "no new images"])

@@ -7,6 +7,7 @@ with ``weights_only=True``).
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -69,7 +70,11 @@ class RunFiles:
 
     def load_state(self, device: torch.device, config: TrainConfig) -> dict:
         """The saved resume state, once checked to compute the same run as ``config``."""
-        state = torch.load(self.state_path, map_location=device, weights_only=True)
+        try:
+            state = torch.load(self.state_path, map_location=device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise ValueError(f"{self.state_path} cannot be resumed: it is corrupt or holds objects other than tensors "
+                             f"(never unpickled: {str(err).splitlines()[0]}); delete it to start the run over") from None
         current = config.to_dict()
         changed = sorted(k for k, v in state["config"].items() if k not in RESUME_FREE_FIELDS and v != current.get(k))
         if changed:

@@ -99,6 +99,7 @@ def best_key(head_names: list[str], select_best: str) -> str:
 def check_model_fits_data(aux: AuxModel, datasets: list[Dataset], device: torch.device) -> None:
     """Fail before training when the model cannot take the images or predicts another class count."""
     image, _ = datasets[0][0]
+    aux.check_input(image.unsqueeze(0), "the training data")
     aux.eval()
     try:
         with torch.no_grad():
