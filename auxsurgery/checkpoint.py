@@ -39,7 +39,10 @@ def save(aux_model: AuxModel, path: str | Path) -> Path:
     """Write ``aux_model``'s weights and surgery spec to ``path`` (safetensors format)."""
     spec = dict(aux_model.spec, alpha=aux_model.alpha.tolist())
     metadata = {SPEC_KEY: json.dumps(spec)}
-    return atomic_write(path, lambda tmp: save_model(aux_model, tmp, metadata=metadata))
+    try:
+        return atomic_write(path, lambda tmp: save_model(aux_model, tmp, metadata=metadata))
+    except SafetensorError as err:  # safetensors reports a full disk or a lost folder as its own error
+        raise OSError(f"could not write the checkpoint {path}: {err}") from None
 
 
 def read_spec(path: str | Path) -> dict:

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torchvision
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import transforms as T
 
@@ -197,6 +198,32 @@ def _load_synthetic(train: bool, size: int | None, seed: int) -> ImageTensorData
     return ImageTensorDataset(torch.from_numpy(images), torch.from_numpy(labels), list(synthetic.CLASSES))
 
 
+class _ImageLoader:
+    """Opens an ImageFolder's images with one clear error per bad file.
+
+    Without an ``image_size`` every image must have the first one's size (a batch stacks them):
+    the error names both files instead of the collate's "stack expects each tensor to be equal size".
+    """
+
+    def __init__(self, resized: bool):
+        self.resized, self.first = resized, None
+
+    def __call__(self, path: str) -> Image.Image:
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+            raise ValueError(f"cannot read image {path}: {err}; remove or replace the file") from None
+        if not self.resized:
+            if self.first is None:
+                self.first = (path, image.size)
+            elif image.size != self.first[1]:
+                (first, (w, h)), (w2, h2) = self.first, image.size
+                raise ValueError(f"images of different sizes: {path} is {w2}x{h2} but {first} is {w}x{h}; pass "
+                                 "--image-size (image_size=...) to resize them to one size")
+        return image
+
+
 def _image_folder(path: Path, train: bool, augment: bool | None, image_size: int | None) -> Dataset:
     """An ImageFolder at ``path``: its ``train/`` or ``val/``/``test/`` sub-folder when it has them."""
     if not path.is_dir():
@@ -215,7 +242,8 @@ def _image_folder(path: Path, train: bool, augment: bool | None, image_size: int
     if train and augment is not False and image_size:
         steps.append(augmentation(image_size, flip=True))
     try:
-        return torchvision.datasets.ImageFolder(str(path), transform=T.Compose([*steps, T.ToTensor()]))
+        return torchvision.datasets.ImageFolder(str(path), transform=T.Compose([*steps, T.ToTensor()]),
+                                                loader=_ImageLoader(resized=bool(image_size)))
     except FileNotFoundError as error:
         raise ValueError(f"ImageFolder {path} holds no usable images: {error}") from None
 

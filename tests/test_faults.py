@@ -191,3 +191,105 @@ def test_a_resume_state_with_pickled_code_is_refused_not_run(tmp_path):
         finetune(aux, load_dataset("synthetic", subset=256), None,
                  TrainConfig.quick(epochs=1, batch_size=64, out_dir=tmp_path, resume=True, progress=False))
     assert not marker.exists()
+
+
+def _image_folder(root, sizes):
+    from PIL import Image
+
+    for i, size in enumerate(sizes):
+        folder = root / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, color=(i * 20, 0, 0)).save(folder / f"{i}.png")
+    return root
+
+
+def test_a_corrupt_image_in_an_image_folder_is_named(tmp_path):
+    from auxsurgery.data import load_dataset
+
+    root = _image_folder(tmp_path / "images", [(8, 8)] * 4)
+    (root / "class0" / "broken.png").write_bytes(b"not a png")
+    dataset = load_dataset(str(root))
+    with pytest.raises(ValueError, match=r"cannot read image .*broken.png.*remove or replace the file"):
+        [dataset[i] for i in range(len(dataset))]
+
+
+def test_mixed_image_sizes_without_image_size_name_the_files(tmp_path):
+    from auxsurgery.data import load_dataset
+
+    root = _image_folder(tmp_path / "images", [(8, 8), (8, 8), (12, 10)])
+    dataset = load_dataset(str(root))
+    with pytest.raises(ValueError, match=r"images of different sizes: .* is 12x10 but .* is 8x8; pass --image-size"):
+        [dataset[i] for i in range(len(dataset))]
+    resized = load_dataset(str(root), image_size=8)
+    assert {tuple(resized[i][0].shape) for i in range(len(resized))} == {(3, 8, 8)}
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_an_environment_error(tmp_path, monkeypatch):
+    import auxsurgery.checkpoint as checkpoint
+    from attack_helpers import aux_model
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(checkpoint, "save_model", full)
+    with pytest.raises(OSError, match="could not write the checkpoint .*StorageFull"):
+        checkpoint.save(aux_model(), tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture()
+def small_mount(tmp_path):
+    """A mount point factory: a tmpfs of the given options (root and mount permission needed, else skip)."""
+    mounted = []
+
+    def make(options: str):
+        point = tmp_path / f"mount{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield make
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def test_a_full_disk_ends_the_command_with_one_line_and_no_leftover(small_mount):
+    full = small_mount("size=64k")
+    done = subprocess.run([sys.executable, "-m", "auxsurgery", "attach", "small_cnn", "--at", "stage1",
+                           "--out", str(full / "model.safetensors")], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "No space left on device" in done.stderr
+    assert list(full.iterdir()) == []
+
+
+def test_a_read_only_output_folder_fails_before_any_attack(small_mount, tmp_path):
+    from auxsurgery import attach_aux_blocks, save
+
+    read_only = small_mount("ro,size=64k")
+    checkpoint = save(attach_aux_blocks("small_cnn", at="stage1", num_classes=10, input_size=(3, 32, 32)),
+                      tmp_path / "model.safetensors")
+    data = tmp_path / "data.pt"
+    torch.save({"x": torch.rand(4, 3, 32, 32), "y": torch.zeros(4, dtype=torch.long)}, data)
+    done = subprocess.run([sys.executable, "-m", "auxsurgery", "attack", str(checkpoint), "--data", str(data),
+                           "--suite", "static", "--out", str(read_only / "report")], capture_output=True, text=True)
+    assert done.returncode == 1 and "Read-only file system" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_output_path_that_is_a_file_is_refused_before_any_attack(tmp_path):
+    from auxsurgery import attach_aux_blocks, save
+
+    checkpoint = save(attach_aux_blocks("small_cnn", at="stage1", num_classes=10, input_size=(3, 32, 32)),
+                      tmp_path / "model.safetensors")
+    data = tmp_path / "data.pt"
+    torch.save({"x": torch.rand(4, 3, 32, 32), "y": torch.zeros(4, dtype=torch.long)}, data)
+    a_file = tmp_path / "report"
+    a_file.write_text("")
+    done = subprocess.run([sys.executable, "-m", "auxsurgery", "attack", str(checkpoint), "--data", str(data),
+                           "--suite", "static", "--out", str(a_file)], capture_output=True, text=True)
+    assert done.returncode == 2 and "is a file; choose a folder" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
