@@ -12,8 +12,8 @@ and reports list suites from this registry (:func:`list_suites`). The built-in s
 * ``strong``: per attacked rule, a cascade (AutoAttack's protocol; Tramer et al. 2020) in which
   each attack runs only on the points still robust under that rule: APGD on the rule's
   surrogate (``vote-margin`` for the vote, ``ensemble`` for the score), APGD-CE on the ensemble
-  or APGD-DLR, APGD-T over the top-k target classes (targeted DLR on the ensemble, and for the
-  vote a targeted vote margin that pulls every head toward one class), then Square.
+  or APGD-DLR, APGD-T over the top-k target classes (for the vote on a targeted vote margin that
+  pulls every head toward one class, else on the targeted DLR), then Square.
 * ``sweep`` (Fig. 4): Adp-PGD accuracy against eps (multiples of the preset, up to 1)
   and against the number of steps (Madry's step ``2.5 * eps / steps``), and each attacked
   rule's accuracy at every eps from one minimum-norm (FMN) run.
@@ -238,22 +238,20 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     APGD, targeted APGD over the top-k classes, then the gradient-free Square).
 
     Against a vote an untargeted loss can scatter the heads over several wrong classes so that no
-    majority forms; the targeted stages pull every head toward one class instead.
+    majority forms; the targeted stage then pulls every head toward one class with the targeted vote
+    margin. Against the score (and a single head) the targeted stage climbs the targeted DLR loss.
     """
     p, b = c.preset, c.budget
     apgd = dict(eps=p.eps, steps=b.apgd_steps, restarts=b.apgd_restarts, rule=rule, seed=c.seed)
-    targeted = dict(apgd, n_target_classes=b.target_classes)
-    multi_head = len(c.head_names) > 1
+    on_vote = rule == "vote" and len(c.head_names) > 1
     plans = [plan(f"APGD [{RULE_OBJECTIVE[rule]}]", "strong", APGD, objective=RULE_OBJECTIVE[rule], **apgd)]
-    if rule == "vote" and multi_head:
+    if on_vote:
         plans.append(plan("APGD-CE [ensemble]", "strong", APGD, objective="ensemble", **apgd))
     elif rule == "score":
         plans.append(plan("APGD-DLR [dlr-ensemble]", "strong", APGD, objective="dlr-ensemble", **apgd))
-    plans.append(plan(f"APGD-T [dlr-t-ensemble, top-{b.target_classes}]", "strong", APGDT,
-                      objective="dlr-t-ensemble", **targeted))
-    if rule == "vote" and multi_head:
-        plans.append(plan(f"APGD-T [vote-margin, top-{b.target_classes}]", "strong", APGDT,
-                          objective="vote-margin", **targeted))
+    targeted = "vote-margin" if on_vote else "dlr-t-ensemble"
+    plans.append(plan(f"APGD-T [{targeted}, top-{b.target_classes}]", "strong", APGDT, objective=targeted,
+                      n_target_classes=b.target_classes, **apgd))
     plans.append(plan("Square", "strong", Square, objective=SQUARE_OBJECTIVE[rule], eps=p.eps,
                       n_queries=b.square_queries, rule=rule, seed=c.seed))
     return plans
