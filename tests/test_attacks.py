@@ -230,7 +230,8 @@ def test_a_batch_fooled_from_the_start_costs_one_forward():
     model = trained_plain_model()
     x, y = dataset(8)
     wrong = (y + 1) % CLASSES  # the clean inputs already "fool" these labels
-    for attack in (PGD(model, steps=10, random_start=False), FGSM(model), APGD(model, eps=1e-3, steps=10, seed=0)):
+    # FGSM is the classic one step (every input takes it): only the iterative attacks stop early.
+    for attack in (PGD(model, steps=10, random_start=False), APGD(model, eps=1e-3, steps=10, seed=0)):
         with count_forwards(model) as calls:
             x_adv = attack(x, wrong)
         assert calls[0] == 1, attack
@@ -491,3 +492,20 @@ def test_square_needs_images():
 def test_base_class_is_abstract():
     with pytest.raises(NotImplementedError):
         Attack(plain_model())(*dataset(2))
+
+
+def test_paper_rows_take_every_step_without_early_stopping():
+    """The paper's PGD (BIM) judges one set of examples by every rule: no sample stops at its first fool."""
+    model = trained_plain_model()
+    x, y = dataset(32, seed=4, noise=0.3)
+    full = PGD(model, eps=0.1, steps=5, step_size=0.04, random_start=False, early_stop=False)
+    with count_forwards(model) as calls:
+        x_full = full(x, y)
+    assert calls[0] == 5  # five full-batch steps
+    x_manual = x.clone()
+    for _ in range(5):  # the textbook loop: step along the sign of the gradient, project
+        x_manual.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(x_manual), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_manual)
+        x_manual = torch.min(torch.max(x_manual.detach() + 0.04 * grad.sign(), x - 0.1), x + 0.1).clamp(0, 1)
+    torch.testing.assert_close(x_full, x_manual, atol=1e-6, rtol=0)

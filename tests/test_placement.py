@@ -7,11 +7,10 @@ import typer
 from typer.testing import CliRunner
 
 import auxsurgery.studies.placement as placement
-from auxsurgery.backbones import build_backbone
 from auxsurgery.cli.place import place
 from auxsurgery.data import load_dataset
-from auxsurgery.studies.placement import PlacementRow, pareto_front, place_study
-from auxsurgery.train import TrainConfig, finetune
+from auxsurgery.model import RULES
+from auxsurgery.studies.placement import PlacementRow, pareto_front, place_study, trained_backbone
 
 CANDIDATES = ["stage1", "stage2", "stage3"]
 
@@ -24,10 +23,7 @@ def data(single_thread):
 @pytest.fixture(scope="module")
 def backbone(data):
     torch.manual_seed(0)
-    model = build_backbone("small_cnn", num_classes=10)
-    finetune(model, data[0], None, TrainConfig(epochs=1, optimizer="adamw", lr=3e-3, schedule="onecycle",
-                                               out_dir=None, progress=False, amp="off"))
-    return model
+    return trained_backbone("small_cnn", data[0], num_classes=10, epochs=1)
 
 
 def _check_rows(rows: list[dict], names: list[str]) -> None:
@@ -37,7 +33,7 @@ def _check_rows(rows: list[dict], names: list[str]) -> None:
         assert list(row["clean_heads"]) == list(row["robust_heads"]) == ["public", *row["points"]]
         accuracies = [*row["clean_heads"].values(), *row["robust_heads"].values(),
                       *row["clean_rules"].values(), *row["robust_rules"].values()]
-        assert set(row["clean_rules"]) == set(row["robust_rules"]) == {"vote", "score"}
+        assert list(row["clean_rules"]) == list(row["robust_rules"]) == list(RULES)
         assert all(0.0 <= a <= 1.0 for a in accuracies)
         assert row["params"] > 0 and row["flops"] > 0
         assert row["params_overhead"] > 0 and row["flops_overhead"] > 0

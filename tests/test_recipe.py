@@ -44,8 +44,7 @@ square_queries = 4
 cw_steps = 2
 cw_search_steps = 1
 boundary_steps = 3
-cascade_steps = [1, 2]
-cascade_restarts = 1
+target_classes = 2
 probe_steps = 1
 [[attack.readings]]
 name = "wide"
@@ -64,7 +63,8 @@ apgd_steps = 2
 def test_shipped_recipes_are_valid(path):
     recipe = load_recipe(path)
     assert recipe.name == path.stem
-    assert recipe["recipe"]["paper"] in ("mnist", "cifar10", "mini-imagenet")
+    # Every shipped recipe reproduces a paper setting, except the demo's embedded data.
+    assert recipe["recipe"]["paper"] in ("mnist", "cifar10", "mini-imagenet") or path.stem == "demo"
 
 
 def test_paper_recipes_use_table_iii_and_section_iv_settings():
@@ -135,6 +135,18 @@ def test_paper_values_come_from_tables_ii_and_vii():
     assert paper_value("mnist", "Aux Block (private)", "Adp-PGD") is None
 
 
+def test_changed_recipe_is_validated_and_its_text_reproduces_it():
+    recipe = parse_recipe(TINY, "tiny.toml")
+    assert recipe.changed({"recipe.seed": 0, "attack.n": 12}) is recipe  # no real change
+    changed = recipe.changed({"recipe.seed": 4, "attack.budget.apgd_steps": 3, "aux.train.epochs": 2})
+    assert (changed["recipe"]["seed"], changed["attack"]["budget"]["apgd_steps"]) == (4, 3)
+    assert changed.train_config("aux").epochs == 2 and changed.train_config("undefended").epochs == 1
+    assert parse_recipe(changed.text).sections == changed.sections  # readings and curve included
+    assert changed.text.startswith("# tiny.toml, changed: recipe.seed = 4")
+    with pytest.raises(RecipeError, match=r"tiny.toml: \[attack\]: unknown key 'nn'"):
+        recipe.changed({"attack.nn": 3})
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "tiny"
@@ -149,18 +161,20 @@ def test_run_writes_comparison_with_paper_values(tiny_run):
         assert (out / name).is_file(), name
     assert json.loads((out / "report.json").read_text()) == report
     wide = {row["label"]: row["cells"] for row in report["tables"]["wide"]}
-    assert list(wide) == ["NA (undefended)", "Adversarial Training", "Aux Block (all): vote",
-                          "Aux Block (all): score", "Aux Block (private)"]
-    assert wide["Aux Block (all): vote"]["PGD"]["paper"] == 88.2
+    assert list(wide) == ["NA (undefended)", "Adversarial Training", "Aux Block: vote", "Aux Block: score",
+                          "Aux Block: public", "Aux Block: private"]
+    assert wide["Aux Block: vote"]["PGD"]["paper"] == 88.2
+    assert wide["Aux Block: private"]["PGD"]["paper"] == 89.59
+    assert wide["Aux Block: score"]["PGD"]["paper"] is None  # the paper has no score rule
     assert wide["NA (undefended)"]["Adp-PGD"]["paper"] == 21.30
     doc = json.loads((out / "aux/eval/wide/results.json").read_text())
-    assert wide["Aux Block (private)"]["clean"]["ours"] == pytest.approx(100 * doc["clean"]["rules"]["private"])
+    assert wide["Aux Block: private"]["clean"]["ours"] == pytest.approx(100 * doc["clean"]["rules"]["private"])
     # The narrow reading skipped the unbounded attacks and borrows them from the wide one.
     narrow = {row["label"]: row["cells"] for row in report["tables"]["narrow"]}
     assert narrow["NA (undefended)"]["CW"]["from_reading"] == "wide"
     assert narrow["NA (undefended)"]["PGD"]["from_reading"] is None
     assert [eps for eps, _ in report["curve"]["aux"]["series"]["Adp-PGD (paper's steps)"]] == [0.02, 0.06]
-    assert "| Aux Block (all): vote |" in (out / "report.md").read_text()
+    assert "| Aux Block: vote | " in (out / "report.md").read_text()
 
 
 def test_rerun_resumes_instead_of_recomputing(tiny_run, monkeypatch):

@@ -480,5 +480,3 @@ class Attack:
 
     def _label_kind(self) -> str:
         return "targets" if self.targeted else "labels"
-        if self.norm == "l2" and self.eps is not None and self.eps > math.sqrt(x[0].numel()):
-            raise ValueError(f"l2 eps {self.eps} exceeds sqrt({x[0].numel()}), the diameter of the pixel box")

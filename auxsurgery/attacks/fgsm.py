@@ -14,8 +14,9 @@ class FGSM(PGD):
 
     One PGD step of length eps from the clean input; with ``norm="l2"`` it is the fast
     gradient method (a step along the normalised gradient). With ``objective="joint"``
-    on an AuxModel it is the paper's Adp-FGSM. An input that already fools the decision
-    rule is returned as it is (PGD's first fooling iterate).
+    on an AuxModel it is the paper's Adp-FGSM. Every input takes its step, including one
+    that already fools the decision rule: as in the paper, one set of examples is judged
+    by every rule and head.
     """
 
     kind = "white-box"
@@ -32,4 +33,4 @@ class FGSM(PGD):
         dtype: str = "fp32",
     ):
         super().__init__(model, objective, eps, norm, steps=1, step_size=eps, random_start=False,
-                         rule=rule, targeted=targeted, kappa=kappa, dtype=dtype)
+                         rule=rule, targeted=targeted, kappa=kappa, dtype=dtype, early_stop=False)

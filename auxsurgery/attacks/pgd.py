@@ -18,7 +18,9 @@ class PGD(Attack):
     projection onto the eps ball and [0, 1]. A run returns, per sample, the first iterate
     that fools the decision rule (the start included), else its last iterate; a sample
     that fools is dropped from the working batch, so later steps cost only the samples
-    still robust. With ``restarts > 1`` every sample keeps the worst case over runs,
+    still robust. With ``early_stop=False`` every sample takes every step and the last
+    iterate is returned: the classic algorithm, as the paper's PGD (BIM) rows need, since
+    they judge one set of examples by every rule and head. With ``restarts > 1`` every sample keeps the worst case over runs,
     judged by the decision rule (see :meth:`Attack.best_of_restarts`).
 
     Samples that never fool follow exactly the trajectory of a plain PGD run: a run draws
@@ -31,6 +33,7 @@ class PGD(Attack):
         step_size: step length (default ``2.5 * eps / steps``, Madry et al.'s choice).
         random_start: start each run from a uniformly random point of the ball.
         restarts: runs per sample; each needs ``random_start``.
+        early_stop: keep each sample's first fooling iterate and stop computing on it.
         (others: see :class:`Attack`)
     """
 
@@ -51,6 +54,7 @@ class PGD(Attack):
         targeted: bool = False,
         kappa: float = 0.0,
         dtype: str = "fp32",
+        early_stop: bool = True,
     ):
         super().__init__(model, objective, eps, norm, rule, seed, targeted, kappa, dtype)
         if steps < 1 or restarts < 1:
@@ -63,6 +67,7 @@ class PGD(Attack):
         self.step_size = 2.5 * eps / steps if step_size is None else step_size
         self.random_start = random_start
         self.restarts = restarts
+        self.early_stop = early_stop
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.best_of_restarts(x, y, self.restarts, self._run)
@@ -74,8 +79,8 @@ class PGD(Attack):
         for _ in range(self.steps):
             # The logits of this step's forward judge the current iterate: no extra forward.
             _, grad, logits = self.loss_and_grad(x_adv, y, target)
-            fooled = self.fooled(logits, y, x_adv)
-            if fooled.any():
+            fooled = self.fooled(logits, y, x_adv) if self.early_stop else None
+            if fooled is not None and fooled.any():
                 keep = working.retire(fooled, x_adv)
                 if not working:
                     return working.result

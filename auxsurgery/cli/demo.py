@@ -1,32 +1,42 @@
-"""``auxsurgery demo``: the end-to-end run on the embedded dataset (the README's first command)."""
+"""``auxsurgery demo``: the built-in demo recipe, run like ``auxsurgery run`` (the README's first command)."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from ..studies.demo import DemoConfig, run_demo
-from .options import Device, Json, Out, Seed, json_mode, print_json
+from ..studies.comparison import reading_table
+from ..studies.demo import demo_recipe
+from ..studies.experiment import run_recipe
+from ..train import TrainingInterrupted
+from .options import Device, Json, Out, Seed, messages, print_json, results
 
 
 def demo(
     out: Out = Path("demo-out"),
     seed: Seed = 0,
-    eval_size: int = typer.Option(100, "--n", help="Test images to attack."),
-    smoke: bool = typer.Option(False, help="Seconds-long run that checks the pipeline and measures nothing."),
+    n: Optional[int] = typer.Option(None, "--n", help="Test images to attack (default: the recipe's 100)."),
+    quick: bool = typer.Option(False, help="Seconds-long run that checks the pipeline and measures nothing."),
     device: Device = "auto",
     as_json: Json = False,
 ):
     """Train a small CNN on the embedded shapes data, attach Aux Blocks, fine-tune, attack, report.
 
-    No download, no GPU needed: a few minutes on two CPU cores. Writes summary.json, summary.md and
-    each model's report under --out; --json prints the summary rows.
+    No download, no GPU needed. Runs the built-in recipe demo.toml (also recipes/demo.toml) and writes
+    its report.md, report.json, accuracy_vs_eps.png and each model's training and evaluation folders
+    under --out; the same command again resumes there. Prints the comparison table; --json prints
+    report.json instead.
 
     Example: auxsurgery demo --out demo-out
     """
-    config = DemoConfig.smoke() if smoke else DemoConfig(eval_size=eval_size)
-    with json_mode(as_json):
-        rows = run_demo(out, replace(config, seed=seed, device=device), show_table=not as_json)
+    try:
+        report = run_recipe(demo_recipe(quick=quick, seed=seed, n=n), out, device=device)
+    except TrainingInterrupted as stop:
+        messages.print(f"[yellow]{stop}[/yellow]; run the same command again to resume")
+        raise typer.Exit(130) from None
     if as_json:
-        print_json(rows)
+        print_json(report)
+        return
+    for reading in report["readings"]:
+        results.print("\n".join(reading_table(report, reading["name"])), markup=False, highlight=False)

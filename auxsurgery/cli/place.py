@@ -6,32 +6,10 @@ from typing import Optional
 
 import torch
 import typer
-from rich.console import Console
 
-from ..backbones import build_backbone
 from ..data import dataset_classes, load_dataset
-from ..studies.placement import place_study
-from ..train import TrainConfig, finetune
-from .options import DataRoot, Device, Json, Out, Seed, json_mode, print_json
-
-console = Console(stderr=True)
-
-
-def _trained_backbone(model: str, train_set, num_classes: int, pretrained: bool, epochs: Optional[int], seed: int,
-                      device: str):
-    """The backbone the placements share, trained for ``epochs`` (default: 3 for random weights, 0 if pretrained)."""
-    input_size = tuple(train_set[0][0].shape)
-    backbone = build_backbone(model, num_classes=num_classes, pretrained=pretrained, in_chans=input_size[0])
-    if epochs is None:
-        # Heads on a random-weight backbone measure nothing: train it unless weights were loaded.
-        epochs = 0 if pretrained else 3
-    if epochs > 0:
-        console.rule(f"train {model} for {epochs} epoch(s)")
-        finetune(backbone, train_set, None, TrainConfig(epochs=epochs, optimizer="adamw", lr=3e-3, schedule="onecycle",
-                                                        seed=seed, out_dir=None, amp="off", device=device))
-    elif not pretrained:
-        console.print("[yellow]warning[/yellow]: the backbone has random weights; pass --train-backbone-epochs or --pretrained")
-    return backbone
+from ..studies.placement import place_study, trained_backbone
+from .options import DataRoot, Device, Json, Out, Seed, messages, print_json, results
 
 
 def place(
@@ -64,21 +42,20 @@ def place(
     Example: auxsurgery place small_cnn --candidates stage1,stage2,stage3 --data synthetic
     """
     torch.manual_seed(seed)
-    with json_mode(as_json):
-        train_set = load_dataset(data, root=data_root, train=True, subset=train_size)
-        test_set = load_dataset(data, root=data_root, train=False)
-        classes = dataset_classes(train_set)
-        if classes is None:
-            raise ValueError(f"dataset {data!r} names no classes; cannot size the classifier")
-        backbone = _trained_backbone(model, train_set, len(classes), pretrained, train_backbone_epochs, seed, device)
-        console.rule("placement study")
-        result = place_study(backbone, train_set, test_set, candidates,
-                             sets=[s.replace("+", ",") for s in sets.split(",") if s.strip()] if sets else None,
-                             head=head, mode=mode, epochs=epochs, n=min(n, len(test_set)), seed=seed,
-                             input_size=tuple(train_set[0][0].shape), device=device)
-        paths = result.write(out)
+    train_set = load_dataset(data, root=data_root, train=True, subset=train_size)
+    test_set = load_dataset(data, root=data_root, train=False)
+    classes = dataset_classes(train_set)
+    if classes is None:
+        raise ValueError(f"dataset {data!r} names no classes; cannot size the classifier")
+    backbone = trained_backbone(model, train_set, len(classes), pretrained, train_backbone_epochs, seed, device)
+    messages.rule("placement study")
+    result = place_study(backbone, train_set, test_set, candidates,
+                         sets=[s.replace("+", ",") for s in sets.split(",") if s.strip()] if sets else None,
+                         head=head, mode=mode, epochs=epochs, n=min(n, len(test_set)), seed=seed,
+                         input_size=tuple(train_set[0][0].shape), device=device)
+    paths = result.write(out)
     if as_json:
         print_json(result.to_dict())
         return
-    result.print_table()
-    console.print("wrote " + ", ".join(str(p) for p in paths))
+    result.print_table(results)
+    messages.print("wrote " + ", ".join(str(p) for p in paths))

@@ -31,12 +31,17 @@ class HeadsStudy:
         clean: each head's clean accuracy.
         matrix: ``matrix[k][j]``: accuracy of head ``j`` on inputs crafted against head ``k``.
         loss_ratio: ``l_avg / l_k`` on the inputs crafted against head ``k`` (Fig. 5).
+        table_vi_rules: each decision rule's accuracy on Table VI's inputs (crafted on the public head).
+
+    Accuracies count a sample right only if it was right on the clean input too. The placement
+    study (:mod:`auxsurgery.studies.placement`) reads each placement's Table VI from here.
     """
 
     head_names: list[str]
     clean: list[float]
     matrix: list[list[float]]
     loss_ratio: list[float]
+    table_vi_rules: dict[str, float]
 
     def table_vi(self) -> dict[str, float]:
         """Each head's accuracy under PGD crafted on the public head (the paper's Table VI)."""
@@ -45,7 +50,8 @@ class HeadsStudy:
     def to_dict(self) -> dict:
         """The study as JSON-able values."""
         return {"head_names": self.head_names, "clean": self.clean, "transfer_matrix": self.matrix,
-                "table_vi": self.table_vi(), "loss_ratio": dict(zip(self.head_names, self.loss_ratio))}
+                "table_vi": self.table_vi(), "table_vi_rules": self.table_vi_rules,
+                "loss_ratio": dict(zip(self.head_names, self.loss_ratio))}
 
 
 def heads_study(rows: Sequence, clean_heads: Sequence[float], head_names: Sequence[str]) -> HeadsStudy:
@@ -57,4 +63,5 @@ def heads_study(rows: Sequence, clean_heads: Sequence[float], head_names: Sequen
         clean=list(clean_heads),
         matrix=[row.outcome.head_accuracy() for row in ordered],
         loss_ratio=[loss_ratio(row.head_loss, k) for k, row in enumerate(ordered)],
+        table_vi_rules={rule: ordered[0].outcome.accuracy(rule) for rule in ordered[0].outcome.rules},
     )

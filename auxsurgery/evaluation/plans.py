@@ -202,8 +202,10 @@ def plan_suites(names: Sequence[str], context: SuiteContext) -> list:
 
 # The paper's PGD is BIM under another name (Section II-B): it starts from the clean input,
 # and its 5 preset steps add up to more than eps, so every coordinate can reach the corner.
+# Every sample takes every step: the paper judges one set of examples by every head and rule.
 def _paper_pgd(c: SuiteContext, steps: int) -> dict:
-    return dict(eps=c.preset.eps, steps=steps, step_size=c.preset.step_size, random_start=False)
+    return dict(eps=c.preset.eps, steps=steps, step_size=c.preset.step_size, random_start=False,
+                early_stop=False)
 
 
 @register_suite("static", "Table II: static adversary (a baseline: crafted on the public backbone only)",
@@ -276,8 +278,10 @@ def _sweep(c: SuiteContext) -> list[AttackPlan]:
     p, b = c.preset, c.budget
     eps_values = sorted({min(1.0, m * p.eps) for m in b.sweep_multiples} | {LARGE_EPS})
     by_eps = [plan(f"Adp-PGD eps={eps:.4g}", "sweep", PGD, objective="joint", eps=eps, steps=p.steps, seed=c.seed,
+                   early_stop=False,
                    series=("Adp-PGD vs eps", "eps", eps)) for eps in eps_values]
     by_steps = [plan(f"Adp-PGD steps={steps}", "sweep", PGD, objective="joint", eps=p.eps, steps=steps, seed=c.seed,
+                     early_stop=False,
                      series=("Adp-PGD vs steps", "steps", steps)) for steps in b.sweep_steps]
     return by_eps + by_steps + [minimum_norm_curve(c, rule, "sweep", eps_values) for rule in c.rules]
 
@@ -297,7 +301,7 @@ def _curve(c: SuiteContext) -> list:
     p, b = c.preset, c.budget
     eps_values = b.curve_eps or tuple(sorted({min(1.0, m * p.eps) for m in b.sweep_multiples}))
     plans: list = [plan(f"Adp-PGD eps={eps:.4g}", "curve", PGD, objective="joint", eps=eps, steps=p.steps,
-                        step_size=eps * p.step_size / p.eps, random_start=False,
+                        step_size=eps * p.step_size / p.eps, random_start=False, early_stop=False,
                         series=("Adp-PGD (paper's steps)", "eps", eps)) for eps in eps_values]
     return plans + [minimum_norm_curve(c, rule, "curve", eps_values) for rule in c.rules]
 
@@ -317,10 +321,12 @@ def sanity_probes(c: SuiteContext, plans: Sequence[AttackPlan | Cascade]) -> lis
     p, probes = c.preset, []
     if not any(axis == "eps" and x >= LARGE_EPS for _, axis, x in series):
         probes.append(plan(f"PGD eps={LARGE_EPS:g} (probe)", "sanity", PGD, objective="joint", eps=LARGE_EPS,
-                           steps=c.budget.probe_steps, seed=c.seed, series=("probe vs eps", "eps", LARGE_EPS)))
+                           steps=c.budget.probe_steps, seed=c.seed, early_stop=False,
+                           series=("probe vs eps", "eps", LARGE_EPS)))
     if len({x for _, axis, x in series if axis == "steps"}) < 2:
         probes += [plan(f"PGD steps={steps} (probe)", "sanity", PGD, objective="joint", eps=p.eps, steps=steps,
-                        step_size=p.step_size, seed=c.seed, series=("probe vs steps", "steps", steps))
+                        step_size=p.step_size, seed=c.seed, early_stop=False,
+                        series=("probe vs steps", "steps", steps))
                    for steps in (p.steps, 4 * p.steps)]
     return probes
 

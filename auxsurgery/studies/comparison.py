@@ -2,9 +2,10 @@
 
 It reads only the ``results.json`` documents of the run (schema ``auxsurgery.results/1``),
 so a resumed run rebuilds the same report from disk. Rows follow Table II: the undefended
-model (NA), PGD adversarial training, the Aux Block model under its vote (the paper's
-"all") and score rules, and its private heads; columns are Table II's attacks, Table VII's
-Adp-PGD and our per-sample worst case, which the paper lacks.
+model (NA), PGD adversarial training, then the Aux Block model under each decision rule
+(the paper reports its vote, "all", and its private heads); columns are Table II's attacks,
+Table VII's Adp-PGD and our per-sample worst case, which the paper lacks. A recipe without
+paper numbers (``paper = "none"``) gets our numbers alone.
 """
 from __future__ import annotations
 
@@ -12,20 +13,21 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .._utils import atomic_write
+from .._utils import atomic_write, markdown_table
 from ..evaluation.report import fmt_eps
+from ..model import RULES
 from .paper import paper_value
 
-__all__ = ["COLUMNS", "ROWS", "SCHEMA", "build_report", "plot_curves", "report_markdown"]
+__all__ = ["COLUMNS", "ROWS", "SCHEMA", "build_report", "plot_curves", "reading_table", "report_markdown"]
 
 SCHEMA = "auxsurgery.recipe-report/1"
-# (row label, model, rule, the paper's method name or None)
+# The paper's method name of the Aux Block rules it reports ("all" is Algorithm 1's vote).
+_AUX_PAPER_METHODS = {"vote": "Aux Block (all)", "private": "Aux Block (private)"}
+# (row label, model, rule, the paper's method name or None); a baseline has one output, read as its vote.
 ROWS = (
     ("NA (undefended)", "undefended", "vote", "NA"),
     ("Adversarial Training", "adversarial", "vote", "Adversarial Training"),
-    ("Aux Block (all): vote", "aux", "vote", "Aux Block (all)"),
-    ("Aux Block (all): score", "aux", "score", None),
-    ("Aux Block (private)", "aux", "private", "Aux Block (private)"),
+    *((f"Aux Block: {rule}", "aux", rule, _AUX_PAPER_METHODS.get(rule)) for rule in RULES),
 )
 # column -> the attack row it reads (None: clean accuracy; "worst case": the per-sample worst case)
 COLUMNS = {"clean": None, "PGD": "PGD", "CW": "CW-L2", "Boundary": "Boundary", "Adp-PGD": "Adp-PGD",
@@ -108,38 +110,50 @@ def _cell_text(cell: dict, with_paper: bool) -> str:
     return f"{text} / {_fmt(cell['paper'], 2)}" if with_paper else text
 
 
+def _with_paper(report: dict) -> bool:
+    """Whether the recipe names a paper setting (``paper = "none"``, such as the demo's synthetic data, does not)."""
+    return report["recipe"]["paper_setting"] != "none"
+
+
+def reading_table(report: dict, reading: str) -> list[str]:
+    """The Markdown table of one eps reading: a row per model and rule, cells *ours / the paper's*
+    (ours alone without a paper setting, and in the worst case column, which the paper lacks)."""
+    with_paper = _with_paper(report)
+    return markdown_table(["model", *COLUMNS], [
+        [row["label"], *(_cell_text(row["cells"][c], with_paper and c != "worst case") for c in COLUMNS)]
+        for row in report["tables"][reading]])
+
+
 def report_markdown(report: dict, plots: list[str]) -> str:
     """The comparison report as Markdown."""
     setting = report["recipe"]["paper_setting"]
-    with_paper = setting != "none"
     description = [report["recipe"]["description"], ""] if report["recipe"]["description"] else []
+    paper_note = (f", ours / the paper's ({setting} column of Tables II and VII; its 'Aux Block (all)' is our vote "
+                  "rule)" if _with_paper(report) else "")
     lines = [f"# Recipe report: {report['recipe']['name']}", "", *description,
              f"- command: `{report['command']}`", f"- machine: {report['machine']}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
              "- test samples attacked: " + ", ".join(f"{m} {n}" for m, n in report["n"].items()),
              f"- wall time of the invocation that wrote this report: {report['seconds_this_session'] / 60:.1f} min "
              "(work that an earlier, interrupted invocation finished is not counted)", "",
-             "Accuracy in %" + (f", ours / the paper's ({setting} column of Tables II and VII)" if with_paper else "")
+             "Accuracy in %" + paper_note
              + ". PGD, CW and Boundary are the static adversary (crafted on the backbone alone, then judged by "
              "each model's own decision): a baseline, not an evaluation of the defence. Adp-PGD is the paper's "
              "adaptive attack on the joint loss. *worst case* is per sample over every L-inf attack run within the "
-             "reading's eps (with the strong suite: APGD-CE/DLR, APGD on the vote margin, Square and a cascade); "
-             "the paper has no such column, and it is the number to quote.", ""]
-    lines += ["## Training", "", "| model | epochs | validation accuracy (its decision) | images/s |",
-              "|---|---:|---:|---:|"]
+             "reading's eps (with the strong suite: its cascades of APGD, targeted APGD and Square on each attacked "
+             "rule); the paper has no such column, and it is the number to quote.", ""]
+    lines += ["## Training", ""]
+    training = []
     for model, record in report["training"].items():
         accuracy = record.get("val/rule/vote", record.get("val/head/public"))
-        lines.append(f"| {model} | {record['epoch']} | {_fmt(None if accuracy is None else 100 * accuracy, 2)} | "
-                     f"{record['images_per_s']:.0f} |")
+        training.append([model, str(record["epoch"]), _fmt(None if accuracy is None else 100 * accuracy, 2),
+                         f"{record['images_per_s']:.0f}"])
+    lines += markdown_table(["model", "epochs", "validation accuracy (its decision)", "images/s"], training)
     lines.append("")
     for reading in report["readings"]:
         lines += [f"## eps reading '{reading['name']}': L-inf eps = {fmt_eps(reading['eps'])}"
-                  + (f" ({reading['note']})" if reading["note"] else ""), "",
-                  "| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
-        for row in report["tables"][reading["name"]]:
-            lines.append(f"| {row['label']} | "
-                         + " | ".join(_cell_text(row["cells"][c], with_paper and c != "worst case") for c in COLUMNS)
-                         + " |")
+                  + (f" ({reading['note']})" if reading["note"] else ""), ""]
+        lines += reading_table(report, reading["name"])
         if any(c["from_reading"] for row in report["tables"][reading["name"]] for c in row["cells"].values()):
             lines.append("")
             lines.append("\\* unbounded attack (independent of eps), measured in another reading of this run.")
@@ -151,10 +165,9 @@ def report_markdown(report: dict, plots: list[str]) -> str:
         for model, curve in report["curve"].items():
             series = list(curve["series"])
             eps_values = [eps for eps, _ in curve["series"][series[0]]]
-            lines += [f"**{model}** (rule {curve['rule']})", "", "| eps | " + " | ".join(series) + " |",
-                      "|---:|" + "---:|" * len(series)]
-            for i, eps in enumerate(eps_values):
-                lines.append(f"| {eps:.4g} | " + " | ".join(_fmt(curve["series"][s][i][1]) for s in series) + " |")
+            lines += [f"**{model}** (rule {curve['rule']})", ""]
+            lines += markdown_table(["eps", *series], [[fmt_eps(eps), *(_fmt(curve["series"][s][i][1]) for s in series)]
+                                                       for i, eps in enumerate(eps_values)])
             lines.append("")
         lines += [f"![{p}]({p})" for p in plots] + [""]
     if report["warnings"]:

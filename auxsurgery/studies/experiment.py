@@ -34,7 +34,7 @@ from ..provenance import command_line, machine, versions
 from ..surgery import attach_aux_blocks
 from ..train import adversarial_preset, finetune
 from ..train.config import AdversarialConfig
-from ..train.engine import METRICS_FILE, STATE_FILE
+from ..train.run_files import METRICS_FILE, STATE_FILE
 from .comparison import build_report, plot_curves, report_markdown
 from .recipe import Recipe, RecipeError
 

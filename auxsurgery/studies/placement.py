@@ -2,12 +2,13 @@
 
 For each candidate attach point (and each candidate set of points) a deep copy of a
 trained backbone gets heads there, is fine-tuned (heads only by default: the backbone is
-frozen, so every placement shares the same public model), and is measured the way the
-paper's Table VI measures heads: a two-iteration PGD crafted on the PUBLIC model, at the
-preset eps and step, judged by every head and by the vote and score rules. Each
-placement's parameter and FLOP overhead comes from :func:`auxsurgery.cost.head_costs`;
-the best placements are the Pareto front of robust vote accuracy against FLOP overhead.
+frozen, so every placement shares the same public model), and is measured by the ``heads``
+suite: its Table VI (a two-iteration PGD crafted on the PUBLIC model, at the preset eps and
+step) judged by every head and every decision rule. Each placement's parameter and FLOP
+overhead comes from :func:`auxsurgery.cost.head_costs`; the best placements are the Pareto
+front of robust vote accuracy against FLOP overhead.
 
+    backbone = trained_backbone("small_cnn", train_set, num_classes=10)
     result = place_study(backbone, train_set, test_set, ["stage1", "stage2", "stage3"], epochs=3, n=200)
     result.print_table(); result.write("place-out")
 """
@@ -26,16 +27,17 @@ from rich.table import Table
 from torch import nn
 from torch.utils.data import Dataset
 
-from .._utils import atomic_write
-from ..attacks import PGD
+from .._utils import atomic_write, markdown_table
+from ..backbones import build_backbone
 from ..cost import head_costs
-from ..model import rule_predict
+from ..evaluation import collect, run_suite
+from ..evaluation.plans import HEADS_SUITE
 from ..surgery import attach_aux_blocks, parse_points
 from ..train import TrainConfig, finetune
 
-__all__ = ["PlacementResult", "PlacementRow", "pareto_front", "place_study"]
+__all__ = ["PlacementResult", "PlacementRow", "pareto_front", "place_study", "trained_backbone"]
 
-RULES = ("vote", "score")
+console = Console(stderr=True)
 _BATCH = 128  # attack batch: bounds activation memory for large n
 
 
@@ -49,8 +51,8 @@ class PlacementRow:
         params, flops: the aux heads' parameters and FLOPs, summed.
         params_overhead, flops_overhead: those sums as fractions of the backbone's.
         clean_heads, robust_heads: each head's accuracy (``public`` first) on clean
-            inputs and under PGD crafted on the public model.
-        clean_rules, robust_rules: the same for the ``vote`` and ``score`` rules.
+            inputs and under PGD crafted on the public model (right on the clean input too).
+        clean_rules, robust_rules: the same for every decision rule.
         best: on the Pareto front of robust vote accuracy vs FLOP overhead.
     """
 
@@ -130,16 +132,17 @@ class PlacementResult:
             "Overheads are the aux heads' parameters and FLOPs as % of the backbone's. 'best' marks the Pareto front "
             "of PGD vote accuracy vs FLOP overhead. The attack is the paper's static one (Table VI): it ignores the "
             "heads, so it ranks placements but is no evaluation of robustness; run `auxsurgery attack` on the winner.",
-            "", "| " + " | ".join(self._COLUMNS) + " |", "|---" * len(self._COLUMNS) + "|",
+            "",
         ]
-        lines += ["| " + " | ".join(self._cells(row)) + " |" for row in self.rows]
-        lines += ["", "Every head and rule, clean / PGD (%):", "",
-                  "| placement | head or rule | clean | PGD |", "|---|---|---|---|"]
+        lines += markdown_table(self._COLUMNS, map(self._cells, self.rows))
+        body = []
         for row in self.rows:
-            for name in row.clean_heads:
-                lines.append(f"| {row.name} | {name} | {100 * row.clean_heads[name]:.1f} | {100 * row.robust_heads[name]:.1f} |")
-            for rule in RULES:
-                lines.append(f"| {row.name} | rule: {rule} | {100 * row.clean_rules[rule]:.1f} | {100 * row.robust_rules[rule]:.1f} |")
+            body += [[row.name, name, f"{100 * row.clean_heads[name]:.1f}", f"{100 * row.robust_heads[name]:.1f}"]
+                     for name in row.clean_heads]
+            body += [[row.name, f"rule: {rule}", f"{100 * row.clean_rules[rule]:.1f}",
+                      f"{100 * row.robust_rules[rule]:.1f}"] for rule in row.clean_rules]
+        lines += ["", "Every head and rule, clean / PGD (%):", ""]
+        lines += markdown_table(["placement", "head or rule", "clean", "PGD"], body)
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | Path) -> Path:
@@ -169,35 +172,20 @@ class PlacementResult:
                 self.plot(out_dir / "placement.png")]
 
 
-def _first(dataset: Dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` samples as ``(x [n, C, H, W], y [n])``: every placement sees the same images."""
-    if not 0 < n <= len(dataset):
-        raise ValueError(f"n={n} test images asked from a test set of {len(dataset)}")
-    xs, ys = zip(*(dataset[i] for i in range(n)))
-    return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
-
-
-def _accuracies(logits: torch.Tensor, y: torch.Tensor, names: list[str], alpha: torch.Tensor):
-    """Per-head and per-rule accuracy of stacked logits ``[H, B, C]``."""
-    heads = {name: (logits[h].argmax(1) == y).float().mean().item() for h, name in enumerate(names)}
-    rules = {rule: (rule_predict(logits, rule, alpha) == y).float().mean().item() for rule in RULES}
-    return heads, rules
-
-
-def _measure(aux, x, y, eps: float, step_size: float, steps: int):
-    """Clean and PGD-on-public logits of ``aux`` on ``(x, y)``, stacked ``[H, n, C]``."""
-    # Deterministic start (as in the paper's PGD): every placement faces the same attack,
-    # and with a frozen backbone the very same adversarial images.
-    attack = PGD(aux, objective="public", rule="public", eps=eps, step_size=step_size, steps=steps,
-                 random_start=False)
-    clean, robust = [], []
-    for start in range(0, len(x), _BATCH):
-        xb, yb = x[start:start + _BATCH], y[start:start + _BATCH]
-        x_adv = attack(xb, yb)
-        with torch.no_grad():
-            clean.append(aux(xb))
-            robust.append(aux(x_adv))
-    return torch.cat(clean, 1), torch.cat(robust, 1)
+def trained_backbone(name: str, train_set: Dataset, num_classes: int, pretrained: bool = False,
+                     epochs: int | None = None, seed: int = 0, device: str = "auto") -> nn.Module:
+    """The backbone the placements share, trained for ``epochs`` (default: 3 for random weights, 0 if pretrained)."""
+    backbone = build_backbone(name, num_classes=num_classes, pretrained=pretrained, in_chans=train_set[0][0].shape[0])
+    if epochs is None:
+        # Heads on a random-weight backbone measure nothing: train it unless weights were loaded.
+        epochs = 0 if pretrained else 3
+    if epochs > 0:
+        console.rule(f"train {name} for {epochs} epoch(s)")
+        finetune(backbone, train_set, None, TrainConfig.quick(epochs, seed=seed, out_dir=None, device=device))
+    elif not pretrained:
+        console.print("[yellow]warning[/yellow]: the backbone has random weights, so the placements measure "
+                      "nothing; train it first (epochs > 0) or load pretrained weights")
+    return backbone
 
 
 def place_study(
@@ -211,7 +199,6 @@ def place_study(
     epochs: int = 3,
     eps: float = 8 / 255,
     step_size: float = 2 / 255,
-    steps: int = 2,
     n: int = 200,
     seed: int = 0,
     input_size: Sequence[int] | None = None,
@@ -228,10 +215,10 @@ def place_study(
         sets: extra placements of several points each (``["stage1,stage2", ["stage2", "stage3"]]``).
         head: the head preset (see :func:`auxsurgery.attach_aux_blocks`).
         mode: fine-tuning mode: ``heads`` (backbone frozen) or ``full``.
-        epochs, lr, batch_size: fine-tuning of each placement (AdamW, one-cycle schedule).
-        eps, step_size, steps: the PGD crafted on the public model (default: Table VI at CIFAR-10's budget).
+        epochs, lr, batch_size: fine-tuning of each placement (:meth:`TrainConfig.quick`: AdamW, one-cycle).
+        eps, step_size: the ``heads`` suite's PGD (its preset's two steps, Table VI; default: CIFAR-10's budget).
         n: test images measured (the first ``n``).
-        seed: seeds the heads' initial weights and the data order.
+        seed: seeds the heads' initial weights, the data order and the attacks.
         input_size: ``(C, H, W)`` (default: the backbone's design size).
         device: where to fine-tune and attack (see :attr:`auxsurgery.train.TrainConfig.device`).
     """
@@ -241,28 +228,32 @@ def place_study(
     placements += [parse_points(s) for s in sets or []]
     if not placements:
         raise ValueError("no placements: give candidate points and/or sets")
-    x, y = _first(test_set, n)
+    if not 0 < n <= len(test_set):
+        raise ValueError(f"n={n} test images asked from a test set of {len(test_set)}")
+    x, y, _ = collect(test_set, n)  # every placement sees the same images
     # Attach every placement before training any: a misspelt point fails in seconds, not after minutes.
     for points in placements:
         attach_aux_blocks(copy.deepcopy(backbone), at=points, input_size=input_size, head=head)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, mode=mode, optimizer="adamw", lr=lr,
-                         weight_decay=5e-4, schedule="onecycle", seed=seed, out_dir=None, progress=False, amp="off",
-                         device=device)
+    config = TrainConfig.quick(epochs, lr=lr, batch_size=batch_size, mode=mode, seed=seed, out_dir=None,
+                               progress=False, device=device)
     rows = []
     for points in placements:
         torch.manual_seed(seed)  # same head initialisation whatever ran before
         aux = attach_aux_blocks(copy.deepcopy(backbone), at=points, input_size=input_size, head=head)
         finetune(aux, train_set, None, config)
-        aux.eval()
-        clean, robust = _measure(aux, x.to(aux.alpha.device), y.to(aux.alpha.device), eps, step_size, steps)
+        # The heads suite's PGD has a deterministic start (as in the paper): every placement faces the
+        # same attack, and with a frozen backbone the very same adversarial images.
+        result = run_suite(aux.eval(), (x, y), suite=HEADS_SUITE, eps=eps, step_size=step_size, seed=seed,
+                           batch_size=_BATCH, progress=False)
+        clean, study = result.clean.summary(aux.head_names), result.heads_study()
         costs = head_costs(aux, input_size)[1:]
-        clean_heads, clean_rules = _accuracies(clean, y.to(clean.device), aux.head_names, aux.alpha)
-        robust_heads, robust_rules = _accuracies(robust, y.to(robust.device), aux.head_names, aux.alpha)
         rows.append(PlacementRow(
             name="+".join(points), points=list(points),
             params=sum(c.params for c in costs), flops=sum(c.flops for c in costs),
             params_overhead=sum(c.params_ratio for c in costs), flops_overhead=sum(c.flops_ratio for c in costs),
-            clean_heads=clean_heads, robust_heads=robust_heads, clean_rules=clean_rules, robust_rules=robust_rules))
+            clean_heads=clean["heads"], robust_heads=study.table_vi(), clean_rules=clean["rules"],
+            robust_rules=study.table_vi_rules))
     for i in pareto_front(rows):
         rows[i].best = True
-    return PlacementResult(rows, eps=eps, step_size=step_size, steps=steps, n=n, mode=mode, epochs=epochs)
+    return PlacementResult(rows, eps=eps, step_size=step_size, steps=result.preset.heads_steps, n=n, mode=mode,
+                           epochs=epochs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ __all__ = ["Recipe", "RecipeError", "load_recipe", "parse_recipe"]
 
 REQUIRED = object()
 INITS = ("undefended", "scratch")
+# The rules the rule-aware attacks target by default: the defended system's own decisions. Every rule
+# of auxsurgery.model.RULES is judged on every attack anyway.
+ATTACKED_RULES = ["vote", "score"]
 PAPER_SETTINGS = (*ATTACK_PRESETS, "none")
 
 
@@ -91,7 +95,7 @@ SCHEMA: dict[str, dict] = {
             "alpha": Key("float-list"), "init": Key("str", "undefended", INITS),
             "train": TRAIN_KEYS},
     "attack": {"suites": Key("str-list", ["static", "adaptive", "strong"]), "n": Key("int", 1000),
-               "rules": Key("str-list", ["vote", "score"]), "batch_size": Key("int", 128),
+               "rules": Key("str-list", ATTACKED_RULES), "batch_size": Key("int", 128),
                "preset": Key("str", None, tuple(ATTACK_PRESETS)), "readings": [READING_KEYS],
                "budget": BUDGET_KEYS, "curve": CURVE_KEYS},
 }
@@ -140,6 +144,32 @@ class Recipe:
             return TrainConfig(**{**defaults, **settings})
         except ValueError as err:
             raise self.error(f"[train] or [{model}.train]", str(err)) from None
+
+    def changed(self, changes: dict[str, Any]) -> "Recipe":
+        """This recipe with ``changes`` applied and validated again.
+
+        ``changes`` maps dotted keys (``"recipe.seed"``, ``"attack.budget.apgd_steps"``) to values. The
+        text becomes the changed recipe written out as TOML (its comments are lost), so the run folder's
+        ``recipe.toml`` still describes exactly what ran; without a real change the recipe is returned as is.
+        """
+        def current(dotted: str):
+            value = self.sections
+            for name in dotted.split("."):
+                value = value.get(name) if isinstance(value, dict) else None
+            return value
+
+        changes = {key: value for key, value in changes.items() if current(key) != value}
+        if not changes:
+            return self
+        raw = tomllib.loads(self.text)
+        for dotted, value in changes.items():
+            *tables, key = dotted.split(".")
+            table = raw
+            for name in tables:
+                table = table.setdefault(name, {})
+            table[key] = value
+        header = f"# {self.path}, changed: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in changes.items())
+        return parse_recipe(header + "\n" + _to_toml(raw), self.path)
 
 
 def _scalar(value, kind: str):
@@ -238,6 +268,24 @@ def _check_names(r: Recipe) -> None:
     for model in ("undefended", "adversarial", "aux"):
         if r[model]["enabled"]:
             r.train_config(model)  # raises on bad choices (optimizer, schedule, ...)
+
+
+def _to_toml(table: dict, name: str = "", array: bool = False) -> str:
+    """A parsed recipe table as TOML text: a JSON scalar or list of scalars is valid TOML, which covers every
+    value a recipe holds; sub-tables follow the keys (``[name.key]``), arrays of tables as ``[[name.key]]``."""
+    def is_array(value) -> bool:
+        return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+
+    lines = [f"[[{name}]]" if array else f"[{name}]"] if name else []
+    lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()
+              if not isinstance(value, dict) and not is_array(value)]
+    for key, value in table.items():
+        path = f"{name}.{key}" if name else key
+        if isinstance(value, dict):
+            lines.append(_to_toml(value, path))
+        elif is_array(value):
+            lines += [_to_toml(item, path, array=True) for item in value]
+    return "\n".join(lines) + "\n"
 
 
 def parse_recipe(text: str, path: str = "<string>") -> Recipe:
