@@ -190,6 +190,19 @@ def test_rerun_resumes_instead_of_recomputing(tiny_run, monkeypatch):
     assert again["tables"]["wide"] == report["tables"]["wide"]
 
 
+def test_a_missing_report_is_rewritten_from_the_evaluation_state(tiny_run):
+    recipe, out, report = tiny_run
+    folder = out / "aux/eval/narrow"
+    results = (folder / "results.json").read_text()
+    (folder / "report.md").unlink()
+    again = experiment.run_recipe(recipe, out, device="cpu")
+    assert (folder / "report.md").exists()
+    # Rebuilt from the kept per-batch records: the same numbers (the creation time aside).
+    strip = lambda doc: {k: v for k, v in json.loads(doc).items() if k not in ("created", "timings")}  # noqa: E731
+    assert strip((folder / "results.json").read_text())["attacks"] == strip(results)["attacks"]
+    assert again["tables"] == report["tables"]
+
+
 def test_other_recipe_into_same_folder_is_refused(tiny_run):
     _, out, _ = tiny_run
     changed = parse_recipe(TINY.replace("epochs = 1", "epochs = 2"), "changed.toml")

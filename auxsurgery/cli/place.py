@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 import typer
 
+from .._utils import run_folder_lock
 from ..data import dataset_classes, load_dataset
 from ..studies.placement import place_study, trained_backbone
 from .options import DataRoot, Device, Json, Out, Seed, messages, print_json, results
@@ -41,21 +42,22 @@ def place(
 
     Example: auxsurgery place small_cnn --candidates stage1,stage2,stage3 --data synthetic
     """
-    torch.manual_seed(seed)
-    train_set = load_dataset(data, root=data_root, train=True, subset=train_size)
-    test_set = load_dataset(data, root=data_root, train=False)
-    classes = dataset_classes(train_set)
-    if classes is None:
-        raise ValueError(f"dataset {data!r} names no classes; cannot size the classifier")
-    backbone = trained_backbone(model, train_set, len(classes), pretrained, train_backbone_epochs, seed, device)
-    messages.rule("placement study")
-    result = place_study(backbone, train_set, test_set, candidates,
-                         sets=[s.replace("+", ",") for s in sets.split(",") if s.strip()] if sets else None,
-                         head=head, mode=mode, epochs=epochs, n=min(n, len(test_set)), seed=seed,
-                         input_size=tuple(train_set[0][0].shape), device=device)
-    paths = result.write(out)
-    if as_json:
-        print_json(result.to_dict())
-        return
-    result.print_table(results)
-    messages.print("wrote " + ", ".join(str(p) for p in paths))
+    with run_folder_lock(out, "auxsurgery place"):  # first: a busy or unwritable folder fails before training
+        torch.manual_seed(seed)
+        train_set = load_dataset(data, root=data_root, train=True, subset=train_size)
+        test_set = load_dataset(data, root=data_root, train=False)
+        classes = dataset_classes(train_set)
+        if classes is None:
+            raise ValueError(f"dataset {data!r} names no classes; cannot size the classifier")
+        backbone = trained_backbone(model, train_set, len(classes), pretrained, train_backbone_epochs, seed, device)
+        messages.rule("placement study")
+        result = place_study(backbone, train_set, test_set, candidates,
+                             sets=[s.replace("+", ",") for s in sets.split(",") if s.strip()] if sets else None,
+                             head=head, mode=mode, epochs=epochs, n=min(n, len(test_set)), seed=seed,
+                             input_size=tuple(train_set[0][0].shape), device=device)
+        paths = result.write(out)
+        if as_json:
+            print_json(result.to_dict())
+            return
+        result.print_table(results)
+        messages.print("wrote " + ", ".join(str(p) for p in paths))

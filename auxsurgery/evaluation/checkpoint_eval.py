@@ -24,10 +24,9 @@ from .presets import PRESETS, Budget, get_preset
 from .report import write_report
 from .results import SuiteResult
 from .runner import run_suite
+from .state import STATE_FOLDER
 
-__all__ = ["STATE_FOLDER", "evaluate_checkpoint"]
-
-STATE_FOLDER = "state"
+__all__ = ["evaluate_checkpoint"]
 
 
 def _is_main() -> bool:

@@ -21,9 +21,10 @@ from torch import nn
 from .._utils import atomic_write
 from ..version import __version__
 
-__all__ = ["EvaluationState", "StateError", "fingerprint_data", "fingerprint_model"]
+__all__ = ["STATE_FOLDER", "EvaluationState", "StateError", "fingerprint_data", "fingerprint_model"]
 
 SCHEMA = "auxsurgery.eval-state/1"
+STATE_FOLDER = "state"  # where an evaluation with an output folder keeps its state: <out>/state
 MANIFEST = "manifest.json"
 RECORD_KEYS = ("indices", "rules", "heads", "losses", "linf", "l2", "pixel_min", "pixel_max", "seconds")
 

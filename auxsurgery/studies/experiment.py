@@ -26,10 +26,11 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from .._utils import atomic_write, resolve_device
+from .._utils import atomic_write, resolve_device, run_folder_lock
 from ..backbones import build_backbone
 from ..data import dataset_classes, load_dataset
 from ..evaluation import Budget, get_preset, get_suite, run_suite, write_report
+from ..evaluation.state import STATE_FOLDER
 from ..provenance import command_line, machine, versions
 from ..surgery import attach_aux_blocks
 from ..train import adversarial_preset, finetune
@@ -198,12 +199,13 @@ def _curve_budget(recipe: Recipe) -> Budget:
 
 
 def _results(folder: Path, run) -> dict:
-    """The results.json in ``folder``, computed by ``run()`` (a SuiteResult) and written first if missing."""
+    """The results.json in ``folder``; with it or its report.md missing, ``run(state_dir)`` (a SuiteResult)
+    computes them first, continuing from the evaluation's state folder (a finished one is read back)."""
     path = folder / "results.json"
-    if not path.exists():
-        write_report(run(), folder)
-    else:
+    if path.exists() and (folder / "report.md").exists():
         console.print(f"already evaluated: {folder}")
+    else:
+        write_report(run(folder / STATE_FOLDER), folder)
     return json.loads(path.read_text())
 
 
@@ -223,14 +225,15 @@ def attack_models(recipe: Recipe, models: dict[str, nn.Module], data: RunData, o
             console.rule(f"attack: {name}, eps reading '{reading['name']}' (eps {reading['eps']:.4g})")
             documents[name][reading["name"]] = _results(
                 out / name / "eval" / reading["name"],
-                lambda: run_suite(model, data.test, suite=suites, eps=reading["eps"], step_size=reading["step_size"],
-                                  rules=rules, exclude=reading["exclude"], **common))
+                lambda state: run_suite(model, data.test, suite=suites, eps=reading["eps"],
+                                        step_size=reading["step_size"], rules=rules, exclude=reading["exclude"],
+                                        state_dir=state, **common))
         if a["curve"]:
             console.rule(f"attack: {name}, accuracy against eps")
             documents[name]["curve"] = _results(
                 out / name / "eval" / "curve",
-                lambda: run_suite(model, data.test, suite="curve", rules=rules[:1],
-                                  **dict(common, budget=_curve_budget(recipe))))
+                lambda state: run_suite(model, data.test, suite="curve", rules=rules[:1], state_dir=state,
+                                        **dict(common, budget=_curve_budget(recipe))))
     return documents
 
 
@@ -253,7 +256,15 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, data_root: str | N
         the report document (also written to ``out/report.json``).
     """
     out = Path(out) if out else Path("runs") / recipe.name
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the run folder {out} is a file; choose a folder")
     device = str(resolve_device(device))
+    with run_folder_lock(out, "auxsurgery run"):
+        return _run_recipe(recipe, out, data_root, device)
+
+
+def _run_recipe(recipe: Recipe, out: Path, data_root: str | None, device: str) -> dict:
+    """The body of :func:`run_recipe`, inside the run folder's lock."""
     _claim_out_dir(recipe, out)
     began = time.perf_counter()
     data = _load_data(recipe, data_root)
