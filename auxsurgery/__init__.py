@@ -35,6 +35,10 @@ _API = {
     "list_objectives": "attacks",
     "list_suites": "evaluation",
     "load_recipe": "studies",
+    "export_model": "export",
+    "check_parity": "export",
+    "OnnxClassifier": "export",
+    "backbone_from_factory": "backbones",
     "run_recipe": "studies",
 }
 

@@ -22,7 +22,9 @@ from typer.core import TyperGroup
 
 from . import attach as attach_commands
 from . import attack as attack_commands
+from . import defend as defend_commands
 from . import demo as demo_commands
+from . import export as export_commands
 from . import place as place_commands
 from . import run as run_commands
 from . import train as train_commands
@@ -112,6 +114,8 @@ app.command()(train_commands.train)
 app.command()(attack_commands.attack)
 app.command()(place_commands.place)
 app.command()(run_commands.run)
+app.command()(defend_commands.defend)
+app.command()(export_commands.export)
 
 
 def main() -> None:

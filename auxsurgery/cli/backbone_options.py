@@ -1,0 +1,95 @@
+"""Options that say which network to start from, shared by the commands that build one.
+
+``--weights``, ``--model-factory``, ``--mean`` and ``--std`` are declared once here (as the
+aliases in :mod:`.options` are) and turned into a backbone by :func:`backbone_from_options`;
+:func:`load_checkpoint` reloads a saved AuxModel whose backbone came from a model factory.
+
+    def attach(model: ModelName = None, weights: Weights = None, model_factory: ModelFactory = None,
+               mean: Mean = None, std: Std = None, ...):
+        backbone = backbone_from_options(model, num_classes=10, weights=weights,
+                                         model_factory=model_factory, mean=mean, std=std)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..backbones import FACTORY_PREFIX, NormalizedBackbone, backbone_from_spec, build_backbone
+from ..checkpoint import load, read_spec
+
+__all__ = ["Mean", "ModelFactory", "ModelName", "Std", "Weights", "backbone_from_options", "load_checkpoint",
+           "parse_floats"]
+
+ModelName = Annotated[Optional[str], typer.Argument(
+    help="Model name: resnet18, timm:convnext_atto, small_cnn, ... (omit it with --model-factory).")]
+Weights = Annotated[Optional[str], typer.Option(
+    help="Your trained weights: a state dict saved with torch.save (read with weights_only=True, never running "
+         "code), a .safetensors file, or a timm checkpoint (state_dict / state_dict_ema); for torchvision models "
+         "also a weights name (DEFAULT, IMAGENET1K_V2; downloads).")]
+ModelFactory = Annotated[Optional[str], typer.Option(
+    help="Build the network with your own code: package.module:function (or path/to/file.py:function), called "
+         "with num_classes= if it takes it. This imports and runs that code. Needs --mean and --std.")]
+Mean = Annotated[Optional[str], typer.Option(
+    help="Input normalisation mean, per channel, comma-separated (e.g. 0.485,0.456,0.406); the model takes [0, 1] "
+         "pixels and normalises inside. Default: the model's own (required with --model-factory).")]
+Std = Annotated[Optional[str], typer.Option(
+    help="Input normalisation std, per channel, comma-separated (e.g. 0.229,0.224,0.225).")]
+
+
+def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    """``"0.5,0.5,0.5"`` -> ``(0.5, 0.5, 0.5)``; None stays None."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--{what} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"--{what} is empty")
+    return values
+
+
+def backbone_from_options(
+    model: str | None,
+    num_classes: int | None = None,
+    weights: str | None = None,
+    model_factory: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    pretrained: bool = False,
+    in_chans: int | None = None,
+) -> NormalizedBackbone:
+    """The backbone the options describe: ``model`` by name, or ``--model-factory``, with ``--weights``."""
+    if model_factory:
+        if model and model != FACTORY_PREFIX + model_factory:
+            raise ValueError(f"give a model name ({model!r}) or --model-factory ({model_factory!r}), not both")
+        model = FACTORY_PREFIX + model_factory
+    if not model:
+        raise ValueError("name a model (resnet18, timm:convnext_atto, ...) or give --model-factory "
+                         "package.module:function")
+    mean_values, std_values = parse_floats(mean, "mean"), parse_floats(std, "std")
+    if (mean_values is None) != (std_values is None):
+        raise ValueError("give both --mean and --std, or neither")
+    return build_backbone(model, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans,
+                          mean=mean_values, std=std_values, weights=weights)
+
+
+def load_checkpoint(path: str | Path, model_factory: str | None = None, map_location: str = "cpu"):
+    """Load an AuxModel checkpoint; one made from a model factory is rebuilt with ``--model-factory``.
+
+    The factory is never imported because the checkpoint names it: the user has to name it (it may
+    differ from the recorded one, e.g. after a move; the weights must still fit exactly).
+    """
+    spec = read_spec(path)
+    backbone_spec = spec.get("backbone") or {}
+    if backbone_spec.get("source") != "factory":
+        if model_factory:
+            raise ValueError(f"{path} was not made from a model factory; drop --model-factory")
+        return load(path, map_location=map_location)
+    if not model_factory:
+        raise ValueError(f"{path} was made from the model factory {backbone_spec['name']!r}, which runs your code: "
+                         f"pass --model-factory {backbone_spec['name']} to rebuild it")
+    backbone = backbone_from_spec({**backbone_spec, "name": model_factory}, allow_factory=True)
+    return load(path, backbone=backbone, map_location=map_location)

@@ -1,0 +1,70 @@
+"""``auxsurgery defend``: your trained model in, the defended model and a plain verdict out."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..studies.defend import DefendConfig
+from ..studies.defend import defend as run_defence
+from .backbone_options import Mean, ModelFactory, ModelName, Std, Weights, backbone_from_options
+from .options import DataRoot, Device, Json, Seed, head_choice, messages, print_json, results
+
+
+def defend(
+    model: ModelName = None,
+    data: str = typer.Option(..., help="Training and test data: mnist, cifar10, synthetic, ..., or an ImageFolder "
+                                       "path with train/ and val/ (or test/) folders."),
+    weights: Weights = None,
+    model_factory: ModelFactory = None,
+    mean: Mean = None,
+    std: Std = None,
+    pretrained: bool = typer.Option(False, help="Start from the library's pretrained weights (downloads)."),
+    at: str = typer.Option("auto:3", help="Attach points (comma-separated) or auto:K."),
+    head: str = typer.Option("default", help="Head preset, default:<width>, or one per point (comma-separated)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs to train the heads (default 5; 1 with --quick)."),
+    n: int = typer.Option(1000, help="Test images to evaluate (at most 100 with --quick)."),
+    train_subset: Optional[int] = typer.Option(None, help="Train the heads on the first N training images."),
+    eps: Optional[float] = typer.Option(None, help="L-inf budget in [0, 1] pixels (default: the dataset's preset)."),
+    preset: Optional[str] = typer.Option(None, help="Attack budget preset: mnist, cifar10, mini-imagenet "
+                                                    "(default: --data)."),
+    image_size: Optional[int] = typer.Option(None, help="ImageFolder: resize and crop images to this size."),
+    data_root: DataRoot = None,
+    out: Path = typer.Option(Path("defence"), help="Folder for defence.md/json, the defended checkpoint and reports."),
+    quick: bool = typer.Option(False, help="Smoke test: tiny attack budget and few images; proves nothing."),
+    seed: Seed = 0,
+    device: Device = "auto",
+    as_json: Json = False,
+):
+    """Attach Aux Blocks to your trained model, train only them (backbone frozen), attack both models with the
+    strong suite, and say plainly whether the heads helped.
+
+    Writes defence.md and defence.json (the verdict), defended.safetensors, and the full undefended/ and
+    defended/ evaluation reports under --out.
+
+    Example: auxsurgery defend resnet18 --weights my.pth --data cifar10 --at auto:3 --epochs 5 --n 1000 --out defence
+    """
+    config = DefendConfig(at=at, head=head_choice(head), epochs=epochs or (1 if quick else 5),
+                          n=n, train_subset=train_subset, eps=eps, dataset=preset, quick=quick, seed=seed,
+                          device=device)
+    backbone = backbone_from_options(model, num_classes=None if model_factory else _classes(data, data_root),
+                                     weights=weights, model_factory=model_factory, mean=mean, std=std,
+                                     pretrained=pretrained)
+    result = run_defence(backbone, data, out, config, data_root=data_root, image_size=image_size,
+                         name=model or model_factory)
+    if as_json:
+        print_json({**result.to_dict(), "headline": result.headline()})
+    else:
+        results.print(result.headline())
+    for message in result.warnings:
+        messages.print(f"[yellow]warning[/yellow]: {message}")
+    messages.print(f"wrote {result.files.get('report')}, {result.files.get('json')}")
+
+
+def _classes(data: str, data_root) -> int | None:
+    """The class count of the named data, for building a backbone by name (its classifier's size)."""
+    from ..data import dataset_classes, load_dataset
+
+    classes = dataset_classes(load_dataset(data, root=data_root, train=False, subset=1))
+    return len(classes) if classes is not None else None

@@ -1,0 +1,120 @@
+"""``auxsurgery defend``: your weights in, heads trained with the backbone frozen, both models attacked with the
+strong suite, one plain verdict out (smoke-sized here: --quick)."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import typer
+from typer.testing import CliRunner
+
+from auxsurgery import build_backbone, load, load_dataset
+from auxsurgery.cli.backbone_options import backbone_from_options, load_checkpoint, parse_floats
+from auxsurgery.studies.defend import interval, verdict
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _cli():
+    from auxsurgery.cli.defend import defend
+
+    app = typer.Typer()
+    app.command()(defend)
+    return app
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A small_cnn trained for a few steps on the synthetic shapes, saved as a plain state dict."""
+    torch.manual_seed(0)
+    backbone = build_backbone("small_cnn", num_classes=10)
+    data = load_dataset("synthetic", train=True, subset=256)
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    y = torch.tensor([data[i][1] for i in range(len(data))])
+    optimizer = torch.optim.AdamW(backbone.parameters(), lr=5e-3)
+    backbone.train()
+    for step in range(10):
+        idx = torch.arange(step * 25, step * 25 + 25) % len(x)
+        optimizer.zero_grad()
+        F.cross_entropy(backbone(x[idx]), y[idx]).backward()
+        optimizer.step()
+    path = tmp_path_factory.mktemp("defend") / "small_cnn.pth"
+    torch.save(backbone.net.state_dict(), path)
+    return path
+
+
+def test_defend_smoke_run_writes_one_plain_report(weights, tmp_path):
+    out = tmp_path / "defence"
+    result = CliRunner().invoke(_cli(), ["small_cnn", "--weights", str(weights), "--data", "synthetic", "--quick",
+                                         "--n", "40", "--train-subset", "300", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["quick"] and document["n"] == 40 and document["attach_points"] == ["stage1", "stage2", "stage3"]
+    assert document["verdict"]["helped"] in ("yes", "worse", "no measurable gain")
+    assert document["verdict"]["clean_kept"] in ("kept", "lost")
+    worst = document["verdict"]["worst_case"]
+    assert worst["difference"] == pytest.approx(document["worst_case"]["vote"] - document["worst_case"]["undefended"])
+    assert worst["low"] <= worst["difference"] <= worst["high"]
+    assert json.loads((out / "defence.json").read_text())["headline"] == document["headline"]
+    report = (out / "defence.md").read_text()
+    assert "Quick run" in report and document["headline"] in report and "## Did the heads help?" in report
+    assert (out / "undefended" / "report.md").is_file() and (out / "defended" / "report.md").is_file()
+
+    # The backbone stayed frozen: the defended model's own head is the undefended model, bit for bit,
+    # and its checkpoint says where the weights came from.
+    defended = load(out / "defended.safetensors")
+    original = build_backbone("small_cnn", num_classes=10, weights=weights).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(defended(x)[0], original(x))
+    assert defended.spec["backbone"]["weights"]["path"] == str(weights.resolve())
+
+
+def test_verdict_and_interval():
+    assert interval(0.5, 100) == pytest.approx(1.96 * 0.05)
+    helped = verdict(clean_before=0.9, clean_after=0.89, worst_before=0.10, worst_after=0.40, n=1000)
+    assert helped["helped"] == "yes" and helped["clean_kept"] == "kept"
+    assert helped["worst_case"]["difference"] == pytest.approx(0.30)
+    noise = verdict(0.9, 0.9, 0.10, 0.12, n=100)
+    assert noise["helped"] == "no measurable gain" and noise["worst_case"]["low"] < 0 < noise["worst_case"]["high"]
+    worse = verdict(0.9, 0.70, 0.30, 0.05, n=1000)
+    assert worse["helped"] == "worse" and worse["clean_kept"] == "lost"
+
+
+FACTORY = '''
+from torch import nn
+
+def net(num_classes=10):
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+'''
+
+
+def test_backbone_options_and_factory_checkpoints(tmp_path, monkeypatch):
+    (tmp_path / "user_nets.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert parse_floats("0.5, 0.25,1", "mean") == (0.5, 0.25, 1.0) and parse_floats(None, "mean") is None
+    with pytest.raises(ValueError, match="--std must be comma-separated numbers"):
+        parse_floats("a,b", "std")
+    with pytest.raises(ValueError, match="name a model"):
+        backbone_from_options(None)
+    with pytest.raises(ValueError, match="give both --mean and --std"):
+        backbone_from_options("small_cnn", mean="0.5")
+    with pytest.raises(ValueError, match="not both"):
+        backbone_from_options("resnet18", model_factory="user_nets:net", mean="0.5", std="0.25")
+    backbone = backbone_from_options(None, num_classes=4, model_factory="user_nets:net", mean="0.5", std="0.25")
+    assert backbone.spec["source"] == "factory" and backbone.spec["mean"] == [0.5] * 3
+
+    from auxsurgery import attach_aux_blocks, save
+
+    aux = attach_aux_blocks(backbone, at="1,4", input_size=(3, 16, 16))
+    path = save(aux, tmp_path / "aux.safetensors")
+    with pytest.raises(ValueError, match="pass --model-factory user_nets:net"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="drop --model-factory"):
+        load_checkpoint(save(attach_aux_blocks(build_backbone("small_cnn", num_classes=10), at="stage1",
+                                               input_size=(3, 32, 32)), tmp_path / "plain.safetensors"), "x:y")
+    rebuilt = load_checkpoint(path, "user_nets:net")
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), aux.eval()(x))
