@@ -79,8 +79,8 @@ def test_top_level_help_has_an_example_per_command():
 # Which commands take each shared option: new commands get all of them unless listed here.
 @pytest.mark.parametrize("flag, without", [
     ("--json", set()),
-    ("--seed", {"models", "layers", "run"}),  # run's seed is the recipe file's
-    ("--device", {"models", "layers", "attach"}),
+    ("--seed", {"models", "layers", "run", "export"}),  # run's seed is the recipe file's; export draws nothing
+    ("--device", {"models", "layers", "attach", "export"}),  # export traces and checks parity on the CPU
     ("--data-root", {"models", "layers", "attach", "demo"}),
 ])
 def test_shared_options_are_declared_identically(flag, without):

@@ -89,7 +89,9 @@ app = typer.Typer(
     "  auxsurgery train small_cnn --data synthetic --epochs 10 --out runs/demo\n"
     "  auxsurgery attack runs/demo/best.safetensors --data synthetic --out report\n"
     "  auxsurgery place small_cnn --candidates stage1,stage2,stage3\n"
-    "  auxsurgery run recipes/mnist-lenet5-cpu.toml --data-root ../shared/data\n\n"
+    "  auxsurgery run recipes/mnist-lenet5-cpu.toml --data-root ../shared/data\n"
+    "  auxsurgery defend resnet18 --weights my_resnet.pth --data cifar10 --out defence\n"
+    "  auxsurgery export defence/defended.safetensors --format both --check cifar10\n\n"
     "Every command takes --json (machine-readable output on stdout) and shows its options with --help. "
     "A user error prints one line and exits 2; --debug adds its traceback.",
     no_args_is_help=True,
