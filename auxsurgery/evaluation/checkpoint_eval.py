@@ -13,11 +13,10 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
-import torch.distributed as dist
-
 from .._utils import resolve_device, run_folder_lock
 from ..checkpoint import load, read_spec
 from ..model import check_rule
+from ..train.distributed import launched_rank
 from .inputs import check_compatible, load_eval_data
 from .plans import list_suites, parse_suites
 from .presets import PRESETS, Budget, get_preset
@@ -27,10 +26,6 @@ from .runner import run_suite
 from .state import STATE_FOLDER
 
 __all__ = ["evaluate_checkpoint"]
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0 and (not dist.is_initialized() or dist.get_rank() == 0)
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, suite: str = "static,adaptive", *,
@@ -63,12 +58,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, suite: str = "
     # Under torchrun each process evaluates on its own GPU.
     model = load(checkpoint, map_location=str(resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))))
     # Only rank 0 holds the folder: the other processes of the same run share it.
-    with run_folder_lock(out, "auxsurgery attack") if out is not None and _is_main() else nullcontext():
+    with run_folder_lock(out, "auxsurgery attack") if out is not None and launched_rank() == 0 else nullcontext():
         result = run_suite(model, samples, suite=suites, eps=eps, step_size=step_size, steps=steps,
                            dataset=preset or data, seed=seed, rules=rules, batch_size=batch_size, budget=budget,
                            standalone=standalone, attack_dtype=attack_dtype, progress=progress,
                            state_dir=Path(out) / STATE_FOLDER if out is not None else None)
         result.model_info["checkpoint"] = str(checkpoint)
         result.data_info["source"] = data
-        written = write_report(result, out) if out is not None and _is_main() else []
+        written = write_report(result, out) if out is not None and launched_rank() == 0 else []
     return result, written
