@@ -55,13 +55,81 @@ class ImageTensorDataset(Dataset):
             image = self.transform(image)
         return image, int(self.labels[index])
 
+    def read_batch(self, indices: list[int], draws: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples at ``indices`` as one float batch and their labels, augmented at once.
+
+        Needs ``transform`` to be None or a :class:`PadCropFlip`; ``draws`` (uint64, one per
+        index) choose each sample's crop and flip.
+        """
+        images = self.images[torch.as_tensor(indices, dtype=torch.long)]
+        if self.transform is not None:
+            images = self.transform.apply(images, draws)
+        return images.float().div_(255), self.labels[indices]
+
+
+class PadCropFlip:
+    """Training augmentation: a random crop of the image zero-padded by ``padding`` pixels on
+    every side, back to its own size, then (with ``flip``) a horizontal flip half of the time.
+
+    The law of torchvision's ``RandomCrop(size, padding=padding)`` then ``RandomHorizontalFlip()``
+    (zero fill; top and left offsets uniform in ``[0, 2 * padding]``; flip with probability 1/2),
+    applied to a whole ``[N, C, H, W]`` batch at once (uint8 or float). Each sample's choice is a
+    function of one 64-bit draw (:meth:`choices`): taken from torch's global generator when the
+    transform is called on one image, derived from ``(seed, epoch, index)`` when
+    :class:`SeededAugmentation` reads a batch.
+    """
+
+    def __init__(self, padding: int, flip: bool = True):
+        if padding < 0:
+            raise ValueError(f"padding must be >= 0, got {padding}")
+        self.padding, self.flip = padding, flip
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(padding={self.padding}, flip={self.flip})"
+
+    def choices(self, draws: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each draw's crop offsets (top, left) in the padded image and its flip flag."""
+        # splitmix64's finaliser spreads every bit of the draw (derived seeds of neighbouring
+        # indices differ in few bits) before the offsets are read from it.
+        z = np.asarray(draws, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+        span = np.uint64(2 * self.padding + 1)
+        top, left = z % span, (z // span) % span
+        flip = (z >> np.uint64(63)).astype(bool) if self.flip else np.zeros(len(z), dtype=bool)
+        return (torch.from_numpy(top.astype(np.int64)), torch.from_numpy(left.astype(np.int64)),
+                torch.from_numpy(flip))
+
+    def apply(self, images: torch.Tensor, draws: np.ndarray) -> torch.Tensor:
+        """``images`` ``[N, C, H, W]`` cropped and flipped as ``draws`` (one per image) choose."""
+        n, c, h, w = images.shape
+        if len(draws) != n:
+            raise ValueError(f"{len(draws)} draws for {n} images")
+        top, left, flip = self.choices(draws)
+        p = self.padding
+        padded = torch.nn.functional.pad(images, (p, p, p, p))  # zeros, as RandomCrop's default fill
+        # Each output pixel's position in its padded image: one gather for the whole batch.
+        rows = top[:, None] + torch.arange(h)
+        columns = left[:, None] + torch.where(flip[:, None], torch.arange(w - 1, -1, -1), torch.arange(w))
+        where = (rows[:, :, None] * (w + 2 * p) + columns[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+        return padded.reshape(n, c, -1).gather(2, where).view(n, c, h, w)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """One ``[C, H, W]`` image, its choice drawn from torch's global generator."""
+        draw = np.array([torch.randint(0, 2**63 - 1, ()).item()], dtype=np.uint64)
+        return self.apply(image.unsqueeze(0), draw)[0]
+
 
 class SeededAugmentation(Dataset):
     """A view of ``dataset`` whose random transforms depend only on ``(seed, epoch, index)``.
 
-    Each sample's transform runs with torch's global generator seeded from that triple
-    (and restored afterwards), so augmentation does not depend on the batch size, the
-    number of loader workers or processes, or where a resumed run restarted.
+    Augmentation therefore does not depend on the batch size, the number of loader workers
+    or processes, or where a resumed run restarted. In-memory images augmented by a
+    :class:`PadCropFlip` (the named datasets), or not at all, are read a batch at a time with
+    each sample's crop and flip derived from that triple; any other dataset's transform runs
+    per sample with torch's global generator seeded from the triple (and restored afterwards).
     """
 
     def __init__(self, dataset: Dataset, seed: int):
@@ -78,14 +146,34 @@ class SeededAugmentation(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list:
-        # DataLoader fetches a batch through this method: one fork of the RNG per batch.
+        # DataLoader fetches a batch through this method.
+        seeds = [derive_seed(self.seed, self.epoch, index) for index in indices]
+        reader = _batch_reader(self.dataset)
+        if reader is not None:
+            base, subsets = reader
+            for chosen in subsets:
+                indices = [int(chosen[index]) for index in indices]
+            images, labels = base.read_batch(indices, np.array(seeds, dtype=np.uint64))
+            return list(zip(images.unbind(0), labels.tolist()))
         generator = torch.default_generator
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):  # one fork of the RNG per batch
             samples = []
-            for index in indices:
-                generator.manual_seed(derive_seed(self.seed, self.epoch, index))
+            for index, seed in zip(indices, seeds):
+                generator.manual_seed(seed)
                 samples.append(self.dataset[index])
         return samples
+
+
+def _batch_reader(dataset: Dataset) -> tuple[ImageTensorDataset, list] | None:
+    """The in-memory dataset under ``dataset``'s Subsets and their index lists (outermost first),
+    when its samples can be read a batch at a time; else None."""
+    subsets = []
+    while isinstance(dataset, Subset):
+        subsets.append(dataset.indices)
+        dataset = dataset.dataset
+    if isinstance(dataset, ImageTensorDataset) and (dataset.transform is None or isinstance(dataset.transform, PadCropFlip)):
+        return dataset, subsets
+    return None
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -93,10 +181,10 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root if root is not None else os.environ.get(DATA_ENV, "data")).expanduser()
 
 
-def augmentation(size: int, flip: bool) -> Callable:
-    """Common-practice training augmentation: random crop with size/8 padding, optional h-flip."""
-    crop = T.RandomCrop(size, padding=size // 8)
-    return T.Compose([crop, T.RandomHorizontalFlip()]) if flip else crop
+def augmentation(size: int, flip: bool) -> PadCropFlip:
+    """Common-practice training augmentation of ``size``-pixel tensor images: random crop with
+    size/8 zero padding, optional h-flip."""
+    return PadCropFlip(padding=size // 8, flip=flip)
 
 
 # --- Named datasets: where their files are, how to read and fetch them, how to augment ---------
@@ -239,10 +327,11 @@ def _image_folder(path: Path, train: bool, augment: bool | None, image_size: int
     if augment and not image_size:
         raise ValueError("ImageFolder augmentation needs image_size (the crop size)")
     steps = [T.Resize(image_size), T.CenterCrop(image_size)] if image_size else []
+    steps.append(T.ToTensor())
     if train and augment is not False and image_size:
         steps.append(augmentation(image_size, flip=True))
     try:
-        return torchvision.datasets.ImageFolder(str(path), transform=T.Compose([*steps, T.ToTensor()]),
+        return torchvision.datasets.ImageFolder(str(path), transform=T.Compose(steps),
                                                 loader=_ImageLoader(resized=bool(image_size)))
     except FileNotFoundError as error:
         raise ValueError(f"ImageFolder {path} holds no usable images: {error}") from None
