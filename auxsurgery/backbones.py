@@ -72,7 +72,7 @@ class NormalizedBackbone(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Built-in backbones: the paper's LeNet-5 and VGG16, and a small CNN for demos
+# Built-in backbones: the paper's LeNet-5 and VGG16, a small CNN for demos, a narrow ResNet-9 for CPU studies
 # ---------------------------------------------------------------------------------------------
 
 class LeNet5(nn.Module):
@@ -153,11 +153,52 @@ class SmallCNN(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class _Residual(nn.Module):
+    """``x + f(x)`` with ``f`` two conv-BN-ReLU blocks of the same width."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = _conv_bn_relu(channels, channels)
+        self.conv2 = _conv_bn_relu(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.conv1(x))
+
+
+class ResNet9Cifar(nn.Module):
+    """A narrow ResNet-9 for 32x32 inputs, the layout of Page's DAWNBench CIFAR-10 network
+    (widths ``w, 2w, 4w, 8w``); not from the paper.
+
+    At the default ``width=16`` it costs about 24 MMACs per image, which is what lets the
+    CPU CIFAR-10 study train three models to convergence in about an hour on 2 cores.
+    Stages: ``prep`` (32x32), ``layer1`` (16x16), ``layer2`` (8x8), ``layer3`` (4x4).
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 16):
+        super().__init__()
+        self.prep = _conv_bn_relu(in_chans, width)
+        self.layer1 = nn.Sequential(_conv_bn_relu(width, 2 * width), nn.MaxPool2d(2), _Residual(2 * width))
+        self.layer2 = nn.Sequential(_conv_bn_relu(2 * width, 4 * width), nn.MaxPool2d(2))
+        self.layer3 = nn.Sequential(_conv_bn_relu(4 * width, 8 * width), nn.MaxPool2d(2), _Residual(8 * width))
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(8 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.prep(x))))
+        return self.fc(self.flatten(self.pool(x)))
+
+
 # name -> (constructor, mean, std, default input size)
 BUILTIN_MODELS: dict[str, tuple[Callable[..., nn.Module], tuple, tuple, tuple]] = {
     "lenet5": (LeNet5, (0.1307,), (0.3081,), (1, 28, 28)),
     "vgg16_cifar": (VGG16Cifar, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (3, 32, 32)),
     "small_cnn": (SmallCNN, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), (3, 32, 32)),
+    "resnet9_cifar": (ResNet9Cifar, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (3, 32, 32)),
 }
 
 
@@ -233,7 +274,8 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        where = "" if path.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
+        raise FileNotFoundError(f"weights file not found: {path}{where}")
     if _is_safetensors(path):
         from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
@@ -301,6 +343,7 @@ def load_weights(net: nn.Module, path: str | os.PathLike, what: str | None = Non
     """
     state, info = read_state_dict(path)
     expected = net.state_dict()
+    stored = _stored_normalization(state, set(expected))
     state, prefix = _align_keys(state, set(expected))
     # Checkpoints from before BatchNorm counted its batches lack the counter; it is not a weight.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
@@ -326,10 +369,49 @@ def load_weights(net: nn.Module, path: str | os.PathLike, what: str | None = Non
         name = what or type(net).__name__
         raise WeightsError(f"weights file {info['path']} does not fit {name}: {'; '.join(problems)}.{hint}")
     net.load_state_dict(state, strict=False)
-    return {**info, "prefix": prefix or None}
+    return {**info, "prefix": prefix or None, **({NORMALIZATION_INFO: stored} if stored else {})}
 
 
-def _weights_file(weights) -> Path | None:
+NORMALIZATION_INFO = "normalization"  # load_weights' info: the normalisation a NormalizedBackbone's file carries
+
+
+def _stored_normalization(state: Mapping[str, torch.Tensor], expected: set[str]) -> dict | None:
+    """The ``normalize.mean``/``normalize.std`` a NormalizedBackbone's state dict carries (the training
+    engine saves plain backbones whole), as lists; None when absent or when ``net`` itself holds them."""
+    keys = ("normalize.mean", "normalize.std")
+    if not set(keys) <= state.keys() or set(keys) & expected:
+        return None
+    mean, std = (state[k].detach().float().flatten() for k in keys)
+    return {"mean": mean.tolist(), "std": std.tolist()} if mean.numel() == std.numel() else None
+
+
+def _with_stored_normalization(info: dict, mean: Sequence[float], std: Sequence[float],
+                               chosen: bool) -> tuple[Sequence[float], Sequence[float]]:
+    """The normalisation to build with once a weights file is loaded: a file saved from a NormalizedBackbone
+    carries the normalisation its network was trained behind, which wins over the model's default; one the
+    caller chose (``chosen``) must agree with it. Takes the file's record out of ``info`` (the spec's)."""
+    stored = info.pop(NORMALIZATION_INFO, None)
+    if stored is None:
+        return mean, std
+
+    def same(a, b) -> bool:
+        return len(a) == len(b) and torch.allclose(torch.tensor(list(a), dtype=torch.float32),
+                                                   torch.tensor(list(b), dtype=torch.float32), rtol=1e-6, atol=1e-7)
+
+    if same(stored["mean"], mean) and same(stored["std"], std):
+        return mean, std
+    if chosen:
+        def shown(values) -> str:
+            return ",".join(f"{v:.6g}" for v in values)
+
+        raise WeightsError(f"weights file {info['path']} was saved behind the input normalisation mean "
+                           f"{shown(stored['mean'])} std {shown(stored['std'])}, but mean {shown(mean)} std "
+                           f"{shown(std)} was asked for: drop --mean/--std (mean=/std=) to use the file's, or pass "
+                           "the file's values")
+    return [round(v, 7) for v in stored["mean"]], [round(v, 7) for v in stored["std"]]
+
+
+def weights_file(weights) -> Path | None:
     """``weights`` as a file path, or None when it names hub weights (``DEFAULT``, ``IMAGENET1K_V2``, ...)."""
     if weights is None:
         return None
@@ -447,11 +529,12 @@ def backbone_from_factory(
     size = tuple(int(s) for s in input_size) if input_size else None
     if size:
         spec["input_size"] = list(size)
-    path = _weights_file(weights)
+    path = weights_file(weights)
     if weights is not None and path is None:
         raise ValueError(f"weights={weights!r}: a factory's weights come from a file (path to a state dict)")
     if path is not None:
         spec["weights"] = load_weights(net, path, what=name)
+        _with_stored_normalization(spec["weights"], mean, std, chosen=True)  # a factory's mean/std are always chosen
     return NormalizedBackbone(net, mean, std, spec=spec, default_input_size=size)
 
 
@@ -619,7 +702,10 @@ def build_backbone(
         weights: a weights file (a ``torch.save``'d state dict, loaded with ``weights_only=True``; a
             safetensors file; a timm checkpoint with ``state_dict``/``state_dict_ema``), loaded
             exactly into the network (mismatches raise a :class:`WeightsError` listing them); its
-            path and sha256 go into the spec. For torchvision, a weights name (``DEFAULT``,
+            path and sha256 go into the spec. A file saved from a NormalizedBackbone (the training
+            engine's ``last.safetensors`` of a plain backbone) also carries its input normalisation,
+            which replaces the model's default (``mean``/``std``, when given, must agree with it).
+            For torchvision, a weights name (``DEFAULT``,
             ``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``) loads those hub weights instead.
         model_kwargs: extra arguments of the model's constructor (kept in the spec).
     """
@@ -632,7 +718,7 @@ def build_backbone(
         return backbone_from_factory(bare, mean=mean, std=std, num_classes=num_classes, in_chans=in_chans,
                                      weights=weights)
     num_classes = 1000 if num_classes is None else num_classes
-    path = _weights_file(weights)
+    path = weights_file(weights)
     hub_weights = str(weights) if weights is not None and path is None else None
     if path is not None and pretrained:
         raise ValueError("pretrained=True loads the library's weights and weights=PATH your own; pick one")
@@ -656,12 +742,16 @@ def build_backbone(
         net, norm_mean, norm_std, size, extra = _build_torchvision(bare, num_classes, pretrained, in_chans or 3, kwargs)
     else:
         net, norm_mean, norm_std, size, extra = _build_timm(bare, num_classes, bool(pretrained), in_chans or 3, kwargs)
+    chosen = mean is not None or std is not None
     mean = tuple(mean) if mean is not None else norm_mean
     std = tuple(std) if std is not None else norm_std
+    loaded = load_weights(net, path, what=f"{bare} ({source})") if path is not None else None
+    if loaded is not None:
+        mean, std = _with_stored_normalization(loaded, mean, std, chosen)
     spec = {"name": extra.pop("name", bare), "source": source, "num_classes": num_classes, "in_chans": size[0],
             "mean": list(mean), "std": list(std), **extra}
-    if path is not None:
-        spec["weights"] = load_weights(net, path, what=f"{bare} ({source})")
+    if loaded is not None:
+        spec["weights"] = loaded
     return NormalizedBackbone(net, mean, std, spec=spec, default_input_size=size)
 
 

@@ -13,6 +13,7 @@ from ..cost import head_costs
 from ..graph import list_attach_points
 from ..heads import list_heads
 from ..surgery import attach_aux_blocks, parse_input_size
+from .backbone_options import Mean, ModelFactory, ModelName, Std, Weights, backbone_from_options
 from .options import Json, Seed, head_choice, messages, print_json, results
 
 
@@ -91,12 +92,16 @@ def layers(
 
 
 def attach(
-    model: str = typer.Argument(..., help="Model name: resnet18, timm:convnext_atto, lenet5, ..."),
+    model: ModelName = None,
     at: str = typer.Option("auto:3", help="Comma-separated attach points, or auto:K."),
     num_classes: int = typer.Option(10, help="Number of classes."),
     input_size: Optional[str] = typer.Option(None, help="C x H x W, e.g. 3x32x32 (default: the model's own)."),
     head: str = typer.Option("default", help="Head preset, default:<width>, or one per point (comma-separated)."),
     pretrained: bool = typer.Option(False, help="Start from the library's pretrained weights (downloads)."),
+    weights: Weights = None,
+    model_factory: ModelFactory = None,
+    mean: Mean = None,
+    std: Std = None,
     out: Optional[Path] = typer.Option(None, help="Save the AuxModel here (safetensors + surgery spec)."),
     seed: Seed = 0,
     as_json: Json = False,
@@ -104,18 +109,22 @@ def attach(
     """Attach Aux Block heads to a backbone; print the heads and their cost.
 
     Example: auxsurgery attach resnet18 --at layer1,layer2 --input-size 3x32x32 --out model.safetensors
+
+    Example: auxsurgery attach resnet18 --weights my_resnet.pth --input-size 3x32x32 --out model.safetensors
     """
     import torch
 
-    torch.manual_seed(seed)  # the heads' initial weights
-    aux = attach_aux_blocks(model, at=at, num_classes=num_classes, input_size=input_size, head=head_choice(head),
-                            pretrained=pretrained)
+    size = parse_input_size(input_size) if input_size else None
+    torch.manual_seed(seed)  # the backbone's new weights (without --weights), then the heads'
+    backbone = backbone_from_options(model, num_classes=num_classes, weights=weights, model_factory=model_factory,
+                                     mean=mean, std=std, pretrained=pretrained, in_chans=size[0] if size else None)
+    aux = attach_aux_blocks(backbone, at=at, num_classes=num_classes, input_size=size, head=head_choice(head))
     costs = head_costs(aux)
     saved = str(save(aux, out)) if out else None
     if as_json:
         print_json({"spec": aux.spec, "costs": [c.to_dict() for c in costs], "saved": saved})
     else:
-        _print_costs(model, aux, costs)
+        _print_costs(model or model_factory, aux, costs)
     if saved:
         messages.print(f"saved to {saved}")
 

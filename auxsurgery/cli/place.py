@@ -10,11 +10,12 @@ import typer
 from .._utils import run_folder_lock
 from ..data import dataset_classes, load_dataset
 from ..studies.placement import place_study, trained_backbone
+from .backbone_options import Mean, ModelFactory, ModelName, Std, Weights, backbone_from_options
 from .options import DataRoot, Device, Json, Out, Seed, messages, print_json, results
 
 
 def place(
-    model: str = typer.Argument(..., help="Backbone name: small_cnn, resnet18, timm:convnext_atto, ..."),
+    model: ModelName = None,
     candidates: str = typer.Option(..., help="Attach points, comma-separated; each one is a placement "
                                              "(list them with `auxsurgery layers MODEL`)."),
     sets: Optional[str] = typer.Option(None, help="Multi-point placements: points joined by '+', sets by ',' "
@@ -29,8 +30,13 @@ def place(
     head: str = typer.Option("default", help="Head preset (see `auxsurgery attach --help`)."),
     mode: str = typer.Option("heads", help="'heads' freezes the backbone; 'full' fine-tunes everything."),
     train_backbone_epochs: Optional[int] = typer.Option(
-        None, help="Train the backbone this many epochs first (default: 3 for random weights, 0 with --pretrained)."),
+        None, help="Train the backbone this many epochs first (default: 3 for random weights, 0 with --weights or "
+                   "--pretrained: your trained backbone is used as it is)."),
     pretrained: bool = typer.Option(False, help="Load the backbone's pretrained weights."),
+    weights: Weights = None,
+    model_factory: ModelFactory = None,
+    mean: Mean = None,
+    std: Std = None,
     device: Device = "auto",
     as_json: Json = False,
 ):
@@ -41,6 +47,8 @@ def place(
     Writes placement.json, placement.md and placement.png under --out; --json prints placement.json.
 
     Example: auxsurgery place small_cnn --candidates stage1,stage2,stage3 --data synthetic
+
+    Example: auxsurgery place resnet9_cifar --weights runs/r9/last.safetensors --candidates layer1,layer2 --data cifar10
     """
     with run_folder_lock(out, "auxsurgery place"):  # first: a busy or unwritable folder fails before training
         torch.manual_seed(seed)
@@ -49,7 +57,9 @@ def place(
         classes = dataset_classes(train_set)
         if classes is None:
             raise ValueError(f"dataset {data!r} names no classes; cannot size the classifier")
-        backbone = trained_backbone(model, train_set, len(classes), pretrained, train_backbone_epochs, seed, device)
+        backbone = backbone_from_options(model, num_classes=len(classes), weights=weights, model_factory=model_factory,
+                                         mean=mean, std=std, pretrained=pretrained, in_chans=train_set[0][0].shape[0])
+        backbone = trained_backbone(backbone, train_set, len(classes), pretrained, train_backbone_epochs, seed, device)
         messages.rule("placement study")
         result = place_study(backbone, train_set, test_set, candidates,
                              sets=[s.replace("+", ",") for s in sets.split(",") if s.strip()] if sets else None,

@@ -1,14 +1,16 @@
 """``auxsurgery train``: fine-tune an AuxModel (a checkpoint, or a backbone name plus --at) on a dataset."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..data import load_dataset
+from ..data import dataset_classes, load_dataset
 from ..train import TrainConfig, adversarial_preset, finetune, paper_config, starting_model
 from ..train.distributed import launched_rank
 from ..train.run_files import written_files
+from .backbone_options import Mean, ModelFactory, Std, Weights, backbone_from_options, load_checkpoint
 from .options import DataRoot, Device, Json, Out, Seed, head_choice, messages, print_json, results
 
 
@@ -20,13 +22,18 @@ def _summary(result, config: TrainConfig, files: list[str]) -> dict:
 
 
 def train(
-    model: Annotated[str, typer.Argument(
-        help="A checkpoint (from `auxsurgery attach` or a previous run), or a backbone name.")],
-    out: Out,
+    out: Out,  # required (no default); declared first so that MODEL may be omitted with --model-factory
+    model: Annotated[Optional[str], typer.Argument(
+        help="A checkpoint (from `auxsurgery attach` or a previous run), or a backbone name (omit it with "
+             "--model-factory).")] = None,
     data: str = typer.Option("synthetic", help="mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic, or an ImageFolder path."),
     at: str = typer.Option("auto:3", help="With a backbone name: attach points (comma-separated) or auto:K."),
     head: str = typer.Option("default", help="With a backbone name: head preset, or one per point (comma-separated)."),
     pretrained: bool = typer.Option(False, help="With a backbone name: start from pretrained weights (downloads)."),
+    weights: Weights = None,
+    model_factory: ModelFactory = None,
+    mean: Mean = None,
+    std: Std = None,
     data_root: DataRoot = None,
     download: bool = typer.Option(False, "--download", help="Download a missing named dataset."),
     subset: Optional[int] = typer.Option(None, help="Train on the first N training samples."),
@@ -59,6 +66,8 @@ def train(
     Writes metrics.jsonl, best/last.safetensors and train_state.pt under --out; --json prints a summary.
     Under torchrun (``torchrun --nproc_per_node 2 -m auxsurgery train ...``) the run is data-parallel.
 
+    With a backbone name, --weights starts from your trained weights (the heads are new).
+
     Example: auxsurgery train small_cnn --at auto:3 --data synthetic --epochs 10 --schedule cosine --out runs/demo
     """
     chosen = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
@@ -74,7 +83,22 @@ def train(
                              subset=subset)
     val_set = load_dataset(data, root=data_root, train=False, download=download, image_size=image_size,
                            subset=val_subset)
-    aux = starting_model(model, train_set, at=at, head=head_choice(head), pretrained=pretrained, seed=config.seed)
+    if model and Path(model).is_file():  # a checkpoint carries its backbone's weights and normalisation
+        given = [f"--{name}" for name, value in (("weights", weights), ("mean", mean), ("std", std),
+                                                 ("pretrained", pretrained)) if value]
+        if given:
+            raise ValueError(f"{model} is a checkpoint, which carries its own weights and normalisation: "
+                             f"{', '.join(given)} apply to a backbone name; drop {'them' if len(given) > 1 else 'it'}")
+        aux = load_checkpoint(model, model_factory)
+    else:
+        import torch
+
+        classes = dataset_classes(train_set)
+        torch.manual_seed(config.seed)  # the backbone's new weights, then the heads'
+        backbone = backbone_from_options(model, num_classes=len(classes) if classes is not None else None,
+                                         weights=weights, model_factory=model_factory, mean=mean, std=std,
+                                         pretrained=pretrained, in_chans=train_set[0][0].shape[0])
+        aux = starting_model(backbone, train_set, at=at, head=head_choice(head), seed=None)
     result = finetune(aux, train_set, val_set, config)
     if launched_rank() != 0:  # under torchrun, rank 0 reports
         return

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .._utils import atomic_write, markdown_table
-from ..backbones import build_backbone
+from ..backbones import PROVENANCE_KEYS, build_backbone
 from ..cost import head_costs
 from ..evaluation import collect, run_suite
 from ..evaluation.plans import HEADS_SUITE
@@ -172,19 +172,36 @@ class PlacementResult:
                 self.plot(out_dir / "placement.png")]
 
 
-def trained_backbone(name: str, train_set: Dataset, num_classes: int, pretrained: bool = False,
+def trained_backbone(model: str | nn.Module, train_set: Dataset, num_classes: int, pretrained: bool = False,
                      epochs: int | None = None, seed: int = 0, device: str = "auto") -> nn.Module:
-    """The backbone the placements share, trained for ``epochs`` (default: 3 for random weights, 0 if pretrained)."""
-    backbone = build_backbone(name, num_classes=num_classes, pretrained=pretrained, in_chans=train_set[0][0].shape[0])
+    """The backbone the placements share, trained for ``epochs``.
+
+    ``model`` is a backbone name (built for ``num_classes`` and the data's channels, with the library's
+    weights if ``pretrained``) or a backbone already built, e.g. ``build_backbone(name, weights=PATH)``.
+    ``epochs`` defaults to 3 for random weights and 0 for loaded ones (``pretrained``, a backbone whose spec
+    records a weights file or pretrained weights, or a module of yours without a spec): a trained backbone
+    is used as it is.
+    """
+    if isinstance(model, nn.Module):
+        backbone = model
+        spec = getattr(model, "spec", None)
+        loaded = pretrained or not spec or any(key in spec for key in PROVENANCE_KEYS)
+    else:
+        backbone = build_backbone(model, num_classes=num_classes, pretrained=pretrained,
+                                  in_chans=train_set[0][0].shape[0])
+        loaded = pretrained
+    name = getattr(backbone, "spec", {}).get("name") or type(backbone).__name__
     if epochs is None:
         # Heads on a random-weight backbone measure nothing: train it unless weights were loaded.
-        epochs = 0 if pretrained else 3
+        epochs = 0 if loaded else 3
     if epochs > 0:
         console.rule(f"train {name} for {epochs} epoch(s)")
         finetune(backbone, train_set, None, TrainConfig.quick(epochs, seed=seed, out_dir=None, device=device))
-    elif not pretrained:
+    elif loaded:
+        console.print(f"using {name}'s loaded weights as they are (no backbone training)")
+    else:
         console.print("[yellow]warning[/yellow]: the backbone has random weights, so the placements measure "
-                      "nothing; train it first (epochs > 0) or load pretrained weights")
+                      "nothing; train it first (epochs > 0) or load trained weights (--weights, --pretrained)")
     return backbone
 
 

@@ -23,7 +23,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from .._utils import did_you_mean
-from ..backbones import resolve_name
+from ..backbones import FACTORY_PREFIX, weights_file, resolve_name
 from ..data import SOURCES, SYNTHETIC_NAMES
 from ..evaluation import Budget, list_suites
 from ..evaluation.presets import PRESETS as ATTACK_PRESETS
@@ -84,7 +84,10 @@ SCHEMA: dict[str, dict] = {
                "paper": Key("str", "none", PAPER_SETTINGS), "seed": Key("int", 0)},
     "data": {"name": Key("str", REQUIRED), "root": Key("str"), "train_subset": Key("int"), "val_subset": Key("int"),
              "image_size": Key("int"), "augment": Key("bool"), "download": Key("bool", False)},
-    "backbone": {"name": Key("str", REQUIRED), "pretrained": Key("bool", False)},
+    # name, or model_factory (your network: imports and runs that code when the recipe runs, never on --check)
+    # with mean and std; weights is a file (relative to the recipe's folder) or a torchvision weights name.
+    "backbone": {"name": Key("str"), "model_factory": Key("str"), "pretrained": Key("bool", False),
+                 "weights": Key("str"), "mean": Key("float-list"), "std": Key("float-list")},
     "train": {"preset": Key("str", None, tuple(PAPER_PRESETS)), **TRAIN_KEYS},
     "undefended": {"enabled": Key("bool", True), "train": TRAIN_KEYS},
     "adversarial": {"enabled": Key("bool", False), "init": Key("str", "undefended", INITS),
@@ -129,6 +132,37 @@ class Recipe:
     def error(self, where: str, message: str) -> RecipeError:
         """A RecipeError for ``where`` (``[section] key``) in this recipe's file."""
         return RecipeError(f"{self.path}: {where}: {message}")
+
+    @property
+    def folder(self) -> Path:
+        """The folder relative paths in the recipe are read from: the recipe file's (the current folder for a
+        recipe given as text)."""
+        return Path(self.path).parent if self.path != "<string>" else Path(".")
+
+    def path_of(self, value: str) -> Path:
+        """A path the recipe names: absolute as it is, relative from :attr:`folder`."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.folder / path
+
+    def backbone_name(self) -> str:
+        """The name :func:`auxsurgery.build_backbone` builds: ``[backbone] name``, or ``factory:`` and
+        ``model_factory`` (a ``path/to/file.py`` module read from :attr:`folder`)."""
+        b = self["backbone"]
+        if not b["model_factory"]:
+            return b["name"]
+        module, sep, function = b["model_factory"].partition(":")
+        if module.endswith(".py"):
+            module = str(self.path_of(module))
+        return f"{FACTORY_PREFIX}{module}{sep}{function}"
+
+    def backbone_weights(self) -> str | Path | None:
+        """``[backbone] weights``: a file (a relative path is read from :attr:`folder`), a torchvision
+        weights name (``DEFAULT``, ``IMAGENET1K_V1``) as it is, or None."""
+        weights = self["backbone"]["weights"]
+        if weights is None:
+            return None
+        local = self.path_of(weights)
+        return local if weights_file(weights) is not None or local.is_file() else weights
 
     def train_config(self, model: str, **fixed) -> TrainConfig:
         """The TrainConfig of ``model`` (undefended, adversarial, aux): the paper preset ``[train]``
@@ -232,10 +266,7 @@ def _fill(section: str, table, schema: dict) -> dict:
 
 def _check_names(r: Recipe) -> None:
     """Names the schema cannot check: models, heads, datasets, suites, rules, cross-key rules."""
-    try:
-        resolve_name(r["backbone"]["name"])
-    except ValueError as err:
-        raise r.error("[backbone] name", str(err)) from None
+    _check_backbone(r)
     data = r["data"]["name"]
     known_data = [*SOURCES, *SYNTHETIC_NAMES]
     if data.lower() not in known_data and "/" not in data and not Path(data).is_dir():
@@ -268,6 +299,52 @@ def _check_names(r: Recipe) -> None:
     for model in ("undefended", "adversarial", "aux"):
         if r[model]["enabled"]:
             r.train_config(model)  # raises on bad choices (optimizer, schedule, ...)
+
+
+def _check_backbone(r: Recipe) -> None:
+    """``[backbone]``: a known model name or a model factory (not imported here), both or neither of mean and
+    std, and a weights file that exists."""
+    b = r["backbone"]
+    if b["name"] and b["model_factory"]:
+        raise r.error("[backbone]", "set name or model_factory, not both")
+    if not b["name"] and not b["model_factory"]:
+        raise RecipeError(f'{r.path}: [backbone] name is required (or model_factory = "package.module:function" '
+                          "for your own network)")
+    if b["name"]:
+        if b["name"].startswith(FACTORY_PREFIX):
+            raise r.error("[backbone] name", f'write your own network as model_factory = '
+                                             f'"{b["name"][len(FACTORY_PREFIX):]}", with mean and std')
+        try:
+            resolve_name(b["name"])
+        except ValueError as err:
+            raise r.error("[backbone] name", str(err)) from None
+    if (b["mean"] is None) != (b["std"] is None):
+        raise r.error("[backbone] mean, std", "give both, or neither (the model's own normalisation)")
+    if b["mean"] is not None and (not b["mean"] or len(b["mean"]) != len(b["std"]) or min(b["std"]) <= 0):
+        raise r.error("[backbone] mean, std", f"need one value per channel each (or one for all), std > 0; got "
+                                              f"mean {b['mean']}, std {b['std']}")
+    if b["model_factory"]:
+        module, sep, function = b["model_factory"].partition(":")
+        if not (module and sep and function):
+            raise r.error("[backbone] model_factory", "write it as package.module:function or "
+                                                      f"path/to/file.py:function, got {b['model_factory']!r}")
+        if module.endswith(".py") and not r.path_of(module).is_file():
+            raise r.error("[backbone] model_factory", f"file not found: {r.path_of(module)} (a relative path is read "
+                                                      f"from the recipe's folder, {r.folder.resolve()})")
+        if b["mean"] is None:
+            raise r.error("[backbone] model_factory", "needs mean and std, the normalisation your network expects "
+                                                      "(mean = [0.0], std = [1.0] for one that takes [0, 1] pixels)")
+        if b["pretrained"]:
+            raise r.error("[backbone] pretrained", "a model factory builds its own network; load your weights with "
+                                                   "weights = PATH")
+    weights = r.backbone_weights()
+    if weights is not None:
+        if b["pretrained"]:
+            raise r.error("[backbone] weights", "pretrained = true loads the library's weights and weights your own; "
+                                                "pick one")
+        if isinstance(weights, Path) and not weights.is_file():
+            raise r.error("[backbone] weights", f"file not found: {weights} (a relative path is read from the "
+                                                f"recipe's folder, {r.folder.resolve()})")
 
 
 def _to_toml(table: dict, name: str = "", array: bool = False) -> str:
