@@ -15,9 +15,18 @@ each eps (in [0, 1] pixels) and the first N test points, measured in one run:
 The models are trained here once and cached beside the results (weights are not committed); results
 are kept per (model, eps) and a rerun skips what is done (``--rerun`` redoes it).
 
+With ``--run FOLDER`` it cross-checks a recipe run instead (``auxsurgery run``): for each trained model and
+eps reading of the run, AutoAttack's standard protocol on the first N points the recipe attacked, against the
+per-point worst case the recipe's own evaluation recorded (every attack of its suites, read from its
+results.json; nothing of ours is re-run), for each rule the recipe attacked. ``--limit MODEL=N`` caps the points
+of one model (AutoAttack on a robust model costs far more than the suite's cascade). Written beside the run:
+``autoattack_check.json`` and ``autoattack_check.md``.
+
 Usage:
   OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 500 \\
       --out benchmarks/results/suite_vs_autoattack [--bf16]
+  OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data \\
+      --run benchmarks/results/cifar10-resnet9-cpu --readings 8-255 --limit adversarial=250
 """
 from __future__ import annotations
 
@@ -28,12 +37,13 @@ from pathlib import Path
 
 import torch
 
-from auxsurgery import attach_aux_blocks, load, save
+from auxsurgery import attach_aux_blocks, build_backbone, load, save
 from auxsurgery._utils import atomic_write, markdown_table
-from auxsurgery.data import load_dataset
+from auxsurgery.data import dataset_classes, load_dataset
 from auxsurgery.evaluation import collect, run_suite
 from auxsurgery.evaluation.autoattack import autoattack
 from auxsurgery.provenance import command_line, machine, versions
+from auxsurgery.studies.recipe import load_recipe
 from auxsurgery.train import TrainConfig, finetune, paper_config
 
 # name -> (dataset, eps values in pixels, how to build and train it)
@@ -119,6 +129,77 @@ def report(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+RUN_CHECK = "autoattack_check"
+
+
+def run_model(run: Path, name: str, recipe, num_classes: int):
+    """The trained model of stage ``name`` of a recipe run (its last checkpoint, which the run evaluated)."""
+    path = run / name / "train" / "last.safetensors"
+    if name == "aux":
+        return load(path).eval()
+    return build_backbone(recipe["backbone"]["name"], num_classes=num_classes, weights=path).eval()
+
+
+def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None, limits: dict[str, int],
+                    rerun: bool) -> None:
+    """AutoAttack against the per-point worst case a recipe run recorded, per model, reading and rule."""
+    recipe = load_recipe(run / "recipe.toml")
+    test = load_dataset(recipe["data"]["name"], root=data_root, train=False)
+    path = run / f"{RUN_CHECK}.json"
+    doc = json.loads(path.read_text()) if path.exists() and not rerun else {"records": {}}
+    doc.update(command=command_line(), machine=machine(), versions=versions())
+    for name in ("undefended", "adversarial", "aux"):
+        if not (run / name / "train" / "last.safetensors").exists():
+            continue
+        model = None
+        for reading in [r["name"] for r in recipe["attack"]["readings"]]:
+            if readings and reading not in readings:
+                continue
+            results = json.loads((run / name / "eval" / reading / "results.json").read_text())
+            n = min(results["data"]["n"], limits.get(name, results["data"]["n"]))
+            eps = results["worst_case"]["threat"]["eps"]
+            x, y, _ = collect(test, n)
+            for rule in results["settings"]["rules"]:
+                key = f"{name}@{reading}@{rule}"
+                if key in doc["records"] and doc["records"][key]["n"] == n:
+                    continue
+                model = model or run_model(run, name, recipe, len(dataset_classes(test)))
+                print(f"== {key} (n={n})", flush=True)
+                suite_robust = torch.tensor(results["per_sample"]["robust"][rule][:n])
+                standard = autoattack(model, x, y, eps, rule=rule, protocol="standard")
+                doc["records"][key] = {
+                    "model": name, "reading": reading, "rule": rule, "eps": eps, "n": n,
+                    "suite": suite_robust.float().mean().item(),
+                    "autoattack": {"accuracy": standard.accuracy, "seconds": standard.seconds,
+                                   "stages": standard.stages},
+                    "union": (suite_robust & standard.robust).float().mean().item(),
+                    "suite_robust_autoattack_fooled": (suite_robust & ~standard.robust).nonzero().flatten().tolist(),
+                    "autoattack_robust_suite_fooled": int((standard.robust & ~suite_robust).sum()),
+                    "suite_seconds_all_points": results["timings"]["total_seconds"],
+                }
+                atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+                atomic_write(run / f"{RUN_CHECK}.md", lambda tmp: Path(tmp).write_text(run_report(doc)))
+    print(run_report(doc), flush=True)
+
+
+def run_report(doc: dict) -> str:
+    """The cross-check of a recipe run as Markdown."""
+    rows = [[r["model"], r["reading"], r["rule"], str(r["n"]), f"{100 * r['suite']:.1f}",
+             f"{100 * r['autoattack']['accuracy']:.1f}", f"{100 * r['union']:.1f}",
+             str(len(r["suite_robust_autoattack_fooled"])), str(r["autoattack_robust_suite_fooled"]),
+             f"{r['autoattack']['seconds'] / 60:.1f}"] for r in doc["records"].values()]
+    lines = ["# AutoAttack cross-check of a recipe run", "", f"Command: `{doc['command']}`", "",
+             f"Machine: {doc['machine']}", "",
+             "Accuracy in % on the first n test points the recipe attacked. *suite*: the recipe's own per-point worst "
+             "case over all its attacks at the reading's eps (from its results.json); *AutoAttack*: the standard "
+             "protocol (APGD-CE, APGD-T with 9 targets, FAB-T, Square with 5,000 queries) on the ensemble's "
+             "log-probabilities, each example judged by the rule; *union*: robust only if neither broke it. "
+             "*suite robust, AA fooled* are the suite's misses (must be 0).", ""]
+    lines += markdown_table(["model", "reading", "rule", "n", "suite", "AutoAttack", "union", "suite robust, AA fooled",
+                             "AA robust, suite fooled", "AutoAttack min"], rows)
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=None)
@@ -127,7 +208,16 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/suite_vs_autoattack")
     parser.add_argument("--bf16", action="store_true", help="also run the suite with bf16 attack steps")
     parser.add_argument("--rerun", action="store_true", help="redo records that exist")
+    parser.add_argument("--run", help="cross-check this recipe run folder instead (see above)")
+    parser.add_argument("--readings", help="with --run: comma-separated eps readings (default: all of the run's)")
+    parser.add_argument("--limit", action="append", default=[], metavar="MODEL=N",
+                        help="with --run: AutoAttack on the first N points only for MODEL (repeatable)")
     args = parser.parse_args()
+    if args.run:
+        limits = {model: int(n) for model, n in (item.split("=") for item in args.limit)}
+        readings = args.readings.split(",") if args.readings else None
+        cross_check_run(Path(args.run), args.data_root, readings, limits, args.rerun)
+        return
 
     out = Path(args.out)
     path = out / "suite_vs_autoattack.json"

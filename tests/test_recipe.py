@@ -177,6 +177,26 @@ def test_run_writes_comparison_with_paper_values(tiny_run):
     assert "| Aux Block: vote | " in (out / "report.md").read_text()
 
 
+def test_report_has_intervals_heads_and_wall_times(tiny_run):
+    _, out, report = tiny_run
+    wide = {row["label"]: row["cells"] for row in report["tables"]["wide"]}
+    clean = wide["Aux Block: vote"]["clean"]
+    low, high = clean["interval"]
+    assert 0 <= low <= clean["ours"] <= high <= 100 and high - low > 10  # 12 points: a wide interval
+    doc = json.loads((out / "aux/eval/wide/results.json").read_text())
+    heads = report["heads"]["wide"]
+    assert list(heads) == ["clean", "PGD", "Adp-PGD", "worst case"]
+    assert heads["clean"] == pytest.approx({h: 100 * a for h, a in doc["clean"]["heads"].items()})
+    assert (out / "aux_heads.png").is_file()
+    # Every epoch records its wall time; the report sums them per model, and times each evaluation.
+    records = [json.loads(line) for line in (out / "aux/train/metrics.jsonl").read_text().splitlines()]
+    assert report["train_seconds"]["aux"] == pytest.approx(sum(r["seconds"] for r in records))
+    assert report["eval_seconds"]["aux"]["wide"] == doc["timings"]["total_seconds"]
+    markdown = (out / "report.md").read_text()
+    assert "## The Aux Block model's heads" in markdown and "training wall time (min)" in markdown
+    assert f"{clean['ours']:.1f} ({low:.1f}-{high:.1f})" in markdown
+
+
 def test_rerun_resumes_instead_of_recomputing(tiny_run, monkeypatch):
     recipe, out, report = tiny_run
     (out / "aux/eval/narrow/results.json").unlink()

@@ -14,11 +14,12 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .._utils import atomic_write, markdown_table
+from ..evaluation.confidence import wilson_interval
 from ..evaluation.report import fmt_eps
 from ..model import RULES
 from .paper import paper_value
 
-__all__ = ["COLUMNS", "ROWS", "SCHEMA", "build_report", "plot_curves", "reading_table", "report_markdown"]
+__all__ = ["COLUMNS", "ROWS", "SCHEMA", "build_report", "plot_curves", "plot_heads", "reading_table", "report_markdown"]
 
 SCHEMA = "auxsurgery.recipe-report/1"
 # The paper's method name of the Aux Block rules it reports ("all" is Algorithm 1's vote).
@@ -57,16 +58,22 @@ def _cell(documents: dict, model: str, reading: str, column: str, rule: str) -> 
     return value, None
 
 
+def _interval(accuracy: float | None, n: int) -> list[float] | None:
+    """The 95% Wilson interval of an accuracy in %, in %."""
+    return None if accuracy is None else [100 * bound for bound in wilson_interval(accuracy / 100, n)]
+
+
 def _table(documents: dict, reading: str, setting: str) -> list[dict]:
     rows = []
     for label, model, rule, method in ROWS:
         if model not in documents:
             continue
         cells = {}
+        n = documents[model][reading]["data"]["n"]
         for column in COLUMNS:
             ours, borrowed = _cell(documents, model, reading, column, rule)
             paper = paper_value(setting, method, column) if method else None
-            cells[column] = {"ours": ours, "paper": paper, "from_reading": borrowed}
+            cells[column] = {"ours": ours, "interval": _interval(ours, n), "paper": paper, "from_reading": borrowed}
         rows.append({"label": label, "model": model, "rule": rule, "paper_method": method, "cells": cells})
     return rows
 
@@ -83,6 +90,25 @@ def _curve(doc: dict) -> dict:
     return {"rule": rule, "series": {name: sorted(points) for name, points in series.items()}}
 
 
+CURVES_PLOT, HEADS_PLOT = "accuracy_vs_eps.png", "aux_heads.png"
+# The per-head panel: clean accuracy and the attacks that tell whether the heads fall together.
+HEAD_COLUMNS = ("clean", "PGD", "Adp-PGD", "worst case")
+
+
+def _heads(documents: dict, readings: list[dict]) -> dict:
+    """``{reading: {column: {head: accuracy %}}}`` of the Aux Block model (empty without one)."""
+    if "aux" not in documents:
+        return {}
+    panels = {}
+    for reading in readings:
+        doc = documents["aux"][reading["name"]]
+        rows = {"clean": doc["clean"], "worst case": doc["worst_case"],
+                **{r["name"]: r for r in doc["attacks"] if r["name"] in HEAD_COLUMNS}}
+        panels[reading["name"]] = {column: {head: 100 * acc for head, acc in rows[column]["heads"].items()}
+                                   for column in HEAD_COLUMNS if column in rows}
+    return panels
+
+
 def build_report(recipe, documents: dict, readings: list[dict]) -> dict:
     """The comparison as a JSON-able dict (schema ``auxsurgery.recipe-report/1``)."""
     setting = recipe["recipe"]["paper"]
@@ -94,6 +120,9 @@ def build_report(recipe, documents: dict, readings: list[dict]) -> dict:
         "n": {model: next(iter(docs.values()))["data"]["n"] for model, docs in documents.items()},
         "tables": {r["name"]: _table(documents, r["name"], setting) for r in readings},
         "curve": {model: _curve(docs["curve"]) for model, docs in documents.items() if "curve" in docs},
+        "heads": _heads(documents, readings),
+        "eval_seconds": {model: {reading: doc["timings"]["total_seconds"] for reading, doc in docs.items()}
+                         for model, docs in documents.items()},
         "warnings": [f"{model} / {reading}: {f['message']}" for model, docs in documents.items()
                      for reading, doc in docs.items() for f in doc["sanity"] if f["level"] == "warning"],
         "reports": {model: {reading: f"{model}/eval/{reading}/report.md" for reading in docs}
@@ -107,6 +136,8 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def _cell_text(cell: dict, with_paper: bool) -> str:
     text = _fmt(cell["ours"]) + ("*" if cell["from_reading"] else "")
+    if cell.get("interval"):  # reports written before 0.2 have none
+        text += " ({:.1f}-{:.1f})".format(*cell["interval"])
     return f"{text} / {_fmt(cell['paper'], 2)}" if with_paper else text
 
 
@@ -141,15 +172,25 @@ def report_markdown(report: dict, plots: list[str]) -> str:
              "each model's own decision): a baseline, not an evaluation of the defence. Adp-PGD is the paper's "
              "adaptive attack on the joint loss. *worst case* is per sample over every L-inf attack run within the "
              "reading's eps (with the strong suite: its cascades of APGD, targeted APGD and Square on each attacked "
-             "rule); the paper has no such column, and it is the number to quote.", ""]
+             "rule); the paper has no such column, and it is the number to quote. In brackets: the 95% Wilson "
+             "interval of each of our accuracies over the attacked test points.", ""]
     lines += ["## Training", ""]
     training = []
     for model, record in report["training"].items():
         accuracy = record.get("val/rule/vote", record.get("val/head/public"))
+        seconds = report.get("train_seconds", {}).get(model)
         training.append([model, str(record["epoch"]), _fmt(None if accuracy is None else 100 * accuracy, 2),
-                         f"{record['images_per_s']:.0f}"])
-    lines += markdown_table(["model", "epochs", "validation accuracy (its decision)", "images/s"], training)
+                         _fmt(record["images_per_s"], 0), _fmt(None if seconds is None else seconds / 60)])
+    lines += markdown_table(["model", "epochs", "validation accuracy (its decision)", "images/s (last epoch)",
+                             "training wall time (min)"], training)
     lines.append("")
+    if report.get("eval_seconds"):
+        names = [r["name"] for r in report["readings"]] + ["curve"]
+        lines += ["Evaluation wall time (min) per model and eps reading:", ""]
+        lines += markdown_table(["model", *names], [
+            [model, *(_fmt(seconds[name] / 60 if name in seconds else None) for name in names)]
+            for model, seconds in report["eval_seconds"].items()])
+        lines.append("")
     for reading in report["readings"]:
         lines += [f"## eps reading '{reading['name']}': L-inf eps = {fmt_eps(reading['eps'])}"
                   + (f" ({reading['note']})" if reading["note"] else ""), ""]
@@ -169,7 +210,17 @@ def report_markdown(report: dict, plots: list[str]) -> str:
             lines += markdown_table(["eps", *series], [[fmt_eps(eps), *(_fmt(curve["series"][s][i][1]) for s in series)]
                                                        for i, eps in enumerate(eps_values)])
             lines.append("")
-        lines += [f"![{p}]({p})" for p in plots] + [""]
+        lines += [f"![{p}]({p})" for p in plots if p == CURVES_PLOT] + [""]
+    if report.get("heads"):
+        lines += ["## The Aux Block model's heads", "",
+                  "Each head's own accuracy in % (the vote needs a majority of them right): clean, under the static "
+                  "PGD (crafted on the backbone), the paper's Adp-PGD and the per-sample worst case of the vote.", ""]
+        for reading, panel in report["heads"].items():
+            heads = list(next(iter(panel.values())))
+            lines += [f"**reading '{reading}'**", ""]
+            lines += markdown_table(["head", *panel], [[head, *(_fmt(panel[c][head]) for c in panel)] for head in heads])
+            lines.append("")
+        lines += [f"![{p}]({p})" for p in plots if p == HEADS_PLOT] + [""]
     if report["warnings"]:
         lines += ["## Sanity warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     lines += ["## Full reports", ""] + [f"- {model} / {reading}: [{path}]({path})"
@@ -197,4 +248,23 @@ def plot_curves(report: dict, path: str | Path) -> Path | None:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=7, loc="lower left")
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def plot_heads(report: dict, path: str | Path) -> Path | None:
+    """Per-head accuracy of the Aux Block model, one panel per eps reading; None without one."""
+    panels = report.get("heads") or {}
+    if not panels:
+        return None
+    fig = Figure(figsize=(4 * len(panels) + 1, 4), layout="constrained")
+    for ax, (reading, panel) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+        heads = list(next(iter(panel.values())))
+        width = 0.8 / len(panel)
+        for k, (column, accuracies) in enumerate(panel.items()):
+            ax.bar([i + k * width for i in range(len(heads))], [accuracies[h] for h in heads], width, label=column)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(heads))], heads, fontsize=8)
+        ax.set_title(f"reading '{reading}'", fontsize=9)
+        ax.set_ylabel("head accuracy (%)")
+        ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

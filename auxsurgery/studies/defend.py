@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,14 +24,14 @@ from .._utils import atomic_write, markdown_table
 from ..checkpoint import save
 from ..data import dataset_classes, load_dataset
 from ..evaluation import Budget, run_suite, write_report
+from ..evaluation.confidence import difference_interval, percent_with_interval
 from ..evaluation.report import fmt_eps
 from ..surgery import attach_aux_blocks
 from ..train import TrainConfig, finetune
 
-__all__ = ["DefenceResult", "DefendConfig", "defend", "interval", "verdict"]
+__all__ = ["DefenceResult", "DefendConfig", "defend", "verdict"]
 
 console = Console(stderr=True)
-Z95 = 1.96
 REPORT_MD, REPORT_JSON, MODEL_FILE = "defence.md", "defence.json", "defended.safetensors"
 
 
@@ -75,19 +74,6 @@ class DefendConfig:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
 
 
-def interval(p: float, n: int) -> float:
-    """Half-width of the rough 95% interval of an accuracy ``p`` measured on ``n`` samples."""
-    return Z95 * math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
-
-
-def _difference(p_new: float, p_old: float, n: int) -> dict:
-    """``p_new - p_old`` with a rough 95% interval (the two treated as independent: conservative for
-    accuracies measured on the same samples)."""
-    half = Z95 * math.sqrt((p_new * (1 - p_new) + p_old * (1 - p_old)) / n) if n else float("nan")
-    diff = p_new - p_old
-    return {"difference": diff, "half_width": half, "low": diff - half, "high": diff + half}
-
-
 def verdict(clean_before: float, clean_after: float, worst_before: float, worst_after: float, n: int) -> dict:
     """Whether the heads helped: the worst-case and clean differences with their intervals, in words.
 
@@ -95,8 +81,8 @@ def verdict(clean_before: float, clean_after: float, worst_before: float, worst_
     lies below, else ``no measurable gain``; ``clean_kept`` is ``lost`` when the clean accuracy's interval
     lies below 0, else ``kept``.
     """
-    worst = _difference(worst_after, worst_before, n)
-    clean = _difference(clean_after, clean_before, n)
+    worst = difference_interval(worst_after, worst_before, n)
+    clean = difference_interval(clean_after, clean_before, n)
     if worst["low"] > 0:
         helped = "yes"
     elif worst["high"] < 0:
@@ -151,9 +137,8 @@ class DefenceResult:
         for key, label in (("undefended", "undefended model (its own output)"), ("vote", "defended, vote rule"),
                            ("score", "defended, score rule")):
             clean, worst = self.clean[key], self.worst_case[key]
-            rows.append([label, f"{100 * clean:.1f} ± {100 * interval(clean, n):.1f}",
-                         f"{100 * worst:.1f} ± {100 * interval(worst, n):.1f}"])
-        lines += [f"Accuracy in % on {n} test images (± a rough 95% interval, 1.96·sqrt(p(1-p)/n)); worst case = "
+            rows.append([label, percent_with_interval(clean, n), percent_with_interval(worst, n)])
+        lines += [f"Accuracy in % on {n} test images (with its 95% Wilson interval); worst case = "
                   f"per image over every attack of the strong suite within L-inf eps {fmt_eps(self.eps)} "
                   "(APGD on the rule's own objective and on the ensemble, targeted APGD, Square, run as a "
                   "cascade): an image counts as robust only if no attack fooled it.", ""]

@@ -9,7 +9,7 @@ comparison report beside the paper's numbers. Everything lands in the run folder
     <model>/train/                     metrics.jsonl, best/last checkpoints, train_state.pt
     <model>/eval/<reading>/            results.json, report.md, plots (one attack run)
     <model>/eval/curve/                the accuracy-vs-eps run
-    report.md, report.json, accuracy_vs_eps.png
+    report.md, report.json, accuracy_vs_eps.png, aux_heads.png
 
 Running the same command again resumes: a training stage continues from its last saved
 state (mid-epoch included) and finished evaluations are read back from their results.json.
@@ -36,7 +36,7 @@ from ..surgery import attach_aux_blocks
 from ..train import adversarial_preset, finetune
 from ..train.config import AdversarialConfig
 from ..train.run_files import METRICS_FILE, STATE_FILE
-from .comparison import build_report, plot_curves, report_markdown
+from .comparison import CURVES_PLOT, HEADS_PLOT, build_report, plot_curves, plot_heads, report_markdown
 from .recipe import Recipe, RecipeError
 
 __all__ = ["MODELS", "RunData", "run_recipe"]
@@ -124,10 +124,11 @@ def _load_data(recipe: Recipe, data_root: str | None) -> RunData:
 
 
 def _fresh_backbone(recipe: Recipe, data: RunData, seed_offset: int) -> nn.Module:
+    """A new copy of ``[backbone]``: its weights file when the recipe names one, else weights drawn from the seed."""
     torch.manual_seed(recipe["recipe"]["seed"] + seed_offset)
     b = recipe["backbone"]
-    return build_backbone(b["name"], num_classes=data.num_classes, pretrained=b["pretrained"],
-                          in_chans=data.input_size[0])
+    return build_backbone(recipe.backbone_name(), num_classes=data.num_classes, pretrained=b["pretrained"],
+                          in_chans=data.input_size[0], mean=b["mean"], std=b["std"], weights=recipe.backbone_weights())
 
 
 def _train(model: nn.Module, name: str, recipe: Recipe, data: RunData, out: Path, device: str,
@@ -237,9 +238,23 @@ def attack_models(recipe: Recipe, models: dict[str, nn.Module], data: RunData, o
     return documents
 
 
-def _last_metrics(folder: Path) -> dict:
-    """The last epoch's record of a training run (train and validation metrics)."""
-    return json.loads((folder / METRICS_FILE).read_text().splitlines()[-1])
+def _epoch_records(folder: Path) -> list[dict]:
+    """The epoch records of a training run (train and validation metrics, wall time)."""
+    return [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines()]
+
+
+def _train_seconds(records: list[dict], batch_size: int) -> float | None:
+    """The training wall time summed over epochs. An epoch recorded before 0.2 (no ``seconds``) counts its
+    images over its throughput, which leaves out its validation; None if that is unknown too."""
+    total, previous_step = 0.0, 0
+    for record in records:
+        seconds = record.get("seconds")
+        if seconds is None and record.get("images_per_s"):
+            seconds = (record["step"] - previous_step) * batch_size / record["images_per_s"]
+        if seconds is None:
+            return None
+        total, previous_step = total + seconds, record["step"]
+    return total
 
 
 def run_recipe(recipe: Recipe, out: str | Path | None = None, data_root: str | None = None,
@@ -271,11 +286,14 @@ def _run_recipe(recipe: Recipe, out: Path, data_root: str | None, device: str) -
     models = train_models(recipe, data, out, device)
     documents = attack_models(recipe, models, data, out, device)
     report = build_report(recipe, documents, readings(recipe))
-    report.update(training={name: _last_metrics(out / name / "train") for name in models},
+    records = {name: _epoch_records(out / name / "train") for name in models}
+    report.update(training={name: epochs[-1] for name, epochs in records.items()},
+                  train_seconds={name: _train_seconds(epochs, recipe.train_config(name).batch_size)
+                                 for name, epochs in records.items()},
                   command=command_line(), machine=machine(), versions=versions(),
                   seconds_this_session=time.perf_counter() - began)
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
-    plots = [p.name for p in [plot_curves(report, out / "accuracy_vs_eps.png")] if p]
+    plots = [p.name for p in [plot_curves(report, out / CURVES_PLOT), plot_heads(report, out / HEADS_PLOT)] if p]
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(report_markdown(report, plots)))
     console.print(f"wrote {out / 'report.md'}, {out / 'report.json'}")
     return report

@@ -255,6 +255,8 @@ class _Run:
                 self.result.best_epoch, self.result.best_accuracy = epoch + 1, record[self.best_key]
                 if self.files:
                     self.files.save_model(self.model, BEST_FILE)
+        # Wall time this invocation spent on the epoch, validation included (a resumed epoch counts its rest only).
+        record["seconds"] = time.perf_counter() - self.epoch_start
         self.result.history.append(record)
         bars.end_epoch(epoch, record, self.best_key)
         self.meter = TrainMeter(self.aux.head_names, self.ctx.device)
