@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from auxsurgery.data import dataset_classes, load_dataset
 from auxsurgery.studies import experiment
 from auxsurgery.studies.paper import paper_value
 from auxsurgery.studies.recipe import RecipeError, load_recipe, parse_recipe
+from auxsurgery.train import evaluate
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
 BASE = """
@@ -194,6 +196,12 @@ def test_report_has_intervals_heads_and_wall_times(tiny_run):
     assert report["eval_seconds"]["aux"]["wide"] == doc["timings"]["total_seconds"]
     markdown = (out / "report.md").read_text()
     assert "## The Aux Block model's heads" in markdown and "training wall time (min)" in markdown
+    # Clean accuracy on the whole test split, of the very models the run saved.
+    test = load_dataset("synthetic", train=False)
+    for stage in experiment.MODELS:
+        model = experiment.trained_model(out, stage, num_classes=len(dataset_classes(test)))
+        assert report["test_accuracy"][stage] == {"n": len(test), **evaluate(model, test)}
+    assert f"all {len(test)} test images" in markdown
     assert f"{clean['ours']:.1f} ({low:.1f}-{high:.1f})" in markdown
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .._utils import atomic_write, markdown_table
-from ..evaluation.confidence import wilson_interval
+from ..evaluation.confidence import percent_with_interval, wilson_interval
 from ..evaluation.report import fmt_eps
 from ..model import RULES
 from .paper import paper_value
@@ -130,6 +130,12 @@ def build_report(recipe, documents: dict, readings: list[dict]) -> dict:
     }
 
 
+def _decision(accuracies: dict, prefix: str = "") -> float | None:
+    """The accuracy of a model's own decision in an ``evaluate`` record: the vote of an Aux Block model, the
+    one head of a plain classifier."""
+    return accuracies.get(f"{prefix}rule/vote", accuracies.get(f"{prefix}head/public"))
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -176,12 +182,17 @@ def report_markdown(report: dict, plots: list[str]) -> str:
              "interval of each of our accuracies over the attacked test points.", ""]
     lines += ["## Training", ""]
     training = []
+    tested = report.get("test_accuracy", {})
     for model, record in report["training"].items():
-        accuracy = record.get("val/rule/vote", record.get("val/head/public"))
+        accuracy = _decision(record, "val/")
         seconds = report.get("train_seconds", {}).get(model)
+        test = tested.get(model)
         training.append([model, str(record["epoch"]), _fmt(None if accuracy is None else 100 * accuracy, 2),
+                         "-" if test is None else percent_with_interval(_decision(test), test["n"], 2),
                          _fmt(record["images_per_s"], 0), _fmt(None if seconds is None else seconds / 60)])
-    lines += markdown_table(["model", "epochs", "validation accuracy (its decision)", "images/s (last epoch)",
+    n_test = next(iter(tested.values()))["n"] if tested else None
+    lines += markdown_table(["model", "epochs", "validation accuracy (its decision)",
+                             f"test accuracy, all {n_test or '-'} test images (its decision)", "images/s (last epoch)",
                              "training wall time (min)"], training)
     lines.append("")
     if report.get("eval_seconds"):
@@ -202,7 +213,7 @@ def report_markdown(report: dict, plots: list[str]) -> str:
     if report["curve"]:
         lines += ["## Accuracy against eps", "",
                   "Each model's own decision (vote for the Aux Block model) under Adp-PGD with the paper's steps "
-                  "and under APGD on the rule's objective.", ""]
+                  "and under the minimum-norm attack FMN on the rule's margin (one run, read at every eps).", ""]
         for model, curve in report["curve"].items():
             series = list(curve["series"])
             eps_values = [eps for eps, _ in curve["series"][series[0]]]

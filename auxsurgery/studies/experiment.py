@@ -28,18 +28,19 @@ from torch import nn
 
 from .._utils import atomic_write, resolve_device, run_folder_lock
 from ..backbones import build_backbone
+from ..checkpoint import load
 from ..data import dataset_classes, load_dataset
 from ..evaluation import Budget, get_preset, get_suite, run_suite, write_report
 from ..evaluation.state import STATE_FOLDER
 from ..provenance import command_line, machine, versions
 from ..surgery import attach_aux_blocks
-from ..train import adversarial_preset, finetune
+from ..train import adversarial_preset, evaluate, finetune
 from ..train.config import AdversarialConfig
-from ..train.run_files import METRICS_FILE, STATE_FILE
+from ..train.run_files import LAST_FILE, METRICS_FILE, STATE_FILE
 from .comparison import CURVES_PLOT, HEADS_PLOT, build_report, plot_curves, plot_heads, report_markdown
 from .recipe import Recipe, RecipeError
 
-__all__ = ["MODELS", "RunData", "run_recipe"]
+__all__ = ["MODELS", "RunData", "run_recipe", "trained_model"]
 
 console = Console(stderr=True)
 MODELS = ("undefended", "adversarial", "aux")
@@ -129,6 +130,20 @@ def _fresh_backbone(recipe: Recipe, data: RunData, seed_offset: int) -> nn.Modul
     b = recipe["backbone"]
     return build_backbone(recipe.backbone_name(), num_classes=data.num_classes, pretrained=b["pretrained"],
                           in_chans=data.input_size[0], mean=b["mean"], std=b["std"], weights=recipe.backbone_weights())
+
+
+def trained_model(out: str | Path, stage: str, num_classes: int) -> nn.Module:
+    """The model that stage ``stage`` (undefended, adversarial, aux) of the finished run in ``out`` trained and
+    evaluated (its last checkpoint), in eval mode: an AuxModel for ``aux``, else the plain backbone."""
+    out = Path(out)
+    path = out / stage / "train" / LAST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained {stage} model in {out} (looked for {path}); run the recipe first")
+    if stage == "aux":
+        return load(path).eval()
+    # The recipe as the run resolved it (not re-validated: its own weights file need not be at hand any more).
+    recipe = Recipe(str(out / "recipe.toml"), json.loads((out / "recipe.json").read_text()), "")
+    return build_backbone(recipe.backbone_name(), num_classes=num_classes, weights=path).eval()
 
 
 def _train(model: nn.Module, name: str, recipe: Recipe, data: RunData, out: Path, device: str,
@@ -286,6 +301,8 @@ def _run_recipe(recipe: Recipe, out: Path, data_root: str | None, device: str) -
     models = train_models(recipe, data, out, device)
     documents = attack_models(recipe, models, data, out, device)
     report = build_report(recipe, documents, readings(recipe))
+    # The attacks see the first [attack] n test points; clean accuracy is cheap enough for the whole split.
+    report["test_accuracy"] = {name: {"n": len(data.test), **evaluate(model, data.test)} for name, model in models.items()}
     records = {name: _epoch_records(out / name / "train") for name in models}
     report.update(training={name: epochs[-1] for name, epochs in records.items()},
                   train_seconds={name: _train_seconds(epochs, recipe.train_config(name).batch_size)

@@ -23,7 +23,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from .._utils import did_you_mean
-from ..backbones import FACTORY_PREFIX, weights_file, resolve_name
+from ..backbones import FACTORY_PREFIX, resolve_name, weights_file
 from ..data import SOURCES, SYNTHETIC_NAMES
 from ..evaluation import Budget, list_suites
 from ..evaluation.presets import PRESETS as ATTACK_PRESETS
@@ -148,7 +148,7 @@ class Recipe:
         """The name :func:`auxsurgery.build_backbone` builds: ``[backbone] name``, or ``factory:`` and
         ``model_factory`` (a ``path/to/file.py`` module read from :attr:`folder`)."""
         b = self["backbone"]
-        if not b["model_factory"]:
+        if not b.get("model_factory"):  # absent from run folders recorded before 0.2
             return b["name"]
         module, sep, function = b["model_factory"].partition(":")
         if module.endswith(".py"):
