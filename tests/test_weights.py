@@ -11,6 +11,7 @@ import torch
 import torch.hub
 import torchvision
 from safetensors.torch import save_file
+from train_helpers import briefly_trained
 
 import auxsurgery
 from auxsurgery import attach_aux_blocks, build_backbone, load, save
@@ -22,15 +23,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A torchvision resnet18 (10 classes) after a few SGD steps on random data, saved as a plain state dict."""
-    torch.manual_seed(0)
-    backbone = build_backbone("resnet18", num_classes=10)
-    optimizer = torch.optim.SGD(backbone.parameters(), lr=0.01, momentum=0.9)
-    backbone.train()
-    for _ in range(3):
-        x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(backbone(x), y).backward()
-        optimizer.step()
+    backbone = briefly_trained("resnet18", batch=8, lr=0.01)
     backbone.eval()
     path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
     torch.save(backbone.net.state_dict(), path)

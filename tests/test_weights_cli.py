@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import typer
+from train_helpers import briefly_trained
 from typer.testing import CliRunner
 
 import auxsurgery.studies.placement as placement
@@ -33,15 +34,7 @@ def _logits(model, x=X):
 def trained(tmp_path_factory):
     """A small_cnn after a few SGD steps (BatchNorm statistics moved too), saved as a plain state dict and as
     the training engine saves a plain backbone (the whole NormalizedBackbone, normalize.* included)."""
-    torch.manual_seed(0)
-    backbone = build_backbone("small_cnn", num_classes=10)
-    optimizer = torch.optim.SGD(backbone.parameters(), lr=0.05, momentum=0.9)
-    backbone.train()
-    for _ in range(3):
-        x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(backbone(x), y).backward()
-        optimizer.step()
+    backbone = briefly_trained("small_cnn", batch=16, lr=0.05)
     folder = tmp_path_factory.mktemp("weights")
     torch.save(backbone.net.state_dict(), folder / "small_cnn.pth")
     RunFiles(folder, write=True).save_model(backbone, LAST_FILE)

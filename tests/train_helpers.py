@@ -1,10 +1,12 @@
-"""Tiny hand-built AuxModels and datasets for the training tests (fast on 2 CPU cores)."""
+"""Tiny hand-built AuxModels and datasets for the training tests, and briefly trained backbones for the
+weights tests (fast on 2 CPU cores)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from auxsurgery.backbones import build_backbone
 from auxsurgery.data import ImageTensorDataset
 from auxsurgery.model import AuxModel
 
@@ -84,3 +86,18 @@ if __name__ == "__main__":
     model = ddp_run(sys.argv[1])
     if int(os.environ["RANK"]) == 0:
         torch.save(model.state_dict(), os.path.join(sys.argv[1], "final_weights.pt"))
+
+
+def briefly_trained(name: str, batch: int, lr: float) -> nn.Module:
+    """Backbone ``name`` (10 classes) after three SGD steps on random 32x32 data: weights and BatchNorm statistics
+    moved, so a reload that silently kept the initial values would show. Returned in train mode."""
+    torch.manual_seed(0)
+    backbone = build_backbone(name, num_classes=10)
+    optimizer = torch.optim.SGD(backbone.parameters(), lr=lr, momentum=0.9)
+    backbone.train()
+    for _ in range(3):
+        x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+        optimizer.zero_grad()
+        F.cross_entropy(backbone(x), y).backward()
+        optimizer.step()
+    return backbone
