@@ -447,19 +447,18 @@ def _git_head() -> str | None:
     return (head + ("+dirty" if dirty else "")) or None
 
 
-def run_one(entry: dict, args) -> dict:
-    """Run ``check_model`` in a forked worker under a wall-clock and memory limit."""
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(entry, args.sizes, args.seed, args.threads, child), daemon=True)
+def watch_worker(proc, parent, child, timeout: float, max_mem_gb: float) -> tuple[str, dict | None, float, str | None, float]:
+    """Start the forked worker ``proc`` and wait for its result on ``parent`` under a wall-clock and memory limit.
+
+    The worker sends ``("stage", name)`` as it goes and ``("result", record)`` at the end. Returns ``(last stage,
+    record or None, peak RSS in GiB, "timeout" / "memory" / None, seconds)``; a worker over a limit is killed.
+    """
     start = time.perf_counter()
     proc.start()
     child.close()
-    stage, rec, peak = "start", None, 0.0
-    killed = None
+    stage, rec, peak, killed = "start", None, 0.0, None
     while True:
-        elapsed = time.perf_counter() - start
-        if elapsed > args.timeout:
+        if time.perf_counter() - start > timeout:
             killed = "timeout"
             break
         if parent.poll(0.2):
@@ -473,7 +472,7 @@ def run_one(entry: dict, args) -> dict:
                 rec = payload
                 break
         peak = max(peak, _rss_gb(proc.pid))
-        if peak > args.max_mem_gb:
+        if peak > max_mem_gb:
             killed = "memory"
             break
         if not proc.is_alive() and not parent.poll(0):
@@ -481,7 +480,15 @@ def run_one(entry: dict, args) -> dict:
     if killed:
         proc.kill()
     proc.join(10)
-    seconds = time.perf_counter() - start
+    return stage, rec, peak, killed, time.perf_counter() - start
+
+
+def run_one(entry: dict, args) -> dict:
+    """Run ``check_model`` in a forked worker under a wall-clock and memory limit."""
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker, args=(entry, args.sizes, args.seed, args.threads, child), daemon=True)
+    stage, rec, peak, killed, seconds = watch_worker(proc, parent, child, args.timeout, args.max_mem_gb)
     if rec is None:
         if killed == "timeout":
             rec = {"status": "fail", "category": "timeout",

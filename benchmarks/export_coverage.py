@@ -263,34 +263,7 @@ def run_one(entry: dict, sizes: list[list[int]], args) -> dict:
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_worker, args=(entry, sizes, args.seed, child), daemon=True)
-    start = time.perf_counter()
-    proc.start()
-    child.close()
-    stage, rec, peak, killed = "start", None, 0.0, None
-    while True:
-        if time.perf_counter() - start > args.timeout:
-            killed = "timeout"
-            break
-        if parent.poll(0.2):
-            try:
-                kind, payload = parent.recv()
-            except EOFError:
-                break
-            if kind == "stage":
-                stage = payload
-            else:
-                rec = payload
-                break
-        peak = max(peak, cov._rss_gb(proc.pid))
-        if peak > args.max_mem_gb:
-            killed = "memory"
-            break
-        if not proc.is_alive() and not parent.poll(0):
-            break
-    if killed:
-        proc.kill()
-    proc.join(10)
-    seconds = time.perf_counter() - start
+    stage, rec, peak, killed, seconds = cov.watch_worker(proc, parent, child, args.timeout, args.max_mem_gb)
     if rec is None:
         reason = {"timeout": f"no result within {args.timeout:g} s", "memory": f"RSS above {args.max_mem_gb:g} GiB"}
         rec = {"status": "fail", "category": killed or ("memory" if proc.exitcode == -9 else "crash"),
