@@ -93,6 +93,14 @@ def test_paper_recipes_use_table_iii_and_section_iv_settings():
     ("[[attack.readings]]\nname = \"a\"\neps = 2", ["[attack.readings[0]] eps", "(0, 1]"]),
     ("[undefended]\nenabled = false", ["[aux] init", "[undefended] enabled"]),
     ("[adversarial]\nenabled = true", ["[adversarial]", "set preset"]),
+    ("[adversarial]\nenabled = true\neps = 0.03\nmethod = \"trade\"", ["[adversarial]", "'trade'", "trades"]),
+    ("[[aux_adversarial]]\nname = \"max\"\neps = 0.03\nobjective = \"max\"", ['name = "max"', "max-head"]),
+    ("[[aux_adversarial]]\nname = \"../x\"\neps = 0.03", ["[[aux_adversarial]] name", "letters, digits"]),
+    ("[[aux_adversarial]]\nname = \"a\"\neps = 0.03\n[[aux_adversarial]]\nname = \"a\"\neps = 0.03",
+     ["names must differ"]),
+    ("[[aux_adversarial]]\nname = \"a\"", ['[[aux_adversarial]] name = "a"', "set preset"]),
+    ("[[aux_adversarial]]\nname = \"a\"\neps = 0.03\nhead = \"wide\"", ["head", "unknown head preset 'wide'"]),
+    ("[[aux_adversarial]]\nname = \"a\"\neps = 0.03\nepochs = 3", ["unknown key 'epochs'"]),
 ])
 def test_bad_recipes_name_file_key_and_choices(snippet, expected):
     with pytest.raises(RecipeError) as err:
@@ -198,7 +206,7 @@ def test_report_has_intervals_heads_and_wall_times(tiny_run):
     assert "## The Aux Block model's heads" in markdown and "training wall time (min)" in markdown
     # Clean accuracy on the whole test split, of the very models the run saved.
     test = load_dataset("synthetic", train=False)
-    for stage in experiment.MODELS:
+    for stage in tiny_run[0].stages():
         model = experiment.trained_model(out, stage, num_classes=len(dataset_classes(test)))
         assert report["test_accuracy"][stage] == {"n": len(test), **evaluate(model, test)}
     assert f"all {len(test)} test images" in markdown
@@ -249,3 +257,62 @@ def test_change_to_one_stage_is_accepted_once_its_work_is_deleted(tiny_run, tmp_
     shutil.rmtree(copy / "aux")
     experiment._claim_out_dir(changed, copy)  # accepted, and recorded
     assert json.loads((copy / "recipe.json").read_text())["aux"]["train"]["grad_clip"] == 1.0
+
+
+# ---- Aux Block models trained adversarially -----------------------------------------------------------
+
+AUX_ADVERSARIAL = BASE.replace('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 64\nval_subset = 16') + """
+[train]
+epochs = 1
+batch_size = 32
+optimizer = "adamw"
+lr = 0.003
+amp = "off"
+[aux]
+enabled = false
+at = "stage1,stage2"
+[[aux_adversarial]]
+name = "max"
+method = "pgd"
+objective = "max-head"
+eps = 0.03
+steps = 1
+[[aux_adversarial]]
+name = "trades"
+method = "trades"
+eps = 0.03
+steps = 1
+head = "default:8"
+[aux_adversarial.train]
+mode = "full"
+[attack]
+suites = ["strong"]
+n = 8
+[attack.budget]
+apgd_steps = 2
+square_queries = 4
+target_classes = 2
+probe_steps = 1
+[[attack.readings]]
+name = "r"
+eps = 0.03
+"""
+
+
+def test_aux_adversarial_stages_train_adversarially_and_report_every_rule(tmp_path):
+    recipe = parse_recipe(AUX_ADVERSARIAL, "aux-adv.toml")
+    assert recipe.stages() == ["undefended", "aux_adversarial_max", "aux_adversarial_trades"]
+    report = experiment.run_recipe(recipe, tmp_path / "run")
+    labels = [row["label"] for row in report["tables"]["r"]]
+    assert labels[:1] == ["NA (undefended)"] and "Aux Block, adversarial max: vote" in labels
+    assert "Aux Block, adversarial trades: private" in labels
+    for stage, passes in (("undefended", 2), ("aux_adversarial_max", 4), ("aux_adversarial_trades", 7)):
+        record = report["training"][stage]
+        assert record["passes_per_image"] == passes and record["train_passes"] == 64 * passes
+        model = experiment.trained_model(tmp_path / "run", stage, num_classes=10)
+        assert hasattr(model, "head_names") == (stage != "undefended")
+    # Heads as [aux] says unless the stage says otherwise: the trades stage's differ.
+    sizes = {stage: sum(p.numel() for p in experiment.trained_model(tmp_path / "run", stage, 10).parameters())
+             for stage in ("aux_adversarial_max", "aux_adversarial_trades")}
+    assert sizes["aux_adversarial_trades"] != sizes["aux_adversarial_max"]
+    assert "training budget (M image-passes" in (tmp_path / "run" / "report.md").read_text()

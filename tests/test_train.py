@@ -217,23 +217,6 @@ def test_config_rejects_unknown_choices_and_paper_presets_match_table_iii():
 # ---- adversarial training ----------------------------------------------------------------------------
 
 
-def test_adversary_is_reproducible_per_step_and_stays_in_the_ball():
-    pytest.importorskip("auxsurgery.attacks")
-    from auxsurgery.train import Adversary, adversarial_preset
-
-    aux = tiny_aux_model().train()
-    aux.trunk.eval()  # the mixed modes of mode="heads"
-    adversary = Adversary(aux, adversarial_preset("cifar10"), seed=0)
-    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
-    first, again, other = adversary(x, y, step=3), adversary(x, y, step=3), adversary(x, y, step=4)
-    assert torch.equal(first, again) and not torch.equal(first, other)
-    assert (first - x).abs().max() <= 8 / 255 + 1e-7 and not torch.equal(first, x)
-    assert aux.heads[0].training and not aux.trunk.training  # the attack restored the modes it found
-    assert adversary.attack.objective_name == "joint"
-    plain = Adversary(as_aux_model(nn.Sequential(nn.Flatten(), nn.Linear(192, 10))), adversarial_preset("mnist"), 0)
-    assert plain.attack.objective_name == "public" and plain.attack.eps == 0.2
-
-
 def test_adversarial_training_trains_on_pgd_examples():
     pytest.importorskip("auxsurgery.attacks")
     weights = {}

@@ -18,7 +18,8 @@ Names, by loss family (``get_objective`` builds them; ``<k>`` is a head index):
 
 * cross-entropy: ``public`` (head 0, the paper's static adversary), ``joint``
   (sum of alpha_h * CE over all heads, the paper's Adp-FGSM/Adp-PGD), ``private``
-  (the same sum over the aux heads only), ``ensemble`` (CE of the log alpha-weighted
+  (the same sum over the aux heads only), ``max-head`` (the largest CE of any head: the
+  worst head, Triple Wins' max over exits), ``ensemble`` (CE of the log alpha-weighted
   mean softmax, i.e. Algorithm 2 itself), ``head:<k>``;
 * clipped margin (Carlini-Wagner's f6, capped at ``kappa`` so a head already fooled by
   that margin stops pulling): ``margin-public``, ``margin-ensemble``, ``margin-head:<k>``,
@@ -195,9 +196,24 @@ def _head_sum(loss, aux_only: bool = False, weighted: bool = True) -> Objective:
     return objective
 
 
+def _worst_head(loss) -> Objective:
+    def objective(logits, y, alpha, *labels):
+        # The gradient flows to the head that is currently worst, per sample (a subgradient of the max).
+        return loss(as_stacked(logits), y, *labels).amax(0)
+
+    return objective
+
+
 def _ce_objective(objective: Objective, targeted: bool) -> Objective:
     # Targeted cross-entropy: make the target class likely, i.e. minimise its loss.
     return (lambda logits, y, alpha: -objective(logits, y, alpha)) if targeted else objective
+
+
+def _max_head_objective(targeted: bool) -> Objective:
+    if targeted:
+        # Pulling only the head nearest to the target would leave the others where they are.
+        raise ValueError("objective 'max-head' has no targeted form; use 'joint' or 'vote-margin' targeted")
+    return _worst_head(_ce)
 
 
 def _dlr_objective(name: str, objective: Objective, targeted: bool) -> Objective:
@@ -243,6 +259,7 @@ for _name, _builder in {
     "ensemble": lambda t, kappa: _ce_objective(_on_view(_ce, ensemble_log_probs), t),
     "joint": lambda t, kappa: _ce_objective(_head_sum(_ce), t),
     "private": lambda t, kappa: _ce_objective(_head_sum(_ce, aux_only=True), t),
+    "max-head": lambda t, kappa: _max_head_objective(t),
     "margin-public": lambda t, kappa: _on_view(_margin(kappa, t), _head(0)),
     "margin-ensemble": lambda t, kappa: _on_view(_margin(kappa, t), ensemble_log_probs),
     # Unweighted: Algorithm 1 counts every head's vote the same, whatever its alpha.

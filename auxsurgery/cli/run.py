@@ -17,10 +17,12 @@ def run(
     data_root: DataRoot = None,
     device: Device = "auto",
     check: bool = typer.Option(False, "--check", help="Only validate the recipe and exit."),
+    train_only: bool = typer.Option(False, "--train-only", help="Train (or finish training) every stage, then stop "
+                                                                 "before the attacks; run again without it to attack."),
     as_json: Json = False,
 ):
-    """Run a recipe end to end: train the undefended, adversarially trained and Aux Block models,
-    attack them with the recipe's suites, and write report.md/report.json with the paper's numbers
+    """Run a recipe end to end: train its models (undefended, adversarially trained, Aux Block, Aux Block
+    trained adversarially), attack them with the recipe's suites, and write report.md/report.json with the paper's numbers
     beside ours. Running the same command again resumes where it stopped (the run folder, default
     runs/<recipe name>, keeps every stage's state).
 
@@ -33,7 +35,8 @@ def run(
         messages.print(f"{recipe}: ok ({parsed.name})")
         return
     try:
-        report = run_recipe(parsed, out, data_root=str(data_root) if data_root else None, device=device)
+        report = run_recipe(parsed, out, data_root=str(data_root) if data_root else None, device=device,
+                            train_only=train_only)
     except TrainingInterrupted as stop:
         messages.print(f"[yellow]{stop}[/yellow]; run the same command again to resume")
         raise typer.Exit(130) from None

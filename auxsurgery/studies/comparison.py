@@ -30,6 +30,14 @@ ROWS = (
     ("Adversarial Training", "adversarial", "vote", "Adversarial Training"),
     *((f"Aux Block: {rule}", "aux", rule, _AUX_PAPER_METHODS.get(rule)) for rule in RULES),
 )
+
+
+def _rows(models) -> list[tuple]:
+    """:data:`ROWS` of the models a run has, then every rule of each other (Aux Block) model, which the paper
+    lacks: an ``aux_adversarial_<name>`` stage reads as ``Aux Block, adversarial <name>: <rule>``."""
+    extra = [(f"Aux Block, adversarial {model.removeprefix('aux_adversarial_')}: {rule}", model, rule, None)
+             for model in models if model.startswith("aux_adversarial_") for rule in RULES]
+    return [row for row in ROWS if row[1] in models] + extra
 # column -> the attack row it reads (None: clean accuracy; "worst case": the per-sample worst case)
 COLUMNS = {"clean": None, "PGD": "PGD", "CW": "CW-L2", "Boundary": "Boundary", "Adp-PGD": "Adp-PGD",
            "worst case": "worst case"}
@@ -65,9 +73,7 @@ def _interval(accuracy: float | None, n: int) -> list[float] | None:
 
 def _table(documents: dict, reading: str, setting: str) -> list[dict]:
     rows = []
-    for label, model, rule, method in ROWS:
-        if model not in documents:
-            continue
+    for label, model, rule, method in _rows(documents):
         cells = {}
         n = documents[model][reading]["data"]["n"]
         for column in COLUMNS:
@@ -189,11 +195,13 @@ def report_markdown(report: dict, plots: list[str]) -> str:
         test = tested.get(model)
         training.append([model, str(record["epoch"]), _fmt(None if accuracy is None else 100 * accuracy, 2),
                          "-" if test is None else percent_with_interval(_decision(test), test["n"], 2),
-                         _fmt(record["images_per_s"], 0), _fmt(None if seconds is None else seconds / 60)])
+                         _fmt(record["images_per_s"], 0), _fmt(None if seconds is None else seconds / 60),
+                         _fmt(record["train_passes"] / 1e6, 2) if "train_passes" in record else "-"])
     n_test = next(iter(tested.values()))["n"] if tested else None
     lines += markdown_table(["model", "epochs", "validation accuracy (its decision)",
                              f"test accuracy, all {n_test or '-'} test images (its decision)", "images/s (last epoch)",
-                             "training wall time (min)"], training)
+                             "training wall time (min)",
+                             "training budget (M image-passes, forward + backward, crafting included)"], training)
     lines.append("")
     if report.get("eval_seconds"):
         names = [r["name"] for r in report["readings"]] + ["curve"]

@@ -1,9 +1,10 @@
 """Running a recipe end to end: train the models, attack them, compare with the paper; resumable.
 
-:func:`run_recipe` trains up to three models from one recipe (the undefended backbone,
-its PGD adversarially trained copy, and the Aux Block model), runs the recipe's attack
-suites on each at every eps *reading*, measures an accuracy-vs-eps curve, and writes one
-comparison report beside the paper's numbers. Everything lands in the run folder::
+:func:`run_recipe` trains the models of one recipe (the undefended backbone, its
+adversarially trained copy, the Aux Block model, and any Aux Block models trained
+adversarially: ``Recipe.stages``), runs the recipe's attack suites on each at every eps
+*reading*, measures an accuracy-vs-eps curve, and writes one comparison report beside the
+paper's numbers. Everything lands in the run folder::
 
     recipe.toml, recipe.json           the recipe as given, and as resolved (the resume check)
     <model>/train/                     metrics.jsonl, best/last checkpoints, train_state.pt
@@ -34,16 +35,15 @@ from ..evaluation import Budget, get_preset, get_suite, run_suite, write_report
 from ..evaluation.state import STATE_FOLDER
 from ..provenance import command_line, machine, versions
 from ..surgery import attach_aux_blocks
-from ..train import adversarial_preset, evaluate, finetune
+from ..train import evaluate, finetune
 from ..train.config import AdversarialConfig
 from ..train.run_files import LAST_FILE, METRICS_FILE, STATE_FILE
 from .comparison import CURVES_PLOT, HEADS_PLOT, build_report, plot_curves, plot_heads, report_markdown
-from .recipe import Recipe, RecipeError
+from .recipe import AUX_ADVERSARIAL_PREFIX, Recipe, RecipeError
 
-__all__ = ["MODELS", "RunData", "run_recipe", "trained_model"]
+__all__ = ["RunData", "run_recipe", "trained_model"]
 
 console = Console(stderr=True)
-MODELS = ("undefended", "adversarial", "aux")
 # What a resumed run may change without changing what is computed.
 _RESUME_FREE = {("data", "root")}
 
@@ -73,14 +73,16 @@ def _differences(old, new, where: str = "") -> list[str]:
     return [] if old == new else [where]
 
 
-def _redone_by(key: str, out: Path) -> list[Path] | None:
+def _redone_by(key: str, out: Path, stages: list[str]) -> list[Path] | None:
     """The run folders whose work a change of recipe key ``key`` (``section.key``) invalidates;
     None when it invalidates everything (data, backbone, shared training, the undefended model)."""
     section = key.split(".")[0]
     if section in ("aux", "adversarial"):
         return [out / section]
+    if section == "aux_adversarial":  # which table changed is not known from the key: every such stage
+        return sorted(out.glob(AUX_ADVERSARIAL_PREFIX + "*"))
     if section == "attack":
-        return [out / model / "eval" for model in MODELS]
+        return [out / stage / "eval" for stage in stages]
     if key in ("recipe.name", "recipe.description", "recipe.paper"):
         return []  # only the report changes, and it is rewritten at every run
     return None
@@ -98,7 +100,7 @@ def _claim_out_dir(recipe: Recipe, out: Path) -> None:
         if not changed:
             console.print(f"resuming the run in {out}")
             return
-        invalidated = [_redone_by(key, out) for key in changed]
+        invalidated = [_redone_by(key, out, recipe.stages()) for key in changed]
         if any(folders is None for folders in invalidated):
             raise RecipeError(f"{recipe.path}: {out} holds a run of a different recipe (changed: {', '.join(changed)}); "
                               "choose another --out, or delete the folder to start over")
@@ -132,14 +134,19 @@ def _fresh_backbone(recipe: Recipe, data: RunData, seed_offset: int) -> nn.Modul
                           in_chans=data.input_size[0], mean=b["mean"], std=b["std"], weights=recipe.backbone_weights())
 
 
+def _has_heads(stage: str) -> bool:
+    return stage == "aux" or stage.startswith(AUX_ADVERSARIAL_PREFIX)
+
+
 def trained_model(out: str | Path, stage: str, num_classes: int) -> nn.Module:
-    """The model that stage ``stage`` (undefended, adversarial, aux) of the finished run in ``out`` trained and
-    evaluated (its last checkpoint), in eval mode: an AuxModel for ``aux``, else the plain backbone."""
+    """The model that stage ``stage`` (undefended, adversarial, aux, aux_adversarial_<name>) of the finished run
+    in ``out`` trained and evaluated (its last checkpoint), in eval mode: an AuxModel for the Aux Block stages,
+    else the plain backbone."""
     out = Path(out)
     path = out / stage / "train" / LAST_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no trained {stage} model in {out} (looked for {path}); run the recipe first")
-    if stage == "aux":
+    if _has_heads(stage):
         return load(path).eval()
     # The recipe as the run resolved it (not re-validated: its own weights file need not be at hand any more).
     recipe = Recipe(str(out / "recipe.toml"), json.loads((out / "recipe.json").read_text()), "")
@@ -157,34 +164,32 @@ def _train(model: nn.Module, name: str, recipe: Recipe, data: RunData, out: Path
     return model.eval()
 
 
-def _adversarial_config(recipe: Recipe) -> AdversarialConfig:
-    a = recipe["adversarial"]
-    chosen = {k: a[k] for k in ("eps", "step_size", "steps") if a[k] is not None}
-    try:
-        return adversarial_preset(a["preset"], **chosen) if a["preset"] else AdversarialConfig(**chosen)
-    except (TypeError, ValueError) as err:
-        raise recipe.error("[adversarial]", str(err)) from None
+def _seed_offset(recipe: Recipe, stage: str) -> int:
+    """What a stage adds to ``[recipe] seed`` for its fresh weights: fixed per stage, whichever others run."""
+    fixed = {"undefended": 0, "adversarial": 1, "aux": 2}
+    if stage in fixed:
+        return fixed[stage]
+    names = [table["name"] for table in recipe["aux_adversarial"]]
+    return 3 + names.index(stage[len(AUX_ADVERSARIAL_PREFIX):])
 
 
 def train_models(recipe: Recipe, data: RunData, out: Path, device: str) -> dict[str, nn.Module]:
-    """The recipe's trained models by stage name (only the enabled ones)."""
+    """The recipe's trained models by stage name (only the enabled ones), in :meth:`Recipe.stages` order."""
     models = {}
-    if recipe["undefended"]["enabled"]:
-        models["undefended"] = _train(_fresh_backbone(recipe, data, 0), "undefended", recipe, data, out, device)
-
-    def start(stage: str, offset: int) -> nn.Module:
-        init = recipe[stage]["init"]
-        return copy.deepcopy(models["undefended"]) if init == "undefended" else _fresh_backbone(recipe, data, offset)
-
-    if recipe["adversarial"]["enabled"]:
-        models["adversarial"] = _train(start("adversarial", 1), "adversarial", recipe, data, out, device,
-                                       _adversarial_config(recipe))
-    if recipe["aux"]["enabled"]:
-        a = recipe["aux"]
-        torch.manual_seed(recipe["recipe"]["seed"] + 2)  # the heads' initial weights
-        aux = attach_aux_blocks(start("aux", 2), at=a["at"], num_classes=data.num_classes, input_size=data.input_size,
-                                head=a["head"], alpha=a["alpha"])
-        models["aux"] = _train(aux, "aux", recipe, data, out, device)
+    for stage in recipe.stages():
+        offset = _seed_offset(recipe, stage)
+        table = recipe.stage(stage)
+        if stage == "undefended" or table["init"] == "scratch":
+            model = _fresh_backbone(recipe, data, offset)
+        else:
+            model = copy.deepcopy(models["undefended"])
+        if _has_heads(stage):
+            heads = recipe["aux"] if stage == "aux" else {k: table[k] or recipe["aux"][k] for k in ("at", "head")}
+            torch.manual_seed(recipe["recipe"]["seed"] + offset)  # the heads' initial weights
+            model = attach_aux_blocks(model, at=heads["at"], num_classes=data.num_classes, input_size=data.input_size,
+                                      head=heads["head"], alpha=table["alpha"] or recipe["aux"]["alpha"])
+        adversarial = recipe.adversarial_config(stage) if stage not in ("undefended", "aux") else None
+        models[stage] = _train(model, stage, recipe, data, out, device, adversarial)
     return models
 
 
@@ -273,7 +278,7 @@ def _train_seconds(records: list[dict], batch_size: int) -> float | None:
 
 
 def run_recipe(recipe: Recipe, out: str | Path | None = None, data_root: str | None = None,
-               device: str = "auto") -> dict:
+               device: str = "auto", train_only: bool = False) -> dict:
     """Run ``recipe`` (resuming whatever a previous run in ``out`` finished) and write its report.
 
     Args:
@@ -281,24 +286,31 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, data_root: str | N
         out: the run folder (default ``runs/<recipe name>``).
         data_root: folder of the named datasets (overrides ``[data] root``; default ``$AUXSURGERY_DATA``).
         device: ``auto``, ``cpu``, ``cuda``, ...
+        train_only: train (or finish training) every stage and stop before the attacks: say, train on a GPU
+            machine, or train now and evaluate later with code whose attacks are final; the same call without
+            it then continues with the attacks.
 
     Returns:
-        the report document (also written to ``out/report.json``).
+        the report document (also written to ``out/report.json``); with ``train_only``, ``{"trained": {stage:
+        its last epoch record}}``.
     """
     out = Path(out) if out else Path("runs") / recipe.name
     if out.exists() and not out.is_dir():
         raise ValueError(f"the run folder {out} is a file; choose a folder")
     device = str(resolve_device(device))
     with run_folder_lock(out, "auxsurgery run"):
-        return _run_recipe(recipe, out, data_root, device)
+        return _run_recipe(recipe, out, data_root, device, train_only)
 
 
-def _run_recipe(recipe: Recipe, out: Path, data_root: str | None, device: str) -> dict:
+def _run_recipe(recipe: Recipe, out: Path, data_root: str | None, device: str, train_only: bool) -> dict:
     """The body of :func:`run_recipe`, inside the run folder's lock."""
     _claim_out_dir(recipe, out)
     began = time.perf_counter()
     data = _load_data(recipe, data_root)
     models = train_models(recipe, data, out, device)
+    if train_only:
+        console.print(f"trained {', '.join(models)} in {out}; run again without --train-only for the attacks")
+        return {"trained": {name: _epoch_records(out / name / "train")[-1] for name in models}}
     documents = attack_models(recipe, models, data, out, device)
     report = build_report(recipe, documents, readings(recipe))
     # The attacks see the first [attack] n test points; clean accuracy is cheap enough for the whole split.

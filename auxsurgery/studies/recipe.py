@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,11 @@ from ..evaluation import Budget, list_suites
 from ..evaluation.presets import PRESETS as ATTACK_PRESETS
 from ..heads import list_heads
 from ..model import RULES
-from ..train import TrainConfig
+from ..train import AdversarialConfig, TrainConfig, adversarial_preset, get_training_method
 from ..train.adversarial import PRESETS as ADVERSARIAL_PRESETS
 from ..train.config import PAPER_PRESETS
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "parse_recipe"]
+__all__ = ["AUX_ADVERSARIAL_PREFIX", "Recipe", "RecipeError", "load_recipe", "parse_recipe"]
 
 REQUIRED = object()
 INITS = ("undefended", "scratch")
@@ -77,6 +78,11 @@ READING_KEYS = {
     "exclude": Key("str-list", []), "note": Key("str", ""),
 }
 CURVE_KEYS = {"eps": Key("float-list", REQUIRED), "apgd_steps": Key("int", 50)}
+# An adversarial-training method and its settings (auxsurgery.train.AdversarialConfig); unset keys keep the
+# preset's (when one is named) or the method's defaults.
+ADVERSARIAL_KEYS = {"preset": Key("str", None, tuple(ADVERSARIAL_PRESETS)), "method": Key("str"), "eps": Key("float"),
+                    "step_size": Key("float"), "steps": Key("int"), "objective": Key("str"), "beta": Key("float")}
+AUX_ADVERSARIAL_PREFIX = "aux_adversarial_"
 
 # section -> key -> Key; a dict value is a sub-table; a list of one dict is an array of tables.
 SCHEMA: dict[str, dict] = {
@@ -90,13 +96,17 @@ SCHEMA: dict[str, dict] = {
                  "weights": Key("str"), "mean": Key("float-list"), "std": Key("float-list")},
     "train": {"preset": Key("str", None, tuple(PAPER_PRESETS)), **TRAIN_KEYS},
     "undefended": {"enabled": Key("bool", True), "train": TRAIN_KEYS},
-    "adversarial": {"enabled": Key("bool", False), "init": Key("str", "undefended", INITS),
-                    "preset": Key("str", None, tuple(ADVERSARIAL_PRESETS)), "eps": Key("float"),
-                    "step_size": Key("float"), "steps": Key("int"),
+    "adversarial": {"enabled": Key("bool", False), "init": Key("str", "undefended", INITS), **ADVERSARIAL_KEYS,
                     "train": TRAIN_KEYS},
     "aux": {"enabled": Key("bool", True), "at": Key("str-or-list", "auto:3"), "head": Key("str-or-list", "default"),
             "alpha": Key("float-list"), "init": Key("str", "undefended", INITS),
             "train": TRAIN_KEYS},
+    # Aux Block models trained adversarially, one stage each ("aux_adversarial_<name>"): heads attached as in
+    # [aux] (unless at/head/alpha are set here) to the init model, then backbone and heads (or, with
+    # train.mode = "heads", the heads alone) trained by the method.
+    "aux_adversarial": [{"name": Key("str", REQUIRED), "at": Key("str-or-list"), "head": Key("str-or-list"),
+                         "alpha": Key("float-list"), "init": Key("str", "undefended", INITS), **ADVERSARIAL_KEYS,
+                         "train": TRAIN_KEYS}],
     "attack": {"suites": Key("str-list", ["static", "adaptive", "strong"]), "n": Key("int", 1000),
                "rules": Key("str-list", ATTACKED_RULES), "batch_size": Key("int", 128),
                "preset": Key("str", None, tuple(ATTACK_PRESETS)), "readings": [READING_KEYS],
@@ -164,11 +174,47 @@ class Recipe:
         local = self.path_of(weights)
         return local if weights_file(weights) is not None or local.is_file() else weights
 
+    def stages(self) -> list[str]:
+        """The enabled training stages, in the order they run: ``undefended``, ``adversarial``, ``aux``, then
+        one ``aux_adversarial_<name>`` per ``[[aux_adversarial]]`` table."""
+        fixed = [stage for stage in ("undefended", "adversarial", "aux") if self[stage]["enabled"]]
+        return fixed + [AUX_ADVERSARIAL_PREFIX + table["name"] for table in self["aux_adversarial"]]
+
+    def stage(self, stage: str) -> dict:
+        """The recipe table of a training stage (``[aux]``, or the ``[[aux_adversarial]]`` table of
+        ``aux_adversarial_<name>``)."""
+        if stage.startswith(AUX_ADVERSARIAL_PREFIX):
+            name = stage[len(AUX_ADVERSARIAL_PREFIX):]
+            return next(table for table in self["aux_adversarial"] if table["name"] == name)
+        return self[stage]
+
+    @staticmethod
+    def where(stage: str) -> str:
+        """How an error names a stage's table: ``[aux]``, ``[[aux_adversarial]] name = "max"``."""
+        if stage.startswith(AUX_ADVERSARIAL_PREFIX):
+            return f'[[aux_adversarial]] name = "{stage[len(AUX_ADVERSARIAL_PREFIX):]}"'
+        return f"[{stage}]"
+
+    def adversarial_config(self, stage: str) -> AdversarialConfig:
+        """The adversarial-training settings of ``stage`` (``adversarial`` or an ``aux_adversarial_*`` stage):
+        its preset, if it names one, with the keys it sets."""
+        table = self.stage(stage)
+        chosen = {k: table[k] for k in ADVERSARIAL_KEYS if k != "preset" and table[k] is not None}
+        try:
+            config = (adversarial_preset(table["preset"], **chosen) if table["preset"]
+                      else AdversarialConfig(**chosen))
+            get_training_method(config.method)
+        except (TypeError, ValueError) as err:
+            raise self.error(self.where(stage), str(err).replace("__init__() missing 1 required positional argument: "
+                                                                 "'eps'", "set preset or eps")) from None
+        return config
+
     def train_config(self, model: str, **fixed) -> TrainConfig:
-        """The TrainConfig of ``model`` (undefended, adversarial, aux): the paper preset ``[train]``
-        names, then ``[recipe] seed``, ``[train]``, ``[model.train]`` and ``fixed``, later ones winning."""
+        """The TrainConfig of stage ``model`` (undefended, adversarial, aux, aux_adversarial_<name>): the paper
+        preset ``[train]`` names, then ``[recipe] seed``, ``[train]``, the stage's ``train`` table and ``fixed``,
+        later ones winning."""
         base = {k: v for k, v in self["train"].items() if v is not None and k != "preset"}
-        override = {k: v for k, v in self[model]["train"].items() if v is not None}
+        override = {k: v for k, v in self.stage(model)["train"].items() if v is not None}
         settings = {"seed": self["recipe"]["seed"], **base, **override, **fixed}
         if "milestones" in settings:
             settings["milestones"] = tuple(settings["milestones"])
@@ -177,7 +223,7 @@ class Recipe:
         try:
             return TrainConfig(**{**defaults, **settings})
         except ValueError as err:
-            raise self.error(f"[train] or [{model}.train]", str(err)) from None
+            raise self.error(f"[train] or the train table of {self.where(model)}", str(err)) from None
 
     def changed(self, changes: dict[str, Any]) -> "Recipe":
         """This recipe with ``changes`` applied and validated again.
@@ -272,10 +318,12 @@ def _check_names(r: Recipe) -> None:
     if data.lower() not in known_data and "/" not in data and not Path(data).is_dir():
         raise r.error("[data] name", f"unknown dataset {data!r}; valid: {', '.join(known_data)}, "
                                      "or an ImageFolder directory path")
-    heads = r["aux"]["head"] if isinstance(r["aux"]["head"], list) else [r["aux"]["head"]]
-    for head in heads:
-        if head.split(":")[0] not in list_heads():
-            raise r.error("[aux] head", f"unknown head preset {head!r}; valid: {', '.join(list_heads())}")
+    for table, where in [(r["aux"], "[aux]"), *((t, r.where(AUX_ADVERSARIAL_PREFIX + t["name"]))
+                                                 for t in r["aux_adversarial"])]:
+        chosen = table["head"] or []
+        for head in chosen if isinstance(chosen, list) else [chosen]:
+            if head.split(":")[0] not in list_heads():
+                raise r.error(f"{where} head", f"unknown head preset {head!r}; valid: {', '.join(list_heads())}")
     for suite in r["attack"]["suites"]:
         if suite not in list_suites():
             raise r.error("[attack] suites", f"unknown suite {suite!r}; valid: {', '.join(list_suites())}")
@@ -291,14 +339,21 @@ def _check_names(r: Recipe) -> None:
     for eps in r["attack"]["curve"]["eps"] if r["attack"]["curve"] else []:
         if not 0 < eps <= 1:
             raise r.error("[attack.curve] eps", f"every eps must lie in (0, 1], got {eps}")
-    for model in ("adversarial", "aux"):
-        if r[model]["enabled"] and r[model]["init"] == "undefended" and not r["undefended"]["enabled"]:
-            raise r.error(f"[{model}] init", "'undefended' needs [undefended] enabled = true (or use 'scratch')")
-    if r["adversarial"]["enabled"] and not (r["adversarial"]["preset"] or r["adversarial"]["eps"]):
-        raise r.error("[adversarial]", f"set preset ({', '.join(ADVERSARIAL_PRESETS)}) or eps and step_size")
-    for model in ("undefended", "adversarial", "aux"):
-        if r[model]["enabled"]:
-            r.train_config(model)  # raises on bad choices (optimizer, schedule, ...)
+    names = [table["name"] for table in r["aux_adversarial"]]
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise r.error("[[aux_adversarial]] name", f"{name!r} must be letters, digits, '-' and '_' (it names the "
+                                                      f"stage {AUX_ADVERSARIAL_PREFIX}<name> and its folder)")
+    if len(set(names)) != len(names):
+        raise r.error("[[aux_adversarial]] name", f"names must differ, got {names}")
+    for stage in r.stages():
+        if stage != "undefended" and r.stage(stage)["init"] == "undefended" and not r["undefended"]["enabled"]:
+            raise r.error(f"{r.where(stage)} init", "'undefended' needs [undefended] enabled = true (or use 'scratch')")
+        if stage == "adversarial" or stage.startswith(AUX_ADVERSARIAL_PREFIX):
+            if not (r.stage(stage)["preset"] or r.stage(stage)["eps"]):
+                raise r.error(r.where(stage), f"set preset ({', '.join(ADVERSARIAL_PRESETS)}) or eps")
+            r.adversarial_config(stage)  # raises on a bad method, objective or setting
+        r.train_config(stage)  # raises on bad choices (optimizer, schedule, ...)
 
 
 def _check_backbone(r: Recipe) -> None:
@@ -377,7 +432,13 @@ def parse_recipe(text: str, path: str = "<string>") -> Recipe:
     sections = {}
     for section, schema in SCHEMA.items():
         try:
-            sections[section] = _fill(section, raw.get(section, {}), schema)
+            if isinstance(schema, list):  # an array of tables, [[section]]
+                tables = raw.get(section, [])
+                if not isinstance(tables, list):
+                    raise RecipeError(f"[{section}] must be an array of tables: write [[{section}]]")
+                sections[section] = [_fill(f"{section}[{i}]", table, schema[0]) for i, table in enumerate(tables)]
+            else:
+                sections[section] = _fill(section, raw.get(section, {}), schema)
         except RecipeError as err:
             raise RecipeError(f"{path}: {err}") from None
     recipe = Recipe(str(path), sections, text)

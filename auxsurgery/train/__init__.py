@@ -3,7 +3,13 @@
     from auxsurgery.train import TrainConfig, finetune
     result = finetune(aux_model, train_set, val_set, TrainConfig(epochs=10, out_dir="runs/x"))
 """
-from auxsurgery.train.adversarial import Adversary, adversarial_preset
+from auxsurgery.train.adversarial import (
+    TrainingMethod,
+    adversarial_preset,
+    get_training_method,
+    list_training_methods,
+    register_training_method,
+)
 from auxsurgery.train.config import AdversarialConfig, TrainConfig, paper_config
 from auxsurgery.train.engine import FinetuneResult, StepInfo, finetune
 from auxsurgery.train.meter import NonFiniteLossError
@@ -14,18 +20,21 @@ from auxsurgery.train.validation import evaluate
 
 __all__ = [
     "AdversarialConfig",
-    "Adversary",
     "FinetuneResult",
     "HeadAccuracy",
     "NonFiniteLossError",
     "StepInfo",
     "TrainConfig",
     "TrainingInterrupted",
+    "TrainingMethod",
     "adversarial_preset",
     "evaluate",
     "finetune",
+    "get_training_method",
     "head_losses",
     "joint_loss",
+    "list_training_methods",
     "paper_config",
+    "register_training_method",
     "starting_model",
 ]

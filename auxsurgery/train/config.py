@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -9,31 +10,48 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "onecycle", "none")
 MODES = ("full", "heads", "backbone-lr-scale")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-ATTACK_OBJECTIVES = ("joint", "public")
+# What the crafting attack of an adversarial-training method may climb (auxsurgery.attacks.objectives):
+# the joint sum over heads, the worst head, Algorithm 2's ensemble, the vote's margin surrogate, or one head.
+CRAFTING_OBJECTIVES = ("joint", "max-head", "ensemble", "vote-margin", "public")
 
 
 @dataclass
 class AdversarialConfig:
-    """Madry PGD adversarial training: every training batch is replaced by its PGD examples.
+    """Adversarial training: every training batch is replaced by (or, for TRADES, paired with) adversarial
+    examples that a registered method crafts (:mod:`auxsurgery.train.adversarial`). The crafting steps run
+    in the training's precision (bf16 autocast when ``TrainConfig.amp`` resolves to bf16; the examples are
+    projected into the ball exactly either way).
 
     Args:
         eps: L-inf radius in pixel units ([0, 1] images).
-        step_size: PGD step length.
-        steps: PGD steps per batch.
-        objective: what PGD attacks: ``joint`` (all heads' summed loss, the paper's
-            Adp-PGD) or ``public`` (the backbone's head); None picks ``joint`` for a model
-            with aux heads and ``public`` for a plain one.
+        method: a registered method (:func:`auxsurgery.train.adversarial.list_training_methods`, checked when
+            training starts): ``pgd`` (Madry et al.), ``fgsm`` (one step from a random start, Wong et al. 2020)
+            or ``trades`` (Zhang et al. 2019, on every head).
+        step_size: step length (None: the method's default: ``2.5 * eps / steps`` for pgd, ``1.25 * eps``
+            for fgsm, ``eps / 4`` for trades).
+        steps: attack steps per batch (fgsm ignores it: one step).
+        objective: what the crafting attack climbs (pgd, fgsm): ``joint`` (the alpha-weighted sum of every
+            head's cross-entropy, the paper's Adp-PGD), ``max-head`` (the worst head's cross-entropy),
+            ``ensemble`` (Algorithm 2's mixture), ``vote-margin`` (the vote's surrogate) or ``public`` (the
+            backbone's head); None picks ``joint`` for a model with aux heads and ``public`` for a plain one.
+            TRADES climbs its own KL term.
+        beta: TRADES' weight of the KL term (Zhang et al. use 6).
     """
 
     eps: float
-    step_size: float
+    method: str = "pgd"
+    step_size: float | None = None
     steps: int = 10
     objective: str | None = None
+    beta: float = 6.0
 
     def __post_init__(self):
-        if not 0 < self.eps <= 1 or self.step_size <= 0 or self.steps < 1:
+        step_ok = self.step_size is None or (math.isfinite(self.step_size) and self.step_size > 0)
+        if not (math.isfinite(self.eps) and 0 < self.eps <= 1) or not step_ok or self.steps < 1:
             raise ValueError(f"adversarial training needs 0 < eps <= 1, step_size > 0, steps >= 1; got {self}")
-        _check_choice("adversarial objective", self.objective, (*ATTACK_OBJECTIVES, None))
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"TRADES beta must be a finite number >= 0, got {self.beta}")
+        _check_choice("crafting objective", self.objective, (*CRAFTING_OBJECTIVES, None))
 
 
 @dataclass
@@ -67,7 +85,7 @@ class TrainConfig:
             stop-signal check (the only points where the loop waits for the device).
         select_best: the validation accuracy that picks ``best``: a rule (``vote``,
             ``score``, ``private``) or a head name; plain models use their one head.
-        adversarial: PGD adversarial training settings (None: clean training).
+        adversarial: adversarial-training settings (None: clean training).
     """
 
     epochs: int = 100

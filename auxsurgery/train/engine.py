@@ -110,13 +110,21 @@ class _Run:
         self.best_key = best_key(self.aux.head_names, config.select_best) if val_data is not None else None
         self.dtype = amp_dtype(config.amp, ctx.device)
         self.files = RunFiles(config.out_dir, write=ctx.is_main) if config.out_dir else None
+        self.method = self._method()  # before any work: an unknown method is a one-line error
 
-    def _adversary(self):
+    def _method(self):
+        """The adversarial-training method (None: clean training)."""
         if self.config.adversarial is None:
             return None
-        from auxsurgery.train.adversarial import Adversary
+        from auxsurgery.train.adversarial import get_training_method
 
-        return Adversary(self.aux, self.config.adversarial, self.config.seed)
+        return get_training_method(self.config.adversarial.method)(self.aux, self.config.adversarial,
+                                                                   self.config.seed, self.dtype)
+
+    @property
+    def passes_per_image(self) -> int:
+        """Forward plus backward image-passes one training image costs (clean training: one of each)."""
+        return 2 if self.method is None else self.method.passes_per_image
 
     def fit(self, on_step, stop: StopSignals) -> FinetuneResult:
         config, aux = self.config, self.aux
@@ -125,7 +133,6 @@ class _Run:
             self.optimizer = make_optimizer(param_groups(aux, config), config)
             self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
             self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=self.dtype is torch.float16)
-            self.adversary = self._adversary()
             self.result = FinetuneResult(out_dir=self.files.dir if self.files else None)
             epoch, step = self._restore()
             show = config.progress and self.ctx.is_main
@@ -221,11 +228,12 @@ class _Run:
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.adversary is not None:
-            x = self.adversary(x, y, global_step)
         with torch.autocast(ctx.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            logits = self.net(x)
-            losses = head_losses(logits, y, config.label_smoothing)
+            if self.method is None:
+                logits = self.net(x)
+                losses = head_losses(logits, y, config.label_smoothing)
+            else:
+                losses, logits = self.method.losses(self.net, x, y, global_step, config.label_smoothing)
         loss = losses @ aux.alpha
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -243,8 +251,11 @@ class _Run:
         """Validate, log, and write the epoch's checkpoints and resume state."""
         self.meter.raise_if_nonfinite(self.ctx, self.steps_per_epoch)
         elapsed = time.perf_counter() - self.epoch_start
-        record = {"epoch": epoch + 1, "step": (epoch + 1) * self.steps_per_epoch,
-                  "lr": self.scheduler.get_last_lr()[-1]}
+        steps_done = (epoch + 1) * self.steps_per_epoch
+        # The training budget in passes (crafting included), so that studies can compare methods at equal compute.
+        record = {"epoch": epoch + 1, "step": steps_done, "lr": self.scheduler.get_last_lr()[-1],
+                  "passes_per_image": self.passes_per_image,
+                  "train_passes": steps_done * self.config.batch_size * self.passes_per_image}
         record.update(self.meter.compute(self.ctx, self.aux.alpha))
         # A run resumed at the end of an epoch trained no image in it: no throughput to report.
         record["images_per_s"] = self.images / elapsed if self.images and elapsed > 0 else None
