@@ -45,29 +45,89 @@ def weights(tmp_path_factory):
 
 def test_defend_smoke_run_writes_one_plain_report(weights, tmp_path):
     out = tmp_path / "defence"
-    result = CliRunner().invoke(_cli(), ["small_cnn", "--weights", str(weights), "--data", "synthetic", "--quick",
-                                         "--n", "40", "--train-subset", "300", "--out", str(out), "--json"])
+    args = ["small_cnn", "--weights", str(weights), "--data", "synthetic", "--quick", "--n", "40",
+            "--train-subset", "300", "--out", str(out), "--json"]
+    result = CliRunner().invoke(_cli(), args)
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["quick"] and document["n"] == 40 and document["attach_points"] == ["stage1", "stage2", "stage3"]
-    assert document["verdict"]["helped"] in ("yes", "worse", "no measurable gain")
-    assert document["verdict"]["clean_kept"] in ("kept", "lost")
-    worst = document["verdict"]["worst_case"]
-    assert worst["difference"] == pytest.approx(document["worst_case"]["vote"] - document["worst_case"]["undefended"])
+    assert [c["label"] for c in document["candidates"]] == ["undefended", "heads (vote)", "heads (score)"]
+    best = document["best"]
+    assert best["model"] == "heads" and best["worst_case"] == max(c["worst_case"] for c in document["candidates"][1:])
+    assert best["verdict"]["helped"] in ("yes", "worse", "no measurable gain")
+    worst = best["verdict"]["worst_case"]
+    undefended = document["models"]["undefended"]["rules"]["vote"]
+    assert worst["difference"] == pytest.approx(best["worst_case"] - undefended["worst_case"])
     assert worst["low"] <= worst["difference"] <= worst["high"]
     assert json.loads((out / "defence.json").read_text())["headline"] == document["headline"]
     report = (out / "defence.md").read_text()
-    assert "Quick run" in report and document["headline"] in report and "## Did the heads help?" in report
-    assert (out / "undefended" / "report.md").is_file() and (out / "defended" / "report.md").is_file()
+    assert "Quick run" in report and document["headline"] in report and "**best**" in report
+    assert (out / "undefended" / "report.md").is_file() and (out / "heads" / "report.md").is_file()
 
     # The backbone stayed frozen: the defended model's own head is the undefended model, bit for bit,
     # and its checkpoint says where the weights came from.
-    defended = load(out / "defended.safetensors")
+    defended = load(out / "heads" / "model.safetensors")
     original = build_backbone("small_cnn", num_classes=10, weights=weights).eval()
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(defended(x)[0], original(x))
     assert defended.spec["backbone"]["weights"]["path"] == str(weights.resolve())
+
+    # The same command again is refused in one line; with --resume it continues: nothing retrains.
+    again = CliRunner().invoke(_cli(), args)
+    assert again.exit_code != 0 and "pass --resume" in str(again.exception or again.output)
+    metrics = (out / "heads" / "train" / "metrics.jsonl").read_text()
+    resumed = CliRunner().invoke(_cli(), [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["headline"] == document["headline"]
+    assert (out / "heads" / "train" / "metrics.jsonl").read_text() == metrics
+
+
+def test_defend_compares_two_methods_and_honours_the_clean_floor(weights, tmp_path):
+    out = tmp_path / "defence"
+    result = CliRunner().invoke(_cli(), [
+        "small_cnn", "--weights", str(weights), "--data", "synthetic", "--quick", "--n", "24", "--train-subset", "200",
+        "--method", "heads,aux-adversarial", "--adversarial", "trades", "--min-clean", "1.0", "--out", str(out),
+        "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert list(document["models"]) == ["undefended", "heads", "aux-adversarial"]
+    assert document["training"]["aux-adversarial"]["adversarial"]["method"] == "trades"
+    assert document["training"]["aux-adversarial"]["adversarial"]["eps"] == pytest.approx(document["eps"])
+    assert "adversarial" not in document["training"]["heads"]
+    assert document["training"]["aux-adversarial"]["final"]["passes_per_image"] == 7  # TRADES, one step
+    # A floor of 100% clean accuracy rules every defence out, and the verdict says so.
+    assert document["best"] is None and document["headline"].startswith("No defence kept clean accuracy")
+    assert all(c["above_floor"] == (c["clean"] >= 1.0) for c in document["candidates"])
+    # Training backbone and heads together moved the backbone: its own head is no longer the original.
+    defended, heads_only = load(out / "aux-adversarial" / "model.safetensors"), load(out / "heads" / "model.safetensors")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.equal(defended(x)[0], heads_only(x)[0])
+
+
+def test_defend_validates_on_unaugmented_images(monkeypatch):
+    from auxsurgery.studies import defend as module
+
+    calls = []
+    real = module.load_dataset
+    monkeypatch.setattr(module, "load_dataset", lambda *a, **k: calls.append(k) or real("synthetic", **{
+        key: v for key, v in k.items() if key in ("train", "augment")}, subset=64))
+    train, plain, _, _ = module._datasets("cifar10", None, None, None)
+    assert [k.get("augment") for k in calls if k["train"]] == [None, False]
+    _, val = module._split(train, plain, 0.25, seed=0)
+    assert val.dataset is plain and len(val) == 16
+
+
+def test_bad_defend_settings_fail_in_one_line():
+    from auxsurgery.studies.defend import DefendConfig
+
+    with pytest.raises(ValueError, match="unknown defence 'head'.*heads"):
+        DefendConfig(methods=["head"])
+    with pytest.raises(ValueError, match="unknown adversarial-training method 'trade'.*trades"):
+        DefendConfig(methods=["adversarial"], adversarial={"method": "trade"})
+    with pytest.raises(ValueError, match="floor is a fraction"):
+        DefendConfig(min_clean=80)
 
 
 def test_verdict():

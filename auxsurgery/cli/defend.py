@@ -1,4 +1,4 @@
-"""``auxsurgery defend``: your trained model in, the defended model and a plain verdict out."""
+"""``auxsurgery defend``: your trained model in, defended models and a plain verdict out."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,10 @@ from typing import Optional
 
 import typer
 
-from ..studies.defend import DefendConfig
+from ..studies.defend import DefendConfig, list_defences
 from ..studies.defend import defend as run_defence
+from ..train import list_training_methods
+from ..train.config import CRAFTING_OBJECTIVES
 from .backbone_options import Mean, ModelFactory, ModelName, Std, Weights, backbone_from_options
 from .options import DataRoot, Device, Json, Seed, head_choice, messages, print_json, results
 
@@ -21,33 +23,53 @@ def defend(
     mean: Mean = None,
     std: Std = None,
     pretrained: bool = typer.Option(False, help="Start from the library's pretrained weights (downloads)."),
+    method: str = typer.Option("heads", help="Defences to apply and compare, comma-separated: "
+                                             f"{', '.join(list_defences())}."),
+    adversarial: str = typer.Option("fgsm", help="Adversarial-training method of the adversarial defences: "
+                                                 f"{', '.join(list_training_methods())}."),
+    objective: Optional[str] = typer.Option(None, help="What the adversarial training's attack climbs: "
+                                                       f"{', '.join(CRAFTING_OBJECTIVES)} (default: joint with "
+                                                       "heads, public without; TRADES climbs its own KL)."),
+    train_eps: Optional[float] = typer.Option(None, help="L-inf radius of adversarial training (default: --eps)."),
+    attack_steps: Optional[int] = typer.Option(None, help="Attack steps per training batch (pgd, trades; default "
+                                                          "10 for pgd, 1 for trades)."),
+    min_clean: Optional[float] = typer.Option(None, help="Clean-accuracy floor of the verdict, a fraction in [0, 1]: "
+                                                         "the best model is the most robust one at or above it."),
     at: str = typer.Option("auto:3", help="Attach points (comma-separated) or auto:K."),
     head: str = typer.Option("default", help="Head preset, default:<width>, or one per point (comma-separated)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs to train the heads (default 5; 1 with --quick)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs of every defence's training (default 5; 1 with --quick)."),
     n: int = typer.Option(1000, help="Test images to evaluate (at most 100 with --quick)."),
-    train_subset: Optional[int] = typer.Option(None, help="Train the heads on the first N training images."),
+    train_subset: Optional[int] = typer.Option(None, help="Train on the first N training images."),
     eps: Optional[float] = typer.Option(None, help="L-inf budget in [0, 1] pixels (default: the dataset's preset)."),
     preset: Optional[str] = typer.Option(None, help="Attack budget preset: mnist, cifar10, mini-imagenet "
                                                     "(default: --data)."),
     image_size: Optional[int] = typer.Option(None, help="ImageFolder: resize and crop images to this size."),
     data_root: DataRoot = None,
-    out: Path = typer.Option(Path("defence"), help="Folder for defence.md/json, the defended checkpoint and reports."),
+    out: Path = typer.Option(Path("defence"), help="Folder for defence.md/json, each defence's model and reports."),
     quick: bool = typer.Option(False, help="Smoke test: tiny attack budget and few images; proves nothing."),
+    resume: bool = typer.Option(False, help="Continue the run in --out (training and evaluations where they "
+                                            "stopped)."),
     seed: Seed = 0,
     device: Device = "auto",
     as_json: Json = False,
 ):
-    """Attach Aux Blocks to your trained model, train only them (backbone frozen), attack both models with the
-    strong suite, and say plainly whether the heads helped.
+    """Defend your trained model one or more ways (--method), attack every result and the undefended model with
+    the strong suite on the same images, and name the most robust one above the clean-accuracy floor.
 
-    Writes defence.md and defence.json (the verdict), defended.safetensors, and the full undefended/ and
-    defended/ evaluation reports under --out.
+    Defences: heads (Aux Blocks trained on clean data, backbone frozen), heads-adversarial (the same heads
+    trained adversarially), adversarial (adversarial training of the backbone), aux-adversarial (heads and
+    backbone trained adversarially together). Writes defence.md and defence.json (the verdict) and, per
+    defence, its model, training folder and full evaluation report under --out.
 
-    Example: auxsurgery defend resnet18 --weights my.pth --data cifar10 --at auto:3 --epochs 5 --n 1000 --out defence
+    Example: auxsurgery defend resnet18 --weights my.pth --data cifar10 --method heads,aux-adversarial --out defence
     """
-    config = DefendConfig(at=at, head=head_choice(head), epochs=epochs or (1 if quick else 5),
-                          n=n, train_subset=train_subset, eps=eps, dataset=preset, quick=quick, seed=seed,
-                          device=device)
+    # Unset options keep the method's defaults; the training eps defaults to the evaluation's.
+    training = {"method": adversarial, "objective": objective, "eps": train_eps,
+                "steps": attack_steps or (1 if adversarial == "trades" else None)}
+    config = DefendConfig(methods=[m.strip() for m in method.split(",") if m.strip()], at=at, head=head_choice(head),
+                          epochs=epochs or (1 if quick else 5), n=n, train_subset=train_subset, eps=eps,
+                          adversarial={k: v for k, v in training.items() if v is not None}, min_clean=min_clean,
+                          dataset=preset, quick=quick, resume=resume, seed=seed, device=device)
     backbone = backbone_from_options(model, num_classes=None if model_factory else _classes(data, data_root),
                                      weights=weights, model_factory=model_factory, mean=mean, std=std,
                                      pretrained=pretrained)

@@ -1,11 +1,20 @@
-"""Your model in, the defended model out: attach Aux Blocks, train only them, and say whether they helped.
+"""Your model in, defended models out: one or more defences, each attacked, and the best one named.
 
-:func:`defend` takes a trained classifier (a backbone built with your weights), attaches heads,
-trains them with the backbone frozen (``TrainConfig(mode="heads")``: its weights and BatchNorm
-statistics stay exactly as they were), evaluates the undefended and the defended model with the
-strong suite on the same test images, and writes one report (``defence.md``, ``defence.json``)
-that answers plainly: was clean accuracy kept, and is the defended vote's worst-case accuracy
-above the undefended model's, by how much, with a rough 95% interval?
+:func:`defend` takes a trained classifier (a backbone built with your weights) and applies the
+defences you pick (:func:`list_defences`), each to its own copy:
+
+* ``heads``: Aux Blocks attached and trained on clean data with the backbone frozen (its weights and
+  BatchNorm statistics stay exactly as they were: the defended model's own head is your model);
+* ``heads-adversarial``: the same heads, trained on adversarial examples, backbone still frozen;
+* ``adversarial``: adversarial training of the backbone itself (no heads);
+* ``aux-adversarial``: Aux Blocks attached, then heads and backbone trained adversarially together.
+
+Every resulting model and the undefended one are attacked with the strong suite on the same test
+images (each model's decision rules: the vote and the score of a model with heads, the output of a
+plain one), and one report (``defence.md``, ``defence.json``) answers plainly: which model has the
+highest worst-case accuracy among those whose clean accuracy stays above the floor you set, by how
+much it beats the undefended model, each with a 95% interval. The run folder resumes: training
+continues from its saved state, evaluations from their state folders.
 """
 from __future__ import annotations
 
@@ -20,19 +29,68 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from .._utils import atomic_write, markdown_table
+from .._utils import atomic_write, did_you_mean, markdown_table, resolve_device, run_folder_lock
 from ..checkpoint import save
 from ..data import dataset_classes, load_dataset
 from ..evaluation import Budget, run_suite, write_report
 from ..evaluation.confidence import difference_interval, percent_with_interval
 from ..evaluation.report import fmt_eps
+from ..evaluation.state import STATE_FOLDER
 from ..surgery import attach_aux_blocks
-from ..train import TrainConfig, finetune
+from ..train import AdversarialConfig, TrainConfig, finetune, get_training_method
+from ..train.run_files import LAST_FILE, STATE_FILE
 
-__all__ = ["DefenceResult", "DefendConfig", "defend", "verdict"]
+__all__ = ["Defence", "DefenceResult", "DefendConfig", "defend", "get_defence", "list_defences",
+           "register_defence", "verdict"]
 
 console = Console(stderr=True)
-REPORT_MD, REPORT_JSON, MODEL_FILE = "defence.md", "defence.json", "defended.safetensors"
+REPORT_MD, REPORT_JSON, MODEL_FILE = "defence.md", "defence.json", "model.safetensors"
+UNDEFENDED = "undefended"
+
+
+@dataclass(frozen=True)
+class Defence:
+    """One way to defend a trained backbone: what is attached, what trains, on what examples."""
+
+    name: str
+    description: str
+    heads: bool  # attach Aux Blocks
+    adversarial: bool  # train on adversarial examples (DefendConfig.adversarial)
+    frozen_backbone: bool  # train only the heads (the backbone's weights and BatchNorm statistics stay)
+
+
+_DEFENCES: dict[str, Defence] = {}
+
+
+def register_defence(defence: Defence) -> Defence:
+    """Register ``defence`` under its name (``defend --method NAME``)."""
+    _DEFENCES[defence.name] = defence
+    return defence
+
+
+def list_defences() -> list[str]:
+    """Names of the registered defences."""
+    return list(_DEFENCES)
+
+
+def get_defence(name: str) -> Defence:
+    """The defence registered as ``name``; a ValueError names the close matches and the choices."""
+    if name not in _DEFENCES:
+        raise ValueError(f"unknown defence {name!r}.{did_you_mean(name, _DEFENCES)} Valid: {', '.join(_DEFENCES)}")
+    return _DEFENCES[name]
+
+
+for _defence in (
+    Defence("heads", "Aux Blocks trained on clean data, backbone frozen", heads=True, adversarial=False,
+            frozen_backbone=True),
+    Defence("heads-adversarial", "Aux Blocks trained adversarially, backbone frozen", heads=True, adversarial=True,
+            frozen_backbone=True),
+    Defence("adversarial", "adversarial training of the backbone (no heads)", heads=False, adversarial=True,
+            frozen_backbone=False),
+    Defence("aux-adversarial", "Aux Blocks attached, heads and backbone trained adversarially together", heads=True,
+            adversarial=True, frozen_backbone=False),
+):
+    register_defence(_defence)
 
 
 @dataclass
@@ -40,19 +98,27 @@ class DefendConfig:
     """Settings of :func:`defend`.
 
     Args:
+        methods: the defences to apply, each to its own copy of the backbone (:func:`list_defences`).
         at: attach points (``auto:3``, or names).
         head: head preset (or one per point).
-        epochs: training epochs of the heads (AdamW, one-cycle; :meth:`TrainConfig.quick`).
-        lr, batch_size: the heads' optimiser settings.
+        epochs: training epochs of every defence (AdamW, one-cycle; :meth:`TrainConfig.quick`).
+        lr, batch_size: the optimiser settings.
         n: test images evaluated (the first ``n``).
         train_subset: train on the first N training images (None: all).
-        val_fraction: share of the training images held out to validate each epoch.
-        eps: L-inf budget (default: the dataset's preset, 8/255 for unknown datasets).
+        val_fraction: share of the training images held out (un-augmented) to validate each epoch.
+        eps: L-inf budget of the evaluation (default: the dataset's preset, 8/255 for unknown datasets).
+        adversarial: the adversarial-training method of the adversarial defences: an AdversarialConfig, or its
+            settings as a dict whose eps defaults to the evaluation's (default: FGSM with a random start at the
+            evaluation's eps, on the joint loss of all heads).
+        min_clean: the clean-accuracy floor of the verdict, a fraction (None: no floor): the best model is the
+            one with the highest worst-case accuracy among those at or above it.
         dataset: preset name when ``data`` is not a dataset name (mnist, cifar10, ...).
         quick: smoke test: tiny attack budget, at most 100 test and 1000 training images.
+        resume: continue the run in the output folder (training from its saved state, evaluations from theirs).
         seed, device: as everywhere.
     """
 
+    methods: Sequence[str] = ("heads",)
     at: str | Sequence[str] = "auto:3"
     head: str | Sequence[str] = "default"
     epochs: int = 5
@@ -62,8 +128,11 @@ class DefendConfig:
     train_subset: int | None = None
     val_fraction: float = 0.1
     eps: float | None = None
+    adversarial: AdversarialConfig | dict | None = None
+    min_clean: float | None = None
     dataset: str | None = None
     quick: bool = False
+    resume: bool = False
     seed: int = 0
     device: str = "auto"
 
@@ -72,10 +141,25 @@ class DefendConfig:
             raise ValueError("epochs, n and batch_size must be >= 1")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.min_clean is not None and not 0 <= self.min_clean <= 1:
+            raise ValueError(f"the clean-accuracy floor is a fraction in [0, 1], got {self.min_clean}")
+        self.methods = tuple(self.methods)
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"name one or more different defences, got {list(self.methods)}")
+        for name in self.methods:
+            get_defence(name)
+        if self.adversarial is not None:
+            get_training_method(self.training_config(self.eps or 8 / 255).method)  # a bad setting fails here
+
+    def training_config(self, eps: float) -> AdversarialConfig:
+        """The adversarial training of the adversarial defences, for an evaluation at ``eps``."""
+        if isinstance(self.adversarial, AdversarialConfig):
+            return self.adversarial
+        return AdversarialConfig(**{"eps": eps, "method": "fgsm", **(self.adversarial or {})})
 
 
 def verdict(clean_before: float, clean_after: float, worst_before: float, worst_after: float, n: int) -> dict:
-    """Whether the heads helped: the worst-case and clean differences with their intervals, in words.
+    """Whether a defence helped: the worst-case and clean differences with their intervals, in words.
 
     ``helped`` is ``yes`` when the whole interval of the worst-case gain lies above 0, ``worse`` when it
     lies below, else ``no measurable gain``; ``clean_kept`` is ``lost`` when the clean accuracy's interval
@@ -95,7 +179,13 @@ def verdict(clean_before: float, clean_after: float, worst_before: float, worst_
 
 @dataclass
 class DefenceResult:
-    """What :func:`defend` measured (accuracies are fractions) and where it wrote its files."""
+    """What :func:`defend` measured (accuracies are fractions) and where it wrote its files.
+
+    ``models`` maps ``undefended`` and each defence to ``{"rules": {rule: {"clean": acc, "worst_case": acc}},
+    "description": ...}``; ``candidates`` lists every (model, rule) with its verdict against the undefended
+    model and whether its clean accuracy clears the floor; ``best`` is the chosen candidate (None when none
+    clears the floor).
+    """
 
     model: str
     data: str
@@ -103,9 +193,10 @@ class DefenceResult:
     eps: float
     quick: bool
     attach_points: list[str]
-    clean: dict  # "undefended", "vote", "score"
-    worst_case: dict  # same keys
-    verdict: dict
+    min_clean: float | None
+    models: dict
+    candidates: list[dict]
+    best: dict | None
     warnings: list[str] = field(default_factory=list)
     training: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
@@ -115,15 +206,18 @@ class DefenceResult:
 
     def headline(self) -> str:
         """The answer, in one sentence."""
-        v, w = self.verdict, self.verdict["worst_case"]
-        before, after = self.worst_case["undefended"], self.worst_case["vote"]
-        answer = {"yes": "Yes, the heads helped", "worse": "No, the heads made it worse",
-                  "no measurable gain": "No measurable gain from the heads"}[v["helped"]]
-        clean = (f"clean accuracy {'kept' if v['clean_kept'] == 'kept' else 'lost'} "
-                 f"({100 * self.clean['undefended']:.1f}% -> {100 * self.clean['vote']:.1f}%)")
-        return (f"{answer}: worst-case accuracy of the defended vote {100 * after:.1f}% vs {100 * before:.1f}% "
-                f"undefended ({100 * w['difference']:+.1f} pp, 95% interval {100 * w['low']:+.1f} to "
-                f"{100 * w['high']:+.1f} pp) at L-inf eps {fmt_eps(self.eps)} on {self.n} test images; {clean}.")
+        undefended = self.models[UNDEFENDED]["rules"]["vote"]
+        where = f"at L-inf eps {fmt_eps(self.eps)} on {self.n} test images"
+        if self.best is None:
+            return (f"No defence kept clean accuracy at or above the floor of {100 * self.min_clean:.1f}%; the "
+                    f"undefended model's worst case is {100 * undefended['worst_case']:.1f}% {where}.")
+        best, w = self.best, self.best["verdict"]["worst_case"]
+        answer = {"yes": "Best defence", "worse": "Every defence did worse; the least bad",
+                  "no measurable gain": "No measurable gain; the best defence"}[best["verdict"]["helped"]]
+        return (f"{answer}: {best['label']}, worst-case accuracy {100 * best['worst_case']:.1f}% vs "
+                f"{100 * undefended['worst_case']:.1f}% undefended ({100 * w['difference']:+.1f} pp, 95% interval "
+                f"{100 * w['low']:+.1f} to {100 * w['high']:+.1f} pp) {where}; clean accuracy "
+                f"{100 * undefended['clean']:.1f}% -> {100 * best['clean']:.1f}%.")
 
     def markdown(self) -> str:
         """The report ``defence.md``."""
@@ -133,43 +227,48 @@ class DefenceResult:
                       "robustness; rerun without `--quick` for the real answer.", ""]
         lines += [f"**{self.headline()}**", ""]
         n = self.n
+        floor = "none" if self.min_clean is None else f"{100 * self.min_clean:.1f}%"
+        lines += [f"Accuracy in % on {n} test images (with its 95% Wilson interval); worst case = per image over "
+                  f"every attack of the strong suite within L-inf eps {fmt_eps(self.eps)} (APGD on the rule's own "
+                  "objective and on the ensemble, targeted APGD, Square, run as a cascade on each rule): an image "
+                  "counts as robust only if no attack fooled it. Gain = worst case minus the undefended model's, "
+                  f"with a 95% interval. Clean-accuracy floor: {floor}.", ""]
         rows = []
-        for key, label in (("undefended", "undefended model (its own output)"), ("vote", "defended, vote rule"),
-                           ("score", "defended, score rule")):
-            clean, worst = self.clean[key], self.worst_case[key]
-            rows.append([label, percent_with_interval(clean, n), percent_with_interval(worst, n)])
-        lines += [f"Accuracy in % on {n} test images (with its 95% Wilson interval); worst case = "
-                  f"per image over every attack of the strong suite within L-inf eps {fmt_eps(self.eps)} "
-                  "(APGD on the rule's own objective and on the ensemble, targeted APGD, Square, run as a "
-                  "cascade): an image counts as robust only if no attack fooled it.", ""]
-        lines += markdown_table(["model", "clean", "worst case"], rows)
-        w, c = self.verdict["worst_case"], self.verdict["clean"]
-        lines += ["", "## Did the heads help?", "",
-                  f"- Worst case, defended vote minus undefended: {100 * w['difference']:+.1f} pp "
-                  f"(95% interval {100 * w['low']:+.1f} to {100 * w['high']:+.1f} pp): **{self.verdict['helped']}**.",
-                  f"- Clean accuracy, defended vote minus undefended: {100 * c['difference']:+.1f} pp "
-                  f"(95% interval {100 * c['low']:+.1f} to {100 * c['high']:+.1f} pp): "
-                  f"**{self.verdict['clean_kept']}**.",
-                  "- The interval treats the two accuracies as independent; they are measured on the same images, "
-                  "so it is conservative. An interval that contains 0 means this evaluation cannot tell.",
-                  "- The backbone was frozen while the heads trained: the defended model's own head (rule `public`) "
-                  "is the undefended model, bit for bit.", ""]
+        for candidate in self.candidates:
+            w = candidate["verdict"]["worst_case"]
+            gain = ("-" if candidate["model"] == UNDEFENDED else
+                    f"{100 * w['difference']:+.1f} ({100 * w['low']:+.1f} to {100 * w['high']:+.1f})")
+            chosen = " **best**" if self.best and candidate["label"] == self.best["label"] else ""
+            rows.append([candidate["label"] + chosen, percent_with_interval(candidate["clean"], n),
+                         percent_with_interval(candidate["worst_case"], n), gain,
+                         "yes" if candidate["above_floor"] else "no"])
+        lines += markdown_table(["model (rule)", "clean", "worst case", "gain (pp)", "clean >= floor"], rows)
+        lines += ["", "- The intervals of a gain treat the two accuracies as independent; they are measured on the "
+                  "same images, so they are conservative. An interval that contains 0 means this evaluation cannot "
+                  "tell.", "- The defences: " + "; ".join(
+                      f"`{name}`: {self.models[name]['description']}" for name in self.models if name != UNDEFENDED)]
+        if any(get_defence(name).frozen_backbone for name in self.models if name != UNDEFENDED):
+            lines.append("- A defence with a frozen backbone keeps your model as its own head (rule `public`), bit "
+                         "for bit.")
+        lines.append("")
         if self.warnings:
-            lines += ["## Warnings from the sanity checks", "",
-                      "Read these before trusting any number above:", ""]
+            lines += ["## Warnings from the sanity checks", "", "Read these before trusting any number above:", ""]
             lines += [f"- {message}" for message in self.warnings] + [""]
-        lines += ["## Setup", "", f"- Attach points: {', '.join(self.attach_points)}",
-                  f"- Heads trained: {self.training.get('epochs')} epoch(s) on {self.training.get('train_images')} "
-                  f"images (backbone frozen), validated on {self.training.get('val_images')} held-out training images",
-                  "- Files: " + ", ".join(f"{k}: `{v}`" for k, v in self.files.items()), ""]
+        lines += ["## Setup", "", f"- Attach points: {', '.join(self.attach_points) or '-'}"]
+        lines += [f"- `{name}`: {t['epochs']} epoch(s) on {t['train_images']} images, validated on {t['val_images']} "
+                  f"held-out un-augmented training images" + (f"; adversarial training: {t['adversarial']}"
+                                                              if t.get("adversarial") else "")
+                  for name, t in self.training.items()]
+        lines += ["- Files: " + ", ".join(f"{k}: `{v}`" for k, v in self.files.items()), ""]
         return "\n".join(lines)
 
 
-def _split(train_set: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """A seeded split of the training images into (train, validation)."""
+def _split(train_set: Dataset, plain_train_set: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """A seeded split of the training images into (train, validation); the validation images come from
+    ``plain_train_set``, the same images without augmentation."""
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed)).tolist()
     held = max(1, int(round(len(train_set) * fraction)))
-    return Subset(train_set, sorted(order[held:])), Subset(train_set, sorted(order[:held]))
+    return Subset(train_set, sorted(order[held:])), Subset(plain_train_set, sorted(order[:held]))
 
 
 @torch.no_grad()
@@ -183,6 +282,22 @@ def _output_classes(model: nn.Module, x: torch.Tensor) -> int | None:
     return out.shape[-1] if torch.is_tensor(out) and out.dim() == 2 else None
 
 
+def _candidate(model: str, rule: str, accuracies: dict, reference: dict, n: int, floor: float | None) -> dict:
+    label = model if model == UNDEFENDED or rule == "vote" and "score" not in accuracies else f"{model} ({rule})"
+    clean, worst = accuracies[rule]["clean"], accuracies[rule]["worst_case"]
+    return {"model": model, "rule": rule, "label": label, "clean": clean, "worst_case": worst,
+            "above_floor": floor is None or clean >= floor,
+            "verdict": verdict(reference["clean"], clean, reference["worst_case"], worst, n)}
+
+
+def _check_fresh(out: Path, resume: bool) -> None:
+    """Refuse to mix a new run into a folder that holds one, unless resuming it."""
+    started = (out / REPORT_JSON).exists() or any(out.glob(f"*/train/{STATE_FILE}")) or any(out.glob(f"*/{STATE_FOLDER}"))
+    if started and not resume:
+        raise FileExistsError(f"{out} already holds a defend run; pass --resume to continue it, or choose another "
+                              "--out")
+
+
 def defend(
     backbone: nn.Module,
     data: str | tuple[Dataset, Dataset],
@@ -192,32 +307,52 @@ def defend(
     image_size: int | None = None,
     name: str | None = None,
 ) -> DefenceResult:
-    """Attach Aux Blocks to a trained ``backbone``, train only the heads, and report whether they helped.
+    """Apply each defence of ``config.methods`` to a copy of ``backbone``, attack them all, and name the best.
 
     Args:
         backbone: the trained classifier, taking [0, 1] pixels (e.g. ``build_backbone(name, weights=PATH)``).
-            It is not modified: the heads are attached to a copy.
-        data: a dataset name or ImageFolder path (its train and test splits), or ``(train, test)`` datasets.
-        out_dir: where ``defence.md``, ``defence.json``, the defended checkpoint and the two full
-            evaluation reports go (None: write nothing).
+            It is not modified: every defence works on a copy.
+        data: a dataset name or ImageFolder path (its train and test splits), or ``(train, test)`` datasets
+            (then validation uses ``train`` as it is, augmentation included).
+        out_dir: where ``defence.md``, ``defence.json``, each defence's training folder and model, and every
+            evaluation report go (None: write nothing). Held under a lock; ``config.resume`` continues it.
         config: see :class:`DefendConfig`.
         data_root, image_size: as :func:`auxsurgery.load_dataset`.
         name: the model's name in the report (default: the backbone's spec name).
     """
     config = config or DefendConfig()
-    out = Path(out_dir) if out_dir is not None else None
-    quick = config.quick
-    n = min(config.n, 100) if quick else config.n
-    train_subset = config.train_subset if not quick else min(config.train_subset or 1000, 1000)
+    if out_dir is None:
+        return _defend(backbone, data, None, config, data_root, image_size, name)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; defend writes a folder")
+    with run_folder_lock(out, "auxsurgery defend"):
+        _check_fresh(out, config.resume)
+        return _defend(backbone, data, out, config, data_root, image_size, name)
+
+
+def _datasets(data, data_root, image_size, train_subset: int | None):
+    """(train, the same images un-augmented, test, the data's name)."""
     if isinstance(data, str):
-        train_set = load_dataset(data, root=data_root, train=True, image_size=image_size, subset=None)
-        test_set = load_dataset(data, root=data_root, train=False, image_size=image_size)
+        options = dict(root=data_root, image_size=image_size)
+        train_set = load_dataset(data, train=True, **options)
+        plain_train_set = load_dataset(data, train=True, augment=False, **options)
+        test_set = load_dataset(data, train=False, **options)
         data_name = data
     else:
         train_set, test_set = data
+        plain_train_set = train_set
         data_name = "custom data"
     if train_subset is not None and train_subset < len(train_set):
-        train_set = Subset(train_set, range(train_subset))
+        train_set, plain_train_set = Subset(train_set, range(train_subset)), Subset(plain_train_set, range(train_subset))
+    return train_set, plain_train_set, test_set, data_name
+
+
+def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, image_size, name) -> DefenceResult:
+    quick = config.quick
+    n = min(config.n, 100) if quick else config.n
+    train_subset = config.train_subset if not quick else min(config.train_subset or 1000, 1000)
+    train_set, plain_train_set, test_set, data_name = _datasets(data, data_root, image_size, train_subset)
     classes = dataset_classes(train_set)
     sample = train_set[0][0]
     num_classes = len(classes) if classes is not None else None
@@ -226,54 +361,47 @@ def defend(
     if num_classes is not None and outputs is not None and outputs != num_classes:
         raise ValueError(f"{name} outputs {outputs} classes but {data_name} has {num_classes}: load weights trained on "
                          "this data (or build the model with that num_classes)")
-    train_part, val_part = _split(train_set, config.val_fraction, config.seed)
-
-    console.rule(f"1/3 attach Aux Blocks to {name} and train them (backbone frozen)")
-    torch.manual_seed(config.seed)  # the heads' initial weights
-    aux = attach_aux_blocks(copy.deepcopy(backbone), at=config.at, num_classes=outputs,
-                            input_size=tuple(sample.shape), head=config.head)
-    train_config = TrainConfig.quick(config.epochs, lr=config.lr, mode="heads", seed=config.seed,
-                                     batch_size=min(config.batch_size, len(train_part)), device=config.device,
-                                     out_dir=str(out / "train") if out else None, select_best="vote")
-    trained = finetune(aux, train_part, val_part, train_config)
-    aux.eval()
-    files = {}
-    if out:
-        files["defended model"] = str(save(aux, out / MODEL_FILE))
+    train_part, val_part = _split(train_set, plain_train_set, config.val_fraction, config.seed)
 
     budget = Budget.quick() if quick else None
     preset = config.dataset or (data_name if isinstance(data, str) else None)
     settings = dict(n=n, seed=config.seed, budget=budget, dataset=preset, eps=config.eps)
-    device = next(aux.parameters()).device
-    console.rule("2/3 attack the undefended model (strong suite)")
-    # The user's module stays where it is: a copy moves to the device the heads trained on.
-    param = next(backbone.parameters())
-    reference = backbone if param.device == device else copy.deepcopy(backbone).to(device)
-    undefended = run_suite(reference, test_set, suite="strong", rules=("vote",), **settings)
-    console.rule("3/3 attack the defended model (strong suite, vote and score rules)")
-    defended = run_suite(aux, test_set, suite="strong", rules=("vote", "score"), **settings)
-    if out:
-        files["undefended report"] = str(out / "undefended" / "report.md")
-        files["defended report"] = str(out / "defended" / "report.md")
-        write_report(undefended, out / "undefended")
-        write_report(defended, out / "defended")
+    steps = len(config.methods) + 1
+    # The user's module stays where it is: the undefended model is evaluated as a copy, where the defences train.
+    reference = copy.deepcopy(backbone).eval().to(resolve_device(config.device))
+    console.rule(f"1/{steps} attack the undefended model (strong suite)")
+    undefended = _evaluate(reference, test_set, UNDEFENDED, out, settings, ("vote",))
+    eps = undefended.preset.eps
+    adversarial = config.training_config(eps)
+    models = {UNDEFENDED: {"description": "your model as given", "rules": _accuracies(undefended, ("vote",))}}
+    warnings = [f"{UNDEFENDED}: {f.message}" for f in undefended.warnings]
+    training, files, attach_points = {}, {}, []
+    for k, method in enumerate(config.methods, start=2):
+        defence = get_defence(method)
+        console.rule(f"{k}/{steps} {method}: {defence.description}; then the strong suite")
+        model, record = _train(defence, backbone, train_part, val_part, out, config,
+                               adversarial if defence.adversarial else None, outputs, tuple(sample.shape))
+        training[method] = {"epochs": config.epochs, "train_images": len(train_part), "val_images": len(val_part),
+                            **record}
+        if defence.heads:
+            attach_points = list(model.attach_points)
+        if out:
+            files[f"{method} model"] = str(out / method / (MODEL_FILE if defence.heads else f"train/{LAST_FILE}"))
+        rules = ("vote", "score") if defence.heads else ("vote",)
+        evaluated = _evaluate(model, test_set, method, out, settings, rules)
+        models[method] = {"description": defence.description, "rules": _accuracies(evaluated, rules)}
+        warnings += [f"{method}: {f.message}" for f in evaluated.warnings]
 
-    worst_u, worst_d = undefended.worst_case().outcome, defended.worst_case().outcome
-    clean = {"undefended": undefended.clean.accuracy("vote"), "vote": defended.clean.accuracy("vote"),
-             "score": defended.clean.accuracy("score")}
-    worst = {"undefended": worst_u.accuracy("vote"), "vote": worst_d.accuracy("vote"),
-             "score": worst_d.accuracy("score")}
-    warnings = ([f"undefended: {f.message}" for f in undefended.warnings]
-                + [f"defended: {f.message}" for f in defended.warnings])
+    n_points = undefended.n
+    reference_accuracy = models[UNDEFENDED]["rules"]["vote"]
+    candidates = [_candidate(model, rule, entry["rules"], reference_accuracy, n_points, config.min_clean)
+                  for model, entry in models.items() for rule in entry["rules"]]
+    eligible = [c for c in candidates if c["model"] != UNDEFENDED and c["above_floor"]]
+    best = max(eligible, key=lambda c: (c["worst_case"], c["clean"]), default=None)
     result = DefenceResult(
-        model=name, data=data_name, n=defended.n, eps=defended.preset.eps, quick=quick,
-        attach_points=list(aux.attach_points), clean=clean, worst_case=worst,
-        verdict=verdict(clean["undefended"], clean["vote"], worst["undefended"], worst["vote"], defended.n),
-        warnings=warnings,
-        training={"epochs": config.epochs, "train_images": len(train_part), "val_images": len(val_part),
-                  "best_epoch": trained.best_epoch, "final": trained.history[-1] if trained.history else None},
-        files=files,
-    )
+        model=name, data=data_name, n=n_points, eps=eps, quick=quick, attach_points=attach_points,
+        min_clean=config.min_clean, models=models, candidates=candidates, best=best, warnings=warnings,
+        training=training, files=files)
     if out:
         result.files.update({"report": str(out / REPORT_MD), "json": str(out / REPORT_JSON)})
         document = {**result.to_dict(), "headline": result.headline(),
@@ -281,3 +409,41 @@ def defend(
         atomic_write(out / REPORT_JSON, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1, default=str)))
         atomic_write(out / REPORT_MD, lambda tmp: Path(tmp).write_text(result.markdown()))
     return result
+
+
+def _train(defence: Defence, backbone: nn.Module, train_part: Dataset, val_part: Dataset, out: Path | None,
+           config: DefendConfig, adversarial: AdversarialConfig | None, outputs: int | None, input_size: tuple):
+    """A copy of ``backbone`` defended by ``defence`` and trained (or its training continued); with the record of
+    its last epoch."""
+    torch.manual_seed(config.seed)  # the heads' initial weights
+    model = copy.deepcopy(backbone)
+    if defence.heads:
+        model = attach_aux_blocks(model, at=config.at, num_classes=outputs, input_size=input_size, head=config.head)
+    folder = out / defence.name / "train" if out else None
+    train_config = TrainConfig.quick(
+        config.epochs, lr=config.lr, mode="heads" if defence.frozen_backbone else "full", seed=config.seed,
+        batch_size=min(config.batch_size, len(train_part)), device=config.device, adversarial=adversarial,
+        out_dir=str(folder) if folder else None, resume=bool(folder and (folder / STATE_FILE).exists()),
+        select_best="vote")
+    trained = finetune(model, train_part, val_part, train_config)
+    model.eval()
+    if out and defence.heads:
+        save(model, out / defence.name / MODEL_FILE)
+    record = {"best_epoch": trained.best_epoch, "final": trained.history[-1] if trained.history else None}
+    if adversarial is not None:
+        record["adversarial"] = asdict(adversarial)
+    return model, record
+
+
+def _evaluate(model: nn.Module, test_set: Dataset, name: str, out: Path | None, settings: dict, rules: tuple):
+    """The strong suite on ``model`` (resumable in ``out/name``), its report written there."""
+    state = out / name / STATE_FOLDER if out else None
+    result = run_suite(model, test_set, suite="strong", rules=rules, state_dir=state, **settings)
+    if out:
+        write_report(result, out / name)
+    return result
+
+
+def _accuracies(result, rules: tuple) -> dict:
+    worst = result.worst_case().outcome
+    return {rule: {"clean": result.clean.accuracy(rule), "worst_case": worst.accuracy(rule)} for rule in rules}
