@@ -294,3 +294,17 @@ def test_feature_encoder_without_classifier_is_refused_with_its_output_shape():
 
     with pytest.raises(ValueError, match=r"not \[B, num_classes\] logits \(got a tensor of shape \(\d+, 4, 6\)\)"):
         attach_aux_blocks(TokenEncoder(), at="patch", input_size=(3, 8, 8))
+
+
+def test_preact_resnet18_is_robustbenchs_resnet18_and_takes_heads():
+    backbone = build_backbone("preact_resnet18_cifar", num_classes=10)
+    # PreAct ResNet-18's 11.17M parameters: 2 blocks per stage at widths 64-512, three 1x1 shortcuts, a 10-class fc.
+    convs = 3 * 64 * 9 + sum(9 * (cin * cout + cout * cout) + 9 * 2 * cout * cout
+                             for cin, cout in ((64, 64), (64, 128), (128, 256), (256, 512)))
+    shortcuts = 64 * 128 + 128 * 256 + 256 * 512
+    blocks = [(64, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 512), (512, 512)]
+    batchnorms = 2 * (sum(cin + cout for cin, cout in blocks) + 512)  # two BNs a block, one at the end
+    assert sum(p.numel() for p in backbone.parameters()) == convs + shortcuts + batchnorms + 512 * 10 + 10
+    aux = attach_aux_blocks(backbone, at="auto:3", input_size=(3, 32, 32))
+    assert aux.attach_points == ["layer1", "layer2", "layer3"]
+    assert aux(torch.rand(2, 3, 32, 32)).shape == (4, 2, 10)
