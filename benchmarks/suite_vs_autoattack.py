@@ -185,9 +185,10 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                     suite_robust = torch.tensor(results["per_sample"]["robust"][rule][:n])
                     standard = autoattack(model, x, y, eps, rule=rule, protocol="standard")
                     record = doc["records"][key] = {
-                        "model": name, "reading": reading, "rule": rule, "eps": eps, "n": n,
+                        "command": command_line(), "model": name, "reading": reading, "rule": rule, "eps": eps, "n": n,
                         "suite": suite_robust.float().mean().item(),
                         "autoattack": {"accuracy": standard.accuracy, "seconds": standard.seconds,
+                                       "passes": standard.passes.to_dict(), "settings": standard.settings,
                                        "stages": standard.stages, "robust": standard.robust.tolist()},
                         "union": (suite_robust & standard.robust).float().mean().item(),
                         "suite_robust_autoattack_fooled": (suite_robust & ~standard.robust).nonzero().flatten().tolist(),

@@ -32,7 +32,7 @@ from .targeted import TopKTargeted
 from .transfer import Transfer
 
 __all__ = [
-    "APGD", "APGDT", "Attack", "Boundary", "CW", "FGSM", "FMN", "KINDS", "PGD", "PGDT", "PassCounter", "Passes", "Square", "TopKTargeted",
-    "Transfer", "get_attack", "get_objective", "is_adversarial", "list_attacks", "list_objectives",
-    "needs_true_label", "register_attack", "register_objective", "robust_accuracy_curve",
+    "APGD", "APGDT", "Attack", "Boundary", "CW", "FGSM", "FMN", "KINDS", "PGD", "PGDT", "PassCounter", "Passes",
+    "Square", "TopKTargeted", "Transfer", "get_attack", "get_objective", "is_adversarial", "list_attacks",
+    "list_objectives", "needs_true_label", "register_attack", "register_objective", "robust_accuracy_curve",
 ]

@@ -29,8 +29,9 @@ NORMS = ("linf", "l2")
 DTYPES = ("fp32", "bf16")
 
 __all__ = [
-    "DTYPES", "NORMS", "Attack", "Ball", "PassCounter", "Passes", "Survivors", "ascent_direction",
-    "enforce_bounds", "frozen", "head_weights", "is_adversarial", "l2_norms", "per_sample", "perturbation_norms", "robust_accuracy_curve", "take",
+    "DTYPES", "NORMS", "Attack", "Ball", "PassCounter", "Passes", "Survivors", "ascent_direction", "enforce_bounds",
+    "frozen", "head_weights", "is_adversarial", "l2_norms", "per_sample", "perturbation_norms", "robust_accuracy_curve",
+    "take",
 ]
 
 

@@ -403,6 +403,7 @@ def _run(aux: AuxModel, x: torch.Tensor, y: torch.Tensor, plans: list, eval_rule
             else:
                 result.rows.append(runner.run_plan(pl))
             bar.update(overall, completed=len(result.rows))
-    result.findings = (preflight + runner.findings + probe_findings({r: n for r, n in result.worst_case().missed.items() if r in targets})
+    missed = {rule: count for rule, count in result.worst_case().missed.items() if rule in targets}
+    result.findings = (preflight + runner.findings + probe_findings(missed)
                        + sanity_checks(result.rows, targets, len(x)))
     return result

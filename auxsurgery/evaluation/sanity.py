@@ -227,7 +227,8 @@ def probe_findings(missed: dict[str, int]) -> list[Finding]:
     (:attr:`~.judging.WorstCase.missed`: they count as broken in the worst case)."""
     return [Finding("probe-beats-attacks", "warning", (
         f"[{rule}] a sanity probe broke {count} point(s) that every attack left robust: the attacks are weaker "
-        "than a probe here; those points count as broken in the worst case")) for rule, count in missed.items() if count]
+        "than a probe here; those points count as broken in the worst case"))
+        for rule, count in missed.items() if count]
 
 
 def sanity_checks(rows: Sequence, rules: Sequence[str], n: int, tolerance: float = TOLERANCE) -> list[Finding]:
