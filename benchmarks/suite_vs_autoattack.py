@@ -1,19 +1,22 @@
 """The strong suite against AutoAttack, point by point, on the same models, points and eps.
 
 For each model (MNIST LeNet-5 + Table IX heads; a CIFAR-10 small_cnn with default heads at auto:3),
-each eps (in [0, 1] pixels) and the first N test points, measured in one run:
+each eps (in [0, 1] pixels), each decision rule and the first N test points, measured in one run:
 
-* the strong suite's worst case for the vote (``run_suite(..., suite="strong", rules=("vote",))``),
-* AutoAttack's standard protocol (APGD-CE and APGD-T with 100 steps, 9 targets, FAB-T, Square with 5,000
-  queries; :mod:`auxsurgery.evaluation.autoattack`) on the ensemble's log-probabilities, every example
-  re-judged by the vote,
-* the per-point union (robust only if neither broke it) and the points the suite calls robust that
-  AutoAttack fooled (the suite's misses: must be 0),
-* wall times: suite / AutoAttack standard, suite / torchattacks' default AutoAttack (10-step stages),
-  and with ``--bf16`` the suite with bf16 attack steps (time ratio and worst case against fp32).
+* the strong suite's worst case for the rule (``run_suite(..., suite="strong", rules=(rule,))``),
+* AutoAttack's standard protocol (APGD-CE, APGD-T and FAB-T with 100 steps and 9 targets, Square with 5,000
+  queries; :mod:`auxsurgery.evaluation.autoattack`) on the ensemble's log-probabilities (a plain model's
+  logits), every example re-judged by the rule,
+* the per-point union (robust only if neither broke it) and ``misses``: the points the suite calls robust
+  that AutoAttack fooled (must be 0),
+* the cost of each in image-passes, counted by the same counter around the model (the headline:
+  ``pass_ratio`` = suite / AutoAttack), with wall time beside it; with ``--bf16`` also the suite with
+  bf16 attack steps.
 
-The models are trained here once and cached beside the results (weights are not committed); results
-are kept per (model, eps) and a rerun skips what is done (``--rerun`` redoes it).
+One JSON record per (model, eps, rule), each with the command that produced it. Records are written only
+with ``--out`` (the committed benchmark lives in benchmarks/results/suite_vs_autoattack); without it they are
+printed. The models are trained here once and cached (weights are not committed); a rerun skips the
+records that exist (``--rerun`` redoes them).
 
 With ``--run FOLDER`` it cross-checks a recipe run instead (``auxsurgery run``): for each trained model and
 eps reading of the run, AutoAttack's standard protocol on the first N points the recipe attacked, against the
@@ -23,8 +26,10 @@ of one model (AutoAttack on a robust model costs far more than the suite's casca
 ``autoattack_check.json`` and ``autoattack_check.md``.
 
 Usage:
-  OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 500 \\
+  OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 1000 \\
       --out benchmarks/results/suite_vs_autoattack [--bf16]
+  OMP_NUM_THREADS=1 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 50 \\
+      --models mnist-lenet5 --eps 0.1    # a small check: prints the records, writes nothing
   OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data \\
       --run benchmarks/results/cifar10-resnet9-cpu --readings 8-255 --limit adversarial=250
 """
@@ -74,59 +79,75 @@ def trained_model(name: str, data_root: str | None, folder: Path):
     return load(path)
 
 
-def measure(model, x, y, eps: float, bf16: bool) -> dict:
-    """One (model, eps) record: the suite, AutoAttack (both protocols), the union and the timings."""
+def _ratio(suite: dict, reference: dict) -> float | None:
+    total = reference["forward"] + reference["backward"]
+    return (suite["forward"] + suite["backward"]) / total if total else None
+
+
+def measure(model, x, y, eps: float, rule: str, bf16: bool) -> dict:
+    """One (model, eps, rule) record: the suite and AutoAttack's standard protocol on the same points, the
+    per-point union and misses, and each one's cost in image-passes (the headline) beside wall time."""
     began = time.perf_counter()
-    suite = run_suite(model, (x, y), suite="strong", eps=eps, rules=("vote",), progress=True)
+    suite = run_suite(model, (x, y), suite="strong", eps=eps, rules=(rule,), progress=True)
     suite_seconds = time.perf_counter() - began
-    suite_robust = suite.worst_case().outcome.rules["vote"]
-    standard = autoattack(model, x, y, eps, rule="vote", protocol="standard")
-    library = autoattack(model, x, y, eps, rule="vote", protocol="torchattacks")
+    suite_robust = suite.worst_case().outcome.rules[rule]
+    standard = autoattack(model, x, y, eps, rule=rule, protocol="standard")
     missed = suite_robust & ~standard.robust
+    suite_passes, reference_passes = suite.passes().to_dict(), standard.passes.to_dict()
     record = {
-        "eps": eps, "n": len(x),
-        "clean": suite.clean.accuracy("vote"),
-        "suite": {"accuracy": suite_robust.float().mean().item(), "seconds": suite_seconds,
-                  "rows": [{"name": r.name, "accuracy": r.outcome.accuracy("vote"), "attacked": r.attacked,
-                            "seconds": r.seconds} for r in suite.rows if r.suite == "strong"],
-                  "warnings": [f.message for f in suite.warnings]},
-        "autoattack": {"accuracy": standard.accuracy, "seconds": standard.seconds, "stages": standard.stages},
-        "torchattacks_default": {"accuracy": library.accuracy, "seconds": library.seconds, "stages": library.stages},
-        "union": (suite_robust & standard.robust).float().mean().item(),
-        "suite_robust_autoattack_fooled": missed.nonzero().flatten().tolist(),
+        "command": command_line(), "eps": eps, "rule": rule, "n": len(x), "clean": suite.clean.accuracy(rule),
+        "suite_robust": suite_robust.float().mean().item(),
+        "autoattack_robust": standard.accuracy,
+        "union_robust": (suite_robust & standard.robust).float().mean().item(),
+        "misses": int(missed.sum()), "missed_points": missed.nonzero().flatten().tolist(),
         "autoattack_robust_suite_fooled": int((standard.robust & ~suite_robust).sum()),
-        "time_ratio_vs_autoattack": suite_seconds / standard.seconds,
-        "time_ratio_vs_torchattacks_default": suite_seconds / library.seconds,
+        "suite_passes": suite_passes, "autoattack_passes": reference_passes,
+        "pass_ratio": _ratio(suite_passes, reference_passes),
+        "sanity_passes": suite.passes(sanity=True).to_dict(),
+        "suite_seconds": suite_seconds, "autoattack_seconds": standard.seconds,
+        "time_ratio": suite_seconds / standard.seconds if standard.seconds else None,
+        "suite_rows": [{"name": r.name, "robust": r.outcome.accuracy(rule), "attacked": r.attacked,
+                        "seconds": r.seconds, "passes": r.passes.to_dict()} for r in suite.rows],
+        "autoattack_stages": standard.stages, "autoattack_settings": standard.settings,
+        "findings": [f.to_dict() for f in suite.findings if f.level == "warning" or f.check == "indicators"],
     }
     if bf16:
         began = time.perf_counter()
-        half = run_suite(model, (x, y), suite="strong", eps=eps, rules=("vote",), attack_dtype="bf16")
+        half = run_suite(model, (x, y), suite="strong", eps=eps, rules=(rule,), attack_dtype="bf16")
         seconds = time.perf_counter() - began
-        record["suite_bf16"] = {"accuracy": half.worst_case().outcome.accuracy("vote"), "seconds": seconds,
-                                "speedup_vs_fp32": suite_seconds / seconds}
+        record["suite_bf16"] = {"robust": half.worst_case().outcome.accuracy(rule), "seconds": seconds,
+                                "passes": half.passes().to_dict(), "speedup_vs_fp32": suite_seconds / seconds}
     return record
 
 
+def _passes(p: dict) -> str:
+    return f"{(p['forward'] + p['backward']) / 1e3:,.1f}k"
+
+
 def report(doc: dict) -> str:
-    """The results as Markdown."""
-    header = ["model", "eps", "n", "clean", "suite worst case", "AutoAttack", "union", "suite-robust & AA-fooled",
-              "suite s", "AA s", "suite / AA", "suite / torchattacks default"]
+    """The results as Markdown: the pass ratio first, wall time beside it."""
+    header = ["model", "eps", "rule", "n", "clean", "suite robust", "AutoAttack robust", "union", "misses",
+              "suite passes", "AA passes", "suite / AA passes", "suite s", "AA s", "suite / AA time"]
     rows = []
     for key, r in doc["records"].items():
-        rows.append([key.split("@")[0], f"{r['eps']:.4g}", str(r["n"]), f"{100 * r['clean']:.1f}",
-                     f"{100 * r['suite']['accuracy']:.1f}", f"{100 * r['autoattack']['accuracy']:.1f}",
-                     f"{100 * r['union']:.1f}", str(len(r["suite_robust_autoattack_fooled"])),
-                     f"{r['suite']['seconds']:.0f}", f"{r['autoattack']['seconds']:.0f}",
-                     f"{r['time_ratio_vs_autoattack']:.2f}", f"{r['time_ratio_vs_torchattacks_default']:.2f}"])
-    lines = ["# Strong suite vs AutoAttack (vote rule)", "", f"Command: `{doc['command']}`", "",
-             f"Machine: {doc['machine']}", "", "Accuracy in %; times in seconds, measured in one run.", ""]
+        rows.append([key.split("@")[0], f"{r['eps']:.4g}", r["rule"], str(r["n"]), f"{100 * r['clean']:.1f}",
+                     f"{100 * r['suite_robust']:.1f}", f"{100 * r['autoattack_robust']:.1f}",
+                     f"{100 * r['union_robust']:.1f}", str(r["misses"]), _passes(r["suite_passes"]),
+                     _passes(r["autoattack_passes"]), f"{r['pass_ratio']:.3f}" if r["pass_ratio"] else "-",
+                     f"{r['suite_seconds']:.0f}", f"{r['autoattack_seconds']:.0f}",
+                     f"{r['time_ratio']:.2f}" if r["time_ratio"] else "-"])
+    lines = ["# Strong suite vs AutoAttack", "", f"Command: `{doc['command']}`", "", f"Machine: {doc['machine']}", "",
+             "Robust accuracy in %, judged by the rule; *misses*: points the suite calls robust that AutoAttack "
+             "(standard protocol: APGD-CE, APGD-T and FAB-T with 9 targets and 100 steps, Square with 5,000 queries) "
+             "fooled. Passes: forward + backward image-passes counted by the same counter around the model, the "
+             "judging forwards included; the suite's sanity probes are costed apart (not in these columns).", ""]
     lines += markdown_table(header, rows)
     half = [(k, r["suite_bf16"]) for k, r in doc["records"].items() if "suite_bf16" in r]
     if half:
         lines += ["", "bf16 attack steps (successes re-verified in fp32):", ""]
-        lines += markdown_table(["model@eps", "fp32 worst case", "bf16 worst case", "speed-up"],
-                                [[k, f"{100 * doc['records'][k]['suite']['accuracy']:.1f}",
-                                  f"{100 * h['accuracy']:.1f}", f"{h['speedup_vs_fp32']:.2f}"] for k, h in half])
+        lines += markdown_table(["record", "fp32 robust", "bf16 robust", "speed-up"],
+                                [[k, f"{100 * doc['records'][k]['suite_robust']:.1f}",
+                                  f"{100 * h['robust']:.1f}", f"{h['speedup_vs_fp32']:.2f}"] for k, h in half])
     return "\n".join(lines) + "\n"
 
 
@@ -164,9 +185,10 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                     suite_robust = torch.tensor(results["per_sample"]["robust"][rule][:n])
                     standard = autoattack(model, x, y, eps, rule=rule, protocol="standard")
                     record = doc["records"][key] = {
-                        "model": name, "reading": reading, "rule": rule, "eps": eps, "n": n,
+                        "command": command_line(), "model": name, "reading": reading, "rule": rule, "eps": eps, "n": n,
                         "suite": suite_robust.float().mean().item(),
                         "autoattack": {"accuracy": standard.accuracy, "seconds": standard.seconds,
+                                       "passes": standard.passes.to_dict(), "settings": standard.settings,
                                        "stages": standard.stages, "robust": standard.robust.tolist()},
                         "union": (suite_robust & standard.robust).float().mean().item(),
                         "suite_robust_autoattack_fooled": (suite_robust & ~standard.robust).nonzero().flatten().tolist(),
@@ -218,7 +240,13 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
     parser.add_argument("--n", type=int, default=500, help="first N test points")
-    parser.add_argument("--out", default="benchmarks/results/suite_vs_autoattack")
+    parser.add_argument("--out", default=None,
+                        help="folder to write suite_vs_autoattack.json and .md into (the committed benchmark: "
+                             "benchmarks/results/suite_vs_autoattack); without it the records are printed only")
+    parser.add_argument("--model-cache", default="benchmarks/results/suite_vs_autoattack",
+                        help="without --out: where the trained models are cached (models/<name>.safetensors)")
+    parser.add_argument("--eps", help="comma-separated eps values in pixels (default: the model's)")
+    parser.add_argument("--rules", default="vote", help="comma-separated decision rules to attack")
     parser.add_argument("--bf16", action="store_true", help="also run the suite with bf16 attack steps")
     parser.add_argument("--rerun", action="store_true", help="redo records that exist")
     parser.add_argument("--run", help="cross-check this recipe run folder instead (see above)")
@@ -232,23 +260,31 @@ def main() -> None:
         cross_check_run(Path(args.run), args.data_root, readings, limits, args.rerun)
         return
 
-    out = Path(args.out)
-    path = out / "suite_vs_autoattack.json"
-    doc = json.loads(path.read_text()) if path.exists() and not args.rerun else {"records": {}}
+    doc = {"records": {}}
+    path = Path(args.out) / "suite_vs_autoattack.json" if args.out else None
+    if path and path.exists() and not args.rerun:
+        doc = json.loads(path.read_text())
     doc.update(command=command_line(), machine=machine(), versions=versions())
+    cache = Path(args.out or args.model_cache)
     for name in args.models.split(","):
+        if name not in MODELS:
+            raise SystemExit(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
         dataset, eps_values = MODELS[name]
-        model = trained_model(name, args.data_root, out)
+        model = trained_model(name, args.data_root, cache)
         x, y, _ = collect(load_dataset(dataset, root=args.data_root, train=False), args.n)
-        for eps in eps_values:
-            key = f"{name}@{eps:.4g}"
-            if key in doc["records"] and doc["records"][key]["n"] == args.n:
-                continue
-            print(f"== {key} (n={args.n})", flush=True)
-            doc["records"][key] = measure(model, x, y, eps, args.bf16)
-            atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
-            atomic_write(out / "suite_vs_autoattack.md", lambda tmp: Path(tmp).write_text(report(doc)))
-            print(report(doc), flush=True)
+        for eps in [float(e) for e in args.eps.split(",")] if args.eps else eps_values:
+            for rule in args.rules.split(","):
+                key = f"{name}@{eps:.4g}@{rule}"
+                if key in doc["records"] and doc["records"][key]["n"] == args.n:
+                    continue
+                print(f"== {key} (n={args.n})", flush=True)
+                doc["records"][key] = measure(model, x, y, eps, rule, args.bf16)
+                if path:
+                    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+                    atomic_write(path.with_suffix(".md"), lambda tmp: Path(tmp).write_text(report(doc)))
+                print(report(doc), flush=True)
+    if not path:
+        print(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

@@ -109,3 +109,29 @@ def test_targeted_classes_are_registered_and_configured():
     assert repr(attack) == ("APGDT(objective='dlr-t-ensemble', eps=0.03, norm='linf', rule='vote', targeted=False, "
                             "dtype='bf16', n_target_classes=5)")
     assert not attack.targeted and attack.objective.needs_true_label
+
+
+def test_boundary_ranking_picks_the_nearest_boundary_not_the_likeliest_class():
+    """On a linear model the linearised distance is the exact L-inf distance to each class's boundary,
+    (z_y - z_t) / ||w_y - w_t||_1: a likely class behind a steep boundary ranks after an unlikely near one."""
+    torch = pytest.importorskip("torch")
+    from auxsurgery.attacks.targeted import boundary_distances
+    from torch import nn
+    numel = 16
+    linear = nn.Linear(numel, 3)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.weight[1].fill_(0.01)  # class 1: likely (logit -1) but the weights barely move it
+        linear.weight[2].fill_(1.0)   # class 2: unlikely (logit -3) but its boundary is steep
+        linear.bias.copy_(torch.tensor([0.0, -1.0, -3.0]))
+    model = nn.Sequential(nn.Flatten(), linear)
+    x, y = torch.full((1, 1, 4, 4), 0.0), torch.tensor([0])
+    xg = x.clone().requires_grad_(True)
+    scores = torch.log_softmax(model(xg), -1)
+    distances = boundary_distances(scores, xg, y, torch.tensor([[1, 2]]), "linf")
+    torch.testing.assert_close(distances, torch.tensor([[1.0 / (0.01 * numel), 3.0 / numel]]))
+    attack = APGDT(model, eps=0.2, steps=2, n_target_classes=1, target_candidates=2, seed=0)
+    with torch.no_grad():
+        logits = model(x).unsqueeze(0)
+    assert attack.targets(logits, y).tolist() == [[1]]  # by score: the likeliest
+    assert attack.targets(model(xg).unsqueeze(0), y, xg).tolist() == [[2]]  # by distance: the nearest

@@ -18,7 +18,7 @@ Each attack module registers its class (:mod:`.registry`); importing this packag
 """
 from .apgd import APGD
 from .apgdt import APGDT
-from .base import Attack, is_adversarial, robust_accuracy_curve
+from .base import Attack, PassCounter, Passes, is_adversarial, robust_accuracy_curve
 from .boundary import Boundary
 from .cw import CW
 from .fgsm import FGSM
@@ -32,7 +32,7 @@ from .targeted import TopKTargeted
 from .transfer import Transfer
 
 __all__ = [
-    "APGD", "APGDT", "Attack", "Boundary", "CW", "FGSM", "FMN", "KINDS", "PGD", "PGDT", "Square", "TopKTargeted",
-    "Transfer", "get_attack", "get_objective", "is_adversarial", "list_attacks", "list_objectives",
-    "needs_true_label", "register_attack", "register_objective", "robust_accuracy_curve",
+    "APGD", "APGDT", "Attack", "Boundary", "CW", "FGSM", "FMN", "KINDS", "PGD", "PGDT", "PassCounter", "Passes",
+    "Square", "TopKTargeted", "Transfer", "get_attack", "get_objective", "is_adversarial", "list_attacks",
+    "list_objectives", "needs_true_label", "register_attack", "register_objective", "robust_accuracy_curve",
 ]

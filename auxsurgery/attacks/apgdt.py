@@ -23,11 +23,14 @@ class APGDT(TopKTargeted, APGD):
 
     Cost: up to ``n_target_classes * restarts`` APGD runs, each ``steps + 1`` forward and
     backward passes on the samples still robust, plus one forward per run and one on the
-    clean inputs.
+    clean inputs (and, with ``target_candidates``, one backward per candidate there).
 
     Args:
         n_target_classes: targets tried per sample (AutoAttack: 9 for 10 classes; capped at
             the number of classes minus one).
+        target_candidates: rank this many top classes by their linearised distance to the decision
+            boundary and attack the ``n_target_classes`` nearest (MALT's targeting; one forward and
+            ``target_candidates`` backward passes on the clean inputs). ``None``: the top classes by score.
         (others: see :class:`~auxsurgery.attacks.apgd.APGD`)
     """
 
@@ -47,6 +50,7 @@ class APGDT(TopKTargeted, APGD):
         seed: int | None = None,
         kappa: float = 0.0,
         dtype: str = "fp32",
+        target_candidates: int | None = None,
     ):
         super().__init__(model, objective, eps, norm, steps, restarts, rho, rule, seed, kappa, dtype)
-        self._init_targets(n_target_classes)
+        self._init_targets(n_target_classes, target_candidates)

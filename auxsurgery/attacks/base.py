@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -28,8 +29,9 @@ NORMS = ("linf", "l2")
 DTYPES = ("fp32", "bf16")
 
 __all__ = [
-    "DTYPES", "NORMS", "Attack", "Ball", "Survivors", "ascent_direction", "enforce_bounds", "frozen",
-    "head_weights", "is_adversarial", "l2_norms", "per_sample", "perturbation_norms", "robust_accuracy_curve", "take",
+    "DTYPES", "NORMS", "Attack", "Ball", "PassCounter", "Passes", "Survivors", "ascent_direction", "enforce_bounds",
+    "frozen", "head_weights", "is_adversarial", "l2_norms", "per_sample", "perturbation_norms", "robust_accuracy_curve",
+    "take",
 ]
 
 
@@ -46,6 +48,85 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
     with preserved_state(model, requires_grad=True):
         model.eval().requires_grad_(False)
         yield model
+
+
+# ---- what an attack costs, in image-passes -----------------------------------------------
+
+
+@dataclass
+class Passes:
+    """Image-passes spent: ``forward`` images pushed through a model's forward, ``backward`` images whose
+    input gradient was computed (a backward pass through the network for each)."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def __add__(self, other: "Passes") -> "Passes":
+        return Passes(self.forward + other.forward, self.backward + other.backward)
+
+    @property
+    def total(self) -> int:
+        """Forward and backward image-passes together."""
+        return self.forward + self.backward
+
+    def to_dict(self) -> dict:
+        """``{"forward": int, "backward": int}``."""
+        return asdict(self)
+
+
+class _CountBackward(torch.autograd.Function):
+    """Identity on the model's input whose backward counts the images a gradient reaches."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, passes: Passes) -> torch.Tensor:
+        ctx.passes = passes
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.passes.backward += grad.shape[0]
+        return grad, None
+
+
+class PassCounter:
+    """Counts the image-passes through ``modules`` while it is entered (``with PassCounter(model) as passes``).
+
+    Hooks sit on the given modules only: a forward counts the batch it is given, a gradient that reaches
+    that input counts its batch as backward passes (each backward through a forward counts again, as
+    FAB's per-class backwards do). A hooked module called inside another (a wrapper around the model)
+    counts once, at the outermost call. The same counter around our attacks and around a reference
+    library's makes their costs comparable, whatever each does inside.
+    """
+
+    def __init__(self, *modules: nn.Module):
+        self.modules = modules
+        self.passes = Passes()
+        self._depth = 0
+        self._handles: list = []
+
+    def _pre(self, module: nn.Module, args: tuple):
+        self._depth += 1
+        if self._depth > 1 or not args or not torch.is_tensor(args[0]):
+            return None
+        x = args[0]
+        self.passes.forward += x.shape[0]
+        if torch.is_grad_enabled() and x.requires_grad:
+            return (_CountBackward.apply(x, self.passes), *args[1:])
+        return None
+
+    def _post(self, module: nn.Module, args: tuple, output):
+        self._depth -= 1
+
+    def __enter__(self) -> Passes:
+        for module in dict.fromkeys(self.modules):
+            self._handles += [module.register_forward_pre_hook(self._pre),
+                              module.register_forward_hook(self._post, always_call=True)]
+        return self.passes
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._depth = [], 0
 
 
 def head_weights(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:

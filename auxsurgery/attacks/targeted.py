@@ -6,6 +6,13 @@ them at one target class at a time avoids that: :class:`TopKTargeted` runs an at
 targeted runs for each of the k classes the model finds most likely at the clean input
 (after the true label), each on the samples no earlier run fooled, and judges success
 untargeted, by the decision rule. ``APGDT`` and ``PGDT`` are this mixin over APGD and PGD.
+
+Which k? The most likely classes are not always the nearest ones. With ``target_candidates`` the
+attack ranks that many likely classes by a linearised distance to each one's decision boundary,
+``(s_y - s_t) / ||grad_x (s_y - s_t)||_*`` on the ensemble's log-probabilities ``s`` (dual norm of
+the threat model's: L1 for L-inf), and attacks only the k nearest (the idea of MALT, Melamed et al.
+2024, arXiv 2407.02240): one forward and one backward per candidate buy the same successes with far
+fewer targeted runs.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import torch
 from .base import head_weights
 from .objectives import ensemble_log_probs
 
-__all__ = ["TopKTargeted", "top_k_targets"]
+__all__ = ["TopKTargeted", "boundary_distances", "top_k_targets"]
 
 
 def top_k_targets(scores: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
@@ -29,14 +36,35 @@ def top_k_targets(scores: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor
     return scores.topk(k, dim=-1).indices
 
 
+def boundary_distances(scores: torch.Tensor, x: torch.Tensor, y: torch.Tensor, candidates: torch.Tensor,
+                       norm: str) -> torch.Tensor:
+    """Linearised distance from each input to the boundary between ``y`` and each candidate class: ``[B, K]``.
+
+    ``scores`` ``[B, C]`` must be differentiable in ``x``; ``candidates`` ``[B, K]``. The distance to the
+    boundary of class ``t`` is ``(s_y - s_t) / ||grad_x (s_y - s_t)||_*`` (``*``: the dual of ``norm``); a
+    zero or non-finite gradient puts that class at infinite distance (it is then ranked last).
+    """
+    true = scores.gather(1, y.unsqueeze(1))
+    distances = []
+    for k in range(candidates.shape[1]):
+        gap = (true - scores.gather(1, candidates[:, k:k + 1])).squeeze(1)
+        (grad,) = torch.autograd.grad(gap.sum(), x, retain_graph=k + 1 < candidates.shape[1])
+        dual = grad.flatten(1).abs().sum(1) if norm == "linf" else grad.flatten(1).norm(dim=1)
+        distance = gap.detach() / dual
+        distances.append(torch.where(torch.isfinite(distance) & (dual > 0), distance, torch.inf))
+    return torch.stack(distances, 1)
+
+
 class TopKTargeted:
     """Mixin (listed before the attack: ``class APGDT(TopKTargeted, APGD)``) running the attack's
     targeted runs over the top-k target classes.
 
     The targets are ranked by the model's ensemble scores at the clean input (Algorithm 2's
     alpha-weighted softmax; the logits of a plain classifier); the objective is built
-    targeted and gets each run's target and the true label (:mod:`.objectives`), while
-    success stays untargeted: the decision rule's prediction differs from the true label.
+    targeted and gets each run's target and the true label (:mod:`.objectives`); with
+    ``target_candidates`` (more than k), that many top classes are re-ranked by
+    :func:`boundary_distances` and the k nearest attacked. Success stays
+    untargeted: the decision rule's prediction differs from the true label.
     Each target's runs (``restarts`` of them) attack only the samples still robust, and the
     samples that the clean input already fools are returned untouched. A sample that no run
     fools gets the result with the highest objective (each under its own target). As with
@@ -49,25 +77,41 @@ class TopKTargeted:
 
     targets_objective = True
     n_target_classes: int
+    target_candidates: int | None
 
-    def _init_targets(self, n_target_classes: int) -> None:
+    def _init_targets(self, n_target_classes: int, target_candidates: int | None = None) -> None:
         if n_target_classes < 1:
             raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
+        if target_candidates is not None and target_candidates < n_target_classes:
+            raise ValueError(f"target_candidates ({target_candidates}) must be at least n_target_classes "
+                             f"({n_target_classes}): the targets are picked among the candidates")
         self.n_target_classes = n_target_classes
+        self.target_candidates = target_candidates
 
     def config(self) -> dict[str, str]:
-        return {**super().config(), "n_target_classes": str(self.n_target_classes)}
+        ranked = {} if self.target_candidates is None else {"target_candidates": str(self.target_candidates)}
+        return {**super().config(), "n_target_classes": str(self.n_target_classes), **ranked}
 
-    def targets(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Target classes ``[B, k]`` from the clean logits: the ensemble's top k other than ``y``."""
-        return top_k_targets(ensemble_log_probs(logits, head_weights(self.model, logits)), y, self.n_target_classes)
+    def targets(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Target classes ``[B, k]`` from the clean logits: the ensemble's top k other than ``y``, or, with
+        ``target_candidates`` and logits differentiable in the inputs ``x``, the k of the top candidates
+        nearest to their boundary."""
+        scores = ensemble_log_probs(logits, head_weights(self.model, logits))
+        if self.target_candidates is None or x is None or self.target_candidates <= self.n_target_classes:
+            return top_k_targets(scores.detach(), y, self.n_target_classes)
+        candidates = top_k_targets(scores.detach(), y, self.target_candidates)
+        nearest = boundary_distances(scores, x, y, candidates, self.norm).argsort(dim=1, stable=True)
+        return candidates.gather(1, nearest[:, :self.n_target_classes])
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            logits = self.logits(x)
+        ranked = self.target_candidates is not None and self.target_candidates > self.n_target_classes
+        x_in = x.detach().requires_grad_(ranked)
+        with torch.set_grad_enabled(ranked):
+            logits = self.logits(x_in)
         x_adv = x.clone()
-        todo = (~self.fooled(logits, y)).nonzero().squeeze(1)
+        todo = (~self.fooled(logits.detach(), y)).nonzero().squeeze(1)
         if todo.numel():
-            targets = self.targets(logits[:, todo], y[todo])
+            # Ranking differentiates the clean forward: its scores keep their graph to x_in.
+            targets = self.targets(logits, y, x_in)[todo] if ranked else self.targets(logits[:, todo], y[todo])
             x_adv[todo] = self.best_of_restarts(x[todo], y[todo], self.restarts, self._run, targets=targets)
         return x_adv

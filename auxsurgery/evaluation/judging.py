@@ -8,6 +8,7 @@ the AND of their outcomes: a sample counts as robust only if *no* attack fooled 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,7 +19,12 @@ from torch import nn
 from ..attacks.base import frozen, head_weights
 from ..model import RULES, as_stacked, rule_predict
 
-__all__ = ["Outcome", "WorstCase", "applicable_rules", "evaluate", "worst_case"]
+__all__ = ["SANITY_SUITE", "Outcome", "WorstCase", "applicable_rules", "evaluate", "worst_case"]
+
+# The suite of the sanity probes (plans.sanity_probes): they check the attacks, so they are costed apart
+# and stay out of the worst case's attacks; a point one of them breaks that every attack missed still
+# counts as broken (:func:`worst_case`), so a probe never leaves a wrong number standing.
+SANITY_SUITE = "sanity"
 
 
 def applicable_rules(num_heads: int) -> tuple[str, ...]:
@@ -91,6 +97,8 @@ class WorstCase:
         outcome: robust samples per rule and head (clean-correct and never fooled).
         first_broken_by: rule -> per sample, ``"clean"`` if misclassified without attack,
             else the first attack that fooled it, else None (robust).
+        missed: rule -> number of points a sanity probe broke that every attack left robust (they
+            count as broken; more than zero means the attacks are weaker than a probe).
     """
 
     norm: str
@@ -98,28 +106,36 @@ class WorstCase:
     attacks: list[str]
     outcome: Outcome
     first_broken_by: dict[str, list[str | None]]
+    missed: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self, head_names: Sequence[str]) -> dict:
         """The aggregate accuracies and attack list as JSON-able values."""
         return {"threat": {"norm": self.norm, "eps": self.eps}, "attacks": self.attacks,
-                **self.outcome.summary(head_names)}
+                **self.outcome.summary(head_names), "missed_by_attacks_broken_by_probes": self.missed}
 
 
 def worst_case(clean: Outcome, rows: Sequence, eps: float, norm: str = "linf") -> WorstCase:
     """AND the outcomes of every row whose threat model fits inside the ``norm`` ball of radius ``eps``.
 
-    Rows are the suites' attack rows (anything with ``name``, ``threat`` and a robust
+    Rows are the suites' attack rows (anything with ``name``, ``suite``, ``threat`` and a robust
     ``outcome``); unbounded minimum-distance attacks (CW, Boundary) and larger budgets
-    (sweeps, sanity probes) measure something else and stay out.
+    (sweeps) measure something else and stay out. Sanity probes (suite ``sanity``) stay out of
+    the attacks too, but a point a probe within the budget breaks is never left robust: it
+    counts as broken (by that probe) and ``missed`` counts it.
     """
     inside = [row for row in rows
               if row.threat["norm"] == norm and row.threat["eps"] is not None and row.threat["eps"] <= eps + 1e-9]
+    attacks = [row for row in inside if row.suite != SANITY_SUITE]
     outcome = clean
     first: dict[str, list[str | None]] = {r: ["clean" if not ok else None for ok in c.tolist()]
                                           for r, c in clean.rules.items()}
-    for row in inside:
+    missed = {r: 0 for r in clean.rules}
+    for row in attacks + [row for row in inside if row.suite == SANITY_SUITE]:
         for r, robust in row.outcome.rules.items():
-            for i in (outcome.rules[r] & ~robust).nonzero().flatten().tolist():
+            broken = (outcome.rules[r] & ~robust).nonzero().flatten().tolist()
+            for i in broken:
                 first[r][i] = row.name
+            if row.suite == SANITY_SUITE:
+                missed[r] += len(broken)
         outcome = outcome & row.outcome
-    return WorstCase(norm, eps, [row.name for row in inside], outcome, first)
+    return WorstCase(norm, eps, [row.name for row in attacks], outcome, first, missed)

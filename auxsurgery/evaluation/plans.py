@@ -35,6 +35,7 @@ from torch import nn
 
 from .._utils import did_you_mean
 from ..attacks import APGD, APGDT, CW, FGSM, FMN, PGD, Attack, Boundary, Square
+from .judging import SANITY_SUITE
 from .presets import Budget, Preset
 from .sanity import LARGE_EPS
 
@@ -79,12 +80,20 @@ def plan(name: str, suite: str, attack: type[Attack], *, on_public: bool = False
 
 @dataclass(frozen=True)
 class Cascade:
-    """Attacks run in turn, each only on the samples that every earlier stage left robust under ``rule``."""
+    """Attacks run in turn, each only on the samples that every earlier stage left robust under ``rule``.
+
+    ``escalation`` (a black-box attack at no less than AutoAttack's budget) runs last, only on the
+    survivors where an indicator of attack failure fires (see :meth:`~.runner._Runner.run_cascade`).
+    ``rules``: every decision rule the cascade answers for (rules that are one decision on this model,
+    such as vote, score and public on a one-head model, share one cascade).
+    """
 
     name: str
     suite: str
     rule: str
     stages: tuple[AttackPlan, ...]
+    escalation: AttackPlan | None = None
+    rules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -237,39 +246,59 @@ def _adaptive(c: SuiteContext) -> list[AttackPlan]:
 
 def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     """The strong attacks on one rule, strongest per cost first (AutoAttack's order: untargeted
-    APGD, targeted APGD over the top-k classes, then the gradient-free Square).
+    APGD, targeted APGD over the nearest target classes, then the gradient-free Square).
 
     Against a vote an untargeted loss can scatter the heads over several wrong classes so that no
     majority forms; the targeted stage then pulls every head toward one class with the targeted vote
-    margin. Against the score (and a single head) the targeted stage climbs the targeted DLR loss.
+    margin. Against the score the targeted stage climbs the targeted DLR loss. A one-head model has
+    one decision whatever the rule: its cascade is AutoAttack's on the logits (APGD-CE, APGD-T on the
+    targeted DLR, Square on the margin).
     """
     p, b = c.preset, c.budget
     apgd = dict(eps=p.eps, steps=b.apgd_steps, restarts=b.apgd_restarts, rule=rule, seed=c.seed)
-    on_vote = rule == "vote" and len(c.head_names) > 1
+    targets = dict(n_target_classes=b.target_classes, target_candidates=max(b.target_candidates, b.target_classes))
+    square = dict(eps=p.eps, rule=rule, seed=c.seed)
+    top = f"{b.target_classes} nearest of top-{targets['target_candidates']}"
+    if len(c.head_names) == 1:
+        return [plan("APGD-CE", "strong", APGD, objective="public", **apgd),
+                plan(f"APGD-T [dlr-t, {top}]", "strong", APGDT, objective="dlr-t-public", **targets, **apgd),
+                plan("Square", "strong", Square, objective="margin-public", n_queries=b.square_queries, **square)]
+    on_vote = rule == "vote"
     plans = [plan(f"APGD [{RULE_OBJECTIVE[rule]}]", "strong", APGD, objective=RULE_OBJECTIVE[rule], **apgd)]
     if on_vote:
         plans.append(plan("APGD-CE [ensemble]", "strong", APGD, objective="ensemble", **apgd))
     elif rule == "score":
         plans.append(plan("APGD-DLR [dlr-ensemble]", "strong", APGD, objective="dlr-ensemble", **apgd))
     targeted = "vote-margin" if on_vote else "dlr-t-ensemble"
-    plans.append(plan(f"APGD-T [{targeted}, top-{b.target_classes}]", "strong", APGDT, objective=targeted,
-                      n_target_classes=b.target_classes, **apgd))
-    plans.append(plan("Square", "strong", Square, objective=SQUARE_OBJECTIVE[rule], eps=p.eps,
-                      n_queries=b.square_queries, rule=rule, seed=c.seed))
+    plans.append(plan(f"APGD-T [{targeted}, {top}]", "strong", APGDT, objective=targeted, **targets, **apgd))
+    plans.append(plan("Square", "strong", Square, objective=SQUARE_OBJECTIVE[rule], n_queries=b.square_queries,
+                      **square))
     return plans
+
+
+def _escalation(c: SuiteContext, rule: str, square: AttackPlan) -> AttackPlan:
+    """The cascade's black-box stage at the escalation budget (at least AutoAttack's 5,000 queries)."""
+    queries = max(c.budget.square_escalation_queries, c.budget.square_queries)
+    params = {k: v for k, v in square.config.items() if k not in ("attack", "crafted_on", "n_queries")}
+    return plan(f"Square x{queries:,} (escalated)", "strong", Square, n_queries=queries, **params)
 
 
 @register_suite("strong", "Strong attacks: a cascade per attacked rule (AutoAttack's protocol)")
 def _strong(c: SuiteContext) -> list[AttackPlan | Cascade]:
-    """Per rule, a cascade: each attack runs only on the points still robust under that rule (after
+    """Per decision, a cascade: each attack runs only on the points still robust under that rule (after
     every earlier attack), as AutoAttack does; with ``standalone``, each attack also runs alone on
-    every point, for tables that need per-attack rows."""
+    every point, for tables that need per-attack rows. A one-head model's rules are one decision: it
+    runs one cascade, which answers for all of them."""
     plans: list[AttackPlan | Cascade] = []
-    for rule in c.rules:
+    groups = [tuple(c.rules)] if len(c.head_names) == 1 else [(rule,) for rule in c.rules]
+    for rules in groups:
+        rule = rules[0]
         attacks = _strong_attacks(c, rule)
+        suffix = "" if len(c.head_names) == 1 else f" [{rule}]"
         if c.standalone:
-            plans += [dataclasses.replace(pl, name=f"{pl.name} [{rule}]") for pl in attacks]
-        plans.append(Cascade(f"Cascade [{rule}]", "strong", rule, tuple(attacks)))
+            plans += [dataclasses.replace(pl, name=f"{pl.name}{suffix}") for pl in attacks]
+        plans.append(Cascade(f"Cascade{suffix}", "strong", rule, tuple(attacks), _escalation(c, rule, attacks[-1]),
+                             rules))
     return plans
 
 
@@ -319,14 +348,14 @@ def sanity_probes(c: SuiteContext, plans: Sequence[AttackPlan | Cascade]) -> lis
     """Sanity probes for whatever the chosen suites do not measure already."""
     series = [pl.series for pl in plans if isinstance(pl, AttackPlan) and pl.series]
     p, probes = c.preset, []
+    # The probes stop spending on a point once it is fooled (its first fooling iterate counts): the accuracy
+    # they read is the same or lower, at a fraction of the passes.
     if not any(axis == "eps" and x >= LARGE_EPS for _, axis, x in series):
-        probes.append(plan(f"PGD eps={LARGE_EPS:g} (probe)", "sanity", PGD, objective="joint", eps=LARGE_EPS,
-                           steps=c.budget.probe_steps, seed=c.seed, early_stop=False,
-                           series=("probe vs eps", "eps", LARGE_EPS)))
+        probes.append(plan(f"PGD eps={LARGE_EPS:g} (probe)", SANITY_SUITE, PGD, objective="joint", eps=LARGE_EPS,
+                           steps=c.budget.probe_steps, seed=c.seed, series=("probe vs eps", "eps", LARGE_EPS)))
     if len({x for _, axis, x in series if axis == "steps"}) < 2:
-        probes += [plan(f"PGD steps={steps} (probe)", "sanity", PGD, objective="joint", eps=p.eps, steps=steps,
-                        step_size=p.step_size, seed=c.seed, early_stop=False,
-                        series=("probe vs steps", "steps", steps))
+        probes += [plan(f"PGD steps={steps} (probe)", SANITY_SUITE, PGD, objective="joint", eps=p.eps, steps=steps,
+                        step_size=p.step_size, seed=c.seed, series=("probe vs steps", "steps", steps))
                    for steps in (p.steps, 4 * p.steps)]
     return probes
 

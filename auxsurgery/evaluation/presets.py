@@ -90,7 +90,13 @@ class Budget:
     # an undefended LeNet-5.
     cw_lr: float = 0.1
     boundary_steps: int = 1000
-    target_classes: int = 9  # APGD-T's target classes (AutoAttack: 9 of CIFAR-10's 10)
+    # APGD-T attacks the target_classes nearest of the target_candidates most likely classes, nearest by a
+    # linearised distance to each boundary (MALT's targeting; AutoAttack attacks the 9 most likely of 10).
+    target_classes: int = 3
+    target_candidates: int = 9
+    # Square's queries on the survivors of a cascade where an indicator of attack failure fires (AutoAttack's
+    # 5,000: the black-box stage never stays cheap where the gradient stages may be blind).
+    square_escalation_queries: int = 5000
     fmn_steps: int = 100  # the minimum-norm attack behind the accuracy-vs-eps curves
     sweep_multiples: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
     sweep_steps: tuple[int, ...] = (1, 2, 5, 10, 20, 50)
@@ -102,7 +108,8 @@ class Budget:
     def quick(cls) -> "Budget":
         """A smoke-test budget: every attack runs, none of them seriously."""
         return cls(apgd_steps=10, square_queries=50, cw_steps=10, cw_search_steps=2, boundary_steps=20,
-                   target_classes=3, fmn_steps=10, sweep_multiples=(0.5, 1.0, 2.0),
+                   target_classes=2, target_candidates=3, square_escalation_queries=200, fmn_steps=10,
+                   sweep_multiples=(0.5, 1.0, 2.0),
                    sweep_steps=(1, 5), probe_steps=5)
 
     def to_dict(self) -> dict:

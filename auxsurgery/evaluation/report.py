@@ -36,7 +36,7 @@ TOP_LEVEL_FIELDS = {
 }
 ROW_FIELDS = {
     "name": str, "suite": str, "kind": str, "config": dict, "threat": dict, "rules": dict, "heads": dict,
-    "head_loss": dict, "seconds": (int, float), "attacked": int, "perturbation": dict,
+    "head_loss": dict, "seconds": (int, float), "passes": dict, "attacked": int, "perturbation": dict,
 }
 RULE_LABELS = {"vote": "vote (Alg. 1, all heads)", "score": "score (Alg. 2, all heads)",
                "private": "private (aux heads only)", "public": "public (backbone alone)"}
@@ -45,6 +45,10 @@ SWEEP_PLOT, TRANSFER_PLOT = "accuracy_vs_eps.png", "transfer_heatmap.png"
 
 def _pct(accuracy: float) -> str:
     return f"{100 * accuracy:.1f}"
+
+
+def _passes(passes) -> str:
+    return f"{passes.forward:,} / {passes.backward:,}"
 
 
 def fmt_eps(eps: float | None) -> str:
@@ -87,7 +91,8 @@ def results_document(result) -> dict:
         },
         "heads_study": study.to_dict() if study else None,
         "sanity": [finding.to_dict() for finding in result.findings],
-        "timings": {"total_seconds": result.seconds, "attacks": {row.name: row.seconds for row in result.rows}},
+        "timings": {"total_seconds": result.seconds, "attacks": {row.name: row.seconds for row in result.rows},
+                    "passes": result.passes().to_dict(), "sanity_passes": result.passes(sanity=True).to_dict()},
     }
 
 
@@ -181,9 +186,9 @@ def _paper_layout(result, rows) -> list[str]:
 def _list_layout(result, rows) -> list[str]:
     """One line per attack: its kind, threat model and accuracy under each attacked rule."""
     header = ["Attack", "Kind", "Threat", *(f"{r} (clean {_pct(result.clean.accuracy(r))})" for r in result.rules),
-              "Seconds"]
+              "Seconds", "Passes fwd / bwd"]
     body = [[row.name, row.kind, fmt_threat(row.threat), *(_pct(row.outcome.accuracy(r)) for r in result.rules),
-             f"{row.seconds:.1f}"] for row in rows]
+             f"{row.seconds:.1f}", _passes(row.passes)] for row in rows]
     return markdown_table(header, body)
 
 
@@ -223,7 +228,9 @@ def markdown_report(result, plots: Sequence[str] = ()) -> str:
         f"- threat model: Linf eps={fmt_eps(p.eps)} (preset {p.name}); PGD step {fmt_eps(p.step_size)}, "
         f"{p.steps} steps; seed {result.settings['seed']}",
         f"- suites: {', '.join(result.suites)}; attacked rules: {', '.join(result.rules)}; "
-        f"{result.seconds:.1f} s in all", "",
+        f"{result.seconds:.1f} s in all",
+        f"- cost: {_passes(result.passes())} image-passes in the attacks, {_passes(result.passes(sanity=True))} "
+        "in the sanity probes (forward / backward)", "",
         "Accuracies in %. Success is judged by the defended model's own decision rules; a sample misclassified "
         "without attack never counts as robust.", "",
         "## Sanity checks", "",

@@ -6,8 +6,9 @@ from typing import Sequence
 
 import torch
 
+from ..attacks import Passes
 from .heads_study import HeadsStudy, heads_study
-from .judging import Outcome, WorstCase, worst_case
+from .judging import SANITY_SUITE, Outcome, WorstCase, worst_case
 from .plans import HEADS_SUITE
 from .presets import Budget, Preset
 from .sanity import Finding
@@ -24,6 +25,7 @@ class AttackRow:
         head_loss: mean cross-entropy of each head on the adversarial inputs ``[H]``.
         kind: ``white-box``, ``transfer``, ``score-based``, ``decision-based`` or ``cascade``.
         threat: ``{"norm", "eps"}`` of the attack (eps None: unbounded, minimum distance).
+        passes: image-passes the attack spent (forward and backward, the judging forward included).
         attacked: samples the attack ran on (samples no rule or head gets right are skipped).
         perturbation: largest L-inf and median L2 distance of the attacked inputs from the clean ones.
     """
@@ -37,6 +39,7 @@ class AttackRow:
     outcome: Outcome
     head_loss: torch.Tensor
     seconds: float
+    passes: Passes
     attacked: int
     perturbation: dict
 
@@ -47,7 +50,7 @@ class AttackRow:
             "threat": self.threat, "series": list(self.series) if self.series else None,
             **self.outcome.summary(head_names),
             "head_loss": dict(zip(head_names, self.head_loss.tolist())),
-            "seconds": self.seconds, "attacked": self.attacked,
+            "seconds": self.seconds, "passes": self.passes.to_dict(), "attacked": self.attacked,
             "images_per_second": self.attacked / self.seconds if self.attacked and self.seconds > 0 else None,
             "perturbation": self.perturbation,
         }
@@ -104,6 +107,14 @@ class SuiteResult:
             if row.name == name:
                 return row
         raise KeyError(f"no attack row {name!r}; rows: {', '.join(r.name for r in self.rows)}")
+
+    def passes(self, sanity: bool = False) -> Passes:
+        """Image-passes of every attack row (``sanity``: of the sanity probes instead, costed apart)."""
+        total = Passes()
+        for row in self.rows:
+            if (row.suite == SANITY_SUITE) == sanity:
+                total = total + row.passes
+        return total
 
     def worst_case(self) -> WorstCase:
         """Per-sample worst case over every attack within the preset's L-inf budget."""

@@ -26,7 +26,7 @@ from rich.text import Text
 from torch import nn
 
 from ..attacks import KINDS, Attack
-from ..attacks.base import DTYPES, frozen
+from ..attacks.base import DTYPES, PassCounter, Passes, frozen
 from ..model import AuxModel, as_aux_model, as_stacked, check_labels, check_rule
 from ..train.distributed import DistContext, distributed_context
 from .inputs import collect
@@ -46,7 +46,7 @@ from .plans import (
 )
 from .presets import Budget, Preset, get_preset
 from .results import AttackRow, SuiteResult
-from .sanity import model_checks, sanity_checks
+from .sanity import Finding, blind_gradients, model_checks, probe_findings, sanity_checks
 from .state import EvaluationState, StateError, fingerprint_data, fingerprint_model
 
 __all__ = ["run_suite"]
@@ -88,14 +88,23 @@ class _Runner:
         # Samples that no rule or head gets right cannot be fooled: attacking them is wasted time.
         self.active = self.clean.any_correct().nonzero().flatten()
         self.planned = 0  # plans started so far: names each plan's records in the state folder
+        self.point_losses = self.clean.losses  # each head's loss per point on the last plan's examples [H, N]
+        self.findings: list[Finding] = []  # what the cascades' indicators of attack failure found
 
-    def _judge(self, batch: torch.Tensor, x_adv: torch.Tensor, seconds: float) -> dict:
-        """The record of one attacked batch (see :data:`auxsurgery.evaluation.state.RECORD_KEYS`)."""
-        adv = evaluate(self.model, x_adv, self.y[batch], self.rules, self.batch_size)
+    def _judge(self, batch: torch.Tensor, x_adv: torch.Tensor, seconds: float, passes: Passes) -> dict:
+        """The record of one attacked batch (see :data:`auxsurgery.evaluation.state.RECORD_KEYS`).
+
+        ``passes`` are the attack's; the judging forward of the examples is added to them (the AutoAttack
+        reference judges its examples the same way and is counted the same way).
+        """
+        with PassCounter(self.model) as judging:
+            adv = evaluate(self.model, x_adv, self.y[batch], self.rules, self.batch_size)
+        passes = passes + judging
         delta, pixels = (x_adv - self.x[batch]).flatten(1), x_adv.flatten(1)
         return {"indices": batch, "rules": torch.stack([adv.rules[r] for r in self.rules]), "heads": adv.heads,
                 "losses": adv.losses, "linf": delta.abs().amax(1), "l2": delta.norm(dim=1),
-                "pixel_min": pixels.amin(1), "pixel_max": pixels.amax(1), "seconds": torch.tensor(seconds)}
+                "pixel_min": pixels.amin(1), "pixel_max": pixels.amax(1), "seconds": torch.tensor(seconds),
+                "forward": torch.tensor(passes.forward), "backward": torch.tensor(passes.backward)}
 
     def craft(self, attack: Attack, key: str, todo: torch.Tensor, label: str) -> list[dict]:
         """The records of every batch of ``todo``: this process's computed or read back, the others gathered."""
@@ -113,8 +122,10 @@ class _Runner:
                 if seed is not None:
                     attack.seed = seed + b * self.batch_size
                 began = time.perf_counter()
-                x_adv = attack(self.x[batch].to(self.device), self.y[batch].to(self.device)).cpu()
-                record = self._judge(batch, x_adv, time.perf_counter() - began)
+                # Both views of the model an attack may hold; a forward of one inside the other counts once.
+                with PassCounter(self.model, self.model.public_model()) as passes:
+                    x_adv = attack(self.x[batch].to(self.device), self.y[batch].to(self.device)).cpu()
+                record = self._judge(batch, x_adv, time.perf_counter() - began, passes)
                 if self.state:
                     self.state.put(key, b, record)
             records[b] = record
@@ -145,11 +156,12 @@ class _Runner:
             for i, r in enumerate(self.rules):
                 rules[r][index] = record["rules"][i]
             heads[:, index], losses[:, index] = record["heads"], record["losses"]
+        self.point_losses = losses
         return AttackRow(
             name=name, suite=plan.suite, kind=kind or ("transfer" if plan.on_public else attack.kind),
             config=plan.config, threat={"norm": attack.norm, "eps": attack.eps}, series=plan.series,
             outcome=self.clean & Outcome(rules, heads), head_loss=losses.mean(1),
-            seconds=sum(r["seconds"].item() for r in records), attacked=len(todo),
+            seconds=sum(r["seconds"].item() for r in records), passes=_passes(records), attacked=len(todo),
             perturbation=_perturbation(records),
         )
 
@@ -179,20 +191,63 @@ class _Runner:
                 head_loss=losses.mean(1),
                 # One run serves every eps: its time is counted once, on the first row.
                 seconds=sum(r["seconds"].item() for r in records) if not rows else 0.0,
+                passes=_passes(records) if not rows else Passes(),
                 attacked=len(self.active), perturbation=_perturbation([r for r in used if len(r["indices"])])))
         return rows
 
     def run_cascade(self, cascade: Cascade, prior: Outcome) -> list[AttackRow]:
         """Each stage attacks only the points still robust under the cascade's rule, after ``prior``
         (the worst case of every attack that ran before) and the earlier stages; every row is that
-        cumulative worst case, so the last row is the cascade's answer."""
-        rows = []
+        cumulative worst case, so the last row is the cascade's answer.
+
+        Then the indicators of attack failure (Pintor et al. 2022) are read on the survivors: a gradient of
+        the first stage's objective that is zero or not finite at the clean point, a loss (the heads' mean
+        cross-entropy) that no gradient stage raised, and a black-box stage that broke any point the
+        gradient stages missed (then every survivor is suspect). The ``escalation`` stage attacks the
+        survivors where one fires; its row carries the cost of the checks, and a finding reports them.
+        """
+        rows, raised, blackbox_wins = [], None, 0
+        clean_loss = self.clean.losses.mean(0)
         for i, stage in enumerate(cascade.stages, 1):
-            row = self.run_plan(stage, prior.rules[cascade.rule].nonzero().flatten(),
-                                name=f"{cascade.name} {i}: {stage.name}", kind="cascade")
+            before = prior.rules[cascade.rule]
+            row = self.run_plan(stage, before.nonzero().flatten(), name=f"{cascade.name} {i}: {stage.name}",
+                                kind="cascade")
             row.outcome = prior = prior & row.outcome
             rows.append(row)
+            if stage.make.func.kind == "white-box":
+                gain = self.point_losses.mean(0) > clean_loss
+                raised = gain if raised is None else raised | gain
+            else:
+                blackbox_wins += int((before & ~prior.rules[cascade.rule]).sum())
+        if cascade.escalation is None:
+            return rows
+        survivors = prior.rules[cascade.rule].nonzero().flatten()
+        with PassCounter(self.model) as checks:
+            blind = blind_gradients(self.model, self.x[survivors], self.y[survivors],
+                                    cascade.stages[0].config["objective"], self.batch_size)
+        stalled = ~raised[survivors] if raised is not None else torch.zeros_like(blind)
+        flagged = blind | stalled | torch.full_like(blind, blackbox_wins > 0)
+        escalation = cascade.escalation
+        row = self.run_plan(escalation, survivors[flagged], name=f"{cascade.name} {len(rows) + 1}: {escalation.name}",
+                            kind="cascade")
+        row.passes = row.passes + checks
+        broken = int((prior.rules[cascade.rule] & ~row.outcome.rules[cascade.rule]).sum())
+        row.outcome = prior & row.outcome
+        rows.append(row)
+        fired = bool(blind.any() or blackbox_wins or broken)
+        self.findings.append(Finding("indicators", "warning" if fired else "note", (
+            f"[{', '.join(cascade.rules or (cascade.rule,))}] {cascade.name}: of {len(survivors)} points left robust, "
+            f"{int(blind.sum())} have a zero or non-finite gradient of {cascade.stages[0].config['objective']}, "
+            f"{int(stalled.sum())} a loss no gradient stage raised; the black-box stage broke {blackbox_wins} point(s) "
+            f"the gradient stages missed. {int(flagged.sum())} point(s) escalated to {escalation.name}, which broke "
+            f"{broken} more" + ("; the gradient stages are blind there and the escalated number stands"
+                                if broken else ""))))
         return rows
+
+
+def _passes(records: list[dict]) -> Passes:
+    """The image-passes of every batch of a plan together."""
+    return Passes(sum(int(r["forward"]) for r in records), sum(int(r["backward"]) for r in records))
 
 
 def _perturbation(records: list[dict]) -> dict:
@@ -319,7 +374,8 @@ def run_suite(
 def _describe(plan: AttackPlan | Cascade) -> dict:
     """A plan as JSON-able values, for the state folder's fingerprint."""
     if isinstance(plan, Cascade):
-        return {"cascade": plan.name, "rule": plan.rule, "stages": [_describe(stage) for stage in plan.stages]}
+        return {"cascade": plan.name, "rule": plan.rule, "stages": [_describe(stage) for stage in plan.stages],
+                "escalation": _describe(plan.escalation) if plan.escalation else None}
     if isinstance(plan, MinimumNormCurve):
         return {"curve": plan.name, "attack": _describe(plan.attack), "eps": list(plan.eps_values)}
     return {"name": plan.name, "suite": plan.suite, "config": plan.config, "series": plan.series}
@@ -330,7 +386,7 @@ def _run(aux: AuxModel, x: torch.Tensor, y: torch.Tensor, plans: list, eval_rule
          progress: bool) -> SuiteResult:
     """Run every plan in order and judge the results (the body of :func:`run_suite`)."""
     preflight = model_checks(aux, x, y, targets, RULE_OBJECTIVE, batch_size)
-    stages = sum(len(pl.stages) if isinstance(pl, Cascade) else
+    stages = sum(len(pl.stages) + (pl.escalation is not None) if isinstance(pl, Cascade) else
                  len(pl.eps_values) if isinstance(pl, MinimumNormCurve) else 1 for pl in plans)
     with _progress(progress) as bar:
         overall = bar.add_task("attacks done", total=stages, overall=True)
@@ -347,5 +403,7 @@ def _run(aux: AuxModel, x: torch.Tensor, y: torch.Tensor, plans: list, eval_rule
             else:
                 result.rows.append(runner.run_plan(pl))
             bar.update(overall, completed=len(result.rows))
-    result.findings = preflight + sanity_checks(result.rows, targets, len(x))
+    missed = {rule: count for rule, count in result.worst_case().missed.items() if rule in targets}
+    result.findings = (preflight + runner.findings + probe_findings(missed)
+                       + sanity_checks(result.rows, targets, len(x)))
     return result

@@ -19,6 +19,11 @@ Before any attack, :func:`model_checks` probes the model itself (AutoAttack's an
   every attack needs expectation over transformation (EOT); these attacks do not average.
 * ``non-finite``: NaN or infinite logits break both the attacks and the decision rules.
 
+During a strong cascade, indicators of attack failure (Pintor et al. 2022, arXiv 2106.09947) are read on
+the points the gradient stages leave robust: ``blind_gradients`` (zero or non-finite), a loss no
+gradient stage raised, a black-box stage that breaks points the gradient stages missed. Where one
+fires, the black-box stage escalates (``indicators`` finding; see the runner).
+
 After the attacks, ``bounds`` reports each threat model's largest perturbation and the pixel range
 of every example, and warns if any lies outside its ball or the [0, 1] box.
 """
@@ -35,7 +40,8 @@ from ..attacks import get_objective
 from ..attacks.base import frozen, head_weights
 from ..model import as_stacked, rule_predict
 
-__all__ = ["Finding", "LARGE_EPS", "LARGE_EPS_MAX_ACCURACY", "model_checks", "sanity_checks"]
+__all__ = ["Finding", "LARGE_EPS", "LARGE_EPS_MAX_ACCURACY", "blind_gradients", "model_checks", "probe_findings",
+           "sanity_checks"]
 
 LARGE_EPS = 1.0
 LARGE_EPS_MAX_ACCURACY = 0.05
@@ -156,6 +162,31 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return as_stacked(model(x)).float()
 
 
+def _input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str):
+    """``(logits, d objective / d x)`` on one batch, the model frozen by the caller."""
+    xg = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = as_stacked(model(xg))
+        loss = get_objective(objective)(logits, y, head_weights(model, logits))
+        (grad,) = torch.autograd.grad(loss.sum(), xg)
+    return logits.detach(), grad
+
+
+def blind_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str,
+                    batch_size: int = 128) -> torch.Tensor:
+    """Which points give gradient attacks nothing to climb: the gradient of ``objective`` at ``x`` is exactly
+    zero or not finite (bool ``[N]``, on the CPU). One forward and one backward pass per point."""
+    device = next(model.parameters()).device
+    blind = []
+    with frozen(model):
+        for start in range(0, len(x), batch_size):
+            _, grad = _input_gradient(model, x[start:start + batch_size].to(device),
+                                      y[start:start + batch_size].to(device), objective)
+            size = grad.flatten(1).abs().amax(1)
+            blind.append(((size == 0) | ~torch.isfinite(size)).cpu())
+    return torch.cat(blind) if blind else torch.zeros(0, dtype=torch.bool)
+
+
 def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequence[str],
                  surrogates: dict[str, str], batch_size: int = 128) -> list[Finding]:
     """Probe the model on (a batch of) the clean inputs for zero gradients, randomness and non-finite logits.
@@ -178,14 +209,9 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequ
                 "the model is randomised; gradient attacks need EOT (averaging over the randomness), which these "
                 "attacks do not do, so their numbers overstate robustness")))
         for rule in rules:
-            objective = get_objective(surrogates[rule])
-            xg = xb.clone().requires_grad_(True)
-            with torch.enable_grad():
-                logits = as_stacked(model(xg))
-                loss = objective(logits, yb, head_weights(model, logits))
-                (grad,) = torch.autograd.grad(loss.sum(), xg)
+            logits, grad = _input_gradient(model, xb, yb, surrogates[rule])
             # Only inputs the rule gets right matter: the others are not robust anyway.
-            correct = rule_predict(logits.detach(), rule, head_weights(model, logits)) == yb
+            correct = rule_predict(logits, rule, head_weights(model, logits)) == yb
             zero = ((grad.flatten(1).abs().amax(1) == 0) & correct).sum().item()
             if zero > max(2, 0.01 * correct.sum().item()):
                 findings.append(Finding("zero-gradient", "warning", (
@@ -194,6 +220,15 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequ
                     f"{surrogates[rule]}: gradient attacks cannot move them (saturated or masked gradients); "
                     "trust the gradient-free attacks' numbers there")))
     return findings
+
+
+def probe_findings(missed: dict[str, int]) -> list[Finding]:
+    """A warning per rule where a sanity probe broke points that every attack left robust
+    (:attr:`~.judging.WorstCase.missed`: they count as broken in the worst case)."""
+    return [Finding("probe-beats-attacks", "warning", (
+        f"[{rule}] a sanity probe broke {count} point(s) that every attack left robust: the attacks are weaker "
+        "than a probe here; those points count as broken in the worst case"))
+        for rule, count in missed.items() if count]
 
 
 def sanity_checks(rows: Sequence, rules: Sequence[str], n: int, tolerance: float = TOLERANCE) -> list[Finding]:

@@ -26,7 +26,8 @@ __all__ = ["STATE_FOLDER", "EvaluationState", "StateError", "fingerprint_data", 
 SCHEMA = "auxsurgery.eval-state/1"
 STATE_FOLDER = "state"  # where an evaluation with an output folder keeps its state: <out>/state
 MANIFEST = "manifest.json"
-RECORD_KEYS = ("indices", "rules", "heads", "losses", "linf", "l2", "pixel_min", "pixel_max", "seconds")
+RECORD_KEYS = ("indices", "rules", "heads", "losses", "linf", "l2", "pixel_min", "pixel_max", "seconds", "forward",
+               "backward")
 
 
 class StateError(ValueError):
