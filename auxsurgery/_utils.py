@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "RunFolderBusy", "UnsafePath", "atomic_write", "check_name", "close_matches", "derive_seed", "did_you_mean",
-    "markdown_table", "preserved_state", "refuse_link", "resolve_device", "run_folder_lock", "subfolder",
+    "RunFolderBusy", "UnsafePath", "atomic_write", "check_name", "check_output_folder", "close_matches", "derive_seed",
+    "did_you_mean", "markdown_table", "preserved_state", "refuse_link", "resolve_device", "run_folder_lock", "subfolder",
 ]
 
 
