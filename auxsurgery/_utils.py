@@ -1,17 +1,20 @@
-"""Small helpers every layer shares, each defined once: atomic writes, close-match suggestions,
-seed derivation, device resolution, and the one context manager that restores a model's state.
+"""Small helpers every layer shares, each defined once: atomic writes, the run-folder lock, names and
+folders that stay inside the folder the user named, close-match suggestions, seed derivation, device
+resolution, and the one context manager that restores a model's state.
 
 This module imports nothing from the package (it sits at the bottom of the layer order).
 """
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import os
 import socket
+import stat
+import sys
 import tempfile
 import time
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -20,19 +23,84 @@ import torch
 from torch import nn
 
 __all__ = [
-    "RunFolderBusy", "run_folder_lock", "atomic_write", "close_matches", "derive_seed", "did_you_mean", "markdown_table", "preserved_state", "resolve_device",
+    "RunFolderBusy", "UnsafePath", "atomic_write", "check_name", "check_output_folder", "close_matches", "derive_seed",
+    "did_you_mean", "markdown_table", "preserved_state", "refuse_link", "resolve_device", "run_folder_lock", "subfolder",
 ]
 
 
-TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files are ".<name>.<random>.tmp" beside their target
+# atomic_write's temporary files, ".auxsurgery-<pid>-<random>.tmp" beside their target: a name no other
+# program uses, so that a stale-lock takeover deletes only what an interrupted auxsurgery run left.
+TEMP_PREFIX = ".auxsurgery-"
+TEMP_SUFFIX = ".tmp"
 LOCK_FILE = ".auxsurgery.lock"
 
 
+class UnsafePath(ValueError):
+    """A path auxsurgery will not use: a symbolic link where it keeps its own files, or a name that is a path."""
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` if it can be one file or folder name inside a run folder, else an :class:`UnsafePath`.
+
+    Names from recipes, state files and checkpoints become path components: a separator, ``..`` or an
+    absolute path would place files outside the folder the user named. Names starting with a dot are
+    refused too: they are auxsurgery's own (its lock and temporary files).
+    """
+    if not isinstance(name, str) or not name:
+        problem = "is empty"
+    elif "/" in name or "\\" in name:
+        problem = "contains a path separator"
+    elif name.startswith("."):
+        problem = "starts with a dot (., .. and hidden names are auxsurgery's own)"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "contains a control character"
+    else:
+        return name
+    raise UnsafePath(f"{what} {name!r} {problem}; it becomes a file or folder name inside the run folder: "
+                     "use a plain name such as 'cifar10-resnet9'")
+
+
+def refuse_link(path: str | os.PathLike, what: str = "") -> Path:
+    """``path`` unless it is a symbolic link (auxsurgery never reads or writes its own files through one)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise UnsafePath(f"{what + ' ' if what else ''}{path} is a symbolic link; auxsurgery does not follow links "
+                         "inside its folders (anyone who can write there could point one at your files): remove it")
+    return path
+
+
+def subfolder(root: str | os.PathLike, *names: str) -> Path:
+    """``root/names...``, created, with no component below ``root`` a symbolic link or a file.
+
+    ``root`` is the folder the user named (which may itself be a link they made); the folders below it
+    are auxsurgery's, so a link planted there cannot send its files elsewhere.
+    """
+    folder = Path(root)
+    for name in names:
+        folder = refuse_link(folder / check_name(name, "folder name"))
+        if folder.exists() and not folder.is_dir():
+            raise UnsafePath(f"{folder} is a file where auxsurgery keeps a folder; move it away")
+        folder.mkdir(exist_ok=True)
+    return folder
+
+
+def check_output_folder(folder: str | os.PathLike, option: str = "the output folder") -> Path:
+    """``folder`` unless it exists as something other than a folder (a clear error instead of "File exists")."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder} is a file; choose a folder")
+    return folder
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Call ``write(tmp_path)`` then move the finished file onto ``path`` atomically."""
+    """Call ``write(tmp_path)`` then move the finished file onto ``path`` atomically.
+
+    The temporary file is created exclusively (never through an existing name or link) and the rename
+    replaces ``path`` itself, so a link planted at ``path`` is replaced, not followed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -130,21 +198,47 @@ def _describe(owner: dict) -> str:
     return f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')} ({owner.get('command', '?')}, since {started})"
 
 
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Delete the temporary files interrupted auxsurgery writes left under ``folder``: regular files with
+    auxsurgery's temporary name only, never following a link out of the folder."""
+    for root, _, files in os.walk(folder):  # os.walk does not descend into linked folders
+        for name in files:
+            path = Path(root) / name
+            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX) and stat.S_ISREG(path.lstat().st_mode):
+                path.unlink(missing_ok=True)
+
+
+def _open_lock(lock: Path) -> int:
+    """The lock file's descriptor, opened without following a link; a link or a non-file is refused."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            refuse_link(lock, "the lock file")
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePath(f"the lock file {lock} is not a regular file; remove it")
+    return fd
+
+
 @contextmanager
 def run_folder_lock(folder: str | os.PathLike, command: str = "auxsurgery") -> Iterator[Path]:
     """Hold ``folder`` for this process: a second run on the same folder stops with who holds it.
 
-    An advisory ``flock`` on ``folder/.auxsurgery.lock``, which records the owner's pid, host and
-    command. The kernel drops the lock when its process dies, so a lock left by a killed run is taken
-    over (with a warning naming the dead owner), and the temporary files of its interrupted atomic
-    writes are removed: no other process can be writing them. flock does not reach across machines
-    on every network file system; give each machine its own folder there.
+    An advisory ``flock`` on ``folder/.auxsurgery.lock`` (opened with ``O_NOFOLLOW``: a link there is
+    refused), which records the owner's pid, host and command. The kernel drops the lock when its
+    process dies, so a lock left by a killed run is taken over (with a warning on stderr naming the
+    dead owner), and the temporary files of its interrupted atomic writes (auxsurgery's own
+    ``.auxsurgery-*.tmp`` names, nothing else) are removed: no other process can be writing them.
+    flock does not reach across machines on every network file system; give each machine its own
+    folder there.
     """
     import fcntl  # POSIX only; imported here so that the rest of this module works everywhere
 
-    folder = Path(folder)
+    folder = check_output_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock(folder / LOCK_FILE)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -153,10 +247,10 @@ def run_folder_lock(folder: str | os.PathLike, command: str = "auxsurgery") -> I
                                 "choose another output folder") from None
         previous = _owner(fd)
         if previous:
-            warnings.warn(f"{folder}: taking over the lock left by {_describe(previous)}, which is no longer "
-                          "running", stacklevel=3)
-        for stale in folder.rglob(f".*{TEMP_SUFFIX}"):
-            stale.unlink(missing_ok=True)
+            # A plain line (not warnings.warn, whose default format adds this source line).
+            print(f"warning: {folder}: taking over the lock left by {_describe(previous)}, which is no longer "
+                  "running", file=sys.stderr, flush=True)
+            _remove_stale_temp_files(folder)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)

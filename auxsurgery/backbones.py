@@ -269,13 +269,27 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _is_safetensors(path: Path) -> bool:
-    """A safetensors file: by suffix, or by its header (8-byte little-endian length, then JSON)."""
-    if path.suffix == ".safetensors":
-        return True
-    with open(path, "rb") as f:
-        head = f.read(9)
+def _has_safetensors_header(path: Path, head: bytes) -> bool:
+    """Whether ``head`` (a file's first 9 bytes) opens a safetensors file: an 8-byte little-endian length, then JSON."""
     return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
+def _first_bytes(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(9)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: by suffix, or by its header."""
+    return path.suffix == ".safetensors" or _has_safetensors_header(path, _first_bytes(path))
+
+
+def is_weights_file(path: str | os.PathLike) -> bool:
+    """Whether ``path``'s first bytes are those of a weights file: safetensors, or ``torch.save``'s zip
+    archive or legacy pickle (a cheap check, before anything is loaded)."""
+    path = Path(path)
+    head = _first_bytes(path)
+    return _has_safetensors_header(path, head) or head.startswith((b"PK\x03\x04", b"\x80"))
 
 
 def _torch_load(path: Path):

@@ -18,7 +18,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ._utils import atomic_write
-from .backbones import NormalizedBackbone, backbone_from_spec
+from .backbones import Normalize, NormalizedBackbone, backbone_from_spec
 from .model import AuxModel
 from .surgery import attach_aux_blocks
 
@@ -135,4 +135,25 @@ def load(path: str | Path, backbone: nn.Module | None = None, head=None, map_loc
     if not torch.equal(aux.alpha.cpu(), torch.tensor(spec["alpha"], dtype=aux.alpha.dtype)):
         raise CheckpointError(f"{path}: the alpha weights stored with the tensors ({aux.alpha.tolist()}) disagree "
                               f"with the spec's ({spec['alpha']}); the file has been altered")
+    _check_normalize(aux, spec, path)
     return aux.to(map_location).eval()
+
+
+def _check_normalize(aux: AuxModel, spec: dict, path) -> None:
+    """The input normalisation is stored twice too (spec and buffers): the buffers normalise every input,
+    so they must agree with the spec, and a std of 0, a negative or a non-finite value is refused."""
+    if not isinstance(aux.normalize, Normalize):
+        return
+    mean, std = aux.normalize.mean.flatten().cpu(), aux.normalize.std.flatten().cpu()
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise CheckpointError(f"{path}: the stored input normalisation is invalid (mean {mean.tolist()}, std "
+                              f"{std.tolist()}; std must be > 0, all finite); the file has been altered")
+    stored = spec.get("normalize")
+    try:
+        agree = stored is None or (torch.equal(mean, torch.tensor(stored["mean"], dtype=mean.dtype))
+                                   and torch.equal(std, torch.tensor(stored["std"], dtype=std.dtype)))
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError):  # not {"mean": [...], "std": [...]}
+        agree = False
+    if not agree:
+        raise CheckpointError(f"{path}: the input normalisation stored with the tensors (mean {mean.tolist()}, std "
+                              f"{std.tolist()}) disagrees with the spec's ({stored}); the file has been altered")

@@ -307,8 +307,10 @@ class _ImageLoader:
                 self.first = (path, image.size)
             elif image.size != self.first[1]:
                 (first, (w, h)), (w2, h2) = self.first, image.size
-                raise ValueError(f"images of different sizes: {path} is {w2}x{h2} but {first} is {w}x{h}; pass "
-                                 "--image-size (image_size=...) to resize them to one size")
+                raise ValueError(f"images of different sizes: {path} is {w2}x{h2} but {first} is {w}x{h}; resize "
+                                 "them to one size (train and defend: --image-size; a recipe: [data] image_size; "
+                                 "Python: image_size=...; attack and export --check read images as they are: "
+                                 "resize the files to the model's input size)")
         return image
 
 

@@ -11,7 +11,9 @@ batch of [0, 1] pixels of any batch size and whose outputs are the rule's decisi
 Outputs per ``rule``: ``vote`` / ``score`` give ``label`` ``[B]`` (int64) and ``scores`` ``[B, C]``
 (:func:`auxsurgery.model.rule_scores`); ``all`` gives ``label_vote, scores_vote, label_score,
 scores_score`` and every head's ``logits`` ``[H, B, C]`` (head 0 the backbone's). Normalisation is
-inside, as in the PyTorch model.
+inside, as in the PyTorch model. An image with a non-finite pixel or one outside [0, 1], which the
+PyTorch model refuses with an error, gets label ``-1`` (``invalid_label`` in the stored metadata;
+its scores mean nothing).
 
 ONNX needs the ``export`` extra (``pip install 'auxsurgery[export]'``: onnx, onnxscript,
 onnxruntime), imported only when ONNX is asked for. :class:`OnnxClassifier` runs an exported ONNX
@@ -35,7 +37,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ._utils import atomic_write, preserved_state
+from ._utils import atomic_write, check_output_folder, preserved_state, refuse_link
 from .model import AuxModel, rule_scores
 from .version import __version__
 
@@ -48,6 +50,8 @@ EXPORT_RULES = ("vote", "score", "all")
 FORMATS = ("pt2", "onnx")
 SUFFIXES = {"pt2": ".pt2", "onnx": ".onnx"}
 INPUT_NAME = "pixels"
+# The label of an image with a non-finite pixel or one outside [0, 1], which the PyTorch model refuses.
+INVALID_LABEL = -1
 META_KEY = "auxsurgery_export"  # ONNX metadata_props key; the .pt2 extra file is META_KEY + ".json"
 OPSET = 18
 EXTRA_HINT = "pip install 'auxsurgery[export]'"
@@ -114,11 +118,17 @@ class RuleOutputs(nn.Module):
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = self.aux_model(pixels)
         alpha = self.aux_model.alpha
+        # The PyTorch model refuses such images (check_input); a deployed graph cannot raise, so it flags them.
+        in_box = ((pixels >= 0) & (pixels <= 1)).flatten(1).all(1)  # False for NaN too
+
+        def label(scores: torch.Tensor) -> torch.Tensor:
+            return torch.where(in_box, scores.argmax(-1), INVALID_LABEL)
+
         if self.rule != "all":
             scores = rule_scores(logits, self.rule, alpha)
-            return scores.argmax(-1), scores
+            return label(scores), scores
         vote, score = rule_scores(logits, "vote", alpha), rule_scores(logits, "score", alpha)
-        return vote.argmax(-1), vote, score.argmax(-1), score, logits
+        return label(vote), vote, label(score), score, logits
 
 
 def _metadata(aux: AuxModel, rule: str) -> dict:
@@ -127,6 +137,7 @@ def _metadata(aux: AuxModel, rule: str) -> dict:
     return {"format": 1, "auxsurgery_version": __version__, "model": _model_name(aux), "rule": rule,
             "input": INPUT_NAME,
             "outputs": output_names(rule), "input_size": list(aux.input_size or ()), "pixels": "[0, 1]",
+            "invalid_label": INVALID_LABEL,  # an image with a NaN, inf or out-of-[0, 1] pixel: its label(s)
             "num_classes": spec.get("num_classes"), "head_names": aux.head_names, "spec": spec}
 
 
@@ -202,6 +213,8 @@ def _save_onnx(program: torch.export.ExportedProgram, path: Path, meta: dict, op
     if size < INLINE_ONNX_BYTES:
         return atomic_write(path, lambda tmp: onnx_program.save(tmp, external_data=False))
     path.parent.mkdir(parents=True, exist_ok=True)
+    for written in (path, path.with_name(path.name + ".data")):  # saved in place: never through a link
+        refuse_link(written)
     onnx_program.save(path, external_data=True)  # beside it: <name>.data
     return path
 
@@ -250,6 +263,7 @@ def export_model(
     meta = _metadata(aux, rule)
     base = Path(path)
     base = base.with_suffix("") if base.suffix in SUFFIXES.values() else base
+    check_output_folder(base.parent)
     written: dict[str, Path] = {}
     with preserved_state(aux):
         module = RuleOutputs(aux, rule).eval()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._utils import did_you_mean
 from .graph.layouts import first_tensor
 from .graph.tracing import OUTPUT, match_graph_to_mode
 
@@ -44,21 +45,27 @@ def check_pixels(x: torch.Tensor, what: str = "input", size: Sequence[int] | Non
                              "normalisation belongs inside the model")
 
 
-def check_labels(y: torch.Tensor, n: int, num_classes: int, what: str = "labels") -> None:
-    """Raise a ValueError unless ``y`` holds ``n`` integer labels in ``[0, num_classes)``."""
+def check_labels(y: torch.Tensor, n: int, num_classes: int | None, what: str = "labels") -> None:
+    """Raise a ValueError unless ``y`` holds ``n`` integer labels in ``[0, num_classes)`` (``num_classes``
+    None: not known yet, so only ``>= 0`` is checked)."""
     if not torch.is_tensor(y) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) \
             or y.shape != (n,):
         got = f"{y.dtype} {list(y.shape)}" if torch.is_tensor(y) else type(y).__name__
         raise ValueError(f"{what} must be an integer tensor of shape ({n},), got {got}")
-    if n and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"{what} span {y.min().item()}..{y.max().item()} but the model has {num_classes} classes "
+    if not n:
+        return
+    low, high = y.min().item(), y.max().item()
+    if num_classes is not None and (low < 0 or high >= num_classes):
+        raise ValueError(f"{what} span {low}..{high} but the model has {num_classes} classes "
                          f"(valid labels 0..{num_classes - 1})")
+    if low < 0:
+        raise ValueError(f"{what} span {low}..{high}, but a label is a class index, 0 or more")
 
 
 def check_rule(rule: str) -> str:
     """Return ``rule`` if it names a prediction rule, else raise a ValueError listing them."""
     if rule not in RULES:
-        raise ValueError(f"unknown prediction rule {rule!r}; valid rules: {', '.join(RULES)}")
+        raise ValueError(f"unknown prediction rule {rule!r}; valid rules: {', '.join(RULES)}.{did_you_mean(rule, RULES)}")
     return rule
 
 

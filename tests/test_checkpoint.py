@@ -109,6 +109,18 @@ def test_alpha_tensor_that_disagrees_with_the_spec_is_refused(aux, tmp_path, alp
         load(path)
 
 
+@pytest.mark.parametrize("tensors, message", [
+    ({"normalize.mean": torch.zeros(1, 3, 1, 1)}, "input normalisation stored with the tensors .* disagrees with the spec"),
+    ({"normalize.std": torch.zeros(1, 3, 1, 1)}, "stored input normalisation is invalid .*std must be > 0"),
+    ({"normalize.std": torch.full((1, 3, 1, 1), float("nan"))}, "stored input normalisation is invalid"),
+])
+def test_normalisation_tensors_that_disagree_with_the_spec_are_refused(aux, tmp_path, tensors, message):
+    path = save(aux, tmp_path / "model.safetensors")
+    _rewrite(path, tensors=tensors)
+    with pytest.raises(CheckpointError, match=message):
+        load(path)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda s: "a string", "expected a JSON object, got str"),
     (lambda s: dict(s, format=999), "format 999 is not one this version reads"),

@@ -83,6 +83,21 @@ def test_exported_model_agrees_with_pytorch_at_other_batch_sizes(trained, export
     assert (aux.predict(x, "vote") == trained[2]).float().mean() >= 0.2
 
 
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_exported_model_flags_the_pixels_the_pytorch_model_refuses(trained, exported, fmt):
+    aux, x, _ = trained
+    bad = x[:4].clone()
+    bad[0, 0, 0, 0], bad[1, 1, 2, 3], bad[2, 2, 5, 5] = float("nan"), 1.5, -0.1
+    with pytest.raises(ValueError, match="finite pixels in"):
+        aux.predict(bad)
+    model = load_exported(exported[fmt])
+    out = model(bad)
+    invalid = model.meta["invalid_label"]
+    assert invalid == -1
+    assert out["label_vote"].tolist()[:3] == [invalid] * 3 and out["label_score"].tolist()[:3] == [invalid] * 3
+    assert out["label_vote"][3] == aux.predict(bad[3:], "vote")[0]
+
+
 def test_onnx_file_has_opset_18_and_a_symbolic_batch(exported):
     import onnx
 

@@ -95,12 +95,16 @@ def test_paper_recipes_use_table_iii_and_section_iv_settings():
     ("[adversarial]\nenabled = true", ["[adversarial]", "set preset"]),
     ("[adversarial]\nenabled = true\neps = 0.03\nmethod = \"trade\"", ["[adversarial]", "'trade'", "trades"]),
     ("[[aux_adversarial]]\nname = \"max\"\neps = 0.03\nobjective = \"max\"", ['name = "max"', "max-head"]),
-    ("[[aux_adversarial]]\nname = \"../x\"\neps = 0.03", ["[[aux_adversarial]] name", "letters, digits"]),
+    ("[[aux_adversarial]]\nname = \"../x\"\neps = 0.03", ["[[aux_adversarial]] name", "path separator"]),
     ("[[aux_adversarial]]\nname = \"a\"\neps = 0.03\n[[aux_adversarial]]\nname = \"a\"\neps = 0.03",
      ["names must differ"]),
     ("[[aux_adversarial]]\nname = \"a\"", ['[[aux_adversarial]] name = "a"', "set preset"]),
     ("[[aux_adversarial]]\nname = \"a\"\neps = 0.03\nhead = \"wide\"", ["head", "unknown head preset 'wide'"]),
     ("[[aux_adversarial]]\nname = \"a\"\neps = 0.03\nepochs = 3", ["unknown key 'epochs'"]),
+    ("[attack]\nn = 0", ["[attack] n", "must be >= 1, got 0"]),
+    ("[attack]\nrules = [\"scor\"]", ["[attack] rules", "Did you mean 'score'?"]),
+    ("[[attack.readings]]\nname = \"../out\"\neps = 0.1", ["[attack.readings[0]] name", "path separator"]),
+    ("[[attack.readings]]\nname = \"curve\"\neps = 0.1", ["[attack.readings[0]] name", "accuracy-vs-eps run"]),
 ])
 def test_bad_recipes_name_file_key_and_choices(snippet, expected):
     with pytest.raises(RecipeError) as err:
@@ -119,6 +123,19 @@ def test_unknown_dataset_and_missing_required_key():
         parse_recipe(BASE.replace('"synthetic"', '"mnsit"'))
     with pytest.raises(RecipeError, match=r"\[backbone\] name is required"):
         parse_recipe(BASE.replace('name = "small_cnn"', ""))
+
+
+def test_a_weights_file_that_is_not_one_is_refused_at_check(tmp_path):
+    import torch
+
+    recipe = BASE.replace('name = "small_cnn"', 'name = "small_cnn"\nweights = "w.pt"')
+    (tmp_path / "w.pt").write_text("not weights")
+    with pytest.raises(RecipeError, match=r"\[backbone\] weights: .*w.pt is not a weights file"):
+        parse_recipe(recipe, str(tmp_path / "x.toml"))
+    torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
+    parse_recipe(recipe, str(tmp_path / "x.toml"))
+    torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt", _use_new_zipfile_serialization=False)
+    parse_recipe(recipe, str(tmp_path / "x.toml"))
 
 
 def test_invalid_toml_and_missing_file(tmp_path):

@@ -554,7 +554,7 @@ class Attack:
         # Labels (or targets) outside the classes would index out of range inside the objectives: checked
         # here when the model states its class count, else against the first forward's logits.
         classes = (getattr(self.model, "spec", None) or {}).get("num_classes")
-        check_labels(y, x.shape[0], classes or torch.iinfo(torch.int64).max, self._label_kind())
+        check_labels(y, x.shape[0], classes or None, self._label_kind())
         self._unchecked_labels = None if classes else y
         if self.norm == "l2" and self.eps is not None and self.eps > math.sqrt(x[0].numel()):
             raise ValueError(f"l2 eps {self.eps} exceeds sqrt({x[0].numel()}), the diameter of the pixel box")

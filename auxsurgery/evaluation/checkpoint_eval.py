@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
-from .._utils import resolve_device, run_folder_lock
+from .._utils import check_output_folder, resolve_device, run_folder_lock
 from ..checkpoint import load, read_spec
 from ..model import check_rule
 from ..train.distributed import launched_rank
@@ -44,14 +44,17 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, suite: str = "
     suites = parse_suites(suite)
     if not suites:
         raise ValueError(f"no suite named; valid suites: {', '.join(list_suites())}")
+    if standalone and "strong" not in suites:
+        raise ValueError(f"--standalone runs the strong suite's attacks alone on every point, but the suites are "
+                         f"{', '.join(suites)}; add strong to --suite, or drop --standalone")
     if preset is not None and get_preset(preset).name == "default":
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     get_preset(preset or data, eps, step_size, steps)
     rules = [check_rule(r) for r in rules]
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ValueError(f"the output folder {out} is a file; choose a folder")
+    if out is not None:
+        check_output_folder(out)
     spec = read_spec(checkpoint)
     samples, classes, shape = load_eval_data(data, data_root, n)
     check_compatible(spec, classes, shape, data)

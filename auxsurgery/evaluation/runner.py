@@ -47,7 +47,7 @@ from .plans import (
 from .presets import Budget, Preset, get_preset
 from .results import AttackRow, SuiteResult
 from .sanity import Finding, blind_gradients, model_checks, probe_findings, sanity_checks
-from .state import EvaluationState, StateError, fingerprint_data, fingerprint_model
+from .state import EvaluationState, fingerprint_data, fingerprint_model
 
 __all__ = ["run_suite"]
 
@@ -112,12 +112,11 @@ class _Runner:
         mine = range(self.ctx.rank, len(batches), self.ctx.world_size)
         task = self.progress.add_task(escape(label), total=sum(len(batches[b]) for b in mine))
         seed, records = attack.seed, {}
+        # What each kept record belongs to, beside the plan key and the points (see EvaluationState.get).
+        owner = {"attack": label, "class": type(attack).__name__, "rule": getattr(attack, "rule", None)}
         for b in mine:
             batch = batches[b]
-            record = self.state.get(key, b) if self.state else None
-            if record is not None and not torch.equal(record["indices"], batch):
-                raise StateError(f"{self.state.folder / key}: batch {b} holds other points than this run "
-                                 "attacks; the folder is not this evaluation's, delete it to start over")
+            record = self.state.get(key, b, owner, batch) if self.state else None
             if record is None:
                 if seed is not None:
                     attack.seed = seed + b * self.batch_size
@@ -127,7 +126,7 @@ class _Runner:
                     x_adv = attack(self.x[batch].to(self.device), self.y[batch].to(self.device)).cpu()
                 record = self._judge(batch, x_adv, time.perf_counter() - began, passes)
                 if self.state:
-                    self.state.put(key, b, record)
+                    self.state.put(key, b, owner, record)
             records[b] = record
             self.progress.advance(task, len(batch))
         if self.ctx.world_size > 1:

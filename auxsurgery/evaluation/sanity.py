@@ -203,7 +203,8 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequ
             findings.append(Finding("non-finite", "warning", (
                 f"{(~torch.isfinite(first)).any(-1).any(0).sum().item()} of {len(xb)} clean inputs give NaN or "
                 "infinite logits: attacks and decision rules are undefined there")))
-        if not torch.equal(first, second):
+        # NaN never equals itself: NaN logits (NaN weights) in the same places are no sign of randomness.
+        if not torch.allclose(first, second, rtol=0.0, atol=0.0, equal_nan=True):
             findings.append(Finding("randomness", "warning", (
                 f"two forward passes on the same inputs differ (by up to {(first - second).abs().max().item():.3g}): "
                 "the model is randomised; gradient attacks need EOT (averaging over the randomness), which these "

@@ -7,6 +7,12 @@ right, the heads' losses, the perturbation sizes and pixel range). Rows are rebu
 records, so a resumed run ends with the same results as an uninterrupted one. Every file is written
 atomically; a folder made for another model, data set, suite or budget is refused, naming what
 changed, and a corrupt file stops the run instead of mixing results.
+
+Each record also says what it belongs to: the evaluation (a digest of the manifest), the plan's key,
+the batch, the attack (row name, class, rule) and its points. A record read from another place (a
+batch file copied between attacks' folders, or from another evaluation's folder) is refused as a
+foreign folder is. Links are never followed: a state folder, plan folder or file that is a link is
+refused.
 """
 from __future__ import annotations
 
@@ -18,16 +24,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._utils import atomic_write
+from .._utils import atomic_write, refuse_link, subfolder
 from ..version import __version__
 
 __all__ = ["STATE_FOLDER", "EvaluationState", "StateError", "fingerprint_data", "fingerprint_model"]
 
-SCHEMA = "auxsurgery.eval-state/1"
+SCHEMA_NAME = "auxsurgery.eval-state"
+SCHEMA = f"{SCHEMA_NAME}/2"  # 2: every record carries what it belongs to (OWNER)
 STATE_FOLDER = "state"  # where an evaluation with an output folder keeps its state: <out>/state
 MANIFEST = "manifest.json"
 RECORD_KEYS = ("indices", "rules", "heads", "losses", "linf", "l2", "pixel_min", "pixel_max", "seconds", "forward",
                "backward")
+OWNER = "belongs_to"  # the stored record's key for what it belongs to (see the module docstring)
 
 
 class StateError(ValueError):
@@ -68,17 +76,22 @@ class EvaluationState:
     """
 
     def __init__(self, folder: str | Path, fingerprint: dict):
-        self.folder = Path(folder)
+        self.folder = refuse_link(folder, "the state folder")
         # Through JSON and back: tuples become lists, as in the stored manifest they are compared with.
         self.fingerprint = json.loads(json.dumps({"schema": SCHEMA, "auxsurgery_version": __version__, **fingerprint}))
-        manifest = self.folder / MANIFEST
+        self.evaluation = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()
+        manifest = refuse_link(self.folder / MANIFEST, "the state manifest")
         if manifest.exists():
             try:
                 stored = json.loads(manifest.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise StateError(f"{manifest} is corrupt ({err}); delete {self.folder} to start the evaluation "
                                  "again") from None
-            if not isinstance(stored, dict) or stored.get("schema") != SCHEMA:
+            schema = stored.get("schema") if isinstance(stored, dict) else None
+            if isinstance(schema, str) and schema.startswith(SCHEMA_NAME + "/") and schema != SCHEMA:
+                raise StateError(f"{self.folder} holds evaluation state in an older format ({schema}); delete it "
+                                 "to start the evaluation over")
+            if schema != SCHEMA:
                 raise StateError(f"{self.folder} is not an auxsurgery evaluation state folder (no {SCHEMA} "
                                  "manifest); choose another output folder")
             changed = [key for key in sorted(set(stored) | set(self.fingerprint))
@@ -93,9 +106,16 @@ class EvaluationState:
     def _path(self, plan: str, batch: int) -> Path:
         return self.folder / plan / f"batch-{batch:05d}.pt"
 
-    def get(self, plan: str, batch: int) -> dict | None:
-        """The record of ``batch`` of ``plan`` if it was finished, else None."""
-        path = self._path(plan, batch)
+    def _owner(self, plan: str, batch: int, attack: dict) -> dict:
+        return {"evaluation": self.evaluation, "plan": plan, "batch": batch, **attack}
+
+    def get(self, plan: str, batch: int, attack: dict, indices: torch.Tensor) -> dict | None:
+        """The record of ``batch`` of ``plan`` if it was finished, else None.
+
+        ``attack`` (JSON-able: the attack's row name, class and rule) and ``indices`` (the points of the
+        batch) say what the record must belong to; a record of anything else is refused.
+        """
+        path = refuse_link(self._path(plan, batch), "the state file")
         if not path.exists():
             return None
         try:
@@ -103,10 +123,19 @@ class EvaluationState:
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
             raise StateError(f"{path} is corrupt ({str(err).splitlines()[0]}); delete it to recompute that "
                              "batch") from None
-        if not isinstance(record, dict) or set(record) != set(RECORD_KEYS):
-            raise StateError(f"{path} is not a batch record of this version; delete it to recompute that batch")
+        if not isinstance(record, dict) or set(record) != {*RECORD_KEYS, OWNER}:
+            raise StateError(f"{path} is not a batch record of this version; delete {self.folder} to start the "
+                             "evaluation over")
+        expected, owner = self._owner(plan, batch, attack), record.pop(OWNER)
+        if owner != expected or not torch.equal(record["indices"], indices):
+            differ = [key for key in expected if not isinstance(owner, dict) or owner.get(key) != expected[key]]
+            what = ", ".join(differ) if differ else "points"
+            raise StateError(f"{path} belongs to another place ({what} differ): it was moved or copied here from "
+                             f"another attack or evaluation; delete it (or {self.folder}) to recompute")
         return record
 
-    def put(self, plan: str, batch: int, record: dict) -> None:
-        """Keep the record of ``batch`` of ``plan`` (atomically)."""
-        atomic_write(self._path(plan, batch), lambda tmp: torch.save(record, tmp))
+    def put(self, plan: str, batch: int, attack: dict, record: dict) -> None:
+        """Keep the record of ``batch`` of ``plan`` (atomically), marked as ``attack``'s (see :meth:`get`)."""
+        subfolder(self.folder, plan)
+        owned = {**record, OWNER: self._owner(plan, batch, attack)}
+        atomic_write(self._path(plan, batch), lambda tmp: torch.save(owned, tmp))

@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from .._utils import atomic_write, resolve_device, run_folder_lock
+from .._utils import atomic_write, check_output_folder, resolve_device, run_folder_lock, subfolder
 from ..backbones import build_backbone
 from ..checkpoint import load
 from ..data import dataset_classes, load_dataset
@@ -39,7 +39,7 @@ from ..train import evaluate, finetune
 from ..train.config import AdversarialConfig
 from ..train.run_files import LAST_FILE, METRICS_FILE, STATE_FILE
 from .comparison import CURVES_PLOT, HEADS_PLOT, build_report, plot_curves, plot_heads, report_markdown
-from .recipe import AUX_ADVERSARIAL_PREFIX, Recipe, RecipeError
+from .recipe import AUX_ADVERSARIAL_PREFIX, CURVE, Recipe, RecipeError
 
 __all__ = ["RunData", "run_recipe", "trained_model"]
 
@@ -156,7 +156,7 @@ def trained_model(out: str | Path, stage: str, num_classes: int) -> nn.Module:
 def _train(model: nn.Module, name: str, recipe: Recipe, data: RunData, out: Path, device: str,
            adversarial: AdversarialConfig | None = None) -> nn.Module:
     """Train ``model`` as recipe stage ``name``, continuing from its saved state if there is one."""
-    folder = out / name / "train"
+    folder = subfolder(out, name, "train")
     config = recipe.train_config(name, out_dir=str(folder), resume=(folder / STATE_FILE).exists(), device=device,
                                  adversarial=adversarial)
     console.rule(f"train: {name} ({config.epochs} epochs{', resumed' if config.resume else ''})")
@@ -245,14 +245,14 @@ def attack_models(recipe: Recipe, models: dict[str, nn.Module], data: RunData, o
         for reading in readings(recipe):
             console.rule(f"attack: {name}, eps reading '{reading['name']}' (eps {reading['eps']:.4g})")
             documents[name][reading["name"]] = _results(
-                out / name / "eval" / reading["name"],
+                subfolder(out, name, "eval", reading["name"]),
                 lambda state: run_suite(model, data.test, suite=suites, eps=reading["eps"],
                                         step_size=reading["step_size"], rules=rules, exclude=reading["exclude"],
                                         state_dir=state, **common))
         if a["curve"]:
             console.rule(f"attack: {name}, accuracy against eps")
             documents[name]["curve"] = _results(
-                out / name / "eval" / "curve",
+                subfolder(out, name, "eval", CURVE),
                 lambda state: run_suite(model, data.test, suite="curve", rules=rules[:1], state_dir=state,
                                         **dict(common, budget=_curve_budget(recipe))))
     return documents
@@ -294,9 +294,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, data_root: str | N
         the report document (also written to ``out/report.json``); with ``train_only``, ``{"trained": {stage:
         its last epoch record}}``.
     """
-    out = Path(out) if out else Path("runs") / recipe.name
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the run folder {out} is a file; choose a folder")
+    out = check_output_folder(Path(out) if out else Path("runs") / recipe.name, "the run folder")
     device = str(resolve_device(device))
     with run_folder_lock(out, "auxsurgery run"):
         return _run_recipe(recipe, out, data_root, device, train_only)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .._utils import did_you_mean
-from ..backbones import FACTORY_PREFIX, resolve_name, weights_file
+from .._utils import UnsafePath, check_name, did_you_mean
+from ..backbones import FACTORY_PREFIX, is_weights_file, resolve_name, weights_file
 from ..data import SOURCES, SYNTHETIC_NAMES
 from ..evaluation import Budget, list_suites
 from ..evaluation.presets import PRESETS as ATTACK_PRESETS
@@ -42,6 +41,8 @@ INITS = ("undefended", "scratch")
 # of auxsurgery.model.RULES is judged on every attack anyway.
 ATTACKED_RULES = ["vote", "score"]
 PAPER_SETTINGS = (*ATTACK_PRESETS, "none")
+# The accuracy-vs-eps run's name beside the eps readings' (its folder <model>/eval/curve, its report key).
+CURVE = "curve"
 
 
 class RecipeError(ValueError):
@@ -310,8 +311,20 @@ def _fill(section: str, table, schema: dict) -> dict:
     return filled
 
 
+def _check_folder_name(r: Recipe, where: str, name: str) -> None:
+    try:
+        check_name(name, "the name")
+    except UnsafePath as err:
+        raise r.error(where, str(err)) from None
+
+
 def _check_names(r: Recipe) -> None:
-    """Names the schema cannot check: models, heads, datasets, suites, rules, cross-key rules."""
+    """Names the schema cannot check: models, heads, datasets, suites, rules, folder names, cross-key rules."""
+    # Both become folder names: the default run folder runs/<name>, and <model>/eval/<reading name>.
+    _check_folder_name(r, "[recipe] name", r.name)
+    for key in ("n", "batch_size"):
+        if r["attack"][key] < 1:
+            raise r.error(f"[attack] {key}", f"must be >= 1, got {r['attack'][key]}")
     _check_backbone(r)
     data = r["data"]["name"]
     known_data = [*SOURCES, *SYNTHETIC_NAMES]
@@ -329,21 +342,23 @@ def _check_names(r: Recipe) -> None:
             raise r.error("[attack] suites", f"unknown suite {suite!r}; valid: {', '.join(list_suites())}")
     for rule in r["attack"]["rules"]:
         if rule not in RULES:
-            raise r.error("[attack] rules", f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+            raise r.error("[attack] rules", f"unknown rule {rule!r}; valid: {', '.join(RULES)}.{did_you_mean(rule, RULES)}")
     names = [reading["name"] for reading in r["attack"]["readings"]]
     if len(set(names)) != len(names):
         raise r.error("[attack.readings] name", f"reading names must differ, got {names}")
     for i, reading in enumerate(r["attack"]["readings"]):
+        _check_folder_name(r, f"[attack.readings[{i}]] name", reading["name"])
+        if reading["name"] == CURVE:
+            raise r.error(f"[attack.readings[{i}]] name", f"{CURVE!r} is the accuracy-vs-eps run's own name; "
+                                                           "choose another")
         if not 0 < reading["eps"] <= 1:
             raise r.error(f"[attack.readings[{i}]] eps", f"must lie in (0, 1] (pixels in [0, 1]), got {reading['eps']}")
     for eps in r["attack"]["curve"]["eps"] if r["attack"]["curve"] else []:
         if not 0 < eps <= 1:
             raise r.error("[attack.curve] eps", f"every eps must lie in (0, 1], got {eps}")
     names = [table["name"] for table in r["aux_adversarial"]]
-    for name in names:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
-            raise r.error("[[aux_adversarial]] name", f"{name!r} must be letters, digits, '-' and '_' (it names the "
-                                                      f"stage {AUX_ADVERSARIAL_PREFIX}<name> and its folder)")
+    for name in names:  # the stage aux_adversarial_<name> and its folder
+        _check_folder_name(r, "[[aux_adversarial]] name", name)
     if len(set(names)) != len(names):
         raise r.error("[[aux_adversarial]] name", f"names must differ, got {names}")
     for stage in r.stages():
@@ -400,6 +415,9 @@ def _check_backbone(r: Recipe) -> None:
         if isinstance(weights, Path) and not weights.is_file():
             raise r.error("[backbone] weights", f"file not found: {weights} (a relative path is read from the "
                                                 f"recipe's folder, {r.folder.resolve()})")
+        if isinstance(weights, Path) and not is_weights_file(weights):
+            raise r.error("[backbone] weights", f"{weights} is not a weights file: its first bytes are neither "
+                                                "safetensors nor torch.save's (zip or pickle)")
 
 
 def _to_toml(table: dict, name: str = "", array: bool = False) -> str:

@@ -13,6 +13,8 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 # What the crafting attack of an adversarial-training method may climb (auxsurgery.attacks.objectives):
 # the joint sum over heads, the worst head, Algorithm 2's ensemble, the vote's margin surrogate, or one head.
 CRAFTING_OBJECTIVES = ("joint", "max-head", "ensemble", "vote-margin", "public")
+# Far above any learning rate that trains (SGD and AdamW diverge long before): a larger one is a typo.
+MAX_LR = 10.0
 
 
 @dataclass
@@ -121,8 +123,14 @@ class TrainConfig:
         _check_choice("amp", self.amp, AMP_MODES)
         if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1 or self.save_every < 0:
             raise ValueError("epochs, batch_size and log_every must be >= 1 and save_every >= 0")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr <= MAX_LR:  # also refuses NaN (every comparison with NaN is false) and inf
+            raise ValueError(f"lr must be a number in (0, {MAX_LR:g}], got {self.lr}")
+        settings = {"momentum": self.momentum, "weight_decay": self.weight_decay, "gamma": self.gamma,
+                    "backbone_lr_scale": self.backbone_lr_scale, "label_smoothing": self.label_smoothing,
+                    "grad_clip": self.grad_clip}
+        bad = [f"{name} {value}" for name, value in settings.items() if value is not None and not math.isfinite(value)]
+        if bad:
+            raise ValueError(f"settings must be finite numbers, got {', '.join(bad)}")
         self.milestones = tuple(int(m) for m in self.milestones)
         # Stored in the resume state, which holds only plain types (it loads with weights_only=True).
         self.out_dir = None if self.out_dir is None else str(self.out_dir)

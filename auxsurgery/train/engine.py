@@ -161,6 +161,7 @@ class _Run:
             self.files.start(resume_epoch=None)
             return 0, 0
         state = self.files.load_state(self.ctx.device, self.config)
+        self._check_same_model(state["model"])
         self.aux.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -170,6 +171,18 @@ class _Run:
         self.result.best_epoch, self.result.best_accuracy = state["best_epoch"], state["best_accuracy"]
         self.files.start(resume_epoch=state["epoch"])
         return state["epoch"], state["step"]
+
+    def _check_same_model(self, saved: dict) -> None:
+        """A resume state of another architecture (other attach points or heads) is refused with one line."""
+        current = self.aux.state_dict()
+        missing, unexpected = sorted(current.keys() - saved.keys()), sorted(saved.keys() - current.keys())
+        resized = [f"{k} {list(saved[k].shape)} saved, {list(current[k].shape)} now" for k in sorted(current)
+                   if k in saved and torch.is_tensor(saved[k]) and saved[k].shape != current[k].shape]
+        if missing or unexpected or resized:
+            first = (resized or [f"{k} not saved" for k in missing] or [f"{k} not in this model" for k in unexpected])[0]
+            raise ValueError(f"cannot resume {self.files.dir}: its state belongs to another model ({first}; "
+                             f"{len(missing) + len(unexpected) + len(resized)} tensors differ); resume with the model, "
+                             "--at and --head the run started with, or choose another --out")
 
     def _save_state(self, epoch: int, step: int) -> None:
         """Save everything needed to continue from (epoch, step); checks the loss first."""

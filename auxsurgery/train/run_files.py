@@ -7,6 +7,7 @@ with ``weights_only=True``).
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import save_model
 from torch import nn
 
-from auxsurgery._utils import atomic_write
+from auxsurgery._utils import atomic_write, refuse_link
 from auxsurgery.checkpoint import save
 from auxsurgery.model import AuxModel
 from auxsurgery.train.config import TrainConfig
@@ -53,7 +54,9 @@ class RunFiles:
 
     def append_metrics(self, record: dict) -> None:
         if self.write:
-            with open(self.dir / METRICS_FILE, "a") as f:
+            # O_NOFOLLOW: a link planted in place of the metrics file is refused, not appended through.
+            fd = os.open(refuse_link(self.dir / METRICS_FILE), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+            with open(fd, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def save_model(self, model: nn.Module, name: str) -> None:
@@ -71,7 +74,8 @@ class RunFiles:
     def load_state(self, device: torch.device, config: TrainConfig) -> dict:
         """The saved resume state, once checked to compute the same run as ``config``."""
         try:
-            state = torch.load(self.state_path, map_location=device, weights_only=True)
+            state = torch.load(refuse_link(self.state_path, "the resume state"), map_location=device,
+                               weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
             raise ValueError(f"{self.state_path} cannot be resumed: it is corrupt or holds objects other than tensors "
                              f"(never unpickled: {str(err).splitlines()[0]}); delete it to start the run over") from None
