@@ -165,7 +165,7 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
     commands = doc.get("commands", [doc["command"]] if "command" in doc else [])
     doc.update(command=command_line(), commands=commands + [command_line()] * (command_line() not in commands),
                machine=machine(), versions=versions())
-    for name in ("undefended", "adversarial", "aux"):
+    for name in recipe.stages():
         if not (run / name / "train" / "last.safetensors").exists():
             continue
         model = None
