@@ -37,7 +37,7 @@ from torch import nn
 
 from ._utils import atomic_write, preserved_state
 from .model import AuxModel, rule_scores
-from .version import __version__
+from .provenance import release
 
 __all__ = [
     "EXPORT_RULES", "FORMATS", "ExportError", "ExportedModel", "MissingExportExtra", "OnnxClassifier",
@@ -124,7 +124,7 @@ class RuleOutputs(nn.Module):
 def _metadata(aux: AuxModel, rule: str) -> dict:
     """What a deployment needs to know about the artifact, stored inside it."""
     spec = dict(aux.spec, alpha=aux.alpha.tolist())
-    return {"format": 1, "auxsurgery_version": __version__, "model": _model_name(aux), "rule": rule,
+    return {"format": 1, **release(), "model": _model_name(aux), "rule": rule,
             "input": INPUT_NAME,
             "outputs": output_names(rule), "input_size": list(aux.input_size or ()), "pixels": "[0, 1]",
             "num_classes": spec.get("num_classes"), "head_names": aux.head_names, "spec": spec}
