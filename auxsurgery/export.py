@@ -461,6 +461,7 @@ class OnnxClassifier(nn.Module):
         self.meta = json.loads(meta) if meta else {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The ONNX model's scores ``[B, C]`` (or log-probabilities) for pixels ``x`` in [0, 1]; no gradients."""
         if torch.is_grad_enabled() and x.requires_grad:
             raise TypeError("OnnxClassifier runs onnxruntime and has no gradients: attack it with score- or "
                             "decision-based attacks (Square, Boundary), or attack the PyTorch model")

@@ -128,6 +128,9 @@ app.command()(run_commands.run)
 app.command()(defend_commands.defend)
 app.command()(export_commands.export)
 
+# The click command Typer builds from the app, for tools that read click commands (the docs' CLI reference).
+click_command = typer.main.get_command(app)
+
 
 def main() -> None:
     """Console-script entry point (``auxsurgery``, ``python -m auxsurgery``)."""
