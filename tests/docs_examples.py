@@ -267,7 +267,7 @@ class DirectiveParser:
     """``<!-- docs-test: parse-only -->``: the next block's commands are parsed, not run."""
 
     def __init__(self):
-        self.lexer = DirectiveInHTMLCommentLexer(directive="docs-test", arguments=".+")
+        self.lexer = DirectiveInHTMLCommentLexer(directive="docs-test")
 
     def __call__(self, document):
         for lexed in self.lexer(document):
