@@ -68,6 +68,7 @@ class NormalizedBackbone(nn.Module):
         self.default_input_size = default_input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` of ``[B, C, H, W]`` pixels in [0, 1]."""
         return self.net(self.normalize(x))
 
 

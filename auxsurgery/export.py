@@ -39,7 +39,7 @@ from torch import nn
 
 from ._utils import atomic_write, check_output_folder, preserved_state, refuse_link
 from .model import AuxModel, rule_scores
-from .version import __version__
+from .provenance import release
 
 __all__ = [
     "EXPORT_RULES", "FORMATS", "ExportError", "ExportedModel", "MissingExportExtra", "OnnxClassifier",
@@ -134,7 +134,7 @@ class RuleOutputs(nn.Module):
 def _metadata(aux: AuxModel, rule: str) -> dict:
     """What a deployment needs to know about the artifact, stored inside it."""
     spec = dict(aux.spec, alpha=aux.alpha.tolist())
-    return {"format": 1, "auxsurgery_version": __version__, "model": _model_name(aux), "rule": rule,
+    return {"format": 1, **release(), "model": _model_name(aux), "rule": rule,
             "input": INPUT_NAME,
             "outputs": output_names(rule), "input_size": list(aux.input_size or ()), "pixels": "[0, 1]",
             "invalid_label": INVALID_LABEL,  # an image with a NaN, inf or out-of-[0, 1] pixel: its label(s)
@@ -475,6 +475,7 @@ class OnnxClassifier(nn.Module):
         self.meta = json.loads(meta) if meta else {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The ONNX model's scores ``[B, C]`` (or log-probabilities) for pixels ``x`` in [0, 1]; no gradients."""
         if torch.is_grad_enabled() and x.requires_grad:
             raise TypeError("OnnxClassifier runs onnxruntime and has no gradients: attack it with score- or "
                             "decision-based attacks (Square, Boundary), or attack the PyTorch model")

@@ -39,7 +39,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from auxsurgery.provenance import machine  # noqa: E402
+from auxsurgery.provenance import machine, source_commit  # noqa: E402
 
 STAGES = ("build", "input-size", "attach", "forward-eval", "equivalence", "predict",
           "train-forward", "backward", "gradients", "sgd-step", "equivalence-after-step")
@@ -431,22 +431,6 @@ def _rss_gb(pid: int) -> float:
     return 0.0
 
 
-def _git_head() -> str | None:
-    """The commit (plus ``+dirty``) of the auxsurgery checkout each worker imports: other people
-    edit it while a long run goes on, so every record says which code it tested."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "auxsurgery"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (head + ("+dirty" if dirty else "")) or None
-
-
 def watch_worker(proc, parent, child, timeout: float, max_mem_gb: float) -> tuple[str, dict | None, float, str | None, float]:
     """Start the forked worker ``proc`` and wait for its result on ``parent`` under a wall-clock and memory limit.
 
@@ -505,7 +489,7 @@ def run_one(entry: dict, args) -> dict:
     rec = {**entry, **rec, "seconds": round(seconds, 2), "peak_rss_gb": round(peak, 2),
            "limits": {"timeout": args.timeout, "max_mem_gb": args.max_mem_gb, "threads": args.threads},
            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "auxsurgery_commit": _git_head()}
+           "auxsurgery_commit": source_commit()}
     return rec
 
 

@@ -38,7 +38,7 @@ import timm
 import torch
 import torchvision
 
-from auxsurgery.provenance import machine
+from auxsurgery.provenance import machine, source_commit
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "export_coverage"
@@ -273,7 +273,7 @@ def run_one(entry: dict, sizes: list[list[int]], args) -> dict:
     return {**entry, **rec, "seconds": round(seconds, 2), "peak_rss_gb": round(peak, 2),
             "limits": {"timeout": args.timeout, "max_mem_gb": args.max_mem_gb, "max_params_m": args.max_params_m},
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "auxsurgery_commit": cov._git_head()}
+            "auxsurgery_commit": source_commit()}
 
 
 # ---------------------------------------------------------------------------------------------

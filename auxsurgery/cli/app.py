@@ -20,6 +20,7 @@ from typing import Iterator
 import typer
 from typer.core import TyperGroup
 
+from ..version import __version__
 from . import attach as attach_commands
 from . import attack as attack_commands
 from . import defend as defend_commands
@@ -99,13 +100,21 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"auxsurgery {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     debug: bool = typer.Option(False, "--debug", envvar="AUXSURGERY_DEBUG",
                                help="Show the traceback of one-line errors too (before the command name)."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the auxsurgery version and exit."),
 ):
-    # Read through the click context by _one_line_errors.
-    del debug
+    # debug is read through the click context by _one_line_errors; --version has acted in its callback.
+    del debug, version
 
 
 app.command()(demo_commands.demo)
@@ -118,6 +127,9 @@ app.command()(place_commands.place)
 app.command()(run_commands.run)
 app.command()(defend_commands.defend)
 app.command()(export_commands.export)
+
+# The click command Typer builds from the app, for tools that read click commands (the docs' CLI reference).
+click_command = typer.main.get_command(app)
 
 
 def main() -> None:

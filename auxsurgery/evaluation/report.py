@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .._utils import atomic_write, markdown_table
-from ..version import __version__
+from ..provenance import release
 from .plans import Suite, get_suite
 
 __all__ = [
@@ -75,7 +75,7 @@ def results_document(result) -> dict:
     study = result.heads_study()
     return {
         "schema": SCHEMA,
-        "auxsurgery_version": __version__,
+        **release(),  # auxsurgery_version, auxsurgery_commit
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": result.model_info,
         "data": result.data_info,

@@ -36,6 +36,7 @@ from ..evaluation import Budget, run_suite, write_report
 from ..evaluation.confidence import difference_interval, percent_with_interval
 from ..evaluation.report import fmt_eps
 from ..evaluation.state import STATE_FOLDER
+from ..provenance import release
 from ..surgery import attach_aux_blocks
 from ..train import AdversarialConfig, TrainConfig, finetune, get_training_method
 from ..train.run_files import LAST_FILE, STATE_FILE
@@ -404,7 +405,7 @@ def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, i
         training=training, files=files)
     if out:
         result.files.update({"report": str(out / REPORT_MD), "json": str(out / REPORT_JSON)})
-        document = {**result.to_dict(), "headline": result.headline(),
+        document = {**release(), **result.to_dict(), "headline": result.headline(),
                     "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}}
         atomic_write(out / REPORT_JSON, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1, default=str)))
         atomic_write(out / REPORT_MD, lambda tmp: Path(tmp).write_text(result.markdown()))

@@ -33,7 +33,7 @@ from ..checkpoint import load
 from ..data import dataset_classes, load_dataset
 from ..evaluation import Budget, get_preset, get_suite, run_suite, write_report
 from ..evaluation.state import STATE_FOLDER
-from ..provenance import command_line, machine, versions
+from ..provenance import command_line, machine, release, versions
 from ..surgery import attach_aux_blocks
 from ..train import evaluate, finetune
 from ..train.config import AdversarialConfig
@@ -317,7 +317,7 @@ def _run_recipe(recipe: Recipe, out: Path, data_root: str | None, device: str, t
     report.update(training={name: epochs[-1] for name, epochs in records.items()},
                   train_seconds={name: _train_seconds(epochs, recipe.train_config(name).batch_size)
                                  for name, epochs in records.items()},
-                  command=command_line(), machine=machine(), versions=versions(),
+                  **release(), command=command_line(), machine=machine(), versions=versions(),
                   seconds_this_session=time.perf_counter() - began)
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     plots = [p.name for p in [plot_curves(report, out / CURVES_PLOT), plot_heads(report, out / HEADS_PLOT)] if p]

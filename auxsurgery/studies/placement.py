@@ -32,6 +32,7 @@ from ..backbones import PROVENANCE_KEYS, build_backbone
 from ..cost import head_costs
 from ..evaluation import collect, run_suite
 from ..evaluation.plans import HEADS_SUITE
+from ..provenance import release
 from ..surgery import attach_aux_blocks, parse_points
 from ..train import TrainConfig, finetune
 
@@ -166,7 +167,7 @@ class PlacementResult:
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write ``placement.json``, ``placement.md`` and ``placement.png`` under ``out_dir``; return their paths."""
         out_dir = Path(out_dir)
-        text = json.dumps(self.to_dict(), indent=1)
+        text = json.dumps({**release(), **self.to_dict()}, indent=1)
         return [atomic_write(out_dir / "placement.json", lambda tmp: Path(tmp).write_text(text)),
                 atomic_write(out_dir / "placement.md", lambda tmp: Path(tmp).write_text(self.markdown())),
                 self.plot(out_dir / "placement.png")]
