@@ -16,12 +16,11 @@ from typing import Annotated, Optional
 
 import torch
 import typer
-from rich.console import Console
-
+from .._output import OutputConsole
 from .._utils import resolve_device
 
-results = Console()
-messages = Console(stderr=True, soft_wrap=True)  # a long path stays on its line
+results = OutputConsole()  # tables keep every number: full width on a terminal, Markdown in a log file
+messages = OutputConsole(stderr=True)
 
 
 def _check_device(value: str) -> str:
@@ -45,6 +44,8 @@ DataRoot = Annotated[Optional[Path], typer.Option(
 Json = Annotated[bool, typer.Option(
     "--json", help="Print machine-readable JSON on stdout; progress and messages go to stderr.")]
 Out = Annotated[Optional[Path], typer.Option(help="Folder for the command's files (created if missing).")]
+# Not --n: torchrun's parser would claim it as an ambiguous prefix of its --nnodes, --nproc-per-node, ...
+Points = Annotated[Optional[int], typer.Option("--points", "-n", help="Test images to use: the first N of the test data.")]
 
 
 def head_choice(head: str) -> str | list[str]:

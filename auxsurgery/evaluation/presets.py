@@ -105,6 +105,19 @@ class Budget:
                    target_classes=3, fmn_steps=10, sweep_multiples=(0.5, 1.0, 2.0),
                    sweep_steps=(1, 5), probe_steps=5)
 
+    @property
+    def name(self) -> str:
+        """``quick`` (:meth:`quick`), ``default`` (the defaults) or ``custom``."""
+        return "quick" if self == Budget.quick() else "default" if self == Budget() else "custom"
+
+    def describe(self) -> str:
+        """One line for reports: the budget's name (a quick one marked as proving nothing) and its sizes."""
+        name = "quick (--quick: a smoke test that proves nothing)" if self.name == "quick" else self.name
+        return (f"{name}: APGD {self.apgd_steps} steps x {self.apgd_restarts} restart(s), APGD-T "
+                f"{self.target_classes} target classes, Square {self.square_queries} queries, CW {self.cw_steps} "
+                f"steps x {self.cw_search_steps} searches, Boundary {self.boundary_steps} steps, FMN "
+                f"{self.fmn_steps} steps")
+
     def to_dict(self) -> dict:
         """The budget as JSON-able values."""
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}

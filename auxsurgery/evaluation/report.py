@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .._output import OutputConsole
 from .._utils import atomic_write, markdown_table
 from ..version import __version__
 from .plans import Suite, get_suite
@@ -129,7 +130,7 @@ def validate_results(doc: dict) -> None:
 
 def print_table(result, console: Console | None = None) -> None:
     """One rich table: clean accuracy, every attack's accuracy per attacked rule, the worst case; then findings."""
-    console = console or Console()
+    console = console or OutputConsole()
     table = Table(title=f"accuracy (%) under each attack, n={result.n}", title_justify="left")
     table.add_column("suite")
     table.add_column("attack", no_wrap=True)
@@ -149,6 +150,7 @@ def print_table(result, console: Console | None = None) -> None:
     threat = fmt_threat({"norm": worst.norm, "eps": worst.eps})
     table.add_row("all", "worst case", f"{len(worst.attacks)} attacks", threat,
                   *(_pct(worst.outcome.accuracy(r)) for r in result.rules), "")
+    table.caption = f"budget {result.budget.describe()}"
     console.print(table)
     for finding in result.findings:
         style = "bold yellow" if finding.level == "warning" else "dim"
@@ -222,6 +224,7 @@ def markdown_report(result, plots: Sequence[str] = ()) -> str:
         f"shape {'x'.join(map(str, result.data_info['shape']))}",
         f"- threat model: Linf eps={fmt_eps(p.eps)} (preset {p.name}); PGD step {fmt_eps(p.step_size)}, "
         f"{p.steps} steps; seed {result.settings['seed']}",
+        f"- budget: {result.budget.describe()}",
         f"- suites: {', '.join(result.suites)}; attacked rules: {', '.join(result.rules)}; "
         f"{result.seconds:.1f} s in all", "",
         "Accuracies in %. Success is judged by the defended model's own decision rules; a sample misclassified "

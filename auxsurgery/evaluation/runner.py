@@ -11,7 +11,6 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -25,6 +24,7 @@ from rich.progress import (
 from rich.text import Text
 from torch import nn
 
+from .._output import OutputConsole, progress_display
 from ..attacks import KINDS, Attack
 from ..attacks.base import DTYPES, frozen
 from ..model import AuxModel, as_aux_model, as_stacked, check_labels, check_rule
@@ -63,8 +63,8 @@ class _ImagesPerSecond(ProgressColumn):
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+    return progress_display(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), enabled=enabled)
 
 
 class _Runner:
@@ -254,7 +254,8 @@ def run_suite(
             model, data set, plan, budget or seed is refused.
         attack_dtype: ``fp32``, or ``bf16`` for the gradient attacks' steps (bfloat16 autocast; every
             success is re-verified by an fp32 forward of the real decision rule before it counts).
-        progress: show progress bars (images/s per attack; attacks done, with an ETA) on stderr.
+        progress: show progress on stderr: bars on a terminal (images/s per attack; attacks done, with an
+            ETA), periodic lines in a log file; and what a resumed evaluation found in ``state_dir``.
 
     Under ``torchrun`` (or inside an initialised process group) the batches of every attack are
     shared out over the processes (gloo on CPU, nccl on CUDA: each process evaluates on its own
@@ -298,6 +299,9 @@ def run_suite(
                 "model": fingerprint_model(aux), "data": fingerprint_data(x, y), "suites": names,
                 "plans": [_describe(pl) for pl in plans], "rules": list(targets), "eval_rules": list(eval_rules),
                 "seed": seed, "batch_size": batch_size, "preset": preset.to_dict(), "budget": budget.to_dict()})
+            if state.resumed and progress and ctx.is_main:
+                attacks_planned = sum(len(pl.stages) if isinstance(pl, Cascade) else 1 for pl in plans)
+                OutputConsole(stderr=True).print(state.resume_summary(attacks_planned), markup=False)
         devices: list = [None] * ctx.world_size
         if ctx.world_size > 1:
             dist.all_gather_object(devices, str(ctx.device))

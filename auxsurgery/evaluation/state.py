@@ -71,7 +71,8 @@ class EvaluationState:
         # Through JSON and back: tuples become lists, as in the stored manifest they are compared with.
         self.fingerprint = json.loads(json.dumps({"schema": SCHEMA, "auxsurgery_version": __version__, **fingerprint}))
         manifest = self.folder / MANIFEST
-        if manifest.exists():
+        self.resumed = manifest.exists()  # True: an earlier run of this evaluation left its records here
+        if self.resumed:
             try:
                 stored = json.loads(manifest.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -88,6 +89,14 @@ class EvaluationState:
                                  "another) to start over")
         else:
             atomic_write(manifest, lambda tmp: Path(tmp).write_text(json.dumps(self.fingerprint, indent=1)))
+
+    def resume_summary(self, attacks: int) -> str:
+        """``resuming from OUT/state: 4 of 11 attacks recorded (37 batches)``: what an earlier run left."""
+        batches = {folder.name: len(list(folder.glob("batch-*.pt"))) for folder in self.folder.iterdir()
+                   if folder.is_dir()}
+        recorded = sum(1 for count in batches.values() if count)
+        return (f"resuming from {self.folder}: {recorded} of {attacks} attacks recorded "
+                f"({sum(batches.values())} batches kept)")
 
     def _path(self, plan: str, batch: int) -> Path:
         return self.folder / plan / f"batch-{batch:05d}.pt"

@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from rich.console import Console
 from torch import nn
 
+from .._output import OutputConsole
 from .._utils import atomic_write, resolve_device, run_folder_lock
 from ..backbones import build_backbone
 from ..checkpoint import load
@@ -42,7 +42,7 @@ from .recipe import Recipe, RecipeError
 
 __all__ = ["MODELS", "RunData", "run_recipe", "trained_model"]
 
-console = Console(stderr=True)
+console = OutputConsole(stderr=True)
 MODELS = ("undefended", "adversarial", "aux")
 # What a resumed run may change without changing what is computed.
 _RESUME_FREE = {("data", "root")}
