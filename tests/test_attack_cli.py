@@ -58,7 +58,7 @@ def test_end_to_end_writes_the_report(checkpoint, tmp_path):
 
 def test_json_output_is_the_results_document(checkpoint, tmp_path):
     data = write_data(tmp_path / "test.pt")
-    result = invoke(checkpoint, data, "--suite", "adaptive", "--n", "6", "--eps", "0.1", "--json")
+    result = invoke(checkpoint, data, "--suite", "adaptive", "--points", "6", "--eps", "0.1", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     validate_results(doc)

@@ -148,3 +148,20 @@ def test_debug_adds_the_traceback_to_one_line_errors(monkeypatch, args, env):
     assert result.stderr.startswith("Traceback (most recent call last)")
     assert "ValueError: unknown model 'x'" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "error: unknown model 'x'"
+
+
+def test_no_option_of_any_command_can_be_claimed_by_torchrun():
+    """torchrun parses the whole command line: an option of ours that is an ambiguous prefix of one of its
+    options (``--n`` of ``--nnodes``, ``--nproc-per-node``, ...) ends the run before auxsurgery starts."""
+    from torch.distributed.run import get_args_parser
+
+    torchrun = get_args_parser()
+    for name, command in COMMANDS.items():
+        for param in command.params:
+            for flag in param.opts + param.secondary_opts:
+                args = ["--standalone", "--nproc_per_node", "2", "-m", "auxsurgery", name, flag, "1"]
+                try:
+                    parsed = torchrun.parse_args(args)
+                except SystemExit:
+                    pytest.fail(f"torchrun refuses `auxsurgery {name} {flag}`")
+                assert parsed.training_script_args == [name, flag, "1"], (name, flag)

@@ -46,7 +46,7 @@ def weights(tmp_path_factory):
 def test_defend_smoke_run_writes_one_plain_report(weights, tmp_path):
     out = tmp_path / "defence"
     result = CliRunner().invoke(_cli(), ["small_cnn", "--weights", str(weights), "--data", "synthetic", "--quick",
-                                         "--n", "40", "--train-subset", "300", "--out", str(out), "--json"])
+                                         "--points", "40", "--train-subset", "300", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["quick"] and document["n"] == 40 and document["attach_points"] == ["stage1", "stage2", "stage3"]

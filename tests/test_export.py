@@ -202,7 +202,7 @@ def test_export_command_with_parity_check(trained, tmp_path):
     aux, _, _ = trained
     checkpoint = save(aux, tmp_path / "model.safetensors")
     result = CliRunner().invoke(_cli(), [str(checkpoint), "--format", "pt2", "--rule", "score", "--out",
-                                         str(tmp_path / "deploy"), "--check", "synthetic", "--n", "24", "--json"])
+                                         str(tmp_path / "deploy"), "--check", "synthetic", "--points", "24", "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["files"] == {"pt2": str(tmp_path / "deploy" / "model.pt2")} and document["ok"] is True

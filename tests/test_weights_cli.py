@@ -112,7 +112,7 @@ def test_place_with_weights_uses_the_backbone_as_it_is(trained, tmp_path, monkey
 
     monkeypatch.setattr(placement, "finetune", recording)
     result = runner.invoke(app, ["place", "small_cnn", "--weights", str(path), "--candidates", "stage2",
-                                 "--data", "synthetic", "--train-size", "128", "--epochs", "1", "--n", "16",
+                                 "--data", "synthetic", "--train-size", "128", "--epochs", "1", "--points", "16",
                                  "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     assert trained_modules == ["AuxModel"]  # the placement's heads only: no backbone training

@@ -8,7 +8,7 @@ import typer
 
 from ..evaluation import Budget, list_suites, print_table, results_document
 from ..evaluation.checkpoint_eval import evaluate_checkpoint
-from .options import DataRoot, Device, Json, Out, Seed, messages, print_json, results
+from .options import DataRoot, Device, Json, Out, Points, Seed, messages, print_json, results
 
 
 def attack(
@@ -17,7 +17,7 @@ def attack(
                                        "file holding {'x': images in [0, 1], 'y': labels[, 'classes': names]}."),
     suite: str = typer.Option("static,adaptive", help=f"Suites, comma-separated: {', '.join(list_suites())}."),
     data_root: DataRoot = None,
-    n: int = typer.Option(1000, help="Evaluate the first N test samples."),
+    n: Points = 1000,
     eps: Optional[float] = typer.Option(None, help="L-inf budget in [0, 1] pixels (default: the preset's)."),
     step_size: Optional[float] = typer.Option(None, help="PGD step (default: the preset's, scaled with --eps)."),
     steps: Optional[int] = typer.Option(None, help="PGD iterations of the paper-faithful rows (default 5)."),
@@ -41,7 +41,7 @@ def attack(
     OUT/state: the same command after an interruption continues where it stopped. Under
     `torchrun --nproc_per_node N -m auxsurgery attack ...` the processes share the work.
 
-    Example: auxsurgery attack model.safetensors --data mnist --suite static,adaptive,strong --n 1000 --out report
+    Example: auxsurgery attack model.safetensors --data mnist --suite static,adaptive,strong --points 1000 --out report
     """
     result, written = evaluate_checkpoint(
         checkpoint, data, suite, data_root=data_root, n=n, eps=eps, step_size=step_size, steps=steps, preset=preset,

@@ -9,7 +9,7 @@ import typer
 from ..studies.defend import DefendConfig
 from ..studies.defend import defend as run_defence
 from .backbone_options import Mean, ModelFactory, ModelName, Std, Weights, backbone_from_options
-from .options import DataRoot, Device, Json, Seed, head_choice, messages, print_json, results
+from .options import DataRoot, Device, Json, Points, Seed, head_choice, messages, print_json, results
 
 
 def defend(
@@ -24,7 +24,7 @@ def defend(
     at: str = typer.Option("auto:3", help="Attach points (comma-separated) or auto:K."),
     head: str = typer.Option("default", help="Head preset, default:<width>, or one per point (comma-separated)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs to train the heads (default 5; 1 with --quick)."),
-    n: int = typer.Option(1000, help="Test images to evaluate (at most 100 with --quick)."),
+    n: Points = 1000,  # at most 100 with --quick
     train_subset: Optional[int] = typer.Option(None, help="Train the heads on the first N training images."),
     eps: Optional[float] = typer.Option(None, help="L-inf budget in [0, 1] pixels (default: the dataset's preset)."),
     preset: Optional[str] = typer.Option(None, help="Attack budget preset: mnist, cifar10, mini-imagenet "
@@ -43,7 +43,7 @@ def defend(
     Writes defence.md and defence.json (the verdict), defended.safetensors, and the full undefended/ and
     defended/ evaluation reports under --out.
 
-    Example: auxsurgery defend resnet18 --weights my.pth --data cifar10 --at auto:3 --epochs 5 --n 1000 --out defence
+    Example: auxsurgery defend resnet18 --weights my.pth --data cifar10 --at auto:3 --epochs 5 --points 1000 --out defence
     """
     config = DefendConfig(at=at, head=head_choice(head), epochs=epochs or (1 if quick else 5),
                           n=n, train_subset=train_subset, eps=eps, dataset=preset, quick=quick, seed=seed,

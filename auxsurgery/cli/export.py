@@ -9,7 +9,7 @@ import typer
 from ..evaluation import check_compatible, collect, load_eval_data
 from ..export import EXPORT_RULES, check_parity, export_model
 from .backbone_options import ModelFactory, load_checkpoint
-from .options import DataRoot, Json, Out, messages, print_json, results
+from .options import DataRoot, Json, Out, Points, messages, print_json, results
 
 
 def export(
@@ -21,7 +21,7 @@ def export(
     out: Out = None,
     check: Optional[str] = typer.Option(None, help="Check parity with the PyTorch model on this data: a dataset name, "
                                                    "an ImageFolder path or a .pt file of {'x', 'y'}."),
-    n: int = typer.Option(256, help="With --check: the number of test images compared."),
+    n: Points = 256,  # with --check: the images compared
     tolerance: float = typer.Option(1e-4, help="With --check: the largest score difference accepted."),
     data_root: DataRoot = None,
     model_factory: ModelFactory = None,
@@ -35,14 +35,14 @@ def export(
     exported files and the PyTorch model on the same images and exits 1 unless every label agrees and every
     score is within --tolerance.
 
-    Example: auxsurgery export runs/demo/best.safetensors --format both --out deploy --check synthetic --n 256
+    Example: auxsurgery export runs/demo/best.safetensors --format both --out deploy --check synthetic --points 256
     """
     if rule not in EXPORT_RULES:
         raise ValueError(f"unknown --rule {rule!r}; valid: {', '.join(EXPORT_RULES)}")
     if format not in ("pt2", "onnx", "both"):
         raise ValueError(f"unknown --format {format!r}; valid: pt2, onnx, both")
     if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
+        raise ValueError(f"--points must be >= 1, got {n}")
     aux = load_checkpoint(checkpoint, model_factory)
     x = None
     if check:  # before the export: a wrong dataset should fail fast

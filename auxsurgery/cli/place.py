@@ -11,7 +11,7 @@ from .._utils import run_folder_lock
 from ..data import dataset_classes, load_dataset
 from ..studies.placement import place_study, trained_backbone
 from .backbone_options import Mean, ModelFactory, ModelName, Std, Weights, backbone_from_options
-from .options import DataRoot, Device, Json, Out, Seed, messages, print_json, results
+from .options import DataRoot, Device, Json, Out, Points, Seed, messages, print_json, results
 
 
 def place(
@@ -24,7 +24,7 @@ def place(
     data_root: DataRoot = None,
     train_size: Optional[int] = typer.Option(None, help="Training images to use (default: all)."),
     epochs: int = typer.Option(3, help="Fine-tuning epochs of each placement's heads."),
-    n: int = typer.Option(200, "--n", help="Test images to attack."),
+    n: Points = 200,
     seed: Seed = 0,
     out: Out = Path("place-out"),
     head: str = typer.Option("default", help="Head preset (see `auxsurgery attach --help`)."),
