@@ -18,6 +18,7 @@ import torch
 import typer
 from .._output import OutputConsole
 from .._utils import resolve_device
+from ..evaluation.presets import PRESETS, parse_eps
 
 results = OutputConsole()  # tables keep every number: full width on a terminal, Markdown in a log file
 messages = OutputConsole(stderr=True)
@@ -44,8 +45,22 @@ DataRoot = Annotated[Optional[Path], typer.Option(
 Json = Annotated[bool, typer.Option(
     "--json", help="Print machine-readable JSON on stdout; progress and messages go to stderr.")]
 Out = Annotated[Optional[Path], typer.Option(help="Folder for the command's files (created if missing).")]
+Eps = Annotated[Optional[float], typer.Option(
+    parser=lambda text: _user_value(parse_eps, text), metavar="EPS",
+    help="L-inf radius in [0, 1] pixels: 8/255, 0.031, 0.3 (default: the threat preset's).")]
+ThreatPreset = Annotated[Optional[str], typer.Option(
+    help=f"The paper's threat model of a dataset (L-inf eps and PGD step): {', '.join(PRESETS)} (default: the "
+         "one of --data, else cifar10's).")]
 # Not --n: torchrun's parser would claim it as an ambiguous prefix of its --nnodes, --nproc-per-node, ...
 Points = Annotated[Optional[int], typer.Option("--points", "-n", help="Test images to use: the first N of the test data.")]
+
+
+def _user_value(parse, text: str):
+    """``parse(text)``, its ValueError shown as click's bad-value message (one line, exit 2)."""
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 def head_choice(head: str) -> str | list[str]:

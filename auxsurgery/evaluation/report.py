@@ -17,15 +17,18 @@ from typing import Sequence
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from safetensors.torch import save_file
 
 from .._output import OutputConsole
 from .._utils import atomic_write, markdown_table
 from ..version import __version__
 from .plans import Suite, get_suite
+from .presets import fmt_eps, fmt_threat
+from .results import stage_line
 
 __all__ = [
     "ROW_FIELDS", "SCHEMA", "TOP_LEVEL_FIELDS", "markdown_report", "plot_sweep", "plot_transfer", "print_table",
-    "results_document", "validate_results", "write_report",
+    "results_document", "validate_results", "write_adversarial", "write_report",
 ]
 
 SCHEMA = "auxsurgery.results/1"
@@ -46,21 +49,6 @@ SWEEP_PLOT, TRANSFER_PLOT = "accuracy_vs_eps.png", "transfer_heatmap.png"
 
 def _pct(accuracy: float) -> str:
     return f"{100 * accuracy:.1f}"
-
-
-def fmt_eps(eps: float | None) -> str:
-    """``0.3`` for short decimals, ``8/255`` for other multiples of 1/255; ``min`` for unbounded attacks."""
-    if eps is None:
-        return "min"
-    levels = eps * 255
-    if abs(eps - round(eps, 3)) > 1e-12 and abs(levels - round(levels)) < 1e-6:
-        return f"{round(levels)}/255"
-    return f"{eps:.4g}"
-
-
-def fmt_threat(threat: dict) -> str:
-    """``Linf 8/255`` or ``L2 min``."""
-    return f"{'Linf' if threat['norm'] == 'linf' else 'L2'} {fmt_eps(threat['eps'])}"
 
 
 # ---- results.json ------------------------------------------------------------------------------
@@ -152,6 +140,8 @@ def print_table(result, console: Console | None = None) -> None:
                   *(_pct(worst.outcome.accuracy(r)) for r in result.rules), "")
     table.caption = f"budget {result.budget.describe()}"
     console.print(table)
+    for cascade in result.cascade_stages():
+        console.print(stage_line(cascade), markup=False, highlight=False)
     for finding in result.findings:
         style = "bold yellow" if finding.level == "warning" else "dim"
         console.print(f"[{style}]{finding.level}[/{style}] ({finding.check}): {escape(finding.message)}",
@@ -199,6 +189,16 @@ def _worst_case_section(result) -> list[str]:
     return lines + markdown_table(["Model decision", "Clean", "Worst case"], body)
 
 
+def _stages_section(result) -> list[str]:
+    """Each cascade's accuracy under its rule after each stage (AutoAttack's log, as a table)."""
+    lines = []
+    for cascade in result.cascade_stages():
+        lines += ["", f"## {cascade['cascade']}: {cascade['rule']} accuracy by stage", ""]
+        lines += markdown_table(["After", "Accuracy"], [[cascade["start"], _pct(cascade["start_accuracy"])],
+                                                        *([s["attack"], _pct(s["accuracy"])] for s in cascade["stages"])])
+    return lines
+
+
 def _heads_section(study, plots: Sequence[str]) -> list[str]:
     names = study.head_names
     lines = ["## Per-head study (Table VI, Fig. 5)", "", "Table VI: each head's accuracy under PGD crafted on the "
@@ -242,6 +242,7 @@ def markdown_report(result, plots: Sequence[str] = ()) -> str:
         if suite.plots_series and SWEEP_PLOT in plots:
             lines += ["", f"![accuracy vs eps and steps]({SWEEP_PLOT})"]
             plots = [p for p in plots if p != SWEEP_PLOT]
+    lines += _stages_section(result)
     lines += [""] + _worst_case_section(result)
     study = result.heads_study()
     if study:
@@ -314,6 +315,16 @@ def _save(fig, path: str | Path) -> Path:
 
 
 # ---- everything ------------------------------------------------------------------------------------
+
+
+def write_adversarial(result, path: str | Path) -> Path:
+    """:meth:`SuiteResult.adversarial_examples` as a safetensors file; its metadata names the attacks that
+    ``broken_by/<rule>`` indexes and the threat model."""
+    worst = result.worst_case()
+    tensors = {key: value.contiguous() for key, value in result.adversarial_examples().items()}
+    metadata = {"attacks": json.dumps(worst.attacks), "threat": json.dumps({"norm": worst.norm, "eps": worst.eps}),
+                "rules": json.dumps(list(result.eval_rules)), "auxsurgery_version": __version__}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def write_report(result, out_dir: str | Path) -> list[Path]:

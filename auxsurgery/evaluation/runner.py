@@ -80,8 +80,9 @@ class _Runner:
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequence[str],
-                 batch_size: int, progress: Progress, state: EvaluationState | None, ctx: DistContext):
-        self.model, self.x, self.y, self.rules = model, x, y, rules
+                 batch_size: int, progress: Progress, state: EvaluationState | None, ctx: DistContext,
+                 keep_adversarial: bool = False):
+        self.model, self.x, self.y, self.rules, self.keep_adversarial = model, x, y, rules, keep_adversarial
         self.batch_size, self.progress, self.state, self.ctx = batch_size, progress, state, ctx
         self.device = next(model.parameters()).device
         self.clean = evaluate(model, x, y, rules, batch_size)
@@ -93,7 +94,8 @@ class _Runner:
         """The record of one attacked batch (see :data:`auxsurgery.evaluation.state.RECORD_KEYS`)."""
         adv = evaluate(self.model, x_adv, self.y[batch], self.rules, self.batch_size)
         delta, pixels = (x_adv - self.x[batch]).flatten(1), x_adv.flatten(1)
-        return {"indices": batch, "rules": torch.stack([adv.rules[r] for r in self.rules]), "heads": adv.heads,
+        kept = {"x_adv": x_adv} if self.keep_adversarial else {}
+        return {**kept, "indices": batch, "rules": torch.stack([adv.rules[r] for r in self.rules]), "heads": adv.heads,
                 "losses": adv.losses, "linf": delta.abs().amax(1), "l2": delta.norm(dim=1),
                 "pixel_min": pixels.amin(1), "pixel_max": pixels.amax(1), "seconds": torch.tensor(seconds)}
 
@@ -150,7 +152,7 @@ class _Runner:
             config=plan.config, threat={"norm": attack.norm, "eps": attack.eps}, series=plan.series,
             outcome=self.clean & Outcome(rules, heads), head_loss=losses.mean(1),
             seconds=sum(r["seconds"].item() for r in records), attacked=len(todo),
-            perturbation=_perturbation(records),
+            perturbation=_perturbation(records), adversarial=_examples(records, self.x) if self.keep_adversarial else None,
         )
 
     def run_curve(self, curve: MinimumNormCurve) -> list[AttackRow]:
@@ -166,7 +168,8 @@ class _Runner:
             used = []  # the examples that count at this eps: those in its ball (with float32 rounding)
             for record in records:
                 inside = record["linf"] <= eps + 1e-7
-                used.append({k: v[..., inside] if v.dim() else v for k, v in record.items()})
+                used.append({k: v[inside] if k == "x_adv" else v[..., inside] if v.dim() else v
+                             for k, v in record.items()})
             for record in used:
                 index = record["indices"]
                 for i, r in enumerate(self.rules):
@@ -179,7 +182,8 @@ class _Runner:
                 head_loss=losses.mean(1),
                 # One run serves every eps: its time is counted once, on the first row.
                 seconds=sum(r["seconds"].item() for r in records) if not rows else 0.0,
-                attacked=len(self.active), perturbation=_perturbation([r for r in used if len(r["indices"])])))
+                attacked=len(self.active), perturbation=_perturbation([r for r in used if len(r["indices"])]),
+                adversarial=_examples(used, self.x) if self.keep_adversarial else None))
         return rows
 
     def run_cascade(self, cascade: Cascade, prior: Outcome) -> list[AttackRow]:
@@ -191,8 +195,16 @@ class _Runner:
             row = self.run_plan(stage, prior.rules[cascade.rule].nonzero().flatten(),
                                 name=f"{cascade.name} {i}: {stage.name}", kind="cascade")
             row.outcome = prior = prior & row.outcome
+            row.cascade = {"name": cascade.name, "rule": cascade.rule, "stage": stage.name}
             rows.append(row)
         return rows
+
+
+def _examples(records: list[dict], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(indices, adversarial examples)`` of the points the records judged (inputs like ``x``)."""
+    if not records:
+        return torch.zeros(0, dtype=torch.long), x.new_zeros((0, *x.shape[1:]))
+    return torch.cat([r["indices"] for r in records]), torch.cat([r["x_adv"] for r in records])
 
 
 def _perturbation(records: list[dict]) -> dict:
@@ -230,6 +242,7 @@ def run_suite(
     state_dir: str | os.PathLike | None = None,
     attack_dtype: str = "fp32",
     progress: bool = True,
+    keep_adversarial: bool = False,
 ) -> SuiteResult:
     """Attack ``model`` with the chosen suites and judge every result by its real decision rules.
 
@@ -256,6 +269,8 @@ def run_suite(
             success is re-verified by an fp32 forward of the real decision rule before it counts).
         progress: show progress on stderr: bars on a terminal (images/s per attack; attacks done, with an
             ETA), periodic lines in a log file; and what a resumed evaluation found in ``state_dir``.
+        keep_adversarial: keep every attack's adversarial examples (in memory, and in ``state_dir``), for
+            :meth:`SuiteResult.adversarial_examples`.
 
     Under ``torchrun`` (or inside an initialised process group) the batches of every attack are
     shared out over the processes (gloo on CPU, nccl on CUDA: each process evaluates on its own
@@ -298,7 +313,9 @@ def run_suite(
             state = EvaluationState(state_dir, {
                 "model": fingerprint_model(aux), "data": fingerprint_data(x, y), "suites": names,
                 "plans": [_describe(pl) for pl in plans], "rules": list(targets), "eval_rules": list(eval_rules),
-                "seed": seed, "batch_size": batch_size, "preset": preset.to_dict(), "budget": budget.to_dict()})
+                "seed": seed, "batch_size": batch_size, "preset": preset.to_dict(), "budget": budget.to_dict(),
+                # Only when kept: folders of runs without examples keep matching.
+                **({"keep_adversarial": True} if keep_adversarial else {})})
             if state.resumed and progress and ctx.is_main:
                 attacks_planned = sum(len(pl.stages) if isinstance(pl, Cascade) else 1 for pl in plans)
                 OutputConsole(stderr=True).print(state.resume_summary(attacks_planned), markup=False)
@@ -307,7 +324,8 @@ def run_suite(
             dist.all_gather_object(devices, str(ctx.device))
         else:
             devices = [str(ctx.device)]
-        result = _run(aux, x, y, plans, eval_rules, targets, preset, batch_size, state, ctx, progress and ctx.is_main)
+        result = _run(aux, x, y, plans, eval_rules, targets, preset, batch_size, state, ctx, progress and ctx.is_main,
+                      keep_adversarial)
     result.suites, result.budget = names, budget
     result.settings = {"suites": names, "rules": list(targets), "seed": seed, "batch_size": batch_size,
                        "standalone": standalone, "attack_dtype": attack_dtype, "dataset": dataset,
@@ -331,14 +349,14 @@ def _describe(plan: AttackPlan | Cascade) -> dict:
 
 def _run(aux: AuxModel, x: torch.Tensor, y: torch.Tensor, plans: list, eval_rules: Sequence[str],
          targets: Sequence[str], preset: Preset, batch_size: int, state: EvaluationState | None, ctx: DistContext,
-         progress: bool) -> SuiteResult:
+         progress: bool, keep_adversarial: bool) -> SuiteResult:
     """Run every plan in order and judge the results (the body of :func:`run_suite`)."""
     preflight = model_checks(aux, x, y, targets, RULE_OBJECTIVE, batch_size)
     stages = sum(len(pl.stages) if isinstance(pl, Cascade) else
                  len(pl.eps_values) if isinstance(pl, MinimumNormCurve) else 1 for pl in plans)
     with _progress(progress) as bar:
         overall = bar.add_task("attacks done", total=stages, overall=True)
-        runner = _Runner(aux, x, y, eval_rules, batch_size, bar, state, ctx)
+        runner = _Runner(aux, x, y, eval_rules, batch_size, bar, state, ctx, keep_adversarial)
         result = SuiteResult(
             suites=[], rules=list(targets), eval_rules=list(eval_rules), head_names=list(aux.head_names),
             preset=preset, budget=None, settings={}, model_info={}, data_info={}, labels=y, clean=runner.clean,

@@ -111,7 +111,7 @@ class EvaluationState:
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
             raise StateError(f"{path} is corrupt ({str(err).splitlines()[0]}); delete it to recompute that "
                              "batch") from None
-        if not isinstance(record, dict) or set(record) != set(RECORD_KEYS):
+        if not isinstance(record, dict) or not set(RECORD_KEYS) <= set(record) <= {*RECORD_KEYS, "x_adv"}:
             raise StateError(f"{path} is not a batch record of this version; delete it to recompute that batch")
         return record
 
