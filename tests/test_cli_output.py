@@ -16,7 +16,7 @@ def auxsurgery(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_train_json_is_the_only_stdout_and_progress_goes_to_stderr(tmp_path):
-    done = auxsurgery("train", "small_cnn", "--data", "synthetic", "--subset", "64", "--val-subset", "32",
+    done = auxsurgery("train", "small_cnn", "--data", "synthetic", "--train-subset", "64", "--val-subset", "32",
                       "--epochs", "1", "--batch-size", "32", "--amp", "off", "--device", "cpu", "--out", str(tmp_path),
                       "--json")
     summary = json.loads(done.stdout)

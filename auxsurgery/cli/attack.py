@@ -19,6 +19,7 @@ from .backbone_options import (
     load_checkpoint,
 )
 from .options import (
+    Data,
     DataRoot,
     Device,
     Eps,
@@ -29,6 +30,7 @@ from .options import (
     ThreatPreset,
     messages,
     print_json,
+    require_data,
     results,
 )
 
@@ -39,8 +41,7 @@ def attack(
     model: Optional[str] = typer.Argument(None, help="A checkpoint (from `auxsurgery attach`, `train`, `defend` or "
                                           "auxsurgery.save), or with --weights the name of your plain model's "
                                           "network (resnet18, timm:convnext_atto, ...; omit it with --model-factory)."),
-    data: str = typer.Option(..., help="Test data: mnist, cifar10, synthetic, ..., an ImageFolder path, or a .pt "
-                                       "file holding {'x': images in [0, 1], 'y': labels[, 'classes': names]}."),
+    data: Data = None,
     suite: str = typer.Option(DEFAULT_SUITES, help=f"Suites, comma-separated: {', '.join(list_suites())}. The "
                                                    "worst case counts every attack of the suites run."),
     weights: Weights = None,
@@ -84,6 +85,7 @@ def attack(
 
     Example: auxsurgery attack model.safetensors --data mnist --suite static,adaptive,strong --points 1000 --out report
     """
+    data = require_data(data)
     checkpoint = model is not None and Path(model).is_file() and not weights
     if checkpoint and (mean or std or num_classes or model_kwargs):
         raise ValueError(f"{model} is a checkpoint, which carries its own normalisation and classes: --mean, --std, "

@@ -20,7 +20,7 @@ import typer
 from ..backbones import FACTORY_PREFIX, NormalizedBackbone, backbone_from_spec, build_backbone
 from ..checkpoint import load, read_spec
 
-__all__ = ["Mean", "ModelFactory", "ModelKwargs", "ModelName", "NumClasses", "Std", "Weights", "backbone_from_options",
+__all__ = ["At", "Head", "InputSize", "Mean", "ModelFactory", "ModelKwargs", "ModelName", "NumClasses", "Pretrained", "Std", "Weights", "backbone_from_options",
            "load_checkpoint", "parse_floats", "parse_model_kwargs"]
 
 ModelName = Annotated[Optional[str], typer.Argument(
@@ -37,10 +37,14 @@ Mean = Annotated[Optional[str], typer.Option(
          "pixels and normalises inside. Default: the model's own (required with --model-factory).")]
 Std = Annotated[Optional[str], typer.Option(
     help="Input normalisation std, per channel, comma-separated (e.g. 0.229,0.224,0.225).")]
+Pretrained = Annotated[bool, typer.Option(help="Start from the library's pretrained weights (downloads).")]
+At = Annotated[str, typer.Option(help="Attach points, comma-separated (see `auxsurgery layers MODEL`), or auto:K.")]
+Head = Annotated[str, typer.Option(help="Head preset, default:<width>, or one per attach point (comma-separated).")]
 ModelKwargs = Annotated[Optional[str], typer.Option(
     help="Extra arguments of the network's constructor, as JSON or key=value pairs, e.g. img_size=32 (timm ViTs at "
          "32x32) or '{\"drop_rate\": 0.1}'.")]
 NumClasses = Annotated[Optional[int], typer.Option(help="Classes of the network's classifier.")]
+InputSize = Annotated[Optional[str], typer.Option(help="C x H x W, e.g. 3x32x32 (default: the model's own).")]
 
 
 def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:

@@ -8,30 +8,53 @@ import typer
 
 from ..studies.defend import DefendConfig
 from ..studies.defend import defend as run_defence
-from .backbone_options import Mean, ModelFactory, ModelName, Std, Weights, backbone_from_options
-from .options import DataRoot, Device, Json, Points, Seed, head_choice, messages, print_json, results
+from .backbone_options import (
+    At,
+    Head,
+    Mean,
+    ModelFactory,
+    ModelName,
+    Pretrained,
+    Std,
+    Weights,
+    backbone_from_options,
+)
+from .options import (
+    Data,
+    DataRoot,
+    Device,
+    Eps,
+    Json,
+    Out,
+    Points,
+    Seed,
+    ThreatPreset,
+    TrainSubset,
+    head_choice,
+    messages,
+    print_json,
+    results,
+)
 
 
 def defend(
     model: ModelName = None,
-    data: str = typer.Option(..., help="Training and test data: mnist, cifar10, synthetic, ..., or an ImageFolder "
-                                       "path with train/ and val/ (or test/) folders."),
+    data: Data = ...,  # training and test data; an ImageFolder path with train/ and val/ (or test/) folders
     weights: Weights = None,
     model_factory: ModelFactory = None,
     mean: Mean = None,
     std: Std = None,
-    pretrained: bool = typer.Option(False, help="Start from the library's pretrained weights (downloads)."),
-    at: str = typer.Option("auto:3", help="Attach points (comma-separated) or auto:K."),
-    head: str = typer.Option("default", help="Head preset, default:<width>, or one per point (comma-separated)."),
+    pretrained: Pretrained = False,
+    at: At = "auto:3",
+    head: Head = "default",
     epochs: Optional[int] = typer.Option(None, help="Epochs to train the heads (default 5; 1 with --quick)."),
     n: Points = 1000,  # at most 100 with --quick
-    train_subset: Optional[int] = typer.Option(None, help="Train the heads on the first N training images."),
-    eps: Optional[float] = typer.Option(None, help="L-inf budget in [0, 1] pixels (default: the dataset's preset)."),
-    preset: Optional[str] = typer.Option(None, help="Attack budget preset: mnist, cifar10, mini-imagenet "
-                                                    "(default: --data)."),
+    train_subset: TrainSubset = None,
+    eps: Eps = None,
+    threat_preset: ThreatPreset = None,
     image_size: Optional[int] = typer.Option(None, help="ImageFolder: resize and crop images to this size."),
     data_root: DataRoot = None,
-    out: Path = typer.Option(Path("defence"), help="Folder for defence.md/json, the defended checkpoint and reports."),
+    out: Out = Path("defence"),
     quick: bool = typer.Option(False, help="Smoke test: tiny attack budget and few images; proves nothing."),
     seed: Seed = 0,
     device: Device = "auto",
@@ -46,7 +69,7 @@ def defend(
     Example: auxsurgery defend resnet18 --weights my.pth --data cifar10 --at auto:3 --epochs 5 --points 1000 --out defence
     """
     config = DefendConfig(at=at, head=head_choice(head), epochs=epochs or (1 if quick else 5),
-                          n=n, train_subset=train_subset, eps=eps, dataset=preset, quick=quick, seed=seed,
+                          n=n, train_subset=train_subset, eps=eps, dataset=threat_preset, quick=quick, seed=seed,
                           device=device)
     backbone = backbone_from_options(model, num_classes=None if model_factory else _classes(data, data_root),
                                      weights=weights, model_factory=model_factory, mean=mean, std=std,

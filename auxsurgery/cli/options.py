@@ -18,6 +18,7 @@ import torch
 import typer
 from .._output import OutputConsole
 from .._utils import resolve_device
+from ..data import dataset_names
 from ..evaluation.presets import PRESETS, parse_eps
 
 results = OutputConsole()  # tables keep every number: full width on a terminal, Markdown in a log file
@@ -45,6 +46,11 @@ DataRoot = Annotated[Optional[Path], typer.Option(
 Json = Annotated[bool, typer.Option(
     "--json", help="Print machine-readable JSON on stdout; progress and messages go to stderr.")]
 Out = Annotated[Optional[Path], typer.Option(help="Folder for the command's files (created if missing).")]
+Data = Annotated[Optional[str], typer.Option(
+    help="The data: mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic (built-in shapes, no files), or an "
+         "ImageFolder path; attack also takes a .pt file of {'x': images in [0, 1], 'y': labels[, 'classes': "
+         "names]}.")]
+TrainSubset = Annotated[Optional[int], typer.Option(help="Train on the first N training images (default: all).")]
 Eps = Annotated[Optional[float], typer.Option(
     parser=lambda text: _user_value(parse_eps, text), metavar="EPS",
     help="L-inf radius in [0, 1] pixels: 8/255, 0.031, 0.3 (default: the threat preset's).")]
@@ -61,6 +67,13 @@ def _user_value(parse, text: str):
         return parse(text)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
+
+
+def require_data(data: str | None) -> str:
+    """``--data``, which no command guesses (training on the synthetic shapes by default hid a forgotten option)."""
+    if data is None:
+        raise ValueError(f"name the data with --data: {', '.join(dataset_names())}, or an ImageFolder path")
+    return data
 
 
 def head_choice(head: str) -> str | list[str]:
