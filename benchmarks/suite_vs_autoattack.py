@@ -24,7 +24,7 @@ of one model (AutoAttack on a robust model costs far more than the suite's casca
 
 Usage:
   OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 500 \\
-      --out benchmarks/results/suite_vs_autoattack [--bf16]
+      --write-results [--bf16]
   OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data \\
       --run benchmarks/results/cifar10-resnet9-cpu --readings 8-255 --limit adversarial=250
 """
@@ -53,6 +53,8 @@ MODELS = {
     "cifar10-small_cnn": ("cifar10", (2 / 255, 8 / 255)),
 }
 
+
+COMMITTED = "benchmarks/results/suite_vs_autoattack"
 
 def trained_model(name: str, data_root: str | None, folder: Path):
     """The benchmark's model, trained on the first call and loaded from ``folder`` afterwards."""
@@ -218,7 +220,8 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
     parser.add_argument("--n", type=int, default=500, help="first N test points")
-    parser.add_argument("--out", default="benchmarks/results/suite_vs_autoattack")
+    parser.add_argument("--out", default=None, help="folder of the models, records and report")
+    parser.add_argument("--write-results", action="store_true", help=f"--out {COMMITTED} (the committed results)")
     parser.add_argument("--bf16", action="store_true", help="also run the suite with bf16 attack steps")
     parser.add_argument("--rerun", action="store_true", help="redo records that exist")
     parser.add_argument("--run", help="cross-check this recipe run folder instead (see above)")
@@ -232,7 +235,9 @@ def main() -> None:
         cross_check_run(Path(args.run), args.data_root, readings, limits, args.rerun)
         return
 
-    out = Path(args.out)
+    if not (args.out or args.write_results):
+        parser.error(f"name --out FOLDER, or pass --write-results to update the committed {COMMITTED}")
+    out = Path(args.out or COMMITTED)
     path = out / "suite_vs_autoattack.json"
     doc = json.loads(path.read_text()) if path.exists() and not args.rerun else {"records": {}}
     doc.update(command=command_line(), machine=machine(), versions=versions())
