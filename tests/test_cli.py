@@ -219,3 +219,15 @@ def test_no_option_of_any_command_can_be_claimed_by_torchrun():
                 except SystemExit:
                     pytest.fail(f"torchrun refuses `auxsurgery {name} {flag}`")
                 assert parsed.training_script_args == [name, flag, "1"], (name, flag)
+
+
+@pytest.mark.parametrize("command", [["train", "small_cnn"], ["place", "small_cnn", "--candidates", "stage1"],
+                                     ["attack", "model.safetensors"]])
+def test_a_command_without_data_names_the_choices_instead_of_guessing(command, tmp_path):
+    """`train` used to train on the synthetic shapes without a word when --data was left out."""
+    result = runner.invoke(app, [*command, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line == ("error: name the data with --data: mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic, or "
+                    "an ImageFolder path")
+    assert not (tmp_path / "out").exists()

@@ -97,7 +97,7 @@ def test_train_starts_from_the_weights(trained, tmp_path):
         "small_cnn", num_classes=10, weights=path).spec["weights"]["sha256"]
     # A checkpoint carries its own weights: --weights beside one is an error, in one line.
     line = _one_error_line(runner.invoke(app, ["train", str(out / "last.safetensors"), "--weights", str(path),
-                                               "--out", str(tmp_path / "again")]))
+                                               "--data", "synthetic", "--out", str(tmp_path / "again")]))
     assert "is a checkpoint, which carries its own weights" in line and "--weights" in line
 
 
@@ -165,7 +165,7 @@ def test_wrong_weights_path_and_factory_fail_in_one_line(tmp_path):
     assert _one_error_line(result) == f"error: weights file not found: {tmp_path / 'nope.pth'}"
     assert result.stdout == ""
     line = _one_error_line(runner.invoke(app, ["place", "--model-factory", "no_such_module:make", "--mean", "0.5",
-                                               "--std", "0.25", "--train-subset", "128", "--candidates", "stage1",
+                                               "--std", "0.25", "--train-subset", "128", "--candidates", "stage1", "--data", "synthetic",
                                                "--out", str(tmp_path)]))
     assert "cannot import 'no_such_module' for the model factory 'no_such_module:make'" in line
     line = _one_error_line(runner.invoke(app, ["train", "--out", str(tmp_path / "run")]))
