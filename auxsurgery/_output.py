@@ -59,8 +59,16 @@ class OutputConsole(Console):
         elif tables:
             unbounded = self.options.update(max_width=1_000_000)
             needed = max(Measurement.get(self, unbounded, table).maximum for table in tables)
-            # Wider than the terminal: the terminal wraps the lines, but rich never drops a cell's text.
-            kwargs = {**kwargs, "width": max(self.width, needed), "crop": False}
+            if needed > self.width:
+                # Rendered at its natural width (print(width=) is capped at the console's): the terminal wraps
+                # the long lines, but no cell is squeezed or cut.
+                terminal_width = self._width
+                self.width = needed
+                try:
+                    super().print(*objects, **{**kwargs, "crop": False})
+                finally:
+                    self._width = terminal_width
+                return
         super().print(*objects, **kwargs)
 
 

@@ -88,3 +88,24 @@ def test_progress_in_a_log_file_prints_periodic_lines_during_a_long_phase():
     assert len([line for line in lines if line.startswith("Square 1/4 elapsed")]) >= 2
     assert lines[-1].startswith("Square 4/4 elapsed") and lines[-1].endswith("done")
     assert all("━" not in line for line in lines)  # no bars in a log file
+
+
+def test_a_table_keeps_every_cell_on_a_narrow_terminal_and_is_markdown_in_a_log():
+    import io
+
+    from rich.table import Table
+
+    from auxsurgery._output import OutputConsole
+
+    table = Table(title="accuracy (%)")
+    for column in ("attack", "threat", "vote", "score"):
+        table.add_column(column)
+    table.add_row("Cascade 3: APGD-T over the top-9 classes of the ensemble", "Linf 8/255", "12.5", "45.3")
+    cells = ("Cascade 3: APGD-T over the top-9 classes of the ensemble", "Linf 8/255", "12.5", "45.3")
+    terminal = io.StringIO()
+    OutputConsole(file=terminal, force_terminal=True, width=40, color_system=None).print(table)
+    assert all(cell in terminal.getvalue() for cell in cells)  # no cell wrapped, squeezed or cut
+    log = io.StringIO()
+    OutputConsole(file=log, force_terminal=False, width=40).print(table)
+    assert log.getvalue().splitlines() == ["accuracy (%)", "", "| attack | threat | vote | score |", "|---|---|---|---|",
+                                           "| " + " | ".join(cells) + " |"]
