@@ -134,7 +134,8 @@ def test_a_plain_model_is_attacked_with_weights_and_reports_each_stage(plain_wei
                                  "--save-adversarial", "--out", str(out)])
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "results.json").read_text())
-    assert doc["model"]["head_names"] == ["public"] and doc["model"]["backbone"]["weights"]["path"] == str(plain_weights)
+    assert doc["model"]["head_names"] == ["public"]
+    assert doc["model"]["backbone"]["weights"]["path"] == str(plain_weights)
     stages = [row for row in doc["attacks"] if row["cascade"]]
     line = next(line for line in result.stdout.splitlines() if line.startswith(stages[0]["cascade"]["name"]))
     expected = " -> ".join([f"clean {100 * doc['clean']['rules']['public']:.1f}%",
@@ -143,7 +144,8 @@ def test_a_plain_model_is_attacked_with_weights_and_reports_each_stage(plain_wei
     assert "public accuracy by stage" in (out / "report.md").read_text()
     saved = load_file(out / "adversarial.safetensors")
     robust, broken_by = saved["robust/public"], saved["broken_by/public"]
-    assert robust.tolist() == doc["per_sample"]["robust"]["public"] and saved["label"].tolist() == doc["per_sample"]["label"]
+    assert robust.tolist() == doc["per_sample"]["robust"]["public"]
+    assert saved["label"].tolist() == doc["per_sample"]["label"]
     broken = (broken_by >= 0).nonzero().flatten()
     assert sorted(saved["indices/public"].tolist()) == broken.tolist()
     examples, eps = saved["examples/public"], doc["worst_case"]["threat"]["eps"]

@@ -55,7 +55,8 @@ def test_attack_output_in_a_log_file_keeps_every_number_and_marks_the_budget(tmp
     assert cells[:2] == ["all", "worst case"] and all(float(cell) >= 0 for cell in cells[4:6])  # vote, score
     assert "budget quick (--quick" in done.stdout
     assert "Cascade [vote] 1: APGD" in done.stderr and " done" in done.stderr  # a finished attack's progress line
-    assert "- budget: quick (--quick: a smoke test that proves nothing)" in (tmp_path / "report" / "report.md").read_text()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "- budget: quick (--quick: a smoke test that proves nothing)" in report
     (tmp_path / "report" / "results.json").unlink()
     again = auxsurgery(*command)
     assert "resuming from " + str(tmp_path / "report" / "state") in again.stderr
@@ -107,5 +108,5 @@ def test_a_table_keeps_every_cell_on_a_narrow_terminal_and_is_markdown_in_a_log(
     assert all(cell in terminal.getvalue() for cell in cells)  # no cell wrapped, squeezed or cut
     log = io.StringIO()
     OutputConsole(file=log, force_terminal=False, width=40).print(table)
-    assert log.getvalue().splitlines() == ["accuracy (%)", "", "| attack | threat | vote | score |", "|---|---|---|---|",
-                                           "| " + " | ".join(cells) + " |"]
+    assert log.getvalue().splitlines() == ["accuracy (%)", "", "| attack | threat | vote | score |",
+                                           "|---|---|---|---|", "| " + " | ".join(cells) + " |"]

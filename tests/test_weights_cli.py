@@ -86,9 +86,9 @@ def test_attach_with_weights_keeps_the_backbone_logits(trained, tmp_path):
 def test_train_starts_from_the_weights(trained, tmp_path):
     backbone, path, _ = trained
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "small_cnn", "--weights", str(path), "--data", "synthetic", "--train-subset", "64",
-                                 "--val-subset", "16", "--epochs", "1", "--batch-size", "32", "--mode", "heads",
-                                 "--amp", "off", "--out", str(out), "--json"])
+    result = runner.invoke(app, ["train", "small_cnn", "--weights", str(path), "--data", "synthetic",
+                                 "--train-subset", "64", "--val-subset", "16", "--epochs", "1", "--batch-size", "32",
+                                 "--mode", "heads", "--amp", "off", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     # Heads-only training keeps the backbone as loaded: its logits are the original's, bit for bit.
     trained_aux = load(out / "last.safetensors")
@@ -165,8 +165,8 @@ def test_wrong_weights_path_and_factory_fail_in_one_line(tmp_path):
     assert _one_error_line(result) == f"error: weights file not found: {tmp_path / 'nope.pth'}"
     assert result.stdout == ""
     line = _one_error_line(runner.invoke(app, ["place", "--model-factory", "no_such_module:make", "--mean", "0.5",
-                                               "--std", "0.25", "--train-subset", "128", "--candidates", "stage1", "--data", "synthetic",
-                                               "--out", str(tmp_path)]))
+                                               "--std", "0.25", "--train-subset", "128", "--candidates", "stage1",
+                                               "--data", "synthetic", "--out", str(tmp_path)]))
     assert "cannot import 'no_such_module' for the model factory 'no_such_module:make'" in line
-    line = _one_error_line(runner.invoke(app, ["train", "--out", str(tmp_path / "run")]))
+    line = _one_error_line(runner.invoke(app, ["train", "--data", "synthetic", "--out", str(tmp_path / "run")]))
     assert "name a model" in line and "--model-factory" in line

@@ -20,7 +20,8 @@ import typer
 from ..backbones import FACTORY_PREFIX, NormalizedBackbone, backbone_from_spec, build_backbone
 from ..checkpoint import load, read_spec
 
-__all__ = ["At", "Head", "InputSize", "Mean", "ModelFactory", "ModelKwargs", "ModelName", "NumClasses", "Pretrained", "Std", "Weights", "backbone_from_options",
+__all__ = ["At", "Head", "InputSize", "Mean", "ModelFactory", "ModelKwargs", "ModelName", "NumClasses", "Pretrained",
+           "Std", "Weights", "backbone_from_options",
            "load_checkpoint", "parse_floats", "parse_model_kwargs"]
 
 ModelName = Annotated[Optional[str], typer.Argument(

@@ -66,7 +66,8 @@ def defend(
     Writes defence.md and defence.json (the verdict), defended.safetensors, and the full undefended/ and
     defended/ evaluation reports under --out.
 
-    Example: auxsurgery defend resnet18 --weights my.pth --data cifar10 --at auto:3 --epochs 5 --points 1000 --out defence
+    Example: auxsurgery defend resnet18 --weights my.pth --data cifar10 --at auto:3 --epochs 5 --points 1000 \
+        --out defence
     """
     config = DefendConfig(at=at, head=head_choice(head), epochs=epochs or (1 if quick else 5),
                           n=n, train_subset=train_subset, eps=eps, dataset=threat_preset, quick=quick, seed=seed,

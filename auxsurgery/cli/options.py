@@ -58,7 +58,8 @@ ThreatPreset = Annotated[Optional[str], typer.Option(
     help=f"The paper's threat model of a dataset (L-inf eps and PGD step): {', '.join(PRESETS)} (default: the "
          "one of --data, else cifar10's).")]
 # Not --n: torchrun's parser would claim it as an ambiguous prefix of its --nnodes, --nproc-per-node, ...
-Points = Annotated[Optional[int], typer.Option("--points", "-n", help="Test images to use: the first N of the test data.")]
+Points = Annotated[Optional[int], typer.Option(
+    "--points", "-n", help="Test images to use: the first N of the test data.")]
 
 
 def _user_value(parse, text: str):

@@ -194,8 +194,9 @@ def _stages_section(result) -> list[str]:
     lines = []
     for cascade in result.cascade_stages():
         lines += ["", f"## {cascade['cascade']}: {cascade['rule']} accuracy by stage", ""]
-        lines += markdown_table(["After", "Accuracy"], [[cascade["start"], _pct(cascade["start_accuracy"])],
-                                                        *([s["attack"], _pct(s["accuracy"])] for s in cascade["stages"])])
+        body = [[cascade["start"], _pct(cascade["start_accuracy"])],
+                *([stage["attack"], _pct(stage["accuracy"])] for stage in cascade["stages"])]
+        lines += markdown_table(["After", "Accuracy"], body)
     return lines
 
 

@@ -208,12 +208,14 @@ class SuiteResult:
         def per_rule(outcome: Outcome) -> str:
             return ", ".join(f"{r} {_pct(outcome.accuracy(r))}" for r in self.rules)
 
-        lines = [f"{self.n} points, suites {', '.join(self.suites)}; {fmt_threat({'norm': worst.norm, 'eps': worst.eps})}"
-                 f"; budget {self.budget.name if self.budget else '-'}",
+        threat = fmt_threat({"norm": worst.norm, "eps": worst.eps})
+        lines = [f"{self.n} points, suites {', '.join(self.suites)}; {threat}; budget "
+                 f"{self.budget.name if self.budget else '-'}",
                  f"clean: {per_rule(self.clean)}",
                  f"worst case ({len(worst.attacks)} attacks): {per_rule(worst.outcome)}"]
         lines += [stage_line(cascade) for cascade in self.cascade_stages()]
-        lines += ["attacks:"] + [f"  {row.name} ({fmt_threat(row.threat)}): {per_rule(row.outcome)}" for row in self.rows]
+        lines += ["attacks:"]
+        lines += [f"  {row.name} ({fmt_threat(row.threat)}): {per_rule(row.outcome)}" for row in self.rows]
         lines += [f"warning ({f.check}): {f.message}" for f in self.warnings]
         return "\n".join(lines)
 

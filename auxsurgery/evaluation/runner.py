@@ -152,7 +152,8 @@ class _Runner:
             config=plan.config, threat={"norm": attack.norm, "eps": attack.eps}, series=plan.series,
             outcome=self.clean & Outcome(rules, heads), head_loss=losses.mean(1),
             seconds=sum(r["seconds"].item() for r in records), attacked=len(todo),
-            perturbation=_perturbation(records), adversarial=_examples(records, self.x) if self.keep_adversarial else None,
+            perturbation=_perturbation(records),
+            adversarial=_examples(records, self.x) if self.keep_adversarial else None,
         )
 
     def run_curve(self, curve: MinimumNormCurve) -> list[AttackRow]:
