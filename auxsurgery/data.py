@@ -384,6 +384,11 @@ def load_dataset(
     return take_subset(dataset, subset, subset_seed) if subset is not None else dataset
 
 
+def dataset_names() -> list[str]:
+    """The dataset names :func:`load_dataset` knows (besides ImageFolder paths)."""
+    return [*SOURCES, SYNTHETIC_NAMES[0]]
+
+
 def take_subset(dataset: Dataset, n: int, seed: int | None = None) -> Dataset:
     """The first ``n`` samples of ``dataset``, or ``n`` drawn at random with ``seed``."""
     if not 0 < n <= len(dataset):

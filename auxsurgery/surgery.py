@@ -86,6 +86,23 @@ def _trace(net: nn.Module, method: str) -> list[str] | None:
         return None
 
 
+def _auto_candidates(net: nn.Module, input_size: tuple[int, int, int], nodes: list[str] | None) -> list:
+    """The points the ``auto:k`` rule chooses from: module outputs three levels deep hold every stage
+    and block it looks at; probing every op node of a large network at once would hold all its activations."""
+    return (list_attach_points(net, input_size, depth=3, ops=False) if nodes is not None
+            else list_module_points_by_hooks(net, input_size, depth=3))
+
+
+def auto_picks(model: nn.Module, k: int, input_size: str | Sequence[int] | None = None,
+               method: str = "auto") -> list[str]:
+    """The attach points ``at="auto:k"`` picks on ``model`` (a backbone), as :func:`attach_aux_blocks` would."""
+    net, _, _ = unwrap(model, None, None)
+    size = input_size if input_size is not None else getattr(model, "default_input_size", None)
+    if size is None:
+        raise ValueError("pass input_size (C, H, W) for a model built outside auxsurgery")
+    return auto_points(_auto_candidates(net, parse_input_size(size), _trace(net, method)), k)
+
+
 def _check_points(points: list[str], nodes: list[str] | None, net: nn.Module) -> None:
     """Every point must name a node or a module; the classifier is not an attach point."""
     modules = {name for name, _ in net.named_modules() if name}
@@ -154,11 +171,7 @@ def attach_aux_blocks(
     nodes = _trace(net, method)
     if len(points) == 1 and points[0].startswith("auto"):
         k = int(points[0].partition(":")[2] or 3)
-        # Module outputs three levels deep hold every stage and block the rule looks at;
-        # probing every op node of a large network at once would hold all its activations.
-        candidates = (list_attach_points(net, input_size, depth=3, ops=False) if nodes is not None
-                      else list_module_points_by_hooks(net, input_size, depth=3))
-        points = auto_points(candidates, k)
+        points = auto_points(_auto_candidates(net, input_size, nodes), k)
         if len(points) < k:
             warnings.warn(f"auto:{k} found only {len(points)} stage outputs with a map larger than 1x1 at input "
                           f"{'x'.join(map(str, input_size))} ({', '.join(points)}); attaching those. Name the "

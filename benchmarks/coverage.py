@@ -2,8 +2,7 @@
 on a family-covering sample of timm architectures (random weights, CPU)?
 
     python benchmarks/coverage.py --source all --timm-sample 400 --threads 1 --timeout 120 \
-        --json benchmarks/results/coverage/coverage.json \
-        --markdown benchmarks/results/coverage/coverage.md --resume
+        --write-results --resume
 
 Each model runs in its own forked worker process (so a hang becomes a ``timeout`` record,
 an out-of-memory kill a ``memory`` record, and a crash a ``crash`` record), through:
@@ -626,6 +625,30 @@ def write_json(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def output_paths(ap: argparse.ArgumentParser, args: argparse.Namespace, committed: dict[str, str]) -> None:
+    """Point --json/--markdown at the committed results (``committed``: option -> path) only under
+    --write-results: a smoke run that names no path must not overwrite them (commit 81a5700 replaced the
+    480-model coverage.md by a one-model report that way). --markdown defaults to --json's path as .md."""
+    if args.write_results:
+        for option, path in committed.items():
+            if getattr(args, option) is None:
+                setattr(args, option, path)
+    if args.json is None:
+        ap.error("name --json (and --markdown) for this run's results, or pass --write-results to update "
+                 f"the committed {committed['json']}")
+    if args.markdown is None:
+        args.markdown = os.path.splitext(args.json)[0] + ".md"
+
+
+def add_output_options(ap: argparse.ArgumentParser) -> None:
+    """--json, --markdown and --write-results (see :func:`output_paths`)."""
+    ap.add_argument("--json", default=None, help="this run's records and summary (JSON)")
+    ap.add_argument("--markdown", default=None, help="this run's report (default: --json's path as .md)")
+    ap.add_argument("--write-results", action="store_true",
+                    help="write the committed results under benchmarks/results (unless --json/--markdown say "
+                         "otherwise)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", choices=("torchvision", "timm", "all"), default="all")
@@ -638,8 +661,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-mem-gb", type=float, default=8.0, help="kill a worker above this RSS (default 8)")
     ap.add_argument("--sizes", default="64,96",
                     help="small square sides to try before the default input size (default 64,96)")
-    ap.add_argument("--json", default="benchmarks/results/coverage/coverage.json")
-    ap.add_argument("--markdown", default="benchmarks/results/coverage/coverage.md")
+    add_output_options(ap)
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--resume", action="store_true", help="skip models already in --json")
     ap.add_argument("--rerun", default="",
@@ -649,6 +671,8 @@ def main(argv=None) -> int:
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite --markdown (and the summary) from an existing --json; runs no model")
     args = ap.parse_args(argv)
+    output_paths(ap, args, {"json": "benchmarks/results/coverage/coverage.json",
+                            "markdown": "benchmarks/results/coverage/coverage.md"})
     if args.report_only:
         with open(args.json) as f:
             data = json.load(f)

@@ -8,7 +8,7 @@ shapes data, on the first N test points) three ways, in one run, and reports the
 * ``--processes`` gloo processes under torchrun (the batches shared out), checked to give the same per-point
   outcomes as one process.
 
-Usage: python benchmarks/eval_scaling.py [--n 256] [--processes 2] [--json benchmarks/results/eval_scaling.json]
+Usage: python benchmarks/eval_scaling.py [--n 256] [--processes 2] [--json FILE | --write-results]
 """
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ if int(os.environ.get("RANK", "0")) == 0:  # run_suite has left its process grou
 """
 
 
+COMMITTED = "benchmarks/results/eval_scaling.json"
+
+
 def trained_model(folder: Path) -> Path:
     """A small_cnn with default heads, trained two epochs on the embedded data (seconds on a CPU)."""
     import torch
@@ -62,8 +65,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--json", default="benchmarks/results/eval_scaling.json")
+    parser.add_argument("--json", default=None, help="write the results here (default: print them only)")
+    parser.add_argument("--write-results", action="store_true", help=f"write the committed {COMMITTED}")
     args = parser.parse_args()
+    args.json = args.json or (COMMITTED if args.write_results else None)
 
     from auxsurgery.provenance import command_line, machine, versions
 
@@ -91,8 +96,9 @@ def main() -> None:
         "same_outcomes": plain["robust"] == kept["robust"] == many["robust"],
         "processes": many["processes"],
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(doc, indent=1))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(doc, indent=1))
     print(json.dumps({k: doc[k] for k in ("seconds", "state_overhead", "processes_speedup", "same_outcomes")},
                      indent=1))
 

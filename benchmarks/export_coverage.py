@@ -1,7 +1,7 @@
 """Export coverage: can an AuxModel of every torchvision classifier and of a seeded subset of the coverage
 benchmark's timm sample be exported (torch.export .pt2 and ONNX), and do the artifacts agree with PyTorch?
 
-    OMP_NUM_THREADS=1 nohup python benchmarks/export_coverage.py --resume \
+    OMP_NUM_THREADS=1 nohup python benchmarks/export_coverage.py --write-results --resume \
         > benchmarks/results/export_coverage/run.log 2>&1 &
 
 Per model, in a forked worker (a hang becomes a ``timeout`` record, a memory blow-up a ``memory`` one):
@@ -394,12 +394,13 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
     ap.add_argument("--max-mem-gb", type=float, default=8.0, help="kill a worker above this RSS")
     ap.add_argument("--max-params-m", type=float, default=250.0, help="skip bigger models (0: none skipped)")
-    ap.add_argument("--json", default=str(RESULTS / "export_coverage.json"))
-    ap.add_argument("--markdown", default=str(RESULTS / "export_coverage.md"))
+    cov.add_output_options(ap)
     ap.add_argument("--resume", action="store_true", help="keep the records in --json and run the rest")
     ap.add_argument("--rerun", default="", help="with --resume: categories to run again (e.g. timeout,memory), or all")
     ap.add_argument("--report-only", action="store_true", help="rewrite --markdown from --json; run nothing")
     args = ap.parse_args(argv)
+    cov.output_paths(ap, args, {"json": str(RESULTS / "export_coverage.json"),
+                                "markdown": str(RESULTS / "export_coverage.md")})
     json_path, md_path = Path(args.json), Path(args.markdown)
     if args.report_only:
         data = json.loads(json_path.read_text())

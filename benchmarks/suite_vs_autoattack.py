@@ -27,7 +27,7 @@ of one model (AutoAttack on a robust model costs far more than the suite's casca
 
 Usage:
   OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 1000 \\
-      --out benchmarks/results/suite_vs_autoattack [--bf16]
+      --write-results [--bf16]
   OMP_NUM_THREADS=1 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 50 \\
       --models mnist-lenet5 --eps 0.1    # a small check: prints the records, writes nothing
   OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data \\
@@ -58,6 +58,8 @@ MODELS = {
     "cifar10-small_cnn": ("cifar10", (2 / 255, 8 / 255)),
 }
 
+
+COMMITTED = "benchmarks/results/suite_vs_autoattack"
 
 def trained_model(name: str, data_root: str | None, folder: Path):
     """The benchmark's model, trained on the first call and loaded from ``folder`` afterwards."""
@@ -241,8 +243,9 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
     parser.add_argument("--n", type=int, default=500, help="first N test points")
     parser.add_argument("--out", default=None,
-                        help="folder to write suite_vs_autoattack.json and .md into (the committed benchmark: "
-                             "benchmarks/results/suite_vs_autoattack); without it the records are printed only")
+                        help="folder to write suite_vs_autoattack.json and .md into; without it (or --write-results) "
+                             "the records are printed only")
+    parser.add_argument("--write-results", action="store_true", help=f"--out {COMMITTED} (the committed results)")
     parser.add_argument("--model-cache", default="benchmarks/results/suite_vs_autoattack",
                         help="without --out: where the trained models are cached (models/<name>.safetensors)")
     parser.add_argument("--eps", help="comma-separated eps values in pixels (default: the model's)")
@@ -261,11 +264,12 @@ def main() -> None:
         return
 
     doc = {"records": {}}
-    path = Path(args.out) / "suite_vs_autoattack.json" if args.out else None
+    out = Path(args.out) if args.out else Path(COMMITTED) if args.write_results else None
+    path = out / "suite_vs_autoattack.json" if out else None
     if path and path.exists() and not args.rerun:
         doc = json.loads(path.read_text())
     doc.update(command=command_line(), machine=machine(), versions=versions())
-    cache = Path(args.out or args.model_cache)
+    cache = out or Path(args.model_cache)
     for name in args.models.split(","):
         if name not in MODELS:
             raise SystemExit(f"unknown model {name!r}; valid: {', '.join(MODELS)}")

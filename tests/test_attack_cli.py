@@ -7,7 +7,9 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from auxsurgery import attach_aux_blocks, save
+from safetensors.torch import load_file
+
+from auxsurgery import attach_aux_blocks, build_backbone, load_dataset, save
 from auxsurgery.cli import attack as attack_command
 from auxsurgery.data import ImageTensorDataset
 from auxsurgery.evaluation import inputs, validate_results
@@ -42,7 +44,7 @@ def invoke(checkpoint, data, *args):
 def test_end_to_end_writes_the_report(checkpoint, tmp_path):
     data = write_data(tmp_path / "test.pt", classes=[str(d) for d in range(10)])
     out = tmp_path / "report"
-    result = invoke(checkpoint, data, "--suite", "static,adaptive,heads", "--preset", "mnist", "--out", str(out))
+    result = invoke(checkpoint, data, "--suite", "static,adaptive,heads", "--threat-preset", "mnist", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "worst case" in result.output and "Adp-PGD" in result.output
     assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "transfer_heatmap.png", "state",
@@ -58,19 +60,33 @@ def test_end_to_end_writes_the_report(checkpoint, tmp_path):
 
 def test_json_output_is_the_results_document(checkpoint, tmp_path):
     data = write_data(tmp_path / "test.pt")
-    result = invoke(checkpoint, data, "--suite", "adaptive", "--n", "6", "--eps", "0.1", "--json")
+    result = invoke(checkpoint, data, "--suite", "adaptive", "--points", "6", "--eps", "0.1", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     validate_results(doc)
     assert doc["data"]["n"] == 6 and doc["settings"]["preset"]["eps"] == 0.1
 
 
+@pytest.mark.parametrize("eps, message", [
+    ("-0.1", r"eps must lie in \[0, 1\]"), ("1.5", r"eps must lie in \[0, 1\]"), ("8/0", "fraction such as 8/255"),
+    ("eight", "fraction such as 8/255"),
+])
+def test_bad_eps_is_a_usage_error(checkpoint, tmp_path, eps, message):
+    result = invoke(checkpoint, write_data(tmp_path / "test.pt"), "--eps", eps)
+    assert result.exit_code == 2 and re.search(message, result.output)
+
+
+def test_eps_takes_the_fraction_every_report_prints(checkpoint, tmp_path):
+    result = invoke(checkpoint, write_data(tmp_path / "test.pt"), "--suite", "static", "--points", "4", "--eps",
+                    "8/255", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["settings"]["preset"]["eps"] == 8 / 255
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--eps", "-0.1"], r"eps must lie in \[0, 1\]"),
-    (["--eps", "1.5"], r"eps must lie in \[0, 1\]"),
     (["--suite", "static,bogus"], "unknown suite 'bogus'. Valid suites: static, adaptive, strong, sweep, curve, heads"),
     (["--rules", "majority"], "unknown prediction rule 'majority'"),
-    (["--preset", "mnsit"], "unknown preset 'mnsit'; valid presets: mnist, cifar10, mini-imagenet"),
+    (["--threat-preset", "mnsit"], "unknown preset 'mnsit'; valid presets: mnist, cifar10, mini-imagenet"),
 ])
 def test_bad_arguments_fail_clearly(checkpoint, tmp_path, args, message):
     result = invoke(checkpoint, write_data(tmp_path / "test.pt"), *args)
@@ -97,3 +113,59 @@ def test_named_dataset_with_other_classes_is_refused(checkpoint, monkeypatch):
     result = invoke(checkpoint, "cifar100")
     assert isinstance(result.exception, ValueError)
     assert "the checkpoint has 10 classes but cifar100 has 100 (c0, c1, c2, c3, c4, ...)" in str(result.exception)
+
+
+@pytest.fixture(scope="module")
+def plain_weights(tmp_path_factory):
+    """A small_cnn's state dict, as torch.save writes a plain model's weights."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("plain") / "small_cnn.pth"
+    torch.save(build_backbone("small_cnn", num_classes=10).net.state_dict(), path)
+    return path
+
+
+def test_a_plain_model_is_attacked_with_weights_and_reports_each_stage(plain_weights, tmp_path):
+    """`auxsurgery attack MODEL --weights FILE --num-classes 10 --data synthetic --suite strong`: the per-stage
+    accuracy of each cascade (AutoAttack's log) on screen and in report.md; --save-adversarial writes the
+    examples that broke each point and the per-point outcomes."""
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["small_cnn", "--weights", str(plain_weights), "--num-classes", "10", "--data",
+                                 "synthetic", "--suite", "strong", "--quick", "--points", "24", "--rules", "public",
+                                 "--save-adversarial", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["model"]["head_names"] == ["public"]
+    assert doc["model"]["backbone"]["weights"]["path"] == str(plain_weights)
+    stages = [row for row in doc["attacks"] if row["cascade"]]
+    line = next(line for line in result.stdout.splitlines() if line.startswith(stages[0]["cascade"]["name"]))
+    expected = " -> ".join([f"clean {100 * doc['clean']['rules']['public']:.1f}%",
+                            *(f"{row['cascade']['stage']} {100 * row['rules']['public']:.1f}%" for row in stages)])
+    assert line.endswith("public accuracy: " + expected)
+    assert "public accuracy by stage" in (out / "report.md").read_text()
+    saved = load_file(out / "adversarial.safetensors")
+    robust, broken_by = saved["robust/public"], saved["broken_by/public"]
+    assert robust.tolist() == doc["per_sample"]["robust"]["public"]
+    assert saved["label"].tolist() == doc["per_sample"]["label"]
+    broken = (broken_by >= 0).nonzero().flatten()
+    assert sorted(saved["indices/public"].tolist()) == broken.tolist()
+    examples, eps = saved["examples/public"], doc["worst_case"]["threat"]["eps"]
+    assert examples.shape == (len(broken), 3, 32, 32) and examples.min() >= 0 and examples.max() <= 1
+    x = torch.stack([load_dataset("synthetic", train=False)[i][0] for i in saved["indices/public"].tolist()])
+    assert (examples - x).abs().max() <= eps + 1e-6
+    model = build_backbone("small_cnn", num_classes=10, weights=str(plain_weights)).eval()
+    with torch.no_grad():  # each saved example fools the model
+        labels = saved["label"][saved["indices/public"]]
+        assert (model(examples).argmax(1) != labels).all()
+
+
+def test_a_state_dict_given_as_a_checkpoint_gets_a_one_line_hint(plain_weights):
+    result = runner.invoke(app, [str(plain_weights), "--data", "synthetic"])
+    assert isinstance(result.exception, ValueError)
+    assert str(result.exception).startswith(f"{plain_weights} holds plain weights, not an auxsurgery checkpoint")
+    assert f"auxsurgery attack MODEL --weights {plain_weights}" in str(result.exception)
+
+
+def test_a_network_name_without_weights_says_how_to_give_them():
+    result = runner.invoke(app, ["resnet18", "--data", "synthetic"])
+    assert isinstance(result.exception, ValueError)
+    assert "checkpoint not found: resnet18" in str(result.exception) and "--weights FILE" in str(result.exception)

@@ -3,6 +3,7 @@ import errno
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer
@@ -14,6 +15,7 @@ from auxsurgery.cli import attach as attach_commands
 from auxsurgery.train import TrainingInterrupted
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 COMMANDS = typer.main.get_command(app).commands
 
 
@@ -83,10 +85,62 @@ def test_top_level_help_has_an_example_per_command():
     ("--device", {"models", "layers", "attach", "export"}),  # export traces and checks parity on the CPU
     ("--data-root", {"models", "layers", "attach", "demo"}),
 ])
-def test_shared_options_are_declared_identically(flag, without):
+def test_shared_options_are_taken_by_every_command(flag, without):
     found = {name: _option(name, flag) for name in COMMANDS if name not in without}
     assert all(found.values()), [name for name, param in found.items() if param is None]
-    assert len({(param.help, param.default) for param in found.values()}) == 1
+
+
+# Options whose meaning differs by command, with the reason; every other option is declared once, the same way.
+OWN_MEANING = {
+    "--out": "attach writes one checkpoint file (--out FILE); every other command writes into a folder",
+    "--batch-size": "train's is the global batch of SGD; attack's the points one attack batch holds",
+    "--epochs": "train trains the model, place each placement's heads, defend the heads",
+    "--mode": "place offers two of train's modes",
+    "--quick": "each command's smoke test shrinks its own work",
+}
+# Options declared the same way whose default is the command's own.
+OWN_DEFAULT = {"--out", "--points", "--num-classes", "--data"}
+
+
+def test_every_command_declares_the_shared_options_identically():
+    """One concept, one declaration (the aliases in cli/options.py and cli/backbone_options.py): an option that
+    several commands take has the same names, help, type and default everywhere."""
+    by_flag: dict[str, dict] = {}
+    for name, command in COMMANDS.items():
+        for param in command.params:
+            if param.param_type_name == "option":
+                by_flag.setdefault(param.opts[0], {})[name] = param
+    shared = {flag: params for flag, params in by_flag.items() if len(params) > 1}
+    assert {"--weights", "--model-kwargs", "--train-subset", "--eps", "--threat-preset", "--points"} <= set(shared)
+    for flag, params in shared.items():
+        if flag in OWN_MEANING:
+            continue
+        declarations = {(tuple(p.opts), tuple(p.secondary_opts), p.help, p.type_descriptor.annotation, p.is_flag,
+                         p.metavar, None if flag in OWN_DEFAULT else repr(p.default)) for p in params.values()}
+        assert len(declarations) == 1, (flag, sorted(params))
+
+
+@pytest.mark.parametrize("command, old, new, value", [
+    ("train", "--subset", "--train-subset", "64"), ("place", "--train-size", "--train-subset", "64"),
+    ("attack", "--preset", "--threat-preset", "mnist"), ("run", "--check", "--validate", None),
+])
+def test_a_renamed_option_still_works_with_a_warning(command, old, new, value):
+    from auxsurgery.cli.app import renamed_options
+
+    args = ["x", old, *([value] if value else []), "--json"]
+    result = runner.invoke(app, [command, "--help"])  # the new name is listed
+    assert result.exit_code == 0 and new in result.output
+    assert renamed_options(command, args) == ["x", new, *([value] if value else []), "--json"]
+    assert renamed_options(command, [f"{old}={value}"]) == [f"{new}={value}"]
+
+
+def test_run_validate_replaces_check_and_the_old_name_warns(tmp_path):
+    recipe = REPO / "recipes" / "mnist-lenet5-cpu.toml"
+    done = subprocess.run([sys.executable, "-m", "auxsurgery", "run", str(recipe), "--check"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert "warning: `auxsurgery run --check` is deprecated" in done.stderr and "use --validate" in done.stderr
+    assert done.stderr.strip().endswith("ok (mnist-lenet5-cpu)")
 
 
 def test_device_defaults_to_auto():
@@ -148,3 +202,32 @@ def test_debug_adds_the_traceback_to_one_line_errors(monkeypatch, args, env):
     assert result.stderr.startswith("Traceback (most recent call last)")
     assert "ValueError: unknown model 'x'" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "error: unknown model 'x'"
+
+
+def test_no_option_of_any_command_can_be_claimed_by_torchrun():
+    """torchrun parses the whole command line: an option of ours that is an ambiguous prefix of one of its
+    options (``--n`` of ``--nnodes``, ``--nproc-per-node``, ...) ends the run before auxsurgery starts."""
+    from torch.distributed.run import get_args_parser
+
+    torchrun = get_args_parser()
+    for name, command in COMMANDS.items():
+        for param in command.params:
+            for flag in param.opts + param.secondary_opts:
+                args = ["--standalone", "--nproc_per_node", "2", "-m", "auxsurgery", name, flag, "1"]
+                try:
+                    parsed = torchrun.parse_args(args)
+                except SystemExit:
+                    pytest.fail(f"torchrun refuses `auxsurgery {name} {flag}`")
+                assert parsed.training_script_args == [name, flag, "1"], (name, flag)
+
+
+@pytest.mark.parametrize("command", [["train", "small_cnn"], ["place", "small_cnn", "--candidates", "stage1"],
+                                     ["attack", "model.safetensors"]])
+def test_a_command_without_data_names_the_choices_instead_of_guessing(command, tmp_path):
+    """`train` used to train on the synthetic shapes without a word when --data was left out."""
+    result = runner.invoke(app, [*command, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line == ("error: name the data with --data: mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic, or "
+                    "an ImageFolder path")
+    assert not (tmp_path / "out").exists()

@@ -16,7 +16,7 @@ def auxsurgery(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_train_json_is_the_only_stdout_and_progress_goes_to_stderr(tmp_path):
-    done = auxsurgery("train", "small_cnn", "--data", "synthetic", "--subset", "64", "--val-subset", "32",
+    done = auxsurgery("train", "small_cnn", "--data", "synthetic", "--train-subset", "64", "--val-subset", "32",
                       "--epochs", "1", "--batch-size", "32", "--amp", "off", "--device", "cpu", "--out", str(tmp_path),
                       "--json")
     summary = json.loads(done.stdout)
@@ -34,3 +34,79 @@ def test_attach_json_is_the_only_stdout_and_the_saved_message_goes_to_stderr(tmp
     document = json.loads(done.stdout)
     assert [c["name"] for c in document["costs"]] == ["public", "pool1", "pool2"] and document["saved"] == str(out)
     assert done.stderr.strip() == f"saved to {out}"
+
+
+def test_attack_output_in_a_log_file_keeps_every_number_and_marks_the_budget(tmp_path):
+    """`auxsurgery attack CK --data synthetic --suite strong --quick > log`: the table arrives as Markdown (no
+    80-column squeeze), the worst case included; report.md names the quick budget; a rerun says it resumed."""
+    import torch
+
+    from auxsurgery import attach_aux_blocks, build_backbone, save
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "ck.safetensors"
+    save(attach_aux_blocks(build_backbone("small_cnn", num_classes=10), at="auto:2", input_size=(3, 32, 32)),
+         checkpoint)
+    command = ("attack", str(checkpoint), "--data", "synthetic", "--suite", "strong", "--quick", "--points", "32",
+               "--out", str(tmp_path / "report"))
+    done = auxsurgery(*command)
+    worst = next(line for line in done.stdout.splitlines() if "worst case" in line)
+    cells = [cell.strip() for cell in worst.strip("|").split("|")]
+    assert cells[:2] == ["all", "worst case"] and all(float(cell) >= 0 for cell in cells[4:6])  # vote, score
+    assert "budget quick (--quick" in done.stdout
+    assert "Cascade [vote] 1: APGD" in done.stderr and " done" in done.stderr  # a finished attack's progress line
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "- budget: quick (--quick: a smoke test that proves nothing)" in report
+    (tmp_path / "report" / "results.json").unlink()
+    again = auxsurgery(*command)
+    assert "resuming from " + str(tmp_path / "report" / "state") in again.stderr
+    assert " attacks recorded " in again.stderr
+
+
+def test_progress_in_a_log_file_prints_periodic_lines_during_a_long_phase():
+    import io
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from auxsurgery._output import progress_display
+
+    stream = io.StringIO()
+    console = Console(file=stream, force_terminal=False, soft_wrap=True)
+    os.environ["AUXSURGERY_PROGRESS_SECONDS"] = "0.05"
+    try:
+        bars = progress_display(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    finally:
+        del os.environ["AUXSURGERY_PROGRESS_SECONDS"]
+    with bars:
+        task = bars.add_task("Square", total=4)
+        bars.advance(task, 1)
+        time.sleep(0.3)  # one long batch: nothing advances, the lines keep coming
+        bars.advance(task, 3)
+    lines = stream.getvalue().splitlines()
+    assert len([line for line in lines if line.startswith("Square 1/4 elapsed")]) >= 2
+    assert lines[-1].startswith("Square 4/4 elapsed") and lines[-1].endswith("done")
+    assert all("━" not in line for line in lines)  # no bars in a log file
+
+
+def test_a_table_keeps_every_cell_on_a_narrow_terminal_and_is_markdown_in_a_log():
+    import io
+
+    from rich.table import Table
+
+    from auxsurgery._output import OutputConsole
+
+    table = Table(title="accuracy (%)")
+    for column in ("attack", "threat", "vote", "score"):
+        table.add_column(column)
+    table.add_row("Cascade 3: APGD-T over the top-9 classes of the ensemble", "Linf 8/255", "12.5", "45.3")
+    cells = ("Cascade 3: APGD-T over the top-9 classes of the ensemble", "Linf 8/255", "12.5", "45.3")
+    terminal = io.StringIO()
+    OutputConsole(file=terminal, force_terminal=True, width=40, color_system=None).print(table)
+    assert all(cell in terminal.getvalue() for cell in cells)  # no cell wrapped, squeezed or cut
+    log = io.StringIO()
+    OutputConsole(file=log, force_terminal=False, width=40).print(table)
+    assert log.getvalue().splitlines() == ["accuracy (%)", "", "| attack | threat | vote | score |",
+                                           "|---|---|---|---|", "| " + " | ".join(cells) + " |"]

@@ -45,7 +45,7 @@ def weights(tmp_path_factory):
 
 def test_defend_smoke_run_writes_one_plain_report(weights, tmp_path):
     out = tmp_path / "defence"
-    args = ["small_cnn", "--weights", str(weights), "--data", "synthetic", "--quick", "--n", "40",
+    args = ["small_cnn", "--weights", str(weights), "--data", "synthetic", "--quick", "--points", "40",
             "--train-subset", "300", "--out", str(out), "--json"]
     result = CliRunner().invoke(_cli(), args)
     assert result.exit_code == 0, result.output
@@ -86,7 +86,7 @@ def test_defend_smoke_run_writes_one_plain_report(weights, tmp_path):
 def test_defend_compares_two_methods_and_honours_the_clean_floor(weights, tmp_path):
     out = tmp_path / "defence"
     result = CliRunner().invoke(_cli(), [
-        "small_cnn", "--weights", str(weights), "--data", "synthetic", "--quick", "--n", "24", "--train-subset", "200",
+        "small_cnn", "--weights", str(weights), "--data", "synthetic", "--quick", "--points", "24", "--train-subset", "200",
         "--method", "heads,aux-adversarial", "--adversarial", "trades", "--min-clean", "1.0", "--out", str(out),
         "--json"])
     assert result.exit_code == 0, result.output

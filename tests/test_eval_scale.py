@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from auxsurgery import attach_aux_blocks, build_backbone, save
 from auxsurgery.evaluation import Budget, run_suite
 from auxsurgery.evaluation.state import StateError
 
@@ -85,3 +86,25 @@ def test_a_state_folder_of_another_evaluation_is_refused(tmp_path):
     (foreign / "manifest.json").write_text(json.dumps({"schema": "something else"}))
     with pytest.raises(StateError, match="not an auxsurgery evaluation state folder"):
         run_suite(model, (x, y), **{**kwargs, "state_dir": foreign})
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_the_readme_torchrun_command_gives_the_one_process_result(tmp_path):
+    """The README's one-machine command, ``torchrun --nproc_per_node 2 -m auxsurgery attack CK --data synthetic
+    --suite strong --points 64 --out d`` (two gloo processes on the CPU), equals one process's results."""
+    checkpoint = tmp_path / "ck.safetensors"
+    torch.manual_seed(0)
+    save(attach_aux_blocks(build_backbone("small_cnn", num_classes=10), at="auto:2", input_size=(3, 32, 32)),
+         checkpoint)
+    command = ["attack", str(checkpoint), "--data", "synthetic", "--suite", "strong", "--quick", "--points", "64"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "auxsurgery", *command, "--out", str(tmp_path / "two")],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    subprocess.run([sys.executable, "-m", "auxsurgery", *command, "--out", str(tmp_path / "one")], env=ENV,
+                   check=True, capture_output=True, timeout=300)
+    two, one = comparable(tmp_path / "two"), comparable(tmp_path / "one")
+    assert two["settings"].pop("processes") == 2 and one["settings"].pop("processes") == 1
+    two["settings"].pop("devices"), one["settings"].pop("devices")
+    two["model"].pop("checkpoint"), one["model"].pop("checkpoint")
+    assert two == one

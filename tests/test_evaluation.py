@@ -260,6 +260,28 @@ def test_a_second_rule_cascade_starts_from_what_the_first_left(aux, test_data):
     assert scores[0].attacked == int(votes[-1].outcome.rules["score"].sum())
 
 
+def test_a_result_prints_a_short_summary_and_offers_it_as_a_dict(aux, test_data):
+    """print(run_suite(...)): threat model, budget, clean and worst case per rule, each cascade by stage (the
+    second starting from what the first left), every attack; no per-sample tensors."""
+    result = suite(aux, test_data, "adaptive,strong", rules=("vote", "score"))
+    summary, worst = result.to_dict(), result.worst_case()
+    assert json.loads(json.dumps(summary)) == summary
+    assert summary["budget"] == "quick" and summary["threat"] == {"norm": "linf", "eps": EPS}
+    assert summary["worst_case"] == {r: worst.outcome.accuracy(r) for r in ("vote", "score")}
+    assert summary["attacks"]["Adp-PGD"]["vote"] == result.row("Adp-PGD").outcome.accuracy("vote")
+    vote, score = summary["cascade_stages"]
+    assert (vote["cascade"], vote["rule"], vote["start"]) == ("Cascade [vote]", "vote", "earlier attacks")
+    assert [s["attack"] for s in vote["stages"]] == ["APGD [vote-margin]", "APGD-CE [ensemble]",
+                                                     "APGD-T [vote-margin, top-3]", "Square"]
+    assert vote["stages"][-1]["accuracy"] == result.row("Cascade [vote] 4: Square").outcome.accuracy("vote")
+    assert score["start_accuracy"] == result.row("Cascade [vote] 4: Square").outcome.accuracy("score")
+    text = str(result)
+    assert f"worst case ({len(worst.attacks)} attacks): vote {100 * worst.outcome.accuracy('vote'):.1f}%" in text
+    assert "Cascade [vote], vote accuracy: earlier attacks " in text and "tensor" not in text
+    assert repr(result).startswith(f"SuiteResult(n={result.n}, suites=adaptive,strong") and "\n" not in repr(result)
+    assert repr(result.row("Adp-PGD")).startswith("AttackRow('Adp-PGD', white-box, Linf 0.1: vote ")
+
+
 # ---- sanity checks ---------------------------------------------------------------------------------
 
 

@@ -217,7 +217,7 @@ def test_export_command_with_parity_check(trained, tmp_path):
     aux, _, _ = trained
     checkpoint = save(aux, tmp_path / "model.safetensors")
     result = CliRunner().invoke(_cli(), [str(checkpoint), "--format", "pt2", "--rule", "score", "--out",
-                                         str(tmp_path / "deploy"), "--check", "synthetic", "--n", "24", "--json"])
+                                         str(tmp_path / "deploy"), "--check", "synthetic", "--points", "24", "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["files"] == {"pt2": str(tmp_path / "deploy" / "model.pt2")} and document["ok"] is True
@@ -225,3 +225,16 @@ def test_export_command_with_parity_check(trained, tmp_path):
     assert parity["n"] == 24 and parity["label_agreement"] == {"score": 1.0} and parity["max_diff"] <= 1e-4
     bad = CliRunner().invoke(_cli(), [str(checkpoint), "--rule", "public"])
     assert bad.exit_code != 0 and "unknown --rule 'public'" in str(bad.exception)
+
+
+def test_export_out_names_the_file_with_one_format_and_never_makes_a_folder_of_it(trained, tmp_path):
+    aux, _, _ = trained
+    checkpoint = save(aux, tmp_path / "model.safetensors")
+    result = CliRunner().invoke(_cli(), [str(checkpoint), "--format", "pt2", "--out", str(tmp_path / "deploy" /
+                                                                                         "m.pt2"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["files"] == {"pt2": str(tmp_path / "deploy" / "m.pt2")}
+    assert (tmp_path / "deploy" / "m.pt2").is_file()
+    mismatch = CliRunner().invoke(_cli(), [str(checkpoint), "--format", "both", "--out", str(tmp_path / "m.onnx")])
+    assert "--out " + str(tmp_path / "m.onnx") + " names a .onnx file but --format is both" in str(mismatch.exception)
+    assert not (tmp_path / "m.onnx").exists()

@@ -32,6 +32,7 @@ PACKAGE = "auxsurgery"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("auxsurgery.version",),
     ("auxsurgery._utils", "auxsurgery.provenance"),
+    ("auxsurgery._output",),
     ("auxsurgery.backbones", "auxsurgery.synthetic", "auxsurgery.data"),
     ("auxsurgery.graph",),
     ("auxsurgery.heads",),

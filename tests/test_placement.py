@@ -72,7 +72,8 @@ def test_place_command_trains_backbone_runs_sets_and_writes(tmp_path, single_thr
     app.command()(place)
     result = CliRunner().invoke(app, [
         "small_cnn", "--candidates", "stage1,stage3", "--sets", "stage1+stage3", "--data", "synthetic",
-        "--train-size", "512", "--train-backbone-epochs", "1", "--epochs", "1", "--n", "32", "--out", str(tmp_path)])
+        "--train-subset", "512", "--train-backbone-epochs", "1", "--epochs", "1", "--points", "32",
+        "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "Placement study" in result.output and "stage1+stage3" in result.output
     rows = json.loads((tmp_path / "placement.json").read_text())["rows"]

@@ -276,7 +276,7 @@ def test_train_command_attaches_heads_trains_and_writes_a_loadable_checkpoint(tm
 
     app = typer.Typer()
     app.command()(train)
-    args = ["small_cnn", "--at", "auto:2", "--data", "synthetic", "--subset", "32", "--val-subset", "64",
+    args = ["small_cnn", "--at", "auto:2", "--data", "synthetic", "--train-subset", "32", "--val-subset", "64",
             "--epochs", "2", "--batch-size", "16", "--schedule", "cosine", "--amp", "off", "--out", str(tmp_path)]
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output

@@ -86,9 +86,9 @@ def test_attach_with_weights_keeps_the_backbone_logits(trained, tmp_path):
 def test_train_starts_from_the_weights(trained, tmp_path):
     backbone, path, _ = trained
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "small_cnn", "--weights", str(path), "--data", "synthetic", "--subset", "64",
-                                 "--val-subset", "16", "--epochs", "1", "--batch-size", "32", "--mode", "heads",
-                                 "--amp", "off", "--out", str(out), "--json"])
+    result = runner.invoke(app, ["train", "small_cnn", "--weights", str(path), "--data", "synthetic",
+                                 "--train-subset", "64", "--val-subset", "16", "--epochs", "1", "--batch-size", "32",
+                                 "--mode", "heads", "--amp", "off", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     # Heads-only training keeps the backbone as loaded: its logits are the original's, bit for bit.
     trained_aux = load(out / "last.safetensors")
@@ -97,7 +97,7 @@ def test_train_starts_from_the_weights(trained, tmp_path):
         "small_cnn", num_classes=10, weights=path).spec["weights"]["sha256"]
     # A checkpoint carries its own weights: --weights beside one is an error, in one line.
     line = _one_error_line(runner.invoke(app, ["train", str(out / "last.safetensors"), "--weights", str(path),
-                                               "--out", str(tmp_path / "again")]))
+                                               "--data", "synthetic", "--out", str(tmp_path / "again")]))
     assert "is a checkpoint, which carries its own weights" in line and "--weights" in line
 
 
@@ -112,7 +112,7 @@ def test_place_with_weights_uses_the_backbone_as_it_is(trained, tmp_path, monkey
 
     monkeypatch.setattr(placement, "finetune", recording)
     result = runner.invoke(app, ["place", "small_cnn", "--weights", str(path), "--candidates", "stage2",
-                                 "--data", "synthetic", "--train-size", "128", "--epochs", "1", "--n", "16",
+                                 "--data", "synthetic", "--train-subset", "128", "--epochs", "1", "--points", "16",
                                  "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     assert trained_modules == ["AuxModel"]  # the placement's heads only: no backbone training
@@ -165,8 +165,8 @@ def test_wrong_weights_path_and_factory_fail_in_one_line(tmp_path):
     assert _one_error_line(result) == f"error: weights file not found: {tmp_path / 'nope.pth'}"
     assert result.stdout == ""
     line = _one_error_line(runner.invoke(app, ["place", "--model-factory", "no_such_module:make", "--mean", "0.5",
-                                               "--std", "0.25", "--train-size", "128", "--candidates", "stage1",
-                                               "--out", str(tmp_path)]))
+                                               "--std", "0.25", "--train-subset", "128", "--candidates", "stage1",
+                                               "--data", "synthetic", "--out", str(tmp_path)]))
     assert "cannot import 'no_such_module' for the model factory 'no_such_module:make'" in line
-    line = _one_error_line(runner.invoke(app, ["train", "--out", str(tmp_path / "run")]))
+    line = _one_error_line(runner.invoke(app, ["train", "--data", "synthetic", "--out", str(tmp_path / "run")]))
     assert "name a model" in line and "--model-factory" in line

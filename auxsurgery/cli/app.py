@@ -70,9 +70,39 @@ def _os_message(err: OSError) -> str:
     return err.strerror if err.filename is None else f"{err.strerror}: {str(err.filename)!r}"
 
 
+# Options renamed so that one concept has one name in every command: the old name still works until
+# 0.3.0, with a warning. command -> {old option: new option}.
+RENAMED_OPTIONS = {
+    "attack": {"--preset": "--threat-preset"},
+    "defend": {"--preset": "--threat-preset"},
+    "train": {"--subset": "--train-subset"},
+    "place": {"--train-size": "--train-subset"},
+    "run": {"--check": "--validate"},
+}
+
+
+def renamed_options(command: str, args: list[str]) -> list[str]:
+    """``args`` with the old names of renamed options replaced by the new ones, warning once per name."""
+    renames, new_args = RENAMED_OPTIONS.get(command, {}), []
+    for arg in args:
+        if arg == "--":  # what follows is not an option
+            return new_args + args[len(new_args):]
+        name, sep, value = arg.partition("=")
+        if name in renames:
+            typer.secho(f"warning: `auxsurgery {command} {name}` is deprecated and will be removed in 0.3.0; use "
+                        f"{renames[name]}", fg=typer.colors.YELLOW, err=True)
+            arg = renames[name] + sep + value
+        new_args.append(arg)
+    return new_args
+
+
 class _Commands(TyperGroup):
     """The app's commands, parsed and run under :func:`_one_line_errors` (the options before the
     command name are parsed before: their errors keep click's usage message)."""
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        return name, command, renamed_options(name, rest)
 
     def invoke(self, ctx: typer.Context):
         with _one_line_errors(ctx):
@@ -89,7 +119,7 @@ app = typer.Typer(
     "  auxsurgery attach small_cnn --at stage1,stage2 --out model.safetensors\n"
     "  auxsurgery train small_cnn --data synthetic --epochs 10 --out runs/demo\n"
     "  auxsurgery attack runs/demo/best.safetensors --data synthetic --out report\n"
-    "  auxsurgery place small_cnn --candidates stage1,stage2,stage3\n"
+    "  auxsurgery place small_cnn --candidates stage1,stage2,stage3 --data synthetic\n"
     "  auxsurgery run recipes/mnist-lenet5-cpu.toml --data-root ../shared/data\n"
     "  auxsurgery defend resnet18 --weights my_resnet.pth --data cifar10 --out defence\n"
     "  auxsurgery export defence/defended.safetensors --format both --check cifar10\n\n"

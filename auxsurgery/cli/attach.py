@@ -7,13 +7,26 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..backbones import available_backbones, build_backbone
+from ..backbones import available_backbones
 from ..checkpoint import save
 from ..cost import head_costs
 from ..graph import list_attach_points
 from ..heads import list_heads
-from ..surgery import attach_aux_blocks, parse_input_size
-from .backbone_options import Mean, ModelFactory, ModelName, Std, Weights, backbone_from_options
+from ..surgery import attach_aux_blocks, auto_picks, parse_input_size
+from .backbone_options import (
+    At,
+    Head,
+    InputSize,
+    Mean,
+    ModelFactory,
+    ModelKwargs,
+    ModelName,
+    NumClasses,
+    Pretrained,
+    Std,
+    Weights,
+    backbone_from_options,
+)
 from .options import Json, Seed, head_choice, messages, print_json, results
 
 
@@ -64,45 +77,61 @@ def models(
 
 
 def layers(
-    model: str = typer.Argument(..., help="Model name: resnet18, timm:convnext_atto, lenet5, ..."),
-    input_size: Optional[str] = typer.Option(None, help="C x H x W, e.g. 3x32x32 (default: the model's own)"),
-    num_classes: int = typer.Option(10, help="Classes of the backbone's classifier."),
+    model: ModelName = None,
+    input_size: InputSize = None,
+    num_classes: NumClasses = 10,
+    model_factory: ModelFactory = None,
+    model_kwargs: ModelKwargs = None,
+    mean: Mean = None,
+    std: Std = None,
+    auto: int = typer.Option(3, help="Mark the points that --at auto:K (K = this) picks."),
     depth: int = typer.Option(2, help="Module-name depth to list (layer1 is 1, layer1.0 is 2)."),
     all_nodes: bool = typer.Option(False, "--all", help="List every fx node, leaf ops included."),
     as_json: Json = False,
 ):
-    """List where Aux Blocks can attach, with output shape and stride.
+    """List where Aux Blocks can attach, with output shape and stride; mark the points auto:K picks.
 
     Example: auxsurgery layers resnet18 --input-size 3x32x32
     """
-    backbone = build_backbone(model, num_classes=num_classes)
-    size = parse_input_size(input_size) if input_size else backbone.default_input_size
+    size = parse_input_size(input_size) if input_size else None
+    backbone = backbone_from_options(model, num_classes=num_classes, model_factory=model_factory, mean=mean, std=std,
+                                     in_chans=size[0] if size else None, model_kwargs=model_kwargs)
+    size = size or backbone.default_input_size
     points = list_attach_points(backbone.net, size, depth=None if all_nodes else depth)
+    picks = auto_picks(backbone, auto, size) if auto > 0 else []
     if as_json:
-        print_json([p.to_dict() for p in points])
+        print_json([{**p.to_dict(), "auto": p.name in picks} for p in points])
         return
-    table = Table(title=f"{model}: attach points at input {_fmt_shape(size)}")
+    table = Table(title=f"{model or model_factory}: attach points at input {_fmt_shape(size)}")
     for column in ("name", "kind", "output shape", "layout", "stride", "note"):
         table.add_column(column)
     for p in points:
-        note = "classifier" if p.in_classifier else ("" if p.layout else "no head layout")
+        notes = ["classifier" if p.in_classifier else ("" if p.layout else "no head layout"),
+                 f"auto:{auto} pick" if p.name in picks else ""]
         stride = f"{p.stride:g}" if p.stride else "-"
-        table.add_row(p.name, p.kind, _fmt_shape(p.shape), p.layout.kind if p.layout else "-", stride, note)
+        table.add_row(p.name, p.kind, _fmt_shape(p.shape), p.layout.kind if p.layout else "-", stride,
+                      "; ".join(note for note in notes if note))
+    hidden = [name for name in picks if name not in {p.name for p in points}]
+    table.caption = f"auto:{auto} picks {', '.join(picks)}" if picks else None
+    if hidden:
+        table.caption += f" ({', '.join(hidden)} deeper than --depth {depth})"
     results.print(table)
 
 
 def attach(
     model: ModelName = None,
-    at: str = typer.Option("auto:3", help="Comma-separated attach points, or auto:K."),
-    num_classes: int = typer.Option(10, help="Number of classes."),
-    input_size: Optional[str] = typer.Option(None, help="C x H x W, e.g. 3x32x32 (default: the model's own)."),
-    head: str = typer.Option("default", help="Head preset, default:<width>, or one per point (comma-separated)."),
-    pretrained: bool = typer.Option(False, help="Start from the library's pretrained weights (downloads)."),
+    at: At = "auto:3",
+    num_classes: NumClasses = 10,
+    input_size: InputSize = None,
+    head: Head = "default",
+    pretrained: Pretrained = False,
     weights: Weights = None,
     model_factory: ModelFactory = None,
+    model_kwargs: ModelKwargs = None,
     mean: Mean = None,
     std: Std = None,
-    out: Optional[Path] = typer.Option(None, help="Save the AuxModel here (safetensors + surgery spec)."),
+    out: Optional[Path] = typer.Option(None, metavar="FILE", help="Save the AuxModel to this file (.safetensors "
+                                                                  "with its surgery spec)."),
     seed: Seed = 0,
     as_json: Json = False,
 ):
@@ -117,7 +146,8 @@ def attach(
     size = parse_input_size(input_size) if input_size else None
     torch.manual_seed(seed)  # the backbone's new weights (without --weights), then the heads'
     backbone = backbone_from_options(model, num_classes=num_classes, weights=weights, model_factory=model_factory,
-                                     mean=mean, std=std, pretrained=pretrained, in_chans=size[0] if size else None)
+                                     mean=mean, std=std, pretrained=pretrained, in_chans=size[0] if size else None,
+                                     model_kwargs=model_kwargs)
     aux = attach_aux_blocks(backbone, at=at, num_classes=num_classes, input_size=size, head=head_choice(head))
     costs = head_costs(aux)
     saved = str(save(aux, out)) if out else None

@@ -1,4 +1,4 @@
-"""``auxsurgery attack``: run the evaluation suites on a saved checkpoint and write the report."""
+"""``auxsurgery attack``: run the evaluation suites on a saved checkpoint, or on your own model, and report."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,22 +6,56 @@ from typing import Optional
 
 import typer
 
-from ..evaluation import Budget, list_suites, print_table, results_document
+from ..evaluation import Budget, list_suites, load_eval_data, print_table, results_document
 from ..evaluation.checkpoint_eval import evaluate_checkpoint
-from .options import DataRoot, Device, Json, Out, Seed, messages, print_json, results
+from .backbone_options import (
+    Mean,
+    ModelFactory,
+    ModelKwargs,
+    NumClasses,
+    Std,
+    Weights,
+    backbone_from_options,
+    load_checkpoint,
+)
+from .options import (
+    Data,
+    DataRoot,
+    Device,
+    Eps,
+    Json,
+    Out,
+    Points,
+    Seed,
+    ThreatPreset,
+    messages,
+    print_json,
+    require_data,
+    results,
+)
+
+DEFAULT_SUITES = "static,adaptive,strong"
 
 
 def attack(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint written by `auxsurgery attach` or auxsurgery.save."),
-    data: str = typer.Option(..., help="Test data: mnist, cifar10, synthetic, ..., an ImageFolder path, or a .pt "
-                                       "file holding {'x': images in [0, 1], 'y': labels[, 'classes': names]}."),
-    suite: str = typer.Option("static,adaptive", help=f"Suites, comma-separated: {', '.join(list_suites())}."),
+    model: Optional[str] = typer.Argument(None, help="A checkpoint (from `auxsurgery attach`, `train`, `defend` or "
+                                          "auxsurgery.save), or with --weights the name of your plain model's "
+                                          "network (resnet18, timm:convnext_atto, ...; omit it with --model-factory)."),
+    data: Data = None,
+    suite: str = typer.Option(DEFAULT_SUITES, help=f"Suites, comma-separated: {', '.join(list_suites())}. The "
+                                                   "worst case counts every attack of the suites run."),
+    weights: Weights = None,
+    model_factory: ModelFactory = None,
+    model_kwargs: ModelKwargs = None,
+    mean: Mean = None,
+    std: Std = None,
+    num_classes: NumClasses = None,
     data_root: DataRoot = None,
-    n: int = typer.Option(1000, help="Evaluate the first N test samples."),
-    eps: Optional[float] = typer.Option(None, help="L-inf budget in [0, 1] pixels (default: the preset's)."),
+    n: Points = 1000,
+    eps: Eps = None,
     step_size: Optional[float] = typer.Option(None, help="PGD step (default: the preset's, scaled with --eps)."),
     steps: Optional[int] = typer.Option(None, help="PGD iterations of the paper-faithful rows (default 5)."),
-    preset: Optional[str] = typer.Option(None, help="Budget preset: mnist, cifar10, mini-imagenet (default: --data)."),
+    threat_preset: ThreatPreset = None,
     rules: str = typer.Option("vote,score", help="Decision rules to attack: vote, score, public, private."),
     seed: Seed = 0,
     batch_size: int = typer.Option(128, help="Samples per attack batch."),
@@ -32,21 +66,50 @@ def attack(
     attack_dtype: str = typer.Option("fp32", help="Precision of the gradient attacks' steps: fp32, or bf16 "
                                                    "(faster on CPUs and GPUs with bf16 units; every success is "
                                                    "re-verified in fp32 before it counts)."),
+    save_adversarial: bool = typer.Option(False, help="Also write OUT/adversarial.safetensors: per point its label, "
+                                                      "clean and worst-case outcome per rule, the attack that "
+                                                      "broke it, and that adversarial example."),
     out: Out = None,
     as_json: Json = False,
 ):
-    """Attack a checkpoint with the evaluation suites; judge by its own decision rules; report.
+    """Attack a checkpoint, or your own model, with the evaluation suites; judge by its own decision rules; report.
 
-    With --out, writes results.json, report.md and PNG plots there and keeps the evaluation's progress in
-    OUT/state: the same command after an interruption continues where it stopped. Under
-    `torchrun --nproc_per_node N -m auxsurgery attack ...` the processes share the work.
+    MODEL is a checkpoint file, or with --weights (or --model-factory) the network your plain weights belong to:
+    a one-head model, attacked through its only head. Prints every attack's accuracy, the worst case over all
+    of them, and each cascade's accuracy after each stage. With --out, writes results.json, report.md and PNG
+    plots there and keeps the evaluation's progress in OUT/state: the same command after an interruption
+    continues where it stopped. Under `torchrun --nproc_per_node N -m auxsurgery attack ...` the processes share
+    the work.
 
-    Example: auxsurgery attack model.safetensors --data mnist --suite static,adaptive,strong --n 1000 --out report
+    Example: auxsurgery attack resnet18 --weights my_resnet18.pth --data cifar10 --points 1000 --out report
+
+    Example: auxsurgery attack model.safetensors --data mnist --suite static,adaptive,strong --points 1000 --out report
     """
+    data = require_data(data)
+    checkpoint = model is not None and Path(model).is_file() and not weights
+    if checkpoint and (mean or std or num_classes or model_kwargs):
+        raise ValueError(f"{model} is a checkpoint, which carries its own normalisation and classes: --mean, --std, "
+                         "--num-classes and --model-kwargs describe a network built from --weights")
+    if checkpoint:  # a checkpoint made from a model factory is rebuilt with it
+        target = load_checkpoint(model, model_factory) if model_factory else model
+    elif weights or model_factory:  # your plain model: one head, attacked through it
+        if num_classes is None:
+            _, classes, _ = load_eval_data(data, data_root, 1)
+            if classes is None:
+                raise ValueError(f"{data} names no classes: pass --num-classes")
+            num_classes = len(classes)
+        target = backbone_from_options(model, num_classes=num_classes, weights=weights, model_factory=model_factory,
+                                       mean=mean, std=std, model_kwargs=model_kwargs).eval()
+    elif model is None:
+        raise ValueError("name a checkpoint, or your network with --weights FILE (or --model-factory)")
+    else:
+        raise ValueError(f"checkpoint not found: {model} (to attack the network {model!r} with your weights, pass "
+                         "--weights FILE)")
     result, written = evaluate_checkpoint(
-        checkpoint, data, suite, data_root=data_root, n=n, eps=eps, step_size=step_size, steps=steps, preset=preset,
-        rules=[r.strip() for r in rules.split(",") if r.strip()], seed=seed, batch_size=batch_size, device=device,
-        budget=Budget.quick() if quick else None, standalone=standalone, attack_dtype=attack_dtype, out=out)
+        target, data, suite, data_root=data_root, n=n, eps=eps, step_size=step_size, steps=steps,
+        preset=threat_preset, rules=[r.strip() for r in rules.split(",") if r.strip()], seed=seed,
+        batch_size=batch_size, device=device, budget=Budget.quick() if quick else None, standalone=standalone,
+        attack_dtype=attack_dtype, out=out, save_adversarial=save_adversarial)
     if not written and out is not None:
         return  # a torchrun process other than rank 0: rank 0 prints and writes
     if as_json:

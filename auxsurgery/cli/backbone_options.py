@@ -11,6 +11,7 @@ aliases in :mod:`.options` are) and turned into a backbone by :func:`backbone_fr
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,8 +20,9 @@ import typer
 from ..backbones import FACTORY_PREFIX, NormalizedBackbone, backbone_from_spec, build_backbone
 from ..checkpoint import load, read_spec
 
-__all__ = ["Mean", "ModelFactory", "ModelName", "Std", "Weights", "backbone_from_options", "load_checkpoint",
-           "parse_floats"]
+__all__ = ["At", "Head", "InputSize", "Mean", "ModelFactory", "ModelKwargs", "ModelName", "NumClasses", "Pretrained",
+           "Std", "Weights", "backbone_from_options",
+           "load_checkpoint", "parse_floats", "parse_model_kwargs"]
 
 ModelName = Annotated[Optional[str], typer.Argument(
     help="Model name: resnet18, timm:convnext_atto, small_cnn, ... (omit it with --model-factory).")]
@@ -36,6 +38,14 @@ Mean = Annotated[Optional[str], typer.Option(
          "pixels and normalises inside. Default: the model's own (required with --model-factory).")]
 Std = Annotated[Optional[str], typer.Option(
     help="Input normalisation std, per channel, comma-separated (e.g. 0.229,0.224,0.225).")]
+Pretrained = Annotated[bool, typer.Option(help="Start from the library's pretrained weights (downloads).")]
+At = Annotated[str, typer.Option(help="Attach points, comma-separated (see `auxsurgery layers MODEL`), or auto:K.")]
+Head = Annotated[str, typer.Option(help="Head preset, default:<width>, or one per attach point (comma-separated).")]
+ModelKwargs = Annotated[Optional[str], typer.Option(
+    help="Extra arguments of the network's constructor, as JSON or key=value pairs, e.g. img_size=32 (timm ViTs at "
+         "32x32) or '{\"drop_rate\": 0.1}'.")]
+NumClasses = Annotated[Optional[int], typer.Option(help="Classes of the network's classifier.")]
+InputSize = Annotated[Optional[str], typer.Option(help="C x H x W, e.g. 3x32x32 (default: the model's own).")]
 
 
 def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
@@ -51,6 +61,31 @@ def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
     return values
 
 
+def parse_model_kwargs(text: str | None) -> dict | None:
+    """``--model-kwargs``: a JSON object, or ``key=value`` pairs separated by commas (values read as JSON when they
+    parse, e.g. ``img_size=32,global_pool=avg`` -> ``{"img_size": 32, "global_pool": "avg"}``)."""
+    if not text:
+        return None
+    if text.lstrip().startswith("{"):
+        try:
+            kwargs = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--model-kwargs is not valid JSON ({err.msg}): {text!r}") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--model-kwargs must be a JSON object, got {text!r}")
+        return kwargs
+    kwargs = {}
+    for pair in (p.strip() for p in text.split(",") if p.strip()):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--model-kwargs takes JSON or key=value pairs (e.g. img_size=32), got {pair!r}")
+        try:
+            kwargs[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key.strip()] = value.strip()
+    return kwargs
+
+
 def backbone_from_options(
     model: str | None,
     num_classes: int | None = None,
@@ -60,8 +95,10 @@ def backbone_from_options(
     std: str | None = None,
     pretrained: bool = False,
     in_chans: int | None = None,
+    model_kwargs: str | None = None,
 ) -> NormalizedBackbone:
-    """The backbone the options describe: ``model`` by name, or ``--model-factory``, with ``--weights``."""
+    """The backbone the options describe: ``model`` by name, or ``--model-factory``, with ``--weights`` and
+    ``--model-kwargs``."""
     if model_factory:
         if model and model != FACTORY_PREFIX + model_factory:
             raise ValueError(f"give a model name ({model!r}) or --model-factory ({model_factory!r}), not both")
@@ -72,8 +109,17 @@ def backbone_from_options(
     mean_values, std_values = parse_floats(mean, "mean"), parse_floats(std, "std")
     if (mean_values is None) != (std_values is None):
         raise ValueError("give both --mean and --std, or neither")
-    return build_backbone(model, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans,
-                          mean=mean_values, std=std_values, weights=weights)
+    kwargs = parse_model_kwargs(model_kwargs)
+    if kwargs and model_factory:
+        raise ValueError("--model-kwargs passes arguments to a named network's constructor; a --model-factory "
+                         "function builds its own (give it defaults)")
+    try:
+        return build_backbone(model, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans,
+                              mean=mean_values, std=std_values, weights=weights, model_kwargs=kwargs)
+    except TypeError as err:
+        if not kwargs:
+            raise
+        raise ValueError(f"--model-kwargs {model_kwargs!r} does not fit {model}'s constructor: {err}") from None
 
 
 def load_checkpoint(path: str | Path, model_factory: str | None = None, map_location: str = "cpu"):

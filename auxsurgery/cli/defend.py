@@ -10,19 +10,44 @@ from ..studies.defend import DefendConfig, list_defences
 from ..studies.defend import defend as run_defence
 from ..train import list_training_methods
 from ..train.config import CRAFTING_OBJECTIVES
-from .backbone_options import Mean, ModelFactory, ModelName, Std, Weights, backbone_from_options
-from .options import DataRoot, Device, Json, Seed, head_choice, messages, print_json, results
+from .backbone_options import (
+    At,
+    Head,
+    Mean,
+    ModelFactory,
+    ModelName,
+    Pretrained,
+    Std,
+    Weights,
+    backbone_from_options,
+)
+from .options import (
+    Data,
+    DataRoot,
+    Device,
+    Eps,
+    Json,
+    Out,
+    Points,
+    Seed,
+    ThreatPreset,
+    TrainEps,
+    TrainSubset,
+    head_choice,
+    messages,
+    print_json,
+    results,
+)
 
 
 def defend(
     model: ModelName = None,
-    data: str = typer.Option(..., help="Training and test data: mnist, cifar10, synthetic, ..., or an ImageFolder "
-                                       "path with train/ and val/ (or test/) folders."),
+    data: Data = ...,  # training and test data; an ImageFolder path with train/ and val/ (or test/) folders
     weights: Weights = None,
     model_factory: ModelFactory = None,
     mean: Mean = None,
     std: Std = None,
-    pretrained: bool = typer.Option(False, help="Start from the library's pretrained weights (downloads)."),
+    pretrained: Pretrained = False,
     method: str = typer.Option("heads", help="Defences to apply and compare, comma-separated: "
                                              f"{', '.join(list_defences())}."),
     adversarial: str = typer.Option("fgsm", help="Adversarial-training method of the adversarial defences: "
@@ -30,22 +55,21 @@ def defend(
     objective: Optional[str] = typer.Option(None, help="What the adversarial training's attack climbs: "
                                                        f"{', '.join(CRAFTING_OBJECTIVES)} (default: joint with "
                                                        "heads, public without; TRADES climbs its own KL)."),
-    train_eps: Optional[float] = typer.Option(None, help="L-inf radius of adversarial training (default: --eps)."),
+    train_eps: TrainEps = None,
     attack_steps: Optional[int] = typer.Option(None, help="Attack steps per training batch (pgd, trades; default "
                                                           "10 for pgd, 1 for trades)."),
     min_clean: Optional[float] = typer.Option(None, help="Clean-accuracy floor of the verdict, a fraction in [0, 1]: "
                                                          "the best model is the most robust one at or above it."),
-    at: str = typer.Option("auto:3", help="Attach points (comma-separated) or auto:K."),
-    head: str = typer.Option("default", help="Head preset, default:<width>, or one per point (comma-separated)."),
+    at: At = "auto:3",
+    head: Head = "default",
     epochs: Optional[int] = typer.Option(None, help="Epochs of every defence's training (default 5; 1 with --quick)."),
-    n: int = typer.Option(1000, help="Test images to evaluate (at most 100 with --quick)."),
-    train_subset: Optional[int] = typer.Option(None, help="Train on the first N training images."),
-    eps: Optional[float] = typer.Option(None, help="L-inf budget in [0, 1] pixels (default: the dataset's preset)."),
-    preset: Optional[str] = typer.Option(None, help="Attack budget preset: mnist, cifar10, mini-imagenet "
-                                                    "(default: --data)."),
+    n: Points = 1000,  # at most 100 with --quick
+    train_subset: TrainSubset = None,
+    eps: Eps = None,
+    threat_preset: ThreatPreset = None,
     image_size: Optional[int] = typer.Option(None, help="ImageFolder: resize and crop images to this size."),
     data_root: DataRoot = None,
-    out: Path = typer.Option(Path("defence"), help="Folder for defence.md/json, each defence's model and reports."),
+    out: Out = Path("defence"),
     quick: bool = typer.Option(False, help="Smoke test: tiny attack budget and few images; proves nothing."),
     resume: bool = typer.Option(False, help="Continue the run in --out (training and evaluations where they "
                                             "stopped)."),
@@ -61,7 +85,8 @@ def defend(
     backbone trained adversarially together). Writes defence.md and defence.json (the verdict) and, per
     defence, its model, training folder and full evaluation report under --out.
 
-    Example: auxsurgery defend resnet18 --weights my.pth --data cifar10 --method heads,aux-adversarial --out defence
+    Example: auxsurgery defend resnet18 --weights my.pth --data cifar10 --method heads,aux-adversarial --points 1000 \
+        --out defence
     """
     # Unset options keep the method's defaults; the training eps defaults to the evaluation's.
     training = {"method": adversarial, "objective": objective, "eps": train_eps,
@@ -69,7 +94,7 @@ def defend(
     config = DefendConfig(methods=[m.strip() for m in method.split(",") if m.strip()], at=at, head=head_choice(head),
                           epochs=epochs or (1 if quick else 5), n=n, train_subset=train_subset, eps=eps,
                           adversarial={k: v for k, v in training.items() if v is not None}, min_clean=min_clean,
-                          dataset=preset, quick=quick, resume=resume, seed=seed, device=device)
+                          dataset=threat_preset, quick=quick, resume=resume, seed=seed, device=device)
     backbone = backbone_from_options(model, num_classes=None if model_factory else _classes(data, data_root),
                                      weights=weights, model_factory=model_factory, mean=mean, std=std,
                                      pretrained=pretrained)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -10,13 +9,13 @@ from ..studies.comparison import reading_table
 from ..studies.demo import demo_recipe
 from ..studies.experiment import run_recipe
 from ..train import TrainingInterrupted
-from .options import Device, Json, Out, Seed, messages, print_json, results
+from .options import Device, Json, Out, Points, Seed, messages, print_json, results
 
 
 def demo(
     out: Out = Path("demo-out"),
     seed: Seed = 0,
-    n: Optional[int] = typer.Option(None, "--n", help="Test images to attack (default: the recipe's 100)."),
+    n: Points = None,  # default: the recipe's 100
     quick: bool = typer.Option(False, help="Seconds-long run that checks the pipeline and measures nothing."),
     device: Device = "auto",
     as_json: Json = False,

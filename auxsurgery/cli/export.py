@@ -9,7 +9,7 @@ import typer
 from ..evaluation import check_compatible, collect, load_eval_data
 from ..export import EXPORT_RULES, check_parity, export_model
 from .backbone_options import ModelFactory, load_checkpoint
-from .options import DataRoot, Json, Out, messages, print_json, results
+from .options import DataRoot, Json, Out, Points, messages, print_json, results
 
 
 def export(
@@ -21,7 +21,7 @@ def export(
     out: Out = None,
     check: Optional[str] = typer.Option(None, help="Check parity with the PyTorch model on this data: a dataset name, "
                                                    "an ImageFolder path or a .pt file of {'x', 'y'}."),
-    n: int = typer.Option(256, help="With --check: the number of test images compared."),
+    n: Points = 256,  # with --check: the images compared
     tolerance: float = typer.Option(1e-4, help="With --check: the largest score difference accepted."),
     data_root: DataRoot = None,
     model_factory: ModelFactory = None,
@@ -31,26 +31,26 @@ def export(
     """Export a checkpoint with its decision rule inside: input [0, 1] pixels of any batch size, outputs the
     rule's label and scores. ONNX needs the export extra: pip install 'auxsurgery\\[export]'.
 
-    Writes NAME.pt2 and/or NAME.onnx under --out (default: beside the checkpoint). With --check, runs the
+    Writes NAME.pt2 and/or NAME.onnx (NAME: the checkpoint's) in the folder --out (default: beside the
+    checkpoint); with one --format, --out may name the file itself (--out deploy/model.onnx). With --check, runs the
     exported files and the PyTorch model on the same images and exits 1 unless every label agrees and every
     score is within --tolerance.
 
-    Example: auxsurgery export runs/demo/best.safetensors --format both --out deploy --check synthetic --n 256
+    Example: auxsurgery export runs/demo/best.safetensors --format both --out deploy --check synthetic --points 256
     """
     if rule not in EXPORT_RULES:
         raise ValueError(f"unknown --rule {rule!r}; valid: {', '.join(EXPORT_RULES)}")
     if format not in ("pt2", "onnx", "both"):
         raise ValueError(f"unknown --format {format!r}; valid: pt2, onnx, both")
     if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
+        raise ValueError(f"--points must be >= 1, got {n}")
     aux = load_checkpoint(checkpoint, model_factory)
     x = None
     if check:  # before the export: a wrong dataset should fail fast
         samples, classes, shape = load_eval_data(check, data_root, n)
         check_compatible(aux.spec, classes, shape, check)
         x, _, _ = collect(samples, n)
-    folder = out if out is not None else checkpoint.parent
-    written = export_model(aux, folder / checkpoint.stem, format=format, rule=rule, opset=opset)
+    written = export_model(aux, _export_stem(checkpoint, out, format), format=format, rule=rule, opset=opset)
     parity = [check_parity(aux, path, x) for path in written.values()] if x is not None else []
     ok = all(report.ok(tolerance) for report in parity)
     if as_json:
@@ -68,3 +68,19 @@ def export(
     if not ok:
         messages.print(f"[red]the exported model disagrees with the PyTorch model beyond --tolerance {tolerance:g}")
         raise typer.Exit(1)
+
+
+_SUFFIXES = {".pt2": "pt2", ".onnx": "onnx"}
+
+
+def _export_stem(checkpoint: Path, out: Path | None, format: str) -> Path:
+    """Where the exported files go, without suffix: ``--out FOLDER/<checkpoint name>``, or ``--out FILE`` itself."""
+    if out is None:
+        return checkpoint.parent / checkpoint.stem
+    named = _SUFFIXES.get(out.suffix)
+    if named is None:
+        return out / checkpoint.stem
+    if format != named:
+        raise ValueError(f"--out {out} names a .{named} file but --format is {format}: pass --format {named}, or a "
+                         "folder as --out")
+    return out.parent / out.stem

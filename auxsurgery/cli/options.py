@@ -16,12 +16,14 @@ from typing import Annotated, Optional
 
 import torch
 import typer
-from rich.console import Console
 
+from .._output import OutputConsole
 from .._utils import resolve_device
+from ..data import dataset_names
+from ..evaluation.presets import PRESETS, parse_eps
 
-results = Console()
-messages = Console(stderr=True, soft_wrap=True)  # a long path stays on its line
+results = OutputConsole()  # tables keep every number: full width on a terminal, Markdown in a log file
+messages = OutputConsole(stderr=True)
 
 
 def _check_device(value: str) -> str:
@@ -45,6 +47,38 @@ DataRoot = Annotated[Optional[Path], typer.Option(
 Json = Annotated[bool, typer.Option(
     "--json", help="Print machine-readable JSON on stdout; progress and messages go to stderr.")]
 Out = Annotated[Optional[Path], typer.Option(help="Folder for the command's files (created if missing).")]
+Data = Annotated[Optional[str], typer.Option(
+    help="The data: mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic (built-in shapes, no files), or an "
+         "ImageFolder path; attack also takes a .pt file of {'x': images in [0, 1], 'y': labels[, 'classes': "
+         "names]}.")]
+TrainSubset = Annotated[Optional[int], typer.Option(help="Train on the first N training images (default: all).")]
+Eps = Annotated[Optional[float], typer.Option(
+    parser=lambda text: _user_value(parse_eps, text), metavar="EPS",
+    help="L-inf radius in [0, 1] pixels: 8/255, 0.031, 0.3 (default: the threat preset's).")]
+TrainEps = Annotated[Optional[float], typer.Option(
+    parser=lambda text: _user_value(parse_eps, text), metavar="EPS",
+    help="L-inf radius of adversarial training: 8/255, 0.031 (default: --eps).")]
+ThreatPreset = Annotated[Optional[str], typer.Option(
+    help=f"The paper's threat model of a dataset (L-inf eps and PGD step): {', '.join(PRESETS)} (default: the "
+         "one of --data, else cifar10's).")]
+# Not --n: torchrun's parser would claim it as an ambiguous prefix of its --nnodes, --nproc-per-node, ...
+Points = Annotated[Optional[int], typer.Option(
+    "--points", "-n", help="Test images to use: the first N of the test data.")]
+
+
+def _user_value(parse, text: str):
+    """``parse(text)``, its ValueError shown as click's bad-value message (one line, exit 2)."""
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+def require_data(data: str | None) -> str:
+    """``--data``, which no command guesses (training on the synthetic shapes by default hid a forgotten option)."""
+    if data is None:
+        raise ValueError(f"name the data with --data: {', '.join(dataset_names())}, or an ImageFolder path")
+    return data
 
 
 def head_choice(head: str) -> str | list[str]:

@@ -10,8 +10,31 @@ import typer
 from .._utils import run_folder_lock
 from ..data import dataset_classes, load_dataset
 from ..studies.placement import place_study, trained_backbone
-from .backbone_options import Mean, ModelFactory, ModelName, Std, Weights, backbone_from_options
-from .options import DataRoot, Device, Json, Out, Seed, messages, print_json, results
+from .backbone_options import (
+    Head,
+    Mean,
+    ModelFactory,
+    ModelKwargs,
+    ModelName,
+    Pretrained,
+    Std,
+    Weights,
+    backbone_from_options,
+)
+from .options import (
+    Data,
+    DataRoot,
+    Device,
+    Json,
+    Out,
+    Points,
+    Seed,
+    TrainSubset,
+    messages,
+    print_json,
+    require_data,
+    results,
+)
 
 
 def place(
@@ -20,21 +43,22 @@ def place(
                                              "(list them with `auxsurgery layers MODEL`)."),
     sets: Optional[str] = typer.Option(None, help="Multi-point placements: points joined by '+', sets by ',' "
                                                  "(e.g. stage1+stage2,stage2+stage3)."),
-    data: str = typer.Option("synthetic", help="Dataset name (synthetic, mnist, cifar10, ...) or ImageFolder path."),
+    data: Data = None,
     data_root: DataRoot = None,
-    train_size: Optional[int] = typer.Option(None, help="Training images to use (default: all)."),
+    train_subset: TrainSubset = None,
     epochs: int = typer.Option(3, help="Fine-tuning epochs of each placement's heads."),
-    n: int = typer.Option(200, "--n", help="Test images to attack."),
+    n: Points = 200,
     seed: Seed = 0,
     out: Out = Path("place-out"),
-    head: str = typer.Option("default", help="Head preset (see `auxsurgery attach --help`)."),
+    head: Head = "default",
     mode: str = typer.Option("heads", help="'heads' freezes the backbone; 'full' fine-tunes everything."),
     train_backbone_epochs: Optional[int] = typer.Option(
         None, help="Train the backbone this many epochs first (default: 3 for random weights, 0 with --weights or "
                    "--pretrained: your trained backbone is used as it is)."),
-    pretrained: bool = typer.Option(False, help="Load the backbone's pretrained weights."),
+    pretrained: Pretrained = False,
     weights: Weights = None,
     model_factory: ModelFactory = None,
+    model_kwargs: ModelKwargs = None,
     mean: Mean = None,
     std: Std = None,
     device: Device = "auto",
@@ -50,15 +74,17 @@ def place(
 
     Example: auxsurgery place resnet9_cifar --weights runs/r9/last.safetensors --candidates layer1,layer2 --data cifar10
     """
+    data = require_data(data)
     with run_folder_lock(out, "auxsurgery place"):  # first: a busy or unwritable folder fails before training
         torch.manual_seed(seed)
-        train_set = load_dataset(data, root=data_root, train=True, subset=train_size)
+        train_set = load_dataset(data, root=data_root, train=True, subset=train_subset)
         test_set = load_dataset(data, root=data_root, train=False)
         classes = dataset_classes(train_set)
         if classes is None:
             raise ValueError(f"dataset {data!r} names no classes; cannot size the classifier")
         backbone = backbone_from_options(model, num_classes=len(classes), weights=weights, model_factory=model_factory,
-                                         mean=mean, std=std, pretrained=pretrained, in_chans=train_set[0][0].shape[0])
+                                         mean=mean, std=std, pretrained=pretrained, in_chans=train_set[0][0].shape[0],
+                                         model_kwargs=model_kwargs)
         backbone = trained_backbone(backbone, train_set, len(classes), pretrained, train_backbone_epochs, seed, device)
         messages.rule("placement study")
         result = place_study(backbone, train_set, test_set, candidates,

@@ -16,7 +16,7 @@ def run(
     out: Out = None,
     data_root: DataRoot = None,
     device: Device = "auto",
-    check: bool = typer.Option(False, "--check", help="Only validate the recipe and exit."),
+    validate: bool = typer.Option(False, "--validate", help="Only validate the recipe and exit."),
     train_only: bool = typer.Option(False, "--train-only", help="Train (or finish training) every stage, then stop "
                                                                  "before the attacks; run again without it to attack."),
     as_json: Json = False,
@@ -28,10 +28,10 @@ def run(
 
     Example: auxsurgery run recipes/mnist-lenet5-cpu.toml --data-root ../shared/data --out runs/mnist
 
-    Example: auxsurgery run recipes/cifar10-vgg16.toml --check
+    Example: auxsurgery run recipes/cifar10-vgg16.toml --validate
     """
     parsed = load_recipe(recipe)
-    if check:
+    if validate:
         messages.print(f"{recipe}: ok ({parsed.name})")
         return
     try:

@@ -10,8 +10,32 @@ from ..data import dataset_classes, load_dataset
 from ..train import TrainConfig, adversarial_preset, finetune, paper_config, starting_model
 from ..train.distributed import launched_rank
 from ..train.run_files import written_files
-from .backbone_options import Mean, ModelFactory, Std, Weights, backbone_from_options, load_checkpoint
-from .options import DataRoot, Device, Json, Out, Seed, head_choice, messages, print_json, results
+from .backbone_options import (
+    At,
+    Head,
+    Mean,
+    ModelFactory,
+    ModelKwargs,
+    Pretrained,
+    Std,
+    Weights,
+    backbone_from_options,
+    load_checkpoint,
+)
+from .options import (
+    Data,
+    DataRoot,
+    Device,
+    Json,
+    Out,
+    Seed,
+    TrainSubset,
+    head_choice,
+    messages,
+    print_json,
+    require_data,
+    results,
+)
 
 
 def _summary(result, config: TrainConfig, files: list[str]) -> dict:
@@ -26,17 +50,18 @@ def train(
     model: Annotated[Optional[str], typer.Argument(
         help="A checkpoint (from `auxsurgery attach` or a previous run), or a backbone name (omit it with "
              "--model-factory).")] = None,
-    data: str = typer.Option("synthetic", help="mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic, or an ImageFolder path."),
-    at: str = typer.Option("auto:3", help="With a backbone name: attach points (comma-separated) or auto:K."),
-    head: str = typer.Option("default", help="With a backbone name: head preset, or one per point (comma-separated)."),
-    pretrained: bool = typer.Option(False, help="With a backbone name: start from pretrained weights (downloads)."),
+    data: Data = None,
+    at: At = "auto:3",
+    head: Head = "default",
+    pretrained: Pretrained = False,
     weights: Weights = None,
     model_factory: ModelFactory = None,
+    model_kwargs: ModelKwargs = None,
     mean: Mean = None,
     std: Std = None,
     data_root: DataRoot = None,
     download: bool = typer.Option(False, "--download", help="Download a missing named dataset."),
-    subset: Optional[int] = typer.Option(None, help="Train on the first N training samples."),
+    train_subset: TrainSubset = None,
     val_subset: Optional[int] = typer.Option(None, help="Validate on the first N test samples."),
     image_size: Optional[int] = typer.Option(None, help="ImageFolder: resize and crop images to this size."),
     preset: Optional[str] = typer.Option(None, help="Start from the paper's Table III settings: mnist, cifar10, mini-imagenet."),
@@ -66,7 +91,8 @@ def train(
     Writes metrics.jsonl, best/last.safetensors and train_state.pt under --out; --json prints a summary.
     Under torchrun (``torchrun --nproc_per_node 2 -m auxsurgery train ...``) the run is data-parallel.
 
-    With a backbone name, --weights starts from your trained weights (the heads are new).
+    With a backbone name, --at, --head, --pretrained, --weights (your trained weights) and --model-kwargs say
+    how to build the model (the heads are new); a checkpoint carries all of that.
 
     Example: auxsurgery train small_cnn --at auto:3 --data synthetic --epochs 10 --schedule cosine --out runs/demo
     """
@@ -79,13 +105,14 @@ def train(
     settings = {k: v for k, v in chosen.items() if v is not None}  # unset options keep the preset's
     config = paper_config(preset, **settings) if preset else TrainConfig(**settings)
 
+    data = require_data(data)
     train_set = load_dataset(data, root=data_root, train=True, download=download, image_size=image_size,
-                             subset=subset)
+                             subset=train_subset)
     val_set = load_dataset(data, root=data_root, train=False, download=download, image_size=image_size,
                            subset=val_subset)
     if model and Path(model).is_file():  # a checkpoint carries its backbone's weights and normalisation
         given = [f"--{name}" for name, value in (("weights", weights), ("mean", mean), ("std", std),
-                                                 ("pretrained", pretrained)) if value]
+                                                 ("pretrained", pretrained), ("model-kwargs", model_kwargs)) if value]
         if given:
             raise ValueError(f"{model} is a checkpoint, which carries its own weights and normalisation: "
                              f"{', '.join(given)} apply to a backbone name; drop {'them' if len(given) > 1 else 'it'}")
@@ -97,7 +124,8 @@ def train(
         torch.manual_seed(config.seed)  # the backbone's new weights, then the heads'
         backbone = backbone_from_options(model, num_classes=len(classes) if classes is not None else None,
                                          weights=weights, model_factory=model_factory, mean=mean, std=std,
-                                         pretrained=pretrained, in_chans=train_set[0][0].shape[0])
+                                         pretrained=pretrained, in_chans=train_set[0][0].shape[0],
+                                         model_kwargs=model_kwargs)
         aux = starting_model(backbone, train_set, at=at, head=head_choice(head), seed=None)
     result = finetune(aux, train_set, val_set, config)
     if launched_rank() != 0:  # under torchrun, rank 0 reports

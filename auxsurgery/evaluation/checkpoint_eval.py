@@ -9,37 +9,47 @@ takes its share of the batches and rank 0 alone writes.
 from __future__ import annotations
 
 import os
+import pickle
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
 from .._utils import check_output_folder, resolve_device, run_folder_lock
-from ..checkpoint import load, read_spec
+from ..checkpoint import CheckpointError, load, read_spec
 from ..model import check_rule
 from ..train.distributed import launched_rank
 from .inputs import check_compatible, load_eval_data
 from .plans import list_suites, parse_suites
 from .presets import PRESETS, Budget, get_preset
-from .report import write_report
+from .report import write_adversarial, write_report
 from .results import SuiteResult
 from .runner import run_suite
 from .state import STATE_FOLDER
 
-__all__ = ["evaluate_checkpoint"]
+__all__ = ["ADVERSARIAL_FILE", "evaluate_checkpoint"]
+
+ADVERSARIAL_FILE = "adversarial.safetensors"
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, suite: str = "static,adaptive", *,
+def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
+                        suite: str = "static,adaptive,strong", *,
                         data_root: str | os.PathLike | None = None, n: int = 1000, eps: float | None = None,
                         step_size: float | None = None, steps: int | None = None, preset: str | None = None,
                         rules: Sequence[str] = ("vote", "score"), seed: int = 0, batch_size: int = 128,
                         device: str = "auto", budget: Budget | None = None, standalone: bool = False,
-                        attack_dtype: str = "fp32",
-                        out: str | os.PathLike | None = None, progress: bool = True) -> tuple[SuiteResult, list[Path]]:
+                        attack_dtype: str = "fp32", out: str | os.PathLike | None = None, progress: bool = True,
+                        save_adversarial: bool = False) -> tuple[SuiteResult, list[Path]]:
     """Attack ``checkpoint`` on the first ``n`` test samples of ``data``; returns the result and the files written.
 
-    ``data`` is a dataset name, an ImageFolder path or a ``.pt`` file (see :func:`load_eval_data`);
-    the other arguments are :func:`run_suite`'s. Files (results.json, report.md, plots) go to ``out``
-    on rank 0 only.
+    ``checkpoint`` is a checkpoint file, or a model already built (a plain classifier such as
+    ``build_backbone("resnet18", weights="my.pth")``, or an AuxModel). ``data`` is a dataset name, an
+    ImageFolder path or a ``.pt`` file (see :func:`load_eval_data`); the other arguments are
+    :func:`run_suite`'s. Files (results.json, report.md, plots; with ``save_adversarial``, the adversarial
+    examples and per-point outcomes in ``adversarial.safetensors``) go to ``out`` on rank 0 only.
     """
     suites = parse_suites(suite)
     if not suites:
@@ -50,23 +60,66 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, suite: str = "
     if preset is not None and get_preset(preset).name == "default":
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     get_preset(preset or data, eps, step_size, steps)
-    rules = [check_rule(r) for r in rules]
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
     if out is not None:
         check_output_folder(out)
-    spec = read_spec(checkpoint)
+    if save_adversarial and out is None:
+        raise ValueError("saving the adversarial examples needs an output folder (--out)")
+    built = isinstance(checkpoint, nn.Module)
+    spec = None if built else _checkpoint_spec(checkpoint)
+    rules = [check_rule(r) for r in rules]
     samples, classes, shape = load_eval_data(data, data_root, n)
-    check_compatible(spec, classes, shape, data)
+    if spec is not None:
+        check_compatible(spec, classes, shape, data)
     # Under torchrun each process evaluates on its own GPU.
-    model = load(checkpoint, map_location=str(resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))))
+    where = str(resolve_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
+    model = checkpoint.to(where) if built else load(checkpoint, map_location=where)
     # Only rank 0 holds the folder: the other processes of the same run share it.
     with run_folder_lock(out, "auxsurgery attack") if out is not None and launched_rank() == 0 else nullcontext():
         result = run_suite(model, samples, suite=suites, eps=eps, step_size=step_size, steps=steps,
                            dataset=preset or data, seed=seed, rules=rules, batch_size=batch_size, budget=budget,
                            standalone=standalone, attack_dtype=attack_dtype, progress=progress,
-                           state_dir=Path(out) / STATE_FOLDER if out is not None else None)
-        result.model_info["checkpoint"] = str(checkpoint)
+                           state_dir=Path(out) / STATE_FOLDER if out is not None else None,
+                           keep_adversarial=save_adversarial)
+        if built:  # where a plain model's weights came from (a backbone's spec: name, weights file, sha256)
+            result.model_info["backbone"] = getattr(checkpoint, "spec", None)
+        else:
+            result.model_info["checkpoint"] = str(checkpoint)
         result.data_info["source"] = data
-        written = write_report(result, out) if out is not None and launched_rank() == 0 else []
+        written = []
+        if out is not None and launched_rank() == 0:
+            written = write_report(result, out)
+            if save_adversarial:
+                written.append(write_adversarial(result, Path(out) / ADVERSARIAL_FILE))
     return result, written
+
+
+def _checkpoint_spec(path: str | os.PathLike) -> dict:
+    """The checkpoint's surgery spec; a file of plain weights gets a hint to build the model from them."""
+    try:
+        return read_spec(path)
+    except CheckpointError:
+        if _holds_plain_weights(Path(path)):
+            raise CheckpointError(f"{path} holds plain weights, not an auxsurgery checkpoint: name the network they "
+                                  f"belong to, `auxsurgery attack MODEL --weights {path}` (e.g. resnet18), or in "
+                                  "Python evaluate build_backbone(MODEL, weights=...)") from None
+        raise
+
+
+def _holds_plain_weights(path: Path) -> bool:
+    """A state dict saved with torch.save (or a timm checkpoint), or a safetensors file of weights only."""
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return bool(list(f.keys()))
+    except (SafetensorError, OSError, ValueError):
+        pass
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+        return False
+    if isinstance(weights, dict):
+        weights = weights.get("state_dict", weights.get("state_dict_ema", weights))
+    return isinstance(weights, dict) and bool(weights) and all(torch.is_tensor(v) for v in weights.values())

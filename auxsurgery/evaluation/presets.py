@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-__all__ = ["Budget", "PRESETS", "Preset", "get_preset"]
+__all__ = ["Budget", "PRESETS", "Preset", "fmt_eps", "fmt_threat", "get_preset", "parse_eps"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,50 @@ class Budget:
                    sweep_multiples=(0.5, 1.0, 2.0),
                    sweep_steps=(1, 5), probe_steps=5)
 
+    @property
+    def name(self) -> str:
+        """``quick`` (:meth:`quick`), ``default`` (the defaults) or ``custom``."""
+        return "quick" if self == Budget.quick() else "default" if self == Budget() else "custom"
+
+    def describe(self) -> str:
+        """One line for reports: the budget's name (a quick one marked as proving nothing) and its sizes."""
+        name = "quick (--quick: a smoke test that proves nothing)" if self.name == "quick" else self.name
+        return (f"{name}: APGD {self.apgd_steps} steps x {self.apgd_restarts} restart(s), APGD-T "
+                f"{self.target_classes} target classes, Square {self.square_queries} queries, CW {self.cw_steps} "
+                f"steps x {self.cw_search_steps} searches, Boundary {self.boundary_steps} steps, FMN "
+                f"{self.fmn_steps} steps")
+
     def to_dict(self) -> dict:
         """The budget as JSON-able values."""
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
+def fmt_eps(eps: float | None) -> str:
+    """``0.3`` for short decimals, ``8/255`` for other multiples of 1/255; ``min`` for unbounded attacks."""
+    if eps is None:
+        return "min"
+    levels = eps * 255
+    if abs(eps - round(eps, 3)) > 1e-12 and abs(levels - round(levels)) < 1e-6:
+        return f"{round(levels)}/255"
+    return f"{eps:.4g}"
+
+
+def fmt_threat(threat: dict) -> str:
+    """``Linf 8/255`` or ``L2 min``."""
+    return f"{'Linf' if threat['norm'] == 'linf' else 'L2'} {fmt_eps(threat['eps'])}"
+
+
+def parse_eps(value: str | float) -> float:
+    """An L-inf radius in pixel units from ``8/255``, ``0.031`` or ``0.3`` (the form every report prints)."""
+    text = str(value).strip()
+    try:
+        if "/" in text:
+            numerator, denominator = text.split("/")
+            eps = float(numerator) / float(denominator)
+        else:
+            eps = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"eps must be a number or a fraction such as 8/255, got {text!r}") from None
+    if not 0 <= eps <= 1:
+        raise ValueError(f"eps must lie in [0, 1] (L-inf, pixels in [0, 1]), got {text}")
+    return eps

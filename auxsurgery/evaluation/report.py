@@ -17,14 +17,18 @@ from typing import Sequence
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from safetensors.torch import save_file
 
+from .._output import OutputConsole
 from .._utils import atomic_write, markdown_table
 from ..provenance import release
 from .plans import Suite, get_suite
+from .presets import fmt_eps, fmt_threat
+from .results import stage_line
 
 __all__ = [
     "ROW_FIELDS", "SCHEMA", "TOP_LEVEL_FIELDS", "markdown_report", "plot_sweep", "plot_transfer", "print_table",
-    "results_document", "validate_results", "write_report",
+    "results_document", "validate_results", "write_adversarial", "write_report",
 ]
 
 SCHEMA = "auxsurgery.results/1"
@@ -49,21 +53,6 @@ def _pct(accuracy: float) -> str:
 
 def _passes(passes) -> str:
     return f"{passes.forward:,} / {passes.backward:,}"
-
-
-def fmt_eps(eps: float | None) -> str:
-    """``0.3`` for short decimals, ``8/255`` for other multiples of 1/255; ``min`` for unbounded attacks."""
-    if eps is None:
-        return "min"
-    levels = eps * 255
-    if abs(eps - round(eps, 3)) > 1e-12 and abs(levels - round(levels)) < 1e-6:
-        return f"{round(levels)}/255"
-    return f"{eps:.4g}"
-
-
-def fmt_threat(threat: dict) -> str:
-    """``Linf 8/255`` or ``L2 min``."""
-    return f"{'Linf' if threat['norm'] == 'linf' else 'L2'} {fmt_eps(threat['eps'])}"
 
 
 # ---- results.json ------------------------------------------------------------------------------
@@ -134,7 +123,7 @@ def validate_results(doc: dict) -> None:
 
 def print_table(result, console: Console | None = None) -> None:
     """One rich table: clean accuracy, every attack's accuracy per attacked rule, the worst case; then findings."""
-    console = console or Console()
+    console = console or OutputConsole()
     table = Table(title=f"accuracy (%) under each attack, n={result.n}", title_justify="left")
     table.add_column("suite")
     table.add_column("attack", no_wrap=True)
@@ -154,7 +143,10 @@ def print_table(result, console: Console | None = None) -> None:
     threat = fmt_threat({"norm": worst.norm, "eps": worst.eps})
     table.add_row("all", "worst case", f"{len(worst.attacks)} attacks", threat,
                   *(_pct(worst.outcome.accuracy(r)) for r in result.rules), "")
+    table.caption = f"budget {result.budget.describe()}"
     console.print(table)
+    for cascade in result.cascade_stages():
+        console.print(stage_line(cascade), markup=False, highlight=False)
     for finding in result.findings:
         style = "bold yellow" if finding.level == "warning" else "dim"
         console.print(f"[{style}]{finding.level}[/{style}] ({finding.check}): {escape(finding.message)}",
@@ -202,6 +194,17 @@ def _worst_case_section(result) -> list[str]:
     return lines + markdown_table(["Model decision", "Clean", "Worst case"], body)
 
 
+def _stages_section(result) -> list[str]:
+    """Each cascade's accuracy under its rule after each stage (AutoAttack's log, as a table)."""
+    lines = []
+    for cascade in result.cascade_stages():
+        lines += ["", f"## {cascade['cascade']}: {cascade['rule']} accuracy by stage", ""]
+        body = [[cascade["start"], _pct(cascade["start_accuracy"])],
+                *([stage["attack"], _pct(stage["accuracy"])] for stage in cascade["stages"])]
+        lines += markdown_table(["After", "Accuracy"], body)
+    return lines
+
+
 def _heads_section(study, plots: Sequence[str]) -> list[str]:
     names = study.head_names
     lines = ["## Per-head study (Table VI, Fig. 5)", "", "Table VI: each head's accuracy under PGD crafted on the "
@@ -227,6 +230,7 @@ def markdown_report(result, plots: Sequence[str] = ()) -> str:
         f"shape {'x'.join(map(str, result.data_info['shape']))}",
         f"- threat model: Linf eps={fmt_eps(p.eps)} (preset {p.name}); PGD step {fmt_eps(p.step_size)}, "
         f"{p.steps} steps; seed {result.settings['seed']}",
+        f"- budget: {result.budget.describe()}",
         f"- suites: {', '.join(result.suites)}; attacked rules: {', '.join(result.rules)}; "
         f"{result.seconds:.1f} s in all",
         f"- cost: {_passes(result.passes())} image-passes in the attacks, {_passes(result.passes(sanity=True))} "
@@ -246,6 +250,7 @@ def markdown_report(result, plots: Sequence[str] = ()) -> str:
         if suite.plots_series and SWEEP_PLOT in plots:
             lines += ["", f"![accuracy vs eps and steps]({SWEEP_PLOT})"]
             plots = [p for p in plots if p != SWEEP_PLOT]
+    lines += _stages_section(result)
     lines += [""] + _worst_case_section(result)
     study = result.heads_study()
     if study:
@@ -318,6 +323,16 @@ def _save(fig, path: str | Path) -> Path:
 
 
 # ---- everything ------------------------------------------------------------------------------------
+
+
+def write_adversarial(result, path: str | Path) -> Path:
+    """:meth:`SuiteResult.adversarial_examples` as a safetensors file; its metadata names the attacks that
+    ``broken_by/<rule>`` indexes and the threat model."""
+    worst = result.worst_case()
+    tensors = {key: value.contiguous() for key, value in result.adversarial_examples().items()}
+    metadata = {"attacks": json.dumps(worst.attacks), "threat": json.dumps({"norm": worst.norm, "eps": worst.eps}),
+                "rules": json.dumps(list(result.eval_rules)), **release()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def write_report(result, out_dir: str | Path) -> list[Path]:

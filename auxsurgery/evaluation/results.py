@@ -10,10 +10,21 @@ from ..attacks import Passes
 from .heads_study import HeadsStudy, heads_study
 from .judging import SANITY_SUITE, Outcome, WorstCase, worst_case
 from .plans import HEADS_SUITE
-from .presets import Budget, Preset
+from .presets import Budget, Preset, fmt_threat
 from .sanity import Finding
 
-__all__ = ["AttackRow", "SuiteResult"]
+__all__ = ["AttackRow", "SuiteResult", "stage_line"]
+
+
+def _pct(accuracy: float) -> str:
+    return f"{100 * accuracy:.1f}%"
+
+
+def stage_line(cascade: dict) -> str:
+    """``Cascade [vote], vote accuracy: clean 92.0% -> APGD-CE 41.0% -> APGD-T 38.5% -> Square 38.5%``."""
+    steps = [f"{cascade['start']} {_pct(cascade['start_accuracy'])}",
+             *(f"{stage['attack']} {_pct(stage['accuracy'])}" for stage in cascade["stages"])]
+    return f"{cascade['cascade']}, {cascade['rule']} accuracy: " + " -> ".join(steps)
 
 
 @dataclass
@@ -28,6 +39,9 @@ class AttackRow:
         passes: image-passes the attack spent (forward and backward, the judging forward included).
         attacked: samples the attack ran on (samples no rule or head gets right are skipped).
         perturbation: largest L-inf and median L2 distance of the attacked inputs from the clean ones.
+        cascade: for a stage of a cascade, ``{"name": cascade, "rule": rule it judges by, "stage": attack}``.
+        adversarial: ``(indices, examples)`` of the attacked samples, when the run kept its examples
+            (``run_suite(keep_adversarial=True)``), else None.
     """
 
     name: str
@@ -42,6 +56,12 @@ class AttackRow:
     passes: Passes
     attacked: int
     perturbation: dict
+    cascade: dict | None = None
+    adversarial: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __repr__(self) -> str:
+        accuracies = ", ".join(f"{r} {_pct(self.outcome.accuracy(r))}" for r in self.outcome.rules)
+        return f"AttackRow({self.name!r}, {self.kind}, {fmt_threat(self.threat)}: {accuracies})"
 
     def to_dict(self, head_names: Sequence[str]) -> dict:
         """The row as JSON-able values."""
@@ -53,6 +73,7 @@ class AttackRow:
             "seconds": self.seconds, "passes": self.passes.to_dict(), "attacked": self.attacked,
             "images_per_second": self.attacked / self.seconds if self.attacked and self.seconds > 0 else None,
             "perturbation": self.perturbation,
+            "cascade": self.cascade,
         }
 
 
@@ -119,6 +140,103 @@ class SuiteResult:
     def worst_case(self) -> WorstCase:
         """Per-sample worst case over every attack within the preset's L-inf budget."""
         return worst_case(self.clean, self.rows, self.preset.eps, "linf")
+
+    def cascade_stages(self) -> list[dict]:
+        """Each cascade's accuracy under its rule before it and after each stage, as AutoAttack logs it.
+
+        ``[{"cascade", "rule", "start", "start_accuracy", "stages": [{"attack", "accuracy"}, ...]}]``;
+        ``start`` is ``clean``, or ``earlier attacks`` when attacks within the budget ran before the
+        cascade (each stage only attacks the points that all of them left robust).
+        """
+        cascades: dict[str, dict] = {}
+        for i, row in enumerate(self.rows):
+            if row.cascade is None:
+                continue
+            name, rule = row.cascade["name"], row.cascade["rule"]
+            if name not in cascades:
+                before = worst_case(self.clean, self.rows[:i], self.preset.eps, "linf")
+                cascades[name] = {"cascade": name, "rule": rule,
+                                  "start": "earlier attacks" if before.attacks else "clean",
+                                  "start_accuracy": before.outcome.accuracy(rule), "stages": []}
+            cascades[name]["stages"].append({"attack": row.cascade["stage"], "accuracy": row.outcome.accuracy(rule)})
+        return list(cascades.values())
+
+    def adversarial_examples(self) -> dict[str, torch.Tensor]:
+        """Per-point outcomes and, per rule, the example that first broke each broken point, as tensors.
+
+        ``label [N]``; per rule ``clean/R``, ``robust/R`` (bool ``[N]``), ``broken_by/R`` (int ``[N]``: the
+        index in :meth:`worst_case`'s ``attacks`` of the attack that first fooled the point, -1 if none did, -2
+        if the rule gets it wrong unattacked), ``indices/R`` and ``examples/R`` (the broken points and their
+        adversarial examples). Needs a run that kept its examples (``run_suite(keep_adversarial=True)``).
+        """
+        worst = self.worst_case()
+        by_name = {row.name: row for row in self.rows}
+        missing = [name for name in worst.attacks if by_name[name].adversarial is None]
+        if missing:
+            raise ValueError("this evaluation did not keep its adversarial examples (run_suite(keep_adversarial="
+                             f"True), auxsurgery attack --save-adversarial); missing for {', '.join(missing)}")
+        tensors = {"label": self.labels}
+        for rule in self.eval_rules:
+            first = worst.first_broken_by[rule]
+            broken_by = torch.tensor([-2 if name == "clean" else -1 if name is None else worst.attacks.index(name)
+                                      for name in first])
+            indices, examples = [], []
+            for k, name in enumerate(worst.attacks):
+                points = (broken_by == k).nonzero().flatten()
+                if len(points):
+                    kept_indices, kept = by_name[name].adversarial
+                    position = {int(i): j for j, i in enumerate(kept_indices.tolist())}
+                    indices.append(points)
+                    examples.append(kept[[position[int(i)] for i in points]])
+            tensors[f"clean/{rule}"] = self.clean.rules[rule]
+            tensors[f"robust/{rule}"] = worst.outcome.rules[rule]
+            tensors[f"broken_by/{rule}"] = broken_by
+            tensors[f"indices/{rule}"] = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
+            shape = (0, *self.data_info.get("shape", ()))
+            tensors[f"examples/{rule}"] = torch.cat(examples) if examples else torch.zeros(shape)
+        return tensors
+
+    def to_dict(self) -> dict:
+        """The short summary (:meth:`summary`) as JSON-able values; ``results_document`` is the full record."""
+        worst = self.worst_case()
+        return {
+            "n": self.n, "suites": list(self.suites), "rules": list(self.rules),
+            "threat": {"norm": worst.norm, "eps": worst.eps},
+            "budget": self.budget.name if self.budget else None,
+            "clean": {r: self.clean.accuracy(r) for r in self.rules},
+            "attacks": {row.name: {r: row.outcome.accuracy(r) for r in self.rules} for row in self.rows},
+            "worst_case": {r: worst.outcome.accuracy(r) for r in self.rules},
+            "worst_case_attacks": len(worst.attacks),
+            "cascade_stages": self.cascade_stages(),
+            "warnings": [f.message for f in self.warnings],
+        }
+
+    def summary(self) -> str:
+        """A few lines: the threat model and budget, clean and worst-case accuracy per rule, each cascade's
+        accuracy by stage, every attack's accuracy, and the sanity warnings."""
+        worst = self.worst_case()
+
+        def per_rule(outcome: Outcome) -> str:
+            return ", ".join(f"{r} {_pct(outcome.accuracy(r))}" for r in self.rules)
+
+        threat = fmt_threat({"norm": worst.norm, "eps": worst.eps})
+        lines = [f"{self.n} points, suites {', '.join(self.suites)}; {threat}; budget "
+                 f"{self.budget.name if self.budget else '-'}",
+                 f"clean: {per_rule(self.clean)}",
+                 f"worst case ({len(worst.attacks)} attacks): {per_rule(worst.outcome)}"]
+        lines += [stage_line(cascade) for cascade in self.cascade_stages()]
+        lines += ["attacks:"]
+        lines += [f"  {row.name} ({fmt_threat(row.threat)}): {per_rule(row.outcome)}" for row in self.rows]
+        lines += [f"warning ({f.check}): {f.message}" for f in self.warnings]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        worst = self.worst_case()
+        return (f"SuiteResult(n={self.n}, suites={','.join(self.suites)}, attacks={len(self.rows)}, worst case: "
+                + ", ".join(f"{r} {_pct(worst.outcome.accuracy(r))}" for r in self.rules) + ")")
 
     def heads_study(self) -> HeadsStudy | None:
         """Table VI, the transfer matrix and Fig. 5's loss ratio, if the heads suite ran."""

@@ -11,7 +11,6 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -25,6 +24,7 @@ from rich.progress import (
 from rich.text import Text
 from torch import nn
 
+from .._output import OutputConsole, progress_display
 from ..attacks import KINDS, Attack
 from ..attacks.base import DTYPES, PassCounter, Passes, frozen
 from ..model import AuxModel, as_aux_model, as_stacked, check_labels, check_rule
@@ -63,8 +63,8 @@ class _ImagesPerSecond(ProgressColumn):
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+    return progress_display(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), enabled=enabled)
 
 
 class _Runner:
@@ -80,8 +80,9 @@ class _Runner:
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequence[str],
-                 batch_size: int, progress: Progress, state: EvaluationState | None, ctx: DistContext):
-        self.model, self.x, self.y, self.rules = model, x, y, rules
+                 batch_size: int, progress: Progress, state: EvaluationState | None, ctx: DistContext,
+                 keep_adversarial: bool = False):
+        self.model, self.x, self.y, self.rules, self.keep_adversarial = model, x, y, rules, keep_adversarial
         self.batch_size, self.progress, self.state, self.ctx = batch_size, progress, state, ctx
         self.device = next(model.parameters()).device
         self.clean = evaluate(model, x, y, rules, batch_size)
@@ -101,7 +102,8 @@ class _Runner:
             adv = evaluate(self.model, x_adv, self.y[batch], self.rules, self.batch_size)
         passes = passes + judging
         delta, pixels = (x_adv - self.x[batch]).flatten(1), x_adv.flatten(1)
-        return {"indices": batch, "rules": torch.stack([adv.rules[r] for r in self.rules]), "heads": adv.heads,
+        kept = {"x_adv": x_adv} if self.keep_adversarial else {}
+        return {**kept, "indices": batch, "rules": torch.stack([adv.rules[r] for r in self.rules]), "heads": adv.heads,
                 "losses": adv.losses, "linf": delta.abs().amax(1), "l2": delta.norm(dim=1),
                 "pixel_min": pixels.amin(1), "pixel_max": pixels.amax(1), "seconds": torch.tensor(seconds),
                 "forward": torch.tensor(passes.forward), "backward": torch.tensor(passes.backward)}
@@ -162,6 +164,7 @@ class _Runner:
             outcome=self.clean & Outcome(rules, heads), head_loss=losses.mean(1),
             seconds=sum(r["seconds"].item() for r in records), passes=_passes(records), attacked=len(todo),
             perturbation=_perturbation(records),
+            adversarial=_examples(records, self.x) if self.keep_adversarial else None,
         )
 
     def run_curve(self, curve: MinimumNormCurve) -> list[AttackRow]:
@@ -177,7 +180,8 @@ class _Runner:
             used = []  # the examples that count at this eps: those in its ball (with float32 rounding)
             for record in records:
                 inside = record["linf"] <= eps + 1e-7
-                used.append({k: v[..., inside] if v.dim() else v for k, v in record.items()})
+                used.append({k: v[inside] if k == "x_adv" else v[..., inside] if v.dim() else v
+                             for k, v in record.items()})
             for record in used:
                 index = record["indices"]
                 for i, r in enumerate(self.rules):
@@ -191,7 +195,8 @@ class _Runner:
                 # One run serves every eps: its time is counted once, on the first row.
                 seconds=sum(r["seconds"].item() for r in records) if not rows else 0.0,
                 passes=_passes(records) if not rows else Passes(),
-                attacked=len(self.active), perturbation=_perturbation([r for r in used if len(r["indices"])])))
+                attacked=len(self.active), perturbation=_perturbation([r for r in used if len(r["indices"])]),
+                adversarial=_examples(used, self.x) if self.keep_adversarial else None))
         return rows
 
     def run_cascade(self, cascade: Cascade, prior: Outcome) -> list[AttackRow]:
@@ -212,6 +217,7 @@ class _Runner:
             row = self.run_plan(stage, before.nonzero().flatten(), name=f"{cascade.name} {i}: {stage.name}",
                                 kind="cascade")
             row.outcome = prior = prior & row.outcome
+            row.cascade = {"name": cascade.name, "rule": cascade.rule, "stage": stage.name}
             rows.append(row)
             if stage.make.func.kind == "white-box":
                 gain = self.point_losses.mean(0) > clean_loss
@@ -249,6 +255,13 @@ def _passes(records: list[dict]) -> Passes:
     return Passes(sum(int(r["forward"]) for r in records), sum(int(r["backward"]) for r in records))
 
 
+def _examples(records: list[dict], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(indices, adversarial examples)`` of the points the records judged (inputs like ``x``)."""
+    if not records:
+        return torch.zeros(0, dtype=torch.long), x.new_zeros((0, *x.shape[1:]))
+    return torch.cat([r["indices"] for r in records]), torch.cat([r["x_adv"] for r in records])
+
+
 def _perturbation(records: list[dict]) -> dict:
     """Sizes of the perturbations and the pixel range of the examples actually attacked."""
     if not records:
@@ -284,6 +297,7 @@ def run_suite(
     state_dir: str | os.PathLike | None = None,
     attack_dtype: str = "fp32",
     progress: bool = True,
+    keep_adversarial: bool = False,
 ) -> SuiteResult:
     """Attack ``model`` with the chosen suites and judge every result by its real decision rules.
 
@@ -308,7 +322,10 @@ def run_suite(
             model, data set, plan, budget or seed is refused.
         attack_dtype: ``fp32``, or ``bf16`` for the gradient attacks' steps (bfloat16 autocast; every
             success is re-verified by an fp32 forward of the real decision rule before it counts).
-        progress: show progress bars (images/s per attack; attacks done, with an ETA) on stderr.
+        progress: show progress on stderr: bars on a terminal (images/s per attack; attacks done, with an
+            ETA), periodic lines in a log file; and what a resumed evaluation found in ``state_dir``.
+        keep_adversarial: keep every attack's adversarial examples (in memory, and in ``state_dir``), for
+            :meth:`SuiteResult.adversarial_examples`.
 
     Under ``torchrun`` (or inside an initialised process group) the batches of every attack are
     shared out over the processes (gloo on CPU, nccl on CUDA: each process evaluates on its own
@@ -351,13 +368,19 @@ def run_suite(
             state = EvaluationState(state_dir, {
                 "model": fingerprint_model(aux), "data": fingerprint_data(x, y), "suites": names,
                 "plans": [_describe(pl) for pl in plans], "rules": list(targets), "eval_rules": list(eval_rules),
-                "seed": seed, "batch_size": batch_size, "preset": preset.to_dict(), "budget": budget.to_dict()})
+                "seed": seed, "batch_size": batch_size, "preset": preset.to_dict(), "budget": budget.to_dict(),
+                # Only when kept: folders of runs without examples keep matching.
+                **({"keep_adversarial": True} if keep_adversarial else {})})
+            if state.resumed and progress and ctx.is_main:
+                attacks_planned = sum(len(pl.stages) if isinstance(pl, Cascade) else 1 for pl in plans)
+                OutputConsole(stderr=True).print(state.resume_summary(attacks_planned), markup=False)
         devices: list = [None] * ctx.world_size
         if ctx.world_size > 1:
             dist.all_gather_object(devices, str(ctx.device))
         else:
             devices = [str(ctx.device)]
-        result = _run(aux, x, y, plans, eval_rules, targets, preset, batch_size, state, ctx, progress and ctx.is_main)
+        result = _run(aux, x, y, plans, eval_rules, targets, preset, batch_size, state, ctx, progress and ctx.is_main,
+                      keep_adversarial)
     result.suites, result.budget = names, budget
     result.settings = {"suites": names, "rules": list(targets), "seed": seed, "batch_size": batch_size,
                        "standalone": standalone, "attack_dtype": attack_dtype, "dataset": dataset,
@@ -382,14 +405,14 @@ def _describe(plan: AttackPlan | Cascade) -> dict:
 
 def _run(aux: AuxModel, x: torch.Tensor, y: torch.Tensor, plans: list, eval_rules: Sequence[str],
          targets: Sequence[str], preset: Preset, batch_size: int, state: EvaluationState | None, ctx: DistContext,
-         progress: bool) -> SuiteResult:
+         progress: bool, keep_adversarial: bool) -> SuiteResult:
     """Run every plan in order and judge the results (the body of :func:`run_suite`)."""
     preflight = model_checks(aux, x, y, targets, RULE_OBJECTIVE, batch_size)
     stages = sum(len(pl.stages) + (pl.escalation is not None) if isinstance(pl, Cascade) else
                  len(pl.eps_values) if isinstance(pl, MinimumNormCurve) else 1 for pl in plans)
     with _progress(progress) as bar:
         overall = bar.add_task("attacks done", total=stages, overall=True)
-        runner = _Runner(aux, x, y, eval_rules, batch_size, bar, state, ctx)
+        runner = _Runner(aux, x, y, eval_rules, batch_size, bar, state, ctx, keep_adversarial)
         result = SuiteResult(
             suites=[], rules=list(targets), eval_rules=list(eval_rules), head_names=list(aux.head_names),
             preset=preset, budget=None, settings={}, model_info={}, data_info={}, labels=y, clean=runner.clean,

@@ -81,7 +81,8 @@ class EvaluationState:
         self.fingerprint = json.loads(json.dumps({"schema": SCHEMA, "auxsurgery_version": __version__, **fingerprint}))
         self.evaluation = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()
         manifest = refuse_link(self.folder / MANIFEST, "the state manifest")
-        if manifest.exists():
+        self.resumed = manifest.exists()  # True: an earlier run of this evaluation left its records here
+        if self.resumed:
             try:
                 stored = json.loads(manifest.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -103,6 +104,14 @@ class EvaluationState:
         else:
             atomic_write(manifest, lambda tmp: Path(tmp).write_text(json.dumps(self.fingerprint, indent=1)))
 
+    def resume_summary(self, attacks: int) -> str:
+        """``resuming from OUT/state: 4 of 11 attacks recorded (37 batches)``: what an earlier run left."""
+        batches = {folder.name: len(list(folder.glob("batch-*.pt"))) for folder in self.folder.iterdir()
+                   if folder.is_dir()}
+        recorded = sum(1 for count in batches.values() if count)
+        return (f"resuming from {self.folder}: {recorded} of {attacks} attacks recorded "
+                f"({sum(batches.values())} batches kept)")
+
     def _path(self, plan: str, batch: int) -> Path:
         return self.folder / plan / f"batch-{batch:05d}.pt"
 
@@ -123,7 +132,7 @@ class EvaluationState:
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
             raise StateError(f"{path} is corrupt ({str(err).splitlines()[0]}); delete it to recompute that "
                              "batch") from None
-        if not isinstance(record, dict) or set(record) != {*RECORD_KEYS, OWNER}:
+        if not isinstance(record, dict) or not {*RECORD_KEYS, OWNER} <= set(record) <= {*RECORD_KEYS, OWNER, "x_adv"}:
             raise StateError(f"{path} is not a batch record of this version; delete {self.folder} to start the "
                              "evaluation over")
         expected, owner = self._owner(plan, batch, attack), record.pop(OWNER)

@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from rich.console import Console
 from torch import nn
 
+from .._output import OutputConsole
 from .._utils import atomic_write, check_output_folder, resolve_device, run_folder_lock, subfolder
 from ..backbones import build_backbone
 from ..checkpoint import load
@@ -43,7 +43,7 @@ from .recipe import AUX_ADVERSARIAL_PREFIX, CURVE, Recipe, RecipeError
 
 __all__ = ["RunData", "run_recipe", "trained_model"]
 
-console = Console(stderr=True)
+console = OutputConsole(stderr=True)
 # What a resumed run may change without changing what is computed.
 _RESUME_FREE = {("data", "root")}
 

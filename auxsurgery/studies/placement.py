@@ -27,6 +27,7 @@ from rich.table import Table
 from torch import nn
 from torch.utils.data import Dataset
 
+from .._output import OutputConsole
 from .._utils import atomic_write, markdown_table
 from ..backbones import PROVENANCE_KEYS, build_backbone
 from ..cost import head_costs
@@ -38,7 +39,7 @@ from ..train import TrainConfig, finetune
 
 __all__ = ["PlacementResult", "PlacementRow", "pareto_front", "place_study", "trained_backbone"]
 
-console = Console(stderr=True)
+console = OutputConsole(stderr=True)
 _BATCH = 128  # attack batch: bounds activation memory for large n
 
 
@@ -123,7 +124,7 @@ class PlacementResult:
             table.add_row(row.name + (" *" if row.best else ""), *cells[1:-1], style="bold" if row.best else None)
         table.caption = ("PGD aux: each aux head in placement order. * best: Pareto front of PGD vote accuracy vs "
                          "FLOP overhead. A static attack ranks placements; it proves no robustness.")
-        (console or Console()).print(table)
+        (console or OutputConsole()).print(table)
 
     def markdown(self) -> str:
         """The rows as a Markdown table with how to read it."""

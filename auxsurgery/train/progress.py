@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .._output import progress_display
 
 
 class ProgressBars:
@@ -18,9 +19,9 @@ class ProgressBars:
 
     def __init__(self, enabled: bool, epochs: int, steps_per_epoch: int, batch_size: int):
         self.enabled, self.batch_size = enabled, batch_size
-        self.bars = Progress(
+        self.bars = progress_display(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
+            TimeElapsedColumn(), TimeRemainingColumn(), enabled=enabled,
         )
         self.epochs = self.bars.add_task("epoch", total=epochs, info="")
         self.steps = self.bars.add_task("step", total=steps_per_epoch, info="")

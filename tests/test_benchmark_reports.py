@@ -1,0 +1,93 @@
+"""Every committed Markdown report under benchmarks/results agrees with the JSON it was made from: its numbers
+are those its renderer derives from that JSON (a smoke run once replaced the 480-model coverage.md by a
+one-model report while coverage.json kept all 480 records)."""
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from auxsurgery.evaluation.report import RULE_LABELS
+from auxsurgery.studies.comparison import report_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
+
+
+def _benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(markdown: str) -> dict[str, list[str]]:
+    """Table rows by their first cell (prefixed by the section heading): the numbers in each row, in order."""
+    rows, section = {}, ""
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            section = line
+        elif line.startswith("|") and not set(line) <= set("|-: "):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            rows[f"{section} / {cells[0]}"] = [n for cell in cells[1:] for n in NUMBER.findall(cell)]
+    return rows
+
+
+def _in_order(part: list[str], whole: list[str]) -> bool:
+    rest = iter(whole)
+    return all(number in rest for number in part)
+
+
+def _coverage_markdown(name: str):
+    def render(doc, tmp_path):
+        path = tmp_path / f"{name}.md"
+        _benchmark(name).write_markdown(path if name == "export_coverage" else str(path), doc)
+        return path.read_text()
+    return render
+
+
+def _recipe_markdown(doc, folder):
+    return report_markdown(doc, sorted(p.name for p in folder.glob("*.png")))
+
+
+# (markdown, json, how the json becomes markdown)
+RENDERED = [
+    *((md, md.with_suffix(".json"), _coverage_markdown(md.stem))
+      for md in (RESULTS / "coverage" / "coverage.md", RESULTS / "export_coverage" / "export_coverage.md")),
+    (RESULTS / "suite_vs_autoattack" / "suite_vs_autoattack.md", RESULTS / "suite_vs_autoattack" /
+     "suite_vs_autoattack.json", lambda doc, _: _benchmark("suite_vs_autoattack").report(doc)),
+    *((md, md.with_suffix(".json"), lambda doc, _: _benchmark("suite_vs_autoattack").run_report(doc))
+      for md in sorted(RESULTS.glob("*/autoattack_check.md"))),
+    *((md, md.with_suffix(".json"), lambda doc, _, folder=md.parent: _recipe_markdown(doc, folder))
+      for md in sorted(RESULTS.glob("*/report.md")) if md.with_suffix(".json").exists()),
+]
+
+
+@pytest.mark.parametrize("markdown, document, render", RENDERED,
+                         ids=[str(md.relative_to(RESULTS)) for md, _, _ in RENDERED])
+def test_a_committed_report_holds_the_numbers_of_its_json(markdown, document, render, tmp_path):
+    """Each table row of the committed report carries, in order, the numbers that the renderer of today makes
+    from the JSON (reports written by an earlier version may lack columns added since, never disagree)."""
+    committed, rendered = _rows(markdown.read_text()), _rows(render(json.loads(document.read_text()), tmp_path))
+    shared = committed.keys() & rendered.keys()
+    assert len(shared) >= 0.9 * len(committed), sorted(committed.keys() - rendered.keys())[:5]
+    wrong = [key for key in shared if not _in_order(committed[key], rendered[key])]
+    assert not wrong, [(key, committed[key], rendered[key]) for key in wrong[:3]]
+
+
+EVALUATIONS = sorted(RESULTS.rglob("results.json"))
+
+
+@pytest.mark.parametrize("document", EVALUATIONS, ids=[str(p.relative_to(RESULTS)) for p in EVALUATIONS])
+def test_an_evaluation_report_states_the_worst_case_of_its_results(document):
+    """report.md beside results.json (written by `auxsurgery attack` / a recipe): the sample count and the
+    clean and worst-case accuracy of every rule are results.json's."""
+    doc, text = json.loads(document.read_text()), (document.parent / "report.md").read_text()
+    assert f"n={doc['data']['n']}" in text
+    worst = text[text.index("## Worst case per sample"):]
+    for rule, label in RULE_LABELS.items():
+        if rule in doc["worst_case"]["rules"]:
+            clean, robust = (100 * doc[key]["rules"][rule] for key in ("clean", "worst_case"))
+            assert f"| {label} | {clean:.1f} | {robust:.1f} |" in worst, rule
