@@ -51,16 +51,15 @@ DATA = Path(os.environ.get("AUXSURGERY_DATA", REPO.parent / "shared" / "data"))
 SCALE: list[tuple[str, str]] = [
     # Every evaluation and the demo at the smoke-test budget (all attacks run, none seriously).
     (r"^((?:torchrun .* -m )?auxsurgery (?:demo|attack|defend)\b(?!.*--quick).*)$", r"\1 --quick"),
-    # Few points, epochs and training images. (Under torchrun the point count stays: torchrun claims --n.)
-    (r"(--n) \d+", r"\1 16"),
-    (r"^(auxsurgery (?:attack|defend|place)\b(?!.*--n ).*)$", r"\1 --n 16"),
+    # Few points, epochs and training images.
+    (r"(--points) \d+", r"\1 16"),
+    (r"^(auxsurgery (?:attack|defend|place)\b(?!.*--points ).*)$", r"\1 --points 16"),
     (r"(--epochs) \d+", r"\1 1"),
     (r"^((?:torchrun .* -m )?auxsurgery (?:train|place)\b(?!.*--epochs ).*)$", r"\1 --epochs 1"),
-    (r"(--subset|--train-subset|--train-size) \d+", r"\1 512"),
-    (r"^((?:torchrun .* -m )?auxsurgery train\b(?!.*--subset ).*)$", r"\1 --subset 512 --val-subset 128"),
-    (r"^(auxsurgery place\b(?!.*--train-size ).*)$", r"\1 --train-size 512"),
-    (r"^(auxsurgery defend\b(?!.*--train-subset ).*)$", r"\1 --train-subset 512"),
-    (r"^(auxsurgery export .*--check (?!.*--n ).*)$", r"\1 --n 16"),
+    (r"(--train-subset) \d+", r"\1 512"),
+    (r"^((?:torchrun .* -m )?auxsurgery train\b(?!.*--train-subset ).*)$", r"\1 --train-subset 512 --val-subset 128"),
+    (r"^(auxsurgery (?:place|defend)\b(?!.*--train-subset ).*)$", r"\1 --train-subset 512"),
+    (r"^(auxsurgery export .*--check (?!.*--points ).*)$", r"\1 --points 16"),
     # torchrun: 2 gloo processes on a free port of this machine.
     (r"torchrun --nproc_per_node \d+", "torchrun --standalone --nproc_per_node 2"),
     # Python snippets: the same, as keyword arguments.
