@@ -87,7 +87,7 @@ def test_defend_compares_two_methods_and_honours_the_clean_floor(weights, tmp_pa
     out = tmp_path / "defence"
     result = CliRunner().invoke(_cli(), [
         "small_cnn", "--weights", str(weights), "--data", "synthetic", "--quick", "--points", "24", "--train-subset", "200",
-        "--method", "heads,aux-adversarial", "--adversarial", "trades", "--min-clean", "1.0", "--out", str(out),
+        "--method", "heads,aux-adversarial", "--adversarial-method", "trades", "--min-clean", "1.0", "--out", str(out),
         "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)

@@ -272,7 +272,7 @@ def test_a_result_prints_a_short_summary_and_offers_it_as_a_dict(aux, test_data)
     vote, score = summary["cascade_stages"]
     assert (vote["cascade"], vote["rule"], vote["start"]) == ("Cascade [vote]", "vote", "earlier attacks")
     assert [s["attack"] for s in vote["stages"]] == ["APGD [vote-margin]", "APGD-CE [ensemble]",
-                                                     "APGD-T [vote-margin, top-3]", "Square"]
+                                                     "APGD-T [vote-margin, 2 nearest of top-3]", "Square"]
     assert vote["stages"][-1]["accuracy"] == result.row("Cascade [vote] 4: Square").outcome.accuracy("vote")
     assert score["start_accuracy"] == result.row("Cascade [vote] 4: Square").outcome.accuracy("score")
     text = str(result)

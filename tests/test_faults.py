@@ -336,7 +336,7 @@ def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched(tmp_p
     data = tmp_path / "data.pt"
     torch.save({"x": torch.rand(4, 3, 32, 32), "y": torch.zeros(4, dtype=torch.long)}, data)
     done = subprocess.run([sys.executable, "-m", "auxsurgery", "attack", str(_checkpoint(tmp_path)), "--data",
-                           str(data), "--suite", "adaptive", "--quick", "--n", "4", "--out", str(out)],
+                           str(data), "--suite", "adaptive", "--quick", "--points", "4", "--out", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "is a symbolic link" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -10,7 +10,13 @@ import auxsurgery.studies.placement as placement
 from auxsurgery.cli.place import place
 from auxsurgery.data import load_dataset
 from auxsurgery.model import RULES
-from auxsurgery.studies.placement import PlacementRow, pareto_front, place_study, trained_backbone
+from auxsurgery.studies.placement import (
+    PlacementRow,
+    pareto_front,
+    place_study,
+    trained_backbone,
+)
+from auxsurgery.version import __version__
 
 CANDIDATES = ["stage1", "stage2", "stage3"]
 
@@ -61,7 +67,11 @@ def test_place_study_one_row_per_candidate_and_writes_files(data, backbone, tmp_
 
     paths = result.write(tmp_path)
     assert [p.name for p in paths] == ["placement.json", "placement.md", "placement.png"]
-    assert json.loads((tmp_path / "placement.json").read_text()) == json.loads(json.dumps(result.to_dict()))
+    written = json.loads((tmp_path / "placement.json").read_text())
+    # The result itself, stamped with the release that wrote it.
+    stamp = {key: written.pop(key) for key in ("auxsurgery_version", "auxsurgery_commit")}
+    assert stamp["auxsurgery_version"] == __version__ and stamp["auxsurgery_commit"]
+    assert written == json.loads(json.dumps(result.to_dict()))
     markdown = (tmp_path / "placement.md").read_text()
     assert all(f"| {name} |" in markdown for name in CANDIDATES)
     assert (tmp_path / "placement.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

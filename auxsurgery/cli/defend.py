@@ -29,6 +29,7 @@ from .options import (
     Json,
     Out,
     Points,
+    Resume,
     Seed,
     ThreatPreset,
     TrainEps,
@@ -50,7 +51,7 @@ def defend(
     pretrained: Pretrained = False,
     method: str = typer.Option("heads", help="Defences to apply and compare, comma-separated: "
                                              f"{', '.join(list_defences())}."),
-    adversarial: str = typer.Option("fgsm", help="Adversarial-training method of the adversarial defences: "
+    adversarial_method: str = typer.Option("fgsm", help="Adversarial-training method of the adversarial defences: "
                                                  f"{', '.join(list_training_methods())}."),
     objective: Optional[str] = typer.Option(None, help="What the adversarial training's attack climbs: "
                                                        f"{', '.join(CRAFTING_OBJECTIVES)} (default: joint with "
@@ -71,8 +72,7 @@ def defend(
     data_root: DataRoot = None,
     out: Out = Path("defence"),
     quick: bool = typer.Option(False, help="Smoke test: tiny attack budget and few images; proves nothing."),
-    resume: bool = typer.Option(False, help="Continue the run in --out (training and evaluations where they "
-                                            "stopped)."),
+    resume: Resume = False,
     seed: Seed = 0,
     device: Device = "auto",
     as_json: Json = False,
@@ -89,8 +89,8 @@ def defend(
         --out defence
     """
     # Unset options keep the method's defaults; the training eps defaults to the evaluation's.
-    training = {"method": adversarial, "objective": objective, "eps": train_eps,
-                "steps": attack_steps or (1 if adversarial == "trades" else None)}
+    training = {"method": adversarial_method, "objective": objective, "eps": train_eps,
+                "steps": attack_steps or (1 if adversarial_method == "trades" else None)}
     config = DefendConfig(methods=[m.strip() for m in method.split(",") if m.strip()], at=at, head=head_choice(head),
                           epochs=epochs or (1 if quick else 5), n=n, train_subset=train_subset, eps=eps,
                           adversarial={k: v for k, v in training.items() if v is not None}, min_clean=min_clean,

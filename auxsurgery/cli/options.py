@@ -40,6 +40,8 @@ def _check_device(value: str) -> str:
 
 Device = Annotated[str, typer.Option(
     help="Device: auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...", callback=_check_device)]
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Continue the interrupted run in --out where it stopped (exactly: the same result as one run).")]
 Seed = Annotated[int, typer.Option(
     help="Seed of every random choice: initial weights, data order, augmentation, attacks.")]
 DataRoot = Annotated[Optional[Path], typer.Option(
