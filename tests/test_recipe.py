@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 from auxsurgery.data import dataset_classes, load_dataset
 from auxsurgery.studies import experiment
 from auxsurgery.studies.paper import paper_value
@@ -333,3 +338,17 @@ def test_aux_adversarial_stages_train_adversarially_and_report_every_rule(tmp_pa
              for stage in ("aux_adversarial_max", "aux_adversarial_trades")}
     assert sizes["aux_adversarial_trades"] != sizes["aux_adversarial_max"]
     assert "training budget (M image-passes" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_changed_or_added_aux_adversarial_table_redoes_only_its_own_stage(tmp_path):
+    old = parse_recipe(AUX_ADVERSARIAL, "aux-adv.toml")
+    tables = tomllib.loads(AUX_ADVERSARIAL)["aux_adversarial"]  # as written (no defaults filled in)
+    new = old.changed({"aux_adversarial": [tables[0], dict(tables[1], beta=3.0),
+                                           dict(tables[0], name="joint", objective="joint")]})
+    changed = experiment._differences(experiment._resolved(old), experiment._resolved(new))
+    assert changed == ["aux_adversarial[joint]", "aux_adversarial[trades].beta"]
+    assert [experiment._redone_by(key, tmp_path, new.stages()) for key in changed] == [
+        [tmp_path / "aux_adversarial_joint"], [tmp_path / "aux_adversarial_trades"]]
+    (tmp_path / "aux_adversarial_max").mkdir()
+    # [aux] gives the aux_adversarial stages their heads: changing it redoes them too.
+    assert experiment._redone_by("aux.at", tmp_path, new.stages()) == [tmp_path / "aux", tmp_path / "aux_adversarial_max"]

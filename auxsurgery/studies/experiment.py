@@ -67,20 +67,32 @@ def _resolved(recipe: Recipe) -> dict:
 
 
 def _differences(old, new, where: str = "") -> list[str]:
+    """The dotted keys whose values differ; an array of named tables is compared table by table
+    (``aux_adversarial[max].eps``), so adding or changing one names only that one."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [d for key in sorted(old.keys() | new.keys())
                 for d in _differences(old.get(key), new.get(key), f"{where}.{key}" if where else key)]
+    if _named_tables(old) and _named_tables(new):
+        old, new = ({table["name"]: table for table in tables} for tables in (old, new))
+        return [d for name in sorted(old.keys() | new.keys()) for d in _differences(old.get(name), new.get(name),
+                                                                                    f"{where}[{name}]")]
     return [] if old == new else [where]
+
+
+def _named_tables(value) -> bool:
+    return isinstance(value, list) and all(isinstance(table, dict) and "name" in table for table in value)
 
 
 def _redone_by(key: str, out: Path, stages: list[str]) -> list[Path] | None:
     """The run folders whose work a change of recipe key ``key`` (``section.key``) invalidates;
     None when it invalidates everything (data, backbone, shared training, the undefended model)."""
+    if key.startswith("aux_adversarial["):  # one named table: its own stage
+        return [out / (AUX_ADVERSARIAL_PREFIX + key[len("aux_adversarial["):key.index("]")])]
     section = key.split(".")[0]
-    if section in ("aux", "adversarial"):
+    if section == "aux":  # the aux_adversarial stages take their heads from [aux] unless they set their own
+        return [out / "aux", *sorted(out.glob(AUX_ADVERSARIAL_PREFIX + "*"))]
+    if section == "adversarial":
         return [out / section]
-    if section == "aux_adversarial":  # which table changed is not known from the key: every such stage
-        return sorted(out.glob(AUX_ADVERSARIAL_PREFIX + "*"))
     if section == "attack":
         return [out / stage / "eval" for stage in stages]
     if key in ("recipe.name", "recipe.description", "recipe.paper"):
