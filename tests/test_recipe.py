@@ -28,14 +28,17 @@ name = "synthetic"
 [backbone]
 name = "small_cnn"
 """
-# A run of a few seconds: every stage and every suite, nothing measured seriously.
-TINY = BASE.replace('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 128\nval_subset = 32') + """
+# One short epoch of every model a recipe trains.
+QUICK_TRAIN = """
 [train]
 epochs = 1
 batch_size = 32
 optimizer = "adamw"
 lr = 0.003
 amp = "off"
+"""
+# A run of a few seconds: every stage and every suite, nothing measured seriously.
+TINY = BASE.replace('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 128\nval_subset = 32') + QUICK_TRAIN + """
 [adversarial]
 enabled = true
 preset = "cifar10"
@@ -283,13 +286,7 @@ def test_change_to_one_stage_is_accepted_once_its_work_is_deleted(tiny_run, tmp_
 
 # ---- Aux Block models trained adversarially -----------------------------------------------------------
 
-AUX_ADVERSARIAL = BASE.replace('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 64\nval_subset = 16') + """
-[train]
-epochs = 1
-batch_size = 32
-optimizer = "adamw"
-lr = 0.003
-amp = "off"
+AUX_ADVERSARIAL = BASE.replace('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 64\nval_subset = 16') + QUICK_TRAIN + """
 [aux]
 enabled = false
 at = "stage1,stage2"
