@@ -247,26 +247,29 @@ def attack_models(recipe: Recipe, models: dict[str, nn.Module], data: RunData, o
     a = recipe["attack"]
     common = dict(dataset=_preset_name(recipe), n=min(a["n"], len(data.test)), seed=recipe["recipe"]["seed"],
                   batch_size=a["batch_size"], budget=_budget(recipe))
-    documents: dict[str, dict] = {}
+    documents: dict[str, dict] = {name: {} for name in models}
+    plans = {}  # name -> (rules, suites)
     for name, model in models.items():
         model.to(device)
         plain = not hasattr(model, "head_names")
-        rules = ("vote",) if plain else tuple(a["rules"])
-        suites = [s for s in a["suites"] if not (plain and get_suite(s).needs_heads)]
-        documents[name] = {}
-        for reading in readings(recipe):
+        plans[name] = (("vote",) if plain else tuple(a["rules"]),
+                       [s for s in a["suites"] if not (plain and get_suite(s).needs_heads)])
+    # Every model at the first reading before any at the next: a run stopped part-way has whole comparisons.
+    for reading in readings(recipe):
+        for name, model in models.items():
+            rules, suites = plans[name]
             console.rule(f"attack: {name}, eps reading '{reading['name']}' (eps {reading['eps']:.4g})")
             documents[name][reading["name"]] = _results(
                 subfolder(out, name, "eval", reading["name"]),
                 lambda state: run_suite(model, data.test, suite=suites, eps=reading["eps"],
                                         step_size=reading["step_size"], rules=rules, exclude=reading["exclude"],
                                         state_dir=state, **common))
-        if a["curve"]:
-            console.rule(f"attack: {name}, accuracy against eps")
-            documents[name]["curve"] = _results(
-                subfolder(out, name, "eval", CURVE),
-                lambda state: run_suite(model, data.test, suite="curve", rules=rules[:1], state_dir=state,
-                                        **dict(common, budget=_curve_budget(recipe))))
+    for name, model in models.items() if a["curve"] else ():
+        console.rule(f"attack: {name}, accuracy against eps")
+        documents[name]["curve"] = _results(
+            subfolder(out, name, "eval", CURVE),
+            lambda state: run_suite(model, data.test, suite="curve", rules=plans[name][0][:1], state_dir=state,
+                                    **dict(common, budget=_curve_budget(recipe))))
     return documents
 
 
