@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 from torch import nn
 
 from .._output import OutputConsole
@@ -120,7 +121,9 @@ def _claim_out_dir(recipe: Recipe, out: Path) -> None:
         if stale:
             raise RecipeError(f"{recipe.path}: the recipe changed ({', '.join(changed)}) since {out} was run; delete "
                               f"{', '.join(stale)} to redo that work with the new settings, or choose another --out")
-        console.print(f"recipe changed ({', '.join(changed)}); the affected stages will run with the new settings")
+        # Escaped: a key such as aux_adversarial[joint] is not rich markup.
+        console.print(escape(f"recipe changed ({', '.join(changed)}); the affected stages will run with the new "
+                             "settings"))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "recipe.toml", lambda tmp: Path(tmp).write_text(recipe.text))
     atomic_write(lock, lambda tmp: Path(tmp).write_text(json.dumps(resolved, indent=1)))
