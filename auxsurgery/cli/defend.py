@@ -30,6 +30,7 @@ from .options import (
     Json,
     Out,
     Points,
+    Resume,
     Seed,
     ThreatPreset,
     TrainEps,
@@ -73,8 +74,7 @@ def defend(
     data_root: DataRoot = None,
     out: Out = Path("defence"),
     quick: bool = typer.Option(False, help="Smoke test: tiny attack budget and few images; proves nothing."),
-    resume: bool = typer.Option(False, help="Continue the run in --out (training and evaluations where they "
-                                            "stopped)."),
+    resume: Resume = False,
     seed: Seed = 0,
     device: Device = "auto",
     as_json: Json = False,
