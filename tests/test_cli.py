@@ -123,7 +123,7 @@ def test_every_command_declares_the_shared_options_identically():
 @pytest.mark.parametrize("command, old, new, value", [
     ("train", "--subset", "--train-subset", "64"), ("place", "--train-size", "--train-subset", "64"),
     ("attack", "--preset", "--threat-preset", "mnist"), ("attack", "--attack-dtype", "--precision", "bf16"),
-    ("train", "--adversarial", "--pgd-preset", "mnist"), ("run", "--check", "--validate", None),
+    ("run", "--check", "--validate", None),
 ])
 def test_a_renamed_option_still_works_with_a_warning(command, old, new, value):
     from auxsurgery.cli.app import renamed_options

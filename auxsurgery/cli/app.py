@@ -76,7 +76,7 @@ def _os_message(err: OSError) -> str:
 RENAMED_OPTIONS = {
     "attack": {"--preset": "--threat-preset", "--attack-dtype": "--precision"},
     "defend": {"--preset": "--threat-preset"},
-    "train": {"--subset": "--train-subset", "--adversarial": "--pgd-preset"},
+    "train": {"--subset": "--train-subset"},
     "place": {"--train-size": "--train-subset"},
     "run": {"--check": "--validate"},
 }

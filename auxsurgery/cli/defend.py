@@ -30,7 +30,6 @@ from .options import (
     Json,
     Out,
     Points,
-    Resume,
     Seed,
     ThreatPreset,
     TrainEps,
@@ -74,7 +73,8 @@ def defend(
     data_root: DataRoot = None,
     out: Out = Path("defence"),
     quick: bool = typer.Option(False, help="Smoke test: tiny attack budget and few images; proves nothing."),
-    resume: Resume = False,
+    resume: bool = typer.Option(False, help="Continue the run in --out (training and evaluations where they "
+                                            "stopped)."),
     seed: Seed = 0,
     device: Device = "auto",
     as_json: Json = False,

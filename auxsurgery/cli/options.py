@@ -51,8 +51,6 @@ Data = Annotated[Optional[str], typer.Option(
     help="The data: mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic (built-in shapes, no files), or an "
          "ImageFolder path; attack also takes a .pt file of {'x': images in [0, 1], 'y': labels[, 'classes': "
          "names]}.")]
-Resume = Annotated[bool, typer.Option(
-    "--resume", help="Continue the interrupted run in --out where it stopped (finished work is not redone).")]
 TrainSubset = Annotated[Optional[int], typer.Option(help="Train on the first N training images (default: all).")]
 Eps = Annotated[Optional[float], typer.Option(
     parser=lambda text: _user_value(parse_eps, text), metavar="EPS",

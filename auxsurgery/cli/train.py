@@ -28,7 +28,6 @@ from .options import (
     Device,
     Json,
     Out,
-    Resume,
     Seed,
     TrainSubset,
     head_choice,
@@ -80,9 +79,8 @@ def train(
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
     seed: Seed = 0,
-    pgd_preset: Optional[str] = typer.Option(None, "--pgd-preset", help="PGD adversarial training with the paper's "
-                                             "preset of this dataset: mnist, cifar10, mini-imagenet."),
-    resume: Resume = False,
+    adversarial: Optional[str] = typer.Option(None, help="PGD adversarial training with the paper's preset: mnist, cifar10, mini-imagenet."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly."),
     save_every: Optional[int] = typer.Option(None, help="Also save the resume state every N steps."),
     num_workers: Optional[int] = typer.Option(None, help="Data-loading worker processes (default 0)."),
     device: Device = "auto",
@@ -103,7 +101,7 @@ def train(
                   amp=amp, channels_last=channels_last, grad_clip=grad_clip, seed=seed, save_every=save_every,
                   num_workers=num_workers, device=device, out_dir=str(out), resume=resume,
                   milestones=_milestones(milestones) if milestones else None,
-                  adversarial=adversarial_preset(pgd_preset) if pgd_preset else None)
+                  adversarial=adversarial_preset(adversarial) if adversarial else None)
     settings = {k: v for k, v in chosen.items() if v is not None}  # unset options keep the preset's
     config = paper_config(preset, **settings) if preset else TrainConfig(**settings)
 
