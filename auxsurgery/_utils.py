@@ -1,6 +1,7 @@
 """Small helpers every layer shares, each defined once: atomic writes, the run-folder lock, names and
 folders that stay inside the folder the user named, close-match suggestions, seed derivation, device
-resolution, and the one context manager that restores a model's state.
+resolution, the one context manager that restores a model's state, and the one way a renamed keyword
+argument stays accepted for a release.
 
 This module imports nothing from the package (it sits at the bottom of the layer order).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import functools
 import json
 import os
 import socket
@@ -15,6 +17,7 @@ import stat
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -24,7 +27,8 @@ from torch import nn
 
 __all__ = [
     "RunFolderBusy", "UnsafePath", "atomic_write", "check_name", "check_output_folder", "close_matches", "derive_seed",
-    "did_you_mean", "markdown_table", "preserved_state", "refuse_link", "resolve_device", "run_folder_lock", "subfolder",
+    "did_you_mean", "markdown_table", "preserved_state", "refuse_link", "renamed_kwargs", "resolve_device",
+    "run_folder_lock", "subfolder",
 ]
 
 
@@ -130,6 +134,34 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     """`` Did you mean 'a', 'b'?`` for the closest choices, or an empty string: the tail of an error message."""
     close = close_matches(name, choices, n=n)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+# The release that stops accepting the keyword arguments renamed in 0.2.0.
+RENAMED_UNTIL = "0.3.0"
+
+
+def renamed_kwargs(**renames: str) -> Callable[[Callable], Callable]:
+    """Decorator: ``@renamed_kwargs(old="new")`` still accepts ``old=`` (until :data:`RENAMED_UNTIL`), warns
+    with a :class:`DeprecationWarning` naming ``new`` and passes the value on as ``new=``.
+
+    Passing both names is a :class:`TypeError`, as any keyword given twice. The signature that
+    :func:`inspect.signature` reports stays the function's own (``functools.wraps``).
+    """
+    def decorate(func: Callable) -> Callable:
+        called = func.__qualname__.removesuffix(".__init__")  # a class is called by its own name
+
+        @functools.wraps(func)
+        def forward(*args, **kwargs):
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{called}() got both {old}= and its new name {new}=: pass {new}= only")
+                    warnings.warn(f"{called}(): {old}= is deprecated and will be removed in {RENAMED_UNTIL}; use "
+                                  f"{new}=", DeprecationWarning, stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return func(*args, **kwargs)
+        return forward
+    return decorate
 
 
 def derive_seed(*parts: int, bits: int = 64) -> int:

@@ -115,7 +115,7 @@ def measure(model, x, y, eps: float, rule: str, bf16: bool) -> dict:
     }
     if bf16:
         began = time.perf_counter()
-        half = run_suite(model, (x, y), suite="strong", eps=eps, rules=(rule,), attack_dtype="bf16")
+        half = run_suite(model, (x, y), suite="strong", eps=eps, rules=(rule,), precision="bf16")
         seconds = time.perf_counter() - began
         record["suite_bf16"] = {"robust": half.worst_case().outcome.accuracy(rule), "seconds": seconds,
                                 "passes": half.passes().to_dict(), "speedup_vs_fp32": suite_seconds / seconds}

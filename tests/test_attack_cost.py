@@ -93,7 +93,7 @@ class Quantised(nn.Module):
 def test_masked_gradients_escalate_the_black_box_stage_to_what_square_5000_finds():
     model, (x, y) = Quantised(trained_plain_model()), dataset(24, seed=5)
     eps = 0.1
-    square = Square(model, eps=eps, n_queries=5000, seed=0)(x, y)
+    square = Square(model, eps=eps, queries=5000, seed=0)(x, y)
     square_robust = int((~is_adversarial(model, square, y)).sum())
     budget = Budget(apgd_steps=10, square_queries=100, target_classes=2, target_candidates=3)
     result = run_suite(model, (x, y), suite="strong", eps=eps, budget=budget, progress=False)

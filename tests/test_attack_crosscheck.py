@@ -92,7 +92,7 @@ def test_apgdt_robust_accuracy_matches_torchattacks(eps, steps):
     model = trained_plain_model()
     x, y = dataset(200, seed=20)
     assert accuracy(model, x, y) > 0.97
-    ours = accuracy(model, APGDT(model, eps=eps, steps=steps, n_target_classes=CLASSES - 1, seed=0)(x, y), y)
+    ours = accuracy(model, APGDT(model, eps=eps, steps=steps, target_classes=CLASSES - 1, seed=0)(x, y), y)
     theirs = accuracy(model, torchattacks.APGDT(model, eps=eps, steps=steps, n_classes=CLASSES, seed=0)(x, y), y)
     assert 0.05 < ours < 0.95
     assert abs(ours - theirs) <= 0.01
@@ -142,7 +142,7 @@ def test_fmn_matches_foolbox(norm, reference, eps_values):
 def test_square_is_more_query_efficient_than_torchattacks_on_gray_images():
     model = trained_plain_model()
     x, y = dataset(300, seed=20)
-    ours = accuracy(model, Square(model, eps=0.08, n_queries=200, seed=0)(x, y), y)
+    ours = accuracy(model, Square(model, eps=0.08, queries=200, seed=0)(x, y), y)
     theirs = accuracy(model, torchattacks.Square(model, eps=0.08, n_queries=200, seed=0)(x, y), y)
     assert 0 < ours < 1
     # Redrawing a square that changes nothing wastes no query here, unlike torchattacks on

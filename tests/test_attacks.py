@@ -29,17 +29,17 @@ ATTACKS = {
     "APGD": (("linf", "l2"), lambda m, eps, norm, seed: APGD(m, "dlr-ensemble", eps=eps, norm=norm, steps=5,
                                                             restarts=2, seed=seed)),
     "CW": (("l2",), lambda m, eps, norm, seed: CW(m, "vote-margin", eps=eps, steps=5, search_steps=2, lr=0.1)),
-    "Square": (("linf",), lambda m, eps, norm, seed: Square(m, "vote-margin", eps=eps, n_queries=20, seed=seed)),
+    "Square": (("linf",), lambda m, eps, norm, seed: Square(m, "vote-margin", eps=eps, queries=20, seed=seed)),
     "Boundary": (("l2",), lambda m, eps, norm, seed: Boundary(m, eps=eps, steps=10, init_trials=5, seed=seed)),
     "Transfer": (("linf", "l2"), lambda m, eps, norm, seed: Transfer(
         m, PGD(plain_model(seed=1), eps=eps, norm=norm, steps=2, seed=seed))),
-    "APGDT": (("linf", "l2"), lambda m, eps, norm, seed: APGDT(m, eps=eps, norm=norm, steps=3, n_target_classes=2,
+    "APGDT": (("linf", "l2"), lambda m, eps, norm, seed: APGDT(m, eps=eps, norm=norm, steps=3, target_classes=2,
                                                               seed=seed)),
     "PGDT": (("linf", "l2"), lambda m, eps, norm, seed: PGDT(m, "vote-margin", eps=eps, norm=norm, steps=2, restarts=2,
-                                                            n_target_classes=2, seed=seed)),
+                                                            target_classes=2, seed=seed)),
     "FMN": (("linf", "l2"), lambda m, eps, norm, seed: FMN(m, eps=eps, norm=norm, steps=6)),
     "APGD-bf16": (("linf", "l2"), lambda m, eps, norm, seed: APGD(m, "vote-margin", eps=eps, norm=norm, steps=3,
-                                                                 seed=seed, dtype="bf16")),
+                                                                 seed=seed, precision="bf16")),
 }
 
 
@@ -137,8 +137,8 @@ def test_seeds_repeat_runs_and_leave_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), rng)
     assert torch.equal(PGD(model, eps=0.1, steps=3, seed=5)(x, y), first)
     assert not torch.equal(PGD(model, eps=0.1, steps=3, seed=6)(x, y), first)
-    assert torch.equal(Square(model, eps=0.1, n_queries=30, seed=5)(x, y),
-                       Square(model, eps=0.1, n_queries=30, seed=5)(x, y))
+    assert torch.equal(Square(model, eps=0.1, queries=30, seed=5)(x, y),
+                       Square(model, eps=0.1, queries=30, seed=5)(x, y))
 
 
 # ---- first fooling iterates; fooled samples stop costing compute -------------------------
@@ -250,15 +250,15 @@ def test_bf16_verdicts_are_verified_in_fp32():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert (model(x).argmax(1) != y).all()  # bfloat16 alone calls every sample fooled...
     assert not is_adversarial(model, x, y).any()  # ...fp32 none, and no budget changes that
-    for attack, steps in ((PGD(model, eps=0.01, steps=5, seed=0, dtype="bf16"), 5),
-                          (APGD(model, eps=0.01, steps=5, seed=0, dtype="bf16"), 6)):
+    for attack, steps in ((PGD(model, eps=0.01, steps=5, seed=0, precision="bf16"), 5),
+                          (APGD(model, eps=0.01, steps=5, seed=0, precision="bf16"), 6)):
         with count_forwards(model) as calls:
             x_adv = attack(x, y)
         # Every step ran on every sample, each bfloat16 verdict re-checked by one fp32 forward; counted
         # as fooled, the samples would have left after the first forward.
         assert calls[0] == 2 * steps, attack
         assert not attack.success(x_adv, y).any()
-    fmn = FMN(model, steps=5, dtype="bf16")
+    fmn = FMN(model, steps=5, precision="bf16")
     assert torch.isinf(fmn.minimum_norms(x, y)).all()  # no fooling norm 0 from bfloat16's tie
 
 
@@ -268,16 +268,39 @@ def test_bf16_steps_run_under_autocast_and_find_what_fp32_finds():
     seen = []
     handle = model.heads[0].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
     try:
-        rates = {dtype: is_adversarial(model, APGD(model, "vote-margin", eps=0.08, steps=10, seed=0, dtype=dtype)(x, y),
-                                       y).float().mean().item()
-                 for dtype in ("fp32", "bf16")}
+        rates = {precision: is_adversarial(model, APGD(model, "vote-margin", eps=0.08, steps=10, seed=0,
+                                                       precision=precision)(x, y), y).float().mean().item()
+                 for precision in ("fp32", "bf16")}
     finally:
         handle.remove()
     assert torch.bfloat16 in seen and torch.float32 in seen  # bf16 steps, fp32 verification forwards
     assert 0.2 < rates["fp32"] < 1 and abs(rates["fp32"] - rates["bf16"]) <= 0.05
-    assert "dtype='bf16'" in repr(APGD(model, dtype="bf16")) and "dtype='fp32'" in repr(PGD(model))
-    with pytest.raises(ValueError, match="dtype must be one of fp32, bf16"):
-        PGD(model, dtype="fp16")
+    assert "precision='bf16'" in repr(APGD(model, precision="bf16")) and "precision='fp32'" in repr(PGD(model))
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        PGD(model, precision="fp16")
+
+
+@pytest.mark.parametrize("make, old, new", [
+    (lambda m, **kw: APGD(m, eps=0.08, steps=3, seed=0, **kw), "dtype", ("precision", "bf16")),
+    (lambda m, **kw: PGD(m, eps=0.08, steps=3, seed=0, **kw), "dtype", ("precision", "bf16")),
+    (lambda m, **kw: FGSM(m, eps=0.08, **kw), "dtype", ("precision", "bf16")),
+    (lambda m, **kw: FMN(m, steps=3, **kw), "dtype", ("precision", "bf16")),
+    (lambda m, **kw: APGDT(m, eps=0.08, steps=2, seed=0, **kw), "n_target_classes", ("target_classes", 2)),
+    (lambda m, **kw: PGDT(m, eps=0.08, steps=2, seed=0, **kw), "n_target_classes", ("target_classes", 2)),
+    (lambda m, **kw: Square(m, eps=0.08, seed=0, **kw), "n_queries", ("queries", 20)),
+])
+def test_renamed_arguments_still_work_until_0_3_with_a_warning(make, old, new):
+    name, value = new
+    model = aux_model()
+    x, y = dataset(8, seed=3)
+    with pytest.warns(DeprecationWarning, match=rf"\(\): {old}= is deprecated and will be removed in 0\.3\.0; use "
+                                                rf"{name}="):
+        deprecated = make(model, **{old: value})
+    current = make(model, **{name: value})
+    assert getattr(deprecated, name) == value and repr(deprecated) == repr(current)
+    assert torch.equal(deprecated(x, y), current(x, y))
+    with pytest.raises(TypeError, match=f"got both {old}= and its new name {name}=: pass {name}= only"):
+        make(model, **{old: value, name: value})
 
 
 @pytest.mark.parametrize("rule", ["vote", "score", "public", "private"])
@@ -335,7 +358,7 @@ def test_targeted_attacks_reach_the_target():
     target = (y + 1) % 4
     for attack in (PGD(model, eps=0.3, steps=20, targeted=True, seed=0),
                    CW(model, steps=30, lr=0.05, targeted=True),
-                   Square(model, eps=0.3, n_queries=300, targeted=True, seed=0)):
+                   Square(model, eps=0.3, queries=300, targeted=True, seed=0)):
         x_adv = attack(x, target)
         assert (model(x_adv).argmax(1) == target).float().mean() >= 0.9, attack
 
@@ -368,7 +391,7 @@ def test_square_needs_no_gradients():
     x, y = dataset(32, seed=9)
     with pytest.raises(RuntimeError):  # gradient attacks cannot run on it...
         PGD(model, eps=0.15)(x, y)
-    x_adv = Square(model, eps=0.15, n_queries=200, seed=0)(x, y)  # ...the score-based one can
+    x_adv = Square(model, eps=0.15, queries=200, seed=0)(x, y)  # ...the score-based one can
     assert is_adversarial(model, x_adv, y).float().mean() > 0.5
 
 
@@ -450,8 +473,8 @@ def test_attack_specific_configuration_errors():
         PGD(plain_model(), rule="private")
     with pytest.raises(ValueError, match="needs the true labels besides the targets"):
         PGD(aux_model(), "dlr-t-ensemble", targeted=True)
-    with pytest.raises(ValueError, match="n_target_classes must be >= 1"):
-        APGDT(aux_model(), n_target_classes=0)
+    with pytest.raises(ValueError, match="target_classes must be >= 1"):
+        APGDT(aux_model(), target_classes=0)
     with pytest.raises(ValueError, match="gamma"):
         FMN(aux_model(), gamma_init=1.5)
     with pytest.raises(ValueError, match="supports norm"):
@@ -486,7 +509,7 @@ def test_l2_budget_larger_than_the_box_is_refused():
 def test_square_needs_images():
     model = torch.nn.Sequential(torch.nn.Linear(6, 4))
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
-        Square(model, eps=0.1, n_queries=5)(torch.rand(3, 6), torch.zeros(3, dtype=torch.long))
+        Square(model, eps=0.1, queries=5)(torch.rand(3, 6), torch.zeros(3, dtype=torch.long))
 
 
 def test_base_class_is_abstract():

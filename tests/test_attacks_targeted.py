@@ -39,9 +39,9 @@ def test_targeted_attacks_fool_a_vote_that_untargeted_ones_cannot():
     # The same budget per sample: nine targeted runs against nine untargeted restarts.
     untargeted = max(fooled(attack(model, objective, eps=eps, steps=10, restarts=9, seed=0))
                      for attack in (APGD, PGD) for objective in ("ensemble", "dlr-ensemble", "vote-margin", "joint"))
-    targeted = {objective: fooled(APGDT(model, objective, eps=eps, steps=10, n_target_classes=9, seed=0))
+    targeted = {objective: fooled(APGDT(model, objective, eps=eps, steps=10, target_classes=9, seed=0))
                 for objective in ("dlr-t-ensemble", "vote-margin", "ensemble")}
-    targeted["PGDT"] = fooled(PGDT(model, "vote-margin", eps=eps, steps=10, n_target_classes=9, seed=0))
+    targeted["PGDT"] = fooled(PGDT(model, "vote-margin", eps=eps, steps=10, target_classes=9, seed=0))
     assert untargeted <= 0.1
     assert min(targeted.values()) >= 0.9, targeted
     # A head alone is easy to flip (to its own class): the vote, not the heads, is what resists.
@@ -55,7 +55,7 @@ def test_targeted_attacks_fool_a_vote_that_untargeted_ones_cannot():
 def test_apgdt_judges_success_by_the_rule_and_runs_each_target_on_the_robust_samples():
     model = trained_aux_model()
     x, y = dataset(48, seed=6)
-    attack = APGDT(model, eps=0.08, steps=8, n_target_classes=3, seed=0)
+    attack = APGDT(model, eps=0.08, steps=8, target_classes=3, seed=0)
     with batch_sizes(model.trunk) as sizes:
         x_adv = attack(x, y)
     fooled = attack.success(x_adv, y)
@@ -81,7 +81,7 @@ def test_apgdt_aims_the_objective_at_each_target_with_the_true_label():
         calls.append((target.clone(), y_true.clone()))
         return ensemble_log_probs(logits, alpha).gather(1, target[:, None]).squeeze(1)
 
-    APGDT(model, spy, eps=0.01, steps=2, n_target_classes=3, seed=0)(x, y)
+    APGDT(model, spy, eps=0.01, steps=2, target_classes=3, seed=0)(x, y)
     with torch.no_grad():
         logits = model(x)
     expected = top_k_targets(ensemble_log_probs(logits, model.alpha), y, 3)
@@ -91,7 +91,7 @@ def test_apgdt_aims_the_objective_at_each_target_with_the_true_label():
     # A plain three-argument callable gets the target as its label.
     seen = []
     APGDT(model, lambda z, labels, alpha: seen.append(labels) or z[0].gather(1, labels[:, None]).squeeze(1),
-          eps=0.01, steps=1, n_target_classes=1, seed=0)(x, y)
+          eps=0.01, steps=1, target_classes=1, seed=0)(x, y)
     assert torch.equal(seen[0], expected[:, 0])
 
 
@@ -105,9 +105,9 @@ def test_apgdt_leaves_inputs_the_rule_already_gets_wrong():
 def test_targeted_classes_are_registered_and_configured():
     assert {"APGDT", "PGDT", "FMN"} <= set(list_attacks("white-box"))
     assert get_attack("APGDT") is APGDT
-    attack = APGDT(aux_model(), eps=0.03, n_target_classes=5, dtype="bf16")
+    attack = APGDT(aux_model(), eps=0.03, target_classes=5, precision="bf16")
     assert repr(attack) == ("APGDT(objective='dlr-t-ensemble', eps=0.03, norm='linf', rule='vote', targeted=False, "
-                            "dtype='bf16', n_target_classes=5)")
+                            "precision='bf16', target_classes=5)")
     assert not attack.targeted and attack.objective.needs_true_label
 
 
@@ -130,7 +130,7 @@ def test_boundary_ranking_picks_the_nearest_boundary_not_the_likeliest_class():
     scores = torch.log_softmax(model(xg), -1)
     distances = boundary_distances(scores, xg, y, torch.tensor([[1, 2]]), "linf")
     torch.testing.assert_close(distances, torch.tensor([[1.0 / (0.01 * numel), 3.0 / numel]]))
-    attack = APGDT(model, eps=0.2, steps=2, n_target_classes=1, target_candidates=2, seed=0)
+    attack = APGDT(model, eps=0.2, steps=2, target_classes=1, target_candidates=2, seed=0)
     with torch.no_grad():
         logits = model(x).unsqueeze(0)
     assert attack.targets(logits, y).tolist() == [[1]]  # by score: the likeliest

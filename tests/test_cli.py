@@ -122,7 +122,8 @@ def test_every_command_declares_the_shared_options_identically():
 
 @pytest.mark.parametrize("command, old, new, value", [
     ("train", "--subset", "--train-subset", "64"), ("place", "--train-size", "--train-subset", "64"),
-    ("attack", "--preset", "--threat-preset", "mnist"), ("run", "--check", "--validate", None),
+    ("attack", "--preset", "--threat-preset", "mnist"), ("attack", "--attack-dtype", "--precision", "bf16"),
+    ("run", "--check", "--validate", None),
 ])
 def test_a_renamed_option_still_works_with_a_warning(command, old, new, value):
     from auxsurgery.cli.app import renamed_options

@@ -130,6 +130,23 @@ def test_bad_defend_settings_fail_in_one_line():
         DefendConfig(min_clean=80)
 
 
+def test_defend_passes_model_kwargs_to_the_constructor(monkeypatch, tmp_path):
+    import auxsurgery.cli.defend as defend_cli
+
+    built = {}
+
+    def capture(backbone, *args, **kwargs):
+        built["backbone"] = backbone
+        raise KeyboardInterrupt  # stop before any training: the backbone is all this test checks
+    monkeypatch.setattr(defend_cli, "run_defence", capture)
+    args = ["small_cnn", "--data", "synthetic", "--out", str(tmp_path / "d")]
+    CliRunner().invoke(_cli(), [*args, "--model-kwargs", "width=16"])
+    assert built["backbone"].net.stage1[0].out_channels == 16
+    result = CliRunner().invoke(_cli(), [*args, "--model-kwargs", "depth=3"])
+    assert isinstance(result.exception, ValueError)
+    assert "--model-kwargs 'depth=3' does not fit small_cnn's constructor" in str(result.exception)
+
+
 def test_verdict():
     helped = verdict(clean_before=0.9, clean_after=0.89, worst_before=0.10, worst_after=0.40, n=1000)
     assert helped["helped"] == "yes" and helped["clean_kept"] == "kept"

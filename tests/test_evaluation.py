@@ -361,12 +361,15 @@ def test_one_minimum_norm_run_gives_the_whole_curve(aux, test_data):
 
 
 def test_bf16_attack_steps_are_recorded_and_judged_in_fp32(aux, test_data):
-    half = suite(aux, test_data, "adaptive,strong", rules=("vote",), attack_dtype="bf16")
-    assert half.settings["attack_dtype"] == "bf16"
+    half = suite(aux, test_data, "adaptive,strong", rules=("vote",), precision="bf16")
+    assert half.settings["precision"] == "bf16"
     cascade = [row for row in half.rows_of("strong")]
-    assert all(row.config.get("dtype") == "bf16" for row in cascade if row.config["attack"] != "Square")
+    assert all(row.config.get("precision") == "bf16" for row in cascade if row.config["attack"] != "Square")
     full = suite(aux, test_data, "adaptive,strong", rules=("vote",))
     # Success is judged by the fp32 model either way: the two worst cases differ by a few points at most.
     assert abs(half.worst_case().outcome.accuracy("vote") - full.worst_case().outcome.accuracy("vote")) <= 0.1
-    with pytest.raises(ValueError, match="unknown attack dtype 'fp16'; valid: fp32, bf16"):
-        suite(aux, test_data, "adaptive", attack_dtype="fp16")
+    with pytest.raises(ValueError, match="unknown attack precision 'fp16'; valid: fp32, bf16"):
+        suite(aux, test_data, "adaptive", precision="fp16")
+    with pytest.warns(DeprecationWarning, match=r"run_suite\(\): attack_dtype= is deprecated .* use precision="):
+        renamed = suite(aux, test_data, "static", rules=("vote",), attack_dtype="bf16")
+    assert renamed.settings["precision"] == "bf16"

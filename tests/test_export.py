@@ -194,7 +194,7 @@ def test_black_box_attacks_run_on_the_onnx_model(trained, exported):
     x, y = x[:8], y[:8]
     with torch.no_grad():
         assert torch.equal(model(x).argmax(-1), aux.predict(x, "vote"))
-    x_adv = Square(model, objective="margin-public", eps=8 / 255, n_queries=30, rule="public", seed=0)(x, y)
+    x_adv = Square(model, objective="margin-public", eps=8 / 255, queries=30, rule="public", seed=0)(x, y)
     assert (x_adv - x).abs().max() <= 8 / 255
     # Judged on the ONNX model by rule public: exactly the PyTorch model's vote.
     assert torch.equal(is_adversarial(model, x_adv, y, rule="public"), aux.predict(x_adv, "vote") != y)

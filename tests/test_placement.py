@@ -103,6 +103,22 @@ def test_unknown_candidate_fails_before_any_training(data, backbone, monkeypatch
         place_study(backbone, *data, ["stage1"], epochs=1, n=100)
 
 
+def test_old_data_argument_names_still_work_with_a_warning(data, backbone, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the placement is refused first")
+    monkeypatch.setattr(placement, "finetune", no_training)
+    train_data, test_data = data
+    with pytest.warns(DeprecationWarning) as caught:
+        # Forwarded: the study got its test data (and refuses more images than it holds).
+        with pytest.raises(ValueError, match="n=100 test images asked from a test set of 64"):
+            place_study(backbone, train_set=train_data, test_set=test_data, candidates=["stage1"], n=100)
+    assert sorted(str(w.message) for w in caught) == [
+        f"place_study(): {old}= is deprecated and will be removed in 0.3.0; use {new}="
+        for old, new in (("test_set", "test_data"), ("train_set", "train_data"))]
+    with pytest.warns(DeprecationWarning, match="trained_backbone\\(\\): train_set= is deprecated"):
+        assert trained_backbone(backbone, train_set=train_data, num_classes=10, epochs=0) is backbone
+
+
 def test_pareto_front_keeps_only_undominated_rows():
     def row(name, vote, flops):
         return PlacementRow(name, [name], 1, 1, 0.1, flops, {}, {}, {}, {"vote": vote})

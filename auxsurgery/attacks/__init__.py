@@ -12,7 +12,7 @@ over the model's top-k other classes, untargeted success: :mod:`.targeted`), CW 
 (minimum norm; FMN's :attr:`~.fmn.FMN.last_norms` give the whole accuracy-vs-eps curve through
 :func:`robust_accuracy_curve`). Square is score-based, Boundary decision-based, Transfer
 crafts on another model. PGD and APGD keep each sample's first fooling iterate and stop
-computing on it; the gradient attacks take ``dtype="bf16"`` for bfloat16 steps, verified in fp32.
+computing on it; the gradient attacks take ``precision="bf16"`` for bfloat16 steps, verified in fp32.
 
 Each attack module registers its class (:mod:`.registry`); importing this package imports them all.
 """

@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from .._utils import renamed_kwargs
 from .base import Attack, Survivors, per_sample, take
 from .objectives import Objective
 from .registry import register_attack
@@ -53,6 +54,7 @@ class APGD(Attack):
 
     kind = "white-box"
 
+    @renamed_kwargs(dtype="precision")
     def __init__(
         self,
         model: nn.Module,
@@ -65,9 +67,9 @@ class APGD(Attack):
         rule: str = "vote",
         seed: int | None = None,
         kappa: float = 0.0,
-        dtype: str = "fp32",
+        precision: str = "fp32",
     ):
-        super().__init__(model, objective, eps, norm, rule, seed, targeted=False, kappa=kappa, dtype=dtype)
+        super().__init__(model, objective, eps, norm, rule, seed, targeted=False, kappa=kappa, precision=precision)
         if steps < 1 or restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
         self.steps = steps

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .._utils import renamed_kwargs
 from .apgd import APGD
 from .objectives import Objective
 from .registry import register_attack
@@ -11,7 +12,7 @@ from .targeted import TopKTargeted
 
 @register_attack
 class APGDT(TopKTargeted, APGD):
-    """Targeted APGD over the top ``n_target_classes`` classes, as AutoAttack's APGD-T.
+    """Targeted APGD over the top ``target_classes`` classes, as AutoAttack's APGD-T.
 
     For each target class (ranked by the ensemble scores at the clean input, see
     :class:`~auxsurgery.attacks.targeted.TopKTargeted`) it runs APGD on the targeted objective,
@@ -21,21 +22,22 @@ class APGDT(TopKTargeted, APGD):
     pulled towards the target: the vote), ``ensemble`` (targeted CE of Algorithm 2), or any
     other name (built targeted) or callable ``(logits, target, alpha[, y_true]) -> [B]``.
 
-    Cost: up to ``n_target_classes * restarts`` APGD runs, each ``steps + 1`` forward and
+    Cost: up to ``target_classes * restarts`` APGD runs, each ``steps + 1`` forward and
     backward passes on the samples still robust, plus one forward per run and one on the
     clean inputs (and, with ``target_candidates``, one backward per candidate there).
 
     Args:
-        n_target_classes: targets tried per sample (AutoAttack: 9 for 10 classes; capped at
+        target_classes: targets tried per sample (AutoAttack: 9 for 10 classes; capped at
             the number of classes minus one).
         target_candidates: rank this many top classes by their linearised distance to the decision
-            boundary and attack the ``n_target_classes`` nearest (MALT's targeting; one forward and
+            boundary and attack the ``target_classes`` nearest (MALT's targeting; one forward and
             ``target_candidates`` backward passes on the clean inputs). ``None``: the top classes by score.
         (others: see :class:`~auxsurgery.attacks.apgd.APGD`)
     """
 
     kind = "white-box"
 
+    @renamed_kwargs(dtype="precision", n_target_classes="target_classes")
     def __init__(
         self,
         model: nn.Module,
@@ -44,13 +46,13 @@ class APGDT(TopKTargeted, APGD):
         norm: str = "linf",
         steps: int = 100,
         restarts: int = 1,
-        n_target_classes: int = 9,
+        target_classes: int = 9,
         rho: float = 0.75,
         rule: str = "vote",
         seed: int | None = None,
         kappa: float = 0.0,
-        dtype: str = "fp32",
+        precision: str = "fp32",
         target_candidates: int | None = None,
     ):
-        super().__init__(model, objective, eps, norm, steps, restarts, rho, rule, seed, kappa, dtype)
-        self._init_targets(n_target_classes, target_candidates)
+        super().__init__(model, objective, eps, norm, steps, restarts, rho, rule, seed, kappa, precision)
+        self._init_targets(target_classes, target_candidates)

@@ -7,7 +7,7 @@ decision rule (:func:`auxsurgery.model.rule_predict` with the model's ``alpha``)
 
 Iterative attacks stop spending compute on a sample once it fools the rule: they drop it
 from the working batch (:class:`Survivors`, :func:`take`, :meth:`Ball.select`) and keep
-its first fooling iterate. With ``dtype="bf16"`` the gradient steps run the model under
+its first fooling iterate. With ``precision="bf16"`` the gradient steps run the model under
 bfloat16 autocast, and a sample only counts as fooled once an fp32 forward agrees
 (:meth:`Attack.fooled` with the inputs).
 """
@@ -21,15 +21,15 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .._utils import preserved_state
+from .._utils import preserved_state, renamed_kwargs
 from ..model import as_stacked, check_labels, check_pixels, check_rule, rule_predict
 from .objectives import Objective, evaluate, get_objective, wants_true_label
 
 NORMS = ("linf", "l2")
-DTYPES = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16")
 
 __all__ = [
-    "DTYPES", "NORMS", "Attack", "Ball", "PassCounter", "Passes", "Survivors", "ascent_direction", "enforce_bounds",
+    "NORMS", "PRECISIONS", "Attack", "Ball", "PassCounter", "Passes", "Survivors", "ascent_direction", "enforce_bounds",
     "frozen", "head_weights", "is_adversarial", "l2_norms", "per_sample", "perturbation_norms", "robust_accuracy_curve",
     "take",
 ]
@@ -352,7 +352,7 @@ class Attack:
             the global RNG is never touched.
         targeted: ``y`` are target labels to reach instead of true labels to leave.
         kappa: cap of the margin objectives (``vote-margin``, ``margin-*``).
-        dtype: precision of the gradient steps (attacks that take it): ``"fp32"`` (the model as
+        precision: of the gradient steps (attacks that take it; ``dtype`` before 0.2.0): ``"fp32"`` (the model as
             it is) or ``"bf16"`` (forward and backward under ``torch.autocast`` to bfloat16, on
             CPU or CUDA; the objective itself is computed in the inputs' dtype). A sample only
             counts as fooled once an fp32 forward of the decision rule agrees.
@@ -370,6 +370,7 @@ class Attack:
     # their objective is built targeted and called with the target and the true label.
     targets_objective = False
 
+    @renamed_kwargs(dtype="precision")
     def __init__(
         self,
         model: nn.Module,
@@ -380,7 +381,7 @@ class Attack:
         seed: int | None = None,
         targeted: bool = False,
         kappa: float = 0.0,
-        dtype: str = "fp32",
+        precision: str = "fp32",
     ):
         name = type(self).__name__
         if norm not in self.norms:
@@ -393,8 +394,8 @@ class Attack:
         elif norm == "l2" and not eps > 0:
             raise ValueError(f"l2 eps must be > 0, got {eps}")
         check_rule(rule)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if rule == "private" and getattr(model, "num_heads", 1) < 2:
             raise ValueError("rule 'private' needs a model with at least one aux head")
         self.model = model
@@ -404,7 +405,7 @@ class Attack:
         self.seed = seed
         self.targeted = targeted
         self.kappa = kappa
-        self.dtype = dtype
+        self.precision = precision
         self.objective_name = objective if isinstance(objective, str) else getattr(objective, "__name__", None)
         if isinstance(objective, str):
             objective = get_objective(objective, targeted or self.targets_objective, kappa)
@@ -423,7 +424,7 @@ class Attack:
         """The settings shown by ``repr``: name to printed value."""
         eps = "None" if self.eps is None else f"{self.eps:.4g}"
         return {"objective": repr(self.objective_name), "eps": eps, "norm": repr(self.norm),
-                "rule": repr(self.rule), "targeted": str(self.targeted), "dtype": repr(self.dtype)}
+                "rule": repr(self.rule), "targeted": str(self.targeted), "precision": repr(self.precision)}
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples for inputs ``x`` (pixels in [0, 1]) and labels ``y`` ``[B]``."""
@@ -470,22 +471,22 @@ class Attack:
         return evaluate(self.objective, logits, y, alpha, None if self.targeted else y)
 
     def autocast(self, x: torch.Tensor):
-        """The precision context of the gradient steps: bfloat16 autocast with ``dtype="bf16"``."""
-        if self.dtype == "bf16":
+        """The precision context of the gradient steps: bfloat16 autocast with ``precision="bf16"``."""
+        if self.precision == "bf16":
             return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def loss_and_grad(self, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None):
         """``(loss [B], d loss / d x_adv, logits)`` from one forward and one backward pass.
 
-        With ``dtype="bf16"`` the model runs under autocast; its logits are cast back to the
+        With ``precision="bf16"`` the model runs under autocast; its logits are cast back to the
         inputs' dtype before the objective, so only the network itself runs in bfloat16.
         """
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
             with self.autocast(x_adv):
                 logits = self.logits(x_adv)
-            if logits.dtype != x_adv.dtype and self.dtype != "fp32":
+            if logits.dtype != x_adv.dtype and self.precision != "fp32":
                 logits = logits.to(x_adv.dtype)
             loss = self.loss(logits, y, target)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
@@ -495,11 +496,11 @@ class Attack:
         """Whether the decision rule on these logits is fooled (reaches the target): bool ``[B]``.
 
         Pass ``x_adv``, the inputs the logits came from, when the logits may come from a
-        bfloat16 step (:meth:`loss_and_grad`): with ``dtype="bf16"`` the samples they call
+        bfloat16 step (:meth:`loss_and_grad`): with ``precision="bf16"`` the samples they call
         fooled are re-checked by an fp32 forward, and only those it confirms count.
         """
         fooled = _fooled(logits, y, self.rule, head_weights(self.model, logits), self.targeted)
-        if x_adv is None or self.dtype == "fp32" or not fooled.any():
+        if x_adv is None or self.precision == "fp32" or not fooled.any():
             return fooled
         check = fooled.nonzero().squeeze(1)
         with torch.no_grad():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .._utils import renamed_kwargs
 from .objectives import Objective
 from .pgd import PGD
 from .registry import register_attack
@@ -21,6 +22,7 @@ class FGSM(PGD):
 
     kind = "white-box"
 
+    @renamed_kwargs(dtype="precision")
     def __init__(
         self,
         model: nn.Module,
@@ -30,7 +32,7 @@ class FGSM(PGD):
         rule: str = "vote",
         targeted: bool = False,
         kappa: float = 0.0,
-        dtype: str = "fp32",
+        precision: str = "fp32",
     ):
         super().__init__(model, objective, eps, norm, steps=1, step_size=eps, random_start=False,
-                         rule=rule, targeted=targeted, kappa=kappa, dtype=dtype, early_stop=False)
+                         rule=rule, targeted=targeted, kappa=kappa, precision=precision, early_stop=False)

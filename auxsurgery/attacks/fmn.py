@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from .._utils import renamed_kwargs
 from .base import Attack, Ball, l2_norms, per_sample, perturbation_norms
 from .objectives import Objective
 from .registry import register_attack
@@ -54,6 +55,7 @@ class FMN(Attack):
     kind = "white-box"
     eps_optional = True
 
+    @renamed_kwargs(dtype="precision")
     def __init__(
         self,
         model: nn.Module,
@@ -68,9 +70,9 @@ class FMN(Attack):
         rule: str = "vote",
         targeted: bool = False,
         kappa: float = math.inf,
-        dtype: str = "fp32",
+        precision: str = "fp32",
     ):
-        super().__init__(model, objective, eps, norm, rule, targeted=targeted, kappa=kappa, dtype=dtype)
+        super().__init__(model, objective, eps, norm, rule, targeted=targeted, kappa=kappa, precision=precision)
         alpha_final = alpha_init / 100 if alpha_final is None else alpha_final
         if steps < 1 or not alpha_init > 0 or not alpha_final > 0 or not 0 < gamma_final <= gamma_init < 1:
             raise ValueError(f"need steps >= 1, alpha_init, alpha_final > 0 and 0 < gamma_final <= gamma_init < 1; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._utils import renamed_kwargs
 from .base import Attack, Survivors, take
 from .objectives import Objective
 from .registry import register_attack
@@ -39,6 +40,7 @@ class PGD(Attack):
 
     kind = "white-box"
 
+    @renamed_kwargs(dtype="precision")
     def __init__(
         self,
         model: nn.Module,
@@ -53,10 +55,10 @@ class PGD(Attack):
         seed: int | None = None,
         targeted: bool = False,
         kappa: float = 0.0,
-        dtype: str = "fp32",
+        precision: str = "fp32",
         early_stop: bool = True,
     ):
-        super().__init__(model, objective, eps, norm, rule, seed, targeted, kappa, dtype)
+        super().__init__(model, objective, eps, norm, rule, seed, targeted, kappa, precision)
         if steps < 1 or restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
         if restarts > 1 and not random_start:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .._utils import renamed_kwargs
 from .objectives import Objective
 from .pgd import PGD
 from .registry import register_attack
@@ -11,19 +12,20 @@ from .targeted import TopKTargeted
 
 @register_attack
 class PGDT(TopKTargeted, PGD):
-    """Targeted PGD over the top ``n_target_classes`` classes: :class:`~auxsurgery.attacks.apgdt.APGDT`
+    """Targeted PGD over the top ``target_classes`` classes: :class:`~auxsurgery.attacks.apgdt.APGDT`
     with PGD's fixed step size instead of APGD's schedule.
 
     Per target (see :class:`~auxsurgery.attacks.targeted.TopKTargeted`), ``restarts`` PGD runs on
     the samples still robust; success is the decision rule leaving the true label.
 
     Args:
-        n_target_classes: targets tried per sample (capped at the number of classes minus one).
+        target_classes: targets tried per sample (capped at the number of classes minus one).
         (others: see :class:`~auxsurgery.attacks.pgd.PGD`)
     """
 
     kind = "white-box"
 
+    @renamed_kwargs(dtype="precision", n_target_classes="target_classes")
     def __init__(
         self,
         model: nn.Module,
@@ -34,12 +36,12 @@ class PGDT(TopKTargeted, PGD):
         step_size: float | None = None,
         random_start: bool = True,
         restarts: int = 1,
-        n_target_classes: int = 9,
+        target_classes: int = 9,
         rule: str = "vote",
         seed: int | None = None,
         kappa: float = 0.0,
-        dtype: str = "fp32",
+        precision: str = "fp32",
     ):
         super().__init__(model, objective, eps, norm, steps, step_size, random_start, restarts, rule, seed,
-                         kappa=kappa, dtype=dtype)
-        self._init_targets(n_target_classes)
+                         kappa=kappa, precision=precision)
+        self._init_targets(target_classes)

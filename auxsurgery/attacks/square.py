@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from .._utils import renamed_kwargs
 from .base import Attack
 from .objectives import Objective
 from .registry import register_attack
@@ -21,14 +22,14 @@ class Square(Attack):
     Starts from random vertical stripes of ``+-eps``; each query redraws one random
     square window (per sample, random sign per channel) and keeps it if the objective
     rises or the decision rule is fooled. The square covers a fraction ``p`` of the image,
-    ``p_init`` halved on the paper's schedule rescaled to ``n_queries``. Samples stop
+    ``p_init`` halved on the paper's schedule rescaled to ``queries``. Samples stop
     being queried once they fool the rule. Needs image batches ``[B, C, H, W]``.
 
     The default objective is the margin loss on head 0 (``margin-public``), as in the
     paper; on an AuxModel attacked through its vote, ``vote-margin`` is the natural choice.
 
     Args:
-        n_queries: model queries per sample, the first one included.
+        queries: model queries per sample, the first one included.
         p_init: initial fraction of the image covered by the square.
         (others: see :class:`Attack`)
     """
@@ -36,12 +37,13 @@ class Square(Attack):
     kind = "score-based"
     norms = ("linf",)
 
+    @renamed_kwargs(n_queries="queries")
     def __init__(
         self,
         model: nn.Module,
         objective: str | Objective = "margin-public",
         eps: float = 8 / 255,
-        n_queries: int = 5000,
+        queries: int = 5000,
         p_init: float = 0.8,
         rule: str = "vote",
         seed: int | None = None,
@@ -49,9 +51,9 @@ class Square(Attack):
         kappa: float = 0.0,
     ):
         super().__init__(model, objective, eps, "linf", rule, seed, targeted, kappa)
-        if n_queries < 1 or not 0 < p_init <= 1:
-            raise ValueError(f"need n_queries >= 1 and 0 < p_init <= 1, got {n_queries}, {p_init}")
-        self.n_queries = n_queries
+        if queries < 1 or not 0 < p_init <= 1:
+            raise ValueError(f"need queries >= 1 and 0 < p_init <= 1, got {queries}, {p_init}")
+        self.queries = queries
         self.p_init = p_init
 
     @torch.no_grad()
@@ -62,7 +64,7 @@ class Square(Attack):
         x_adv = (x + self.eps * self._signs((x.shape[0], channels, 1, width), x)).clamp(0.0, 1.0)
         logits = self.logits(x_adv)
         loss, fooled = self.loss(logits, y), self.fooled(logits, y)
-        for query in range(1, self.n_queries):
+        for query in range(1, self.queries):
             todo = (~fooled).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
@@ -78,7 +80,7 @@ class Square(Attack):
 
     def _fraction(self, query: int) -> float:
         """Fraction of the image the square covers at this query."""
-        rescaled = int(query / self.n_queries * 10_000)
+        rescaled = int(query / self.queries * 10_000)
         return self.p_init / 2 ** sum(rescaled > point for point in HALVING_POINTS)
 
     def _signs(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:

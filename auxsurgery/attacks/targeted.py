@@ -76,35 +76,35 @@ class TopKTargeted:
     """
 
     targets_objective = True
-    n_target_classes: int
+    target_classes: int
     target_candidates: int | None
 
-    def _init_targets(self, n_target_classes: int, target_candidates: int | None = None) -> None:
-        if n_target_classes < 1:
-            raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
-        if target_candidates is not None and target_candidates < n_target_classes:
-            raise ValueError(f"target_candidates ({target_candidates}) must be at least n_target_classes "
-                             f"({n_target_classes}): the targets are picked among the candidates")
-        self.n_target_classes = n_target_classes
+    def _init_targets(self, target_classes: int, target_candidates: int | None = None) -> None:
+        if target_classes < 1:
+            raise ValueError(f"target_classes must be >= 1, got {target_classes}")
+        if target_candidates is not None and target_candidates < target_classes:
+            raise ValueError(f"target_candidates ({target_candidates}) must be at least target_classes "
+                             f"({target_classes}): the targets are picked among the candidates")
+        self.target_classes = target_classes
         self.target_candidates = target_candidates
 
     def config(self) -> dict[str, str]:
         ranked = {} if self.target_candidates is None else {"target_candidates": str(self.target_candidates)}
-        return {**super().config(), "n_target_classes": str(self.n_target_classes), **ranked}
+        return {**super().config(), "target_classes": str(self.target_classes), **ranked}
 
     def targets(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Target classes ``[B, k]`` from the clean logits: the ensemble's top k other than ``y``, or, with
         ``target_candidates`` and logits differentiable in the inputs ``x``, the k of the top candidates
         nearest to their boundary."""
         scores = ensemble_log_probs(logits, head_weights(self.model, logits))
-        if self.target_candidates is None or x is None or self.target_candidates <= self.n_target_classes:
-            return top_k_targets(scores.detach(), y, self.n_target_classes)
+        if self.target_candidates is None or x is None or self.target_candidates <= self.target_classes:
+            return top_k_targets(scores.detach(), y, self.target_classes)
         candidates = top_k_targets(scores.detach(), y, self.target_candidates)
         nearest = boundary_distances(scores, x, y, candidates, self.norm).argsort(dim=1, stable=True)
-        return candidates.gather(1, nearest[:, :self.n_target_classes])
+        return candidates.gather(1, nearest[:, :self.target_classes])
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ranked = self.target_candidates is not None and self.target_candidates > self.n_target_classes
+        ranked = self.target_candidates is not None and self.target_candidates > self.target_classes
         x_in = x.detach().requires_grad_(ranked)
         with torch.set_grad_enabled(ranked):
             logits = self.logits(x_in)

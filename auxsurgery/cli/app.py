@@ -20,6 +20,7 @@ from typing import Iterator
 import typer
 from typer.core import TyperGroup
 
+from .._utils import RENAMED_UNTIL
 from ..version import __version__
 from . import attach as attach_commands
 from . import attack as attack_commands
@@ -71,9 +72,9 @@ def _os_message(err: OSError) -> str:
 
 
 # Options renamed so that one concept has one name in every command: the old name still works until
-# 0.3.0, with a warning. command -> {old option: new option}.
+# RENAMED_UNTIL, with a warning. command -> {old option: new option}.
 RENAMED_OPTIONS = {
-    "attack": {"--preset": "--threat-preset"},
+    "attack": {"--preset": "--threat-preset", "--attack-dtype": "--precision"},
     "defend": {"--preset": "--threat-preset"},
     "train": {"--subset": "--train-subset"},
     "place": {"--train-size": "--train-subset"},
@@ -89,8 +90,8 @@ def renamed_options(command: str, args: list[str]) -> list[str]:
             return new_args + args[len(new_args):]
         name, sep, value = arg.partition("=")
         if name in renames:
-            typer.secho(f"warning: `auxsurgery {command} {name}` is deprecated and will be removed in 0.3.0; use "
-                        f"{renames[name]}", fg=typer.colors.YELLOW, err=True)
+            typer.secho(f"warning: `auxsurgery {command} {name}` is deprecated and will be removed in "
+                        f"{RENAMED_UNTIL}; use {renames[name]}", fg=typer.colors.YELLOW, err=True)
             arg = renames[name] + sep + value
         new_args.append(arg)
     return new_args

@@ -63,9 +63,9 @@ def attack(
     quick: bool = typer.Option(False, help="Smoke-test budget: every attack runs, none seriously."),
     standalone: bool = typer.Option(False, help="Strong suite: also run each attack alone on every point (rows "
                                                 "for tables); by default only the cascade runs."),
-    attack_dtype: str = typer.Option("fp32", help="Precision of the gradient attacks' steps: fp32, or bf16 "
-                                                   "(faster on CPUs and GPUs with bf16 units; every success is "
-                                                   "re-verified in fp32 before it counts)."),
+    precision: str = typer.Option("fp32", help="Precision of the gradient attacks' steps: fp32, or bf16 "
+                                                "(faster on CPUs and GPUs with bf16 units; every success is "
+                                                "re-verified in fp32 before it counts)."),
     save_adversarial: bool = typer.Option(False, help="Also write OUT/adversarial.safetensors: per point its label, "
                                                       "clean and worst-case outcome per rule, the attack that "
                                                       "broke it, and that adversarial example."),
@@ -109,7 +109,7 @@ def attack(
         target, data, suite, data_root=data_root, n=n, eps=eps, step_size=step_size, steps=steps,
         preset=threat_preset, rules=[r.strip() for r in rules.split(",") if r.strip()], seed=seed,
         batch_size=batch_size, device=device, budget=Budget.quick() if quick else None, standalone=standalone,
-        attack_dtype=attack_dtype, out=out, save_adversarial=save_adversarial)
+        precision=precision, out=out, save_adversarial=save_adversarial)
     if not written and out is not None:
         return  # a torchrun process other than rank 0: rank 0 prints and writes
     if as_json:

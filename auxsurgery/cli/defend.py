@@ -15,6 +15,7 @@ from .backbone_options import (
     Head,
     Mean,
     ModelFactory,
+    ModelKwargs,
     ModelName,
     Pretrained,
     Std,
@@ -49,6 +50,7 @@ def defend(
     mean: Mean = None,
     std: Std = None,
     pretrained: Pretrained = False,
+    model_kwargs: ModelKwargs = None,
     method: str = typer.Option("heads", help="Defences to apply and compare, comma-separated: "
                                              f"{', '.join(list_defences())}."),
     adversarial_method: str = typer.Option("fgsm", help="Adversarial-training method of the adversarial defences: "
@@ -97,7 +99,7 @@ def defend(
                           dataset=threat_preset, quick=quick, resume=resume, seed=seed, device=device)
     backbone = backbone_from_options(model, num_classes=None if model_factory else _classes(data, data_root),
                                      weights=weights, model_factory=model_factory, mean=mean, std=std,
-                                     pretrained=pretrained)
+                                     pretrained=pretrained, model_kwargs=model_kwargs)
     result = run_defence(backbone, data, out, config, data_root=data_root, image_size=image_size,
                          name=model or model_factory)
     if as_json:

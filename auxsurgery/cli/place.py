@@ -77,20 +77,20 @@ def place(
     data = require_data(data)
     with run_folder_lock(out, "auxsurgery place"):  # first: a busy or unwritable folder fails before training
         torch.manual_seed(seed)
-        train_set = load_dataset(data, root=data_root, train=True, subset=train_subset)
-        test_set = load_dataset(data, root=data_root, train=False)
-        classes = dataset_classes(train_set)
+        train_data = load_dataset(data, root=data_root, train=True, subset=train_subset)
+        test_data = load_dataset(data, root=data_root, train=False)
+        classes = dataset_classes(train_data)
         if classes is None:
             raise ValueError(f"dataset {data!r} names no classes; cannot size the classifier")
         backbone = backbone_from_options(model, num_classes=len(classes), weights=weights, model_factory=model_factory,
-                                         mean=mean, std=std, pretrained=pretrained, in_chans=train_set[0][0].shape[0],
+                                         mean=mean, std=std, pretrained=pretrained, in_chans=train_data[0][0].shape[0],
                                          model_kwargs=model_kwargs)
-        backbone = trained_backbone(backbone, train_set, len(classes), pretrained, train_backbone_epochs, seed, device)
+        backbone = trained_backbone(backbone, train_data, len(classes), pretrained, train_backbone_epochs, seed, device)
         messages.rule("placement study")
-        result = place_study(backbone, train_set, test_set, candidates,
+        result = place_study(backbone, train_data, test_data, candidates,
                              sets=[s.replace("+", ",") for s in sets.split(",") if s.strip()] if sets else None,
-                             head=head, mode=mode, epochs=epochs, n=min(n, len(test_set)), seed=seed,
-                             input_size=tuple(train_set[0][0].shape), device=device)
+                             head=head, mode=mode, epochs=epochs, n=min(n, len(test_data)), seed=seed,
+                             input_size=tuple(train_data[0][0].shape), device=device)
         paths = result.write(out)
         if as_json:
             print_json(result.to_dict())

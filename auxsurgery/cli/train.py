@@ -107,10 +107,10 @@ def train(
     config = paper_config(preset, **settings) if preset else TrainConfig(**settings)
 
     data = require_data(data)
-    train_set = load_dataset(data, root=data_root, train=True, download=download, image_size=image_size,
-                             subset=train_subset)
-    val_set = load_dataset(data, root=data_root, train=False, download=download, image_size=image_size,
-                           subset=val_subset)
+    train_data = load_dataset(data, root=data_root, train=True, download=download, image_size=image_size,
+                              subset=train_subset)
+    val_data = load_dataset(data, root=data_root, train=False, download=download, image_size=image_size,
+                            subset=val_subset)
     if model and Path(model).is_file():  # a checkpoint carries its backbone's weights and normalisation
         given = [f"--{name}" for name, value in (("weights", weights), ("mean", mean), ("std", std),
                                                  ("pretrained", pretrained), ("model-kwargs", model_kwargs)) if value]
@@ -121,14 +121,14 @@ def train(
     else:
         import torch
 
-        classes = dataset_classes(train_set)
+        classes = dataset_classes(train_data)
         torch.manual_seed(config.seed)  # the backbone's new weights, then the heads'
         backbone = backbone_from_options(model, num_classes=len(classes) if classes is not None else None,
                                          weights=weights, model_factory=model_factory, mean=mean, std=std,
-                                         pretrained=pretrained, in_chans=train_set[0][0].shape[0],
+                                         pretrained=pretrained, in_chans=train_data[0][0].shape[0],
                                          model_kwargs=model_kwargs)
-        aux = starting_model(backbone, train_set, at=at, head=head_choice(head), seed=None)
-    result = finetune(aux, train_set, val_set, config)
+        aux = starting_model(backbone, train_data, at=at, head=head_choice(head), seed=None)
+    result = finetune(aux, train_data, val_data, config)
     if launched_rank() != 0:  # under torchrun, rank 0 reports
         return
     files = [str(path) for path in written_files(out)]

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from .._utils import check_output_folder, resolve_device, run_folder_lock
+from .._utils import check_output_folder, renamed_kwargs, resolve_device, run_folder_lock
 from ..checkpoint import CheckpointError, load, read_spec
 from ..model import check_rule
 from ..train.distributed import launched_rank
@@ -35,13 +35,14 @@ __all__ = ["ADVERSARIAL_FILE", "evaluate_checkpoint"]
 ADVERSARIAL_FILE = "adversarial.safetensors"
 
 
+@renamed_kwargs(attack_dtype="precision")
 def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
                         suite: str = "static,adaptive,strong", *,
                         data_root: str | os.PathLike | None = None, n: int = 1000, eps: float | None = None,
                         step_size: float | None = None, steps: int | None = None, preset: str | None = None,
                         rules: Sequence[str] = ("vote", "score"), seed: int = 0, batch_size: int = 128,
                         device: str = "auto", budget: Budget | None = None, standalone: bool = False,
-                        attack_dtype: str = "fp32", out: str | os.PathLike | None = None, progress: bool = True,
+                        precision: str = "fp32", out: str | os.PathLike | None = None, progress: bool = True,
                         save_adversarial: bool = False) -> tuple[SuiteResult, list[Path]]:
     """Attack ``checkpoint`` on the first ``n`` test samples of ``data``; returns the result and the files written.
 
@@ -79,7 +80,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
     with run_folder_lock(out, "auxsurgery attack") if out is not None and launched_rank() == 0 else nullcontext():
         result = run_suite(model, samples, suite=suites, eps=eps, step_size=step_size, steps=steps,
                            dataset=preset or data, seed=seed, rules=rules, batch_size=batch_size, budget=budget,
-                           standalone=standalone, attack_dtype=attack_dtype, progress=progress,
+                           standalone=standalone, precision=precision, progress=progress,
                            state_dir=Path(out) / STATE_FOLDER if out is not None else None,
                            keep_adversarial=save_adversarial)
         if built:  # where a plain model's weights came from (a backbone's spec: name, weights file, sha256)

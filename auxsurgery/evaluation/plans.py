@@ -42,7 +42,7 @@ from .sanity import LARGE_EPS
 __all__ = [
     "HEADS_SUITE", "RULE_OBJECTIVE", "AttackPlan", "Cascade", "MinimumNormCurve", "Suite", "SuiteContext",
     "get_suite", "list_suites", "parse_suites", "plan", "plan_suites", "register_suite", "sanity_probes",
-    "with_dtype",
+    "with_precision",
 ]
 
 # The differentiable stand-in that gradient attacks climb to fool each decision rule.
@@ -183,22 +183,23 @@ def parse_suites(suite: str | Sequence[str]) -> list[str]:
     return names
 
 
-def with_dtype(pl, dtype: str):
-    """``pl`` (a plan, cascade or curve) with its gradient attacks stepping in ``dtype`` (``fp32``, ``bf16``).
+def with_precision(pl, precision: str):
+    """``pl`` (a plan, cascade or curve) with its gradient attacks stepping in ``precision`` (``fp32``, ``bf16``).
 
-    Only attacks whose class takes a ``dtype`` change (the gradient attacks); the choice is written into
+    Only attacks whose class takes a ``precision`` change (the gradient attacks); the choice is written into
     each plan's config, so reports and the state folder's fingerprint show it.
     """
-    if dtype == "fp32":
+    if precision == "fp32":
         return pl
     if isinstance(pl, Cascade):
-        return dataclasses.replace(pl, stages=tuple(with_dtype(stage, dtype) for stage in pl.stages))
+        return dataclasses.replace(pl, stages=tuple(with_precision(stage, precision) for stage in pl.stages))
     if isinstance(pl, MinimumNormCurve):
-        return dataclasses.replace(pl, attack=with_dtype(pl.attack, dtype))
+        return dataclasses.replace(pl, attack=with_precision(pl.attack, precision))
     attack = getattr(pl.make, "func", None)
-    if attack is None or "dtype" not in inspect.signature(attack).parameters:
+    if attack is None or "precision" not in inspect.signature(attack).parameters:
         return pl
-    return dataclasses.replace(pl, make=functools.partial(pl.make, dtype=dtype), config={**pl.config, "dtype": dtype})
+    return dataclasses.replace(pl, make=functools.partial(pl.make, precision=precision),
+                               config={**pl.config, "precision": precision})
 
 
 def plan_suites(names: Sequence[str], context: SuiteContext) -> list:
@@ -256,13 +257,13 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     """
     p, b = c.preset, c.budget
     apgd = dict(eps=p.eps, steps=b.apgd_steps, restarts=b.apgd_restarts, rule=rule, seed=c.seed)
-    targets = dict(n_target_classes=b.target_classes, target_candidates=max(b.target_candidates, b.target_classes))
+    targets = dict(target_classes=b.target_classes, target_candidates=max(b.target_candidates, b.target_classes))
     square = dict(eps=p.eps, rule=rule, seed=c.seed)
     top = f"{b.target_classes} nearest of top-{targets['target_candidates']}"
     if len(c.head_names) == 1:
         return [plan("APGD-CE", "strong", APGD, objective="public", **apgd),
                 plan(f"APGD-T [dlr-t, {top}]", "strong", APGDT, objective="dlr-t-public", **targets, **apgd),
-                plan("Square", "strong", Square, objective="margin-public", n_queries=b.square_queries, **square)]
+                plan("Square", "strong", Square, objective="margin-public", queries=b.square_queries, **square)]
     on_vote = rule == "vote"
     plans = [plan(f"APGD [{RULE_OBJECTIVE[rule]}]", "strong", APGD, objective=RULE_OBJECTIVE[rule], **apgd)]
     if on_vote:
@@ -271,7 +272,7 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
         plans.append(plan("APGD-DLR [dlr-ensemble]", "strong", APGD, objective="dlr-ensemble", **apgd))
     targeted = "vote-margin" if on_vote else "dlr-t-ensemble"
     plans.append(plan(f"APGD-T [{targeted}, {top}]", "strong", APGDT, objective=targeted, **targets, **apgd))
-    plans.append(plan("Square", "strong", Square, objective=SQUARE_OBJECTIVE[rule], n_queries=b.square_queries,
+    plans.append(plan("Square", "strong", Square, objective=SQUARE_OBJECTIVE[rule], queries=b.square_queries,
                       **square))
     return plans
 
@@ -279,8 +280,8 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
 def _escalation(c: SuiteContext, rule: str, square: AttackPlan) -> AttackPlan:
     """The cascade's black-box stage at the escalation budget (at least AutoAttack's 5,000 queries)."""
     queries = max(c.budget.square_escalation_queries, c.budget.square_queries)
-    params = {k: v for k, v in square.config.items() if k not in ("attack", "crafted_on", "n_queries")}
-    return plan(f"Square x{queries:,} (escalated)", "strong", Square, n_queries=queries, **params)
+    params = {k: v for k, v in square.config.items() if k not in ("attack", "crafted_on", "queries")}
+    return plan(f"Square x{queries:,} (escalated)", "strong", Square, queries=queries, **params)
 
 
 @register_suite("strong", "Strong attacks: a cascade per attacked rule (AutoAttack's protocol)")

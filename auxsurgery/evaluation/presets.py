@@ -78,6 +78,12 @@ class Budget:
     The defaults follow common practice (AutoAttack's 100 APGD steps, Carlini-Wagner's
     binary search, Brendel et al.'s walk); :meth:`quick` is a smoke-test budget that
     runs in seconds and proves nothing about robustness.
+
+    A field is the attack's prefix and the name of the attack's own argument it sets:
+    ``apgd_steps``, ``apgd_restarts`` -> ``APGD(steps=, restarts=)``; ``square_queries`` ->
+    ``Square(queries=)``; ``cw_steps`` -> ``CW(steps=)``; the targeted attacks' shared settings go
+    unprefixed: ``target_classes``, ``target_candidates`` -> ``APGDT(target_classes=,
+    target_candidates=)``.
     """
 
     apgd_steps: int = 100

@@ -25,8 +25,9 @@ from rich.text import Text
 from torch import nn
 
 from .._output import OutputConsole, progress_display
+from .._utils import renamed_kwargs
 from ..attacks import KINDS, Attack
-from ..attacks.base import DTYPES, PassCounter, Passes, frozen
+from ..attacks.base import PRECISIONS, PassCounter, Passes, frozen
 from ..model import AuxModel, as_aux_model, as_stacked, check_labels, check_rule
 from ..train.distributed import DistContext, distributed_context
 from .inputs import collect
@@ -42,7 +43,7 @@ from .plans import (
     parse_suites,
     plan_suites,
     sanity_probes,
-    with_dtype,
+    with_precision,
 )
 from .presets import Budget, Preset, get_preset
 from .results import AttackRow, SuiteResult
@@ -278,6 +279,7 @@ def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
         return as_stacked(model(x[:1].to(next(model.parameters()).device))).shape[-1]
 
 
+@renamed_kwargs(attack_dtype="precision")
 def run_suite(
     model: nn.Module,
     data,
@@ -295,7 +297,7 @@ def run_suite(
     exclude: Sequence[str] = (),
     standalone: bool = False,
     state_dir: str | os.PathLike | None = None,
-    attack_dtype: str = "fp32",
+    precision: str = "fp32",
     progress: bool = True,
     keep_adversarial: bool = False,
 ) -> SuiteResult:
@@ -320,8 +322,10 @@ def run_suite(
         state_dir: keep the evaluation's progress in this folder as it goes; the same call after an
             interruption continues where it stopped (see :mod:`.state`). A folder made for another
             model, data set, plan, budget or seed is refused.
-        attack_dtype: ``fp32``, or ``bf16`` for the gradient attacks' steps (bfloat16 autocast; every
-            success is re-verified by an fp32 forward of the real decision rule before it counts).
+        precision: ``fp32``, or ``bf16`` for the gradient attacks' steps (bfloat16 autocast; every
+            success is re-verified by an fp32 forward of the real decision rule before it counts). The
+            attacks' own ``precision``; not the model's (the model keeps its weights' dtype) nor training's
+            ``TrainConfig.amp``.
         progress: show progress on stderr: bars on a terminal (images/s per attack; attacks done, with an
             ETA), periodic lines in a log file; and what a resumed evaluation found in ``state_dir``.
         keep_adversarial: keep every attack's adversarial examples (in memory, and in ``state_dir``), for
@@ -357,9 +361,9 @@ def run_suite(
                          f"{', '.join(pl.name for pl in plans)}")
     plans = [pl for pl in plans if pl.name not in exclude]
     plans += sanity_probes(context, plans)
-    if attack_dtype not in DTYPES:
-        raise ValueError(f"unknown attack dtype {attack_dtype!r}; valid: {', '.join(DTYPES)}")
-    plans = [with_dtype(pl, attack_dtype) for pl in plans]
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown attack precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    plans = [with_precision(pl, precision) for pl in plans]
 
     began = time.perf_counter()
     with distributed_context(str(next(aux.parameters()).device)) as ctx:
@@ -383,7 +387,7 @@ def run_suite(
                       keep_adversarial)
     result.suites, result.budget = names, budget
     result.settings = {"suites": names, "rules": list(targets), "seed": seed, "batch_size": batch_size,
-                       "standalone": standalone, "attack_dtype": attack_dtype, "dataset": dataset,
+                       "standalone": standalone, "precision": precision, "dataset": dataset,
                        "preset": preset.to_dict(), "budget": budget.to_dict(), "processes": len(devices),
                        "devices": devices, "state_dir": str(state_dir) if state_dir is not None else None}
     result.model_info = {"head_names": list(aux.head_names), "alpha": aux.alpha.tolist(), "num_classes": classes,

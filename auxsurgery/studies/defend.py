@@ -264,12 +264,12 @@ class DefenceResult:
         return "\n".join(lines)
 
 
-def _split(train_set: Dataset, plain_train_set: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+def _split(train_data: Dataset, plain_train_data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """A seeded split of the training images into (train, validation); the validation images come from
-    ``plain_train_set``, the same images without augmentation."""
-    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = max(1, int(round(len(train_set) * fraction)))
-    return Subset(train_set, sorted(order[held:])), Subset(plain_train_set, sorted(order[:held]))
+    ``plain_train_data``, the same images without augmentation."""
+    order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = max(1, int(round(len(train_data) * fraction)))
+    return Subset(train_data, sorted(order[held:])), Subset(plain_train_data, sorted(order[:held]))
 
 
 @torch.no_grad()
@@ -336,33 +336,34 @@ def _datasets(data, data_root, image_size, train_subset: int | None):
     """(train, the same images un-augmented, test, the data's name)."""
     if isinstance(data, str):
         options = dict(root=data_root, image_size=image_size)
-        train_set = load_dataset(data, train=True, **options)
-        plain_train_set = load_dataset(data, train=True, augment=False, **options)
-        test_set = load_dataset(data, train=False, **options)
+        train_data = load_dataset(data, train=True, **options)
+        plain_train_data = load_dataset(data, train=True, augment=False, **options)
+        test_data = load_dataset(data, train=False, **options)
         data_name = data
     else:
-        train_set, test_set = data
-        plain_train_set = train_set
+        train_data, test_data = data
+        plain_train_data = train_data
         data_name = "custom data"
-    if train_subset is not None and train_subset < len(train_set):
-        train_set, plain_train_set = Subset(train_set, range(train_subset)), Subset(plain_train_set, range(train_subset))
-    return train_set, plain_train_set, test_set, data_name
+    if train_subset is not None and train_subset < len(train_data):
+        subset = range(train_subset)
+        train_data, plain_train_data = Subset(train_data, subset), Subset(plain_train_data, subset)
+    return train_data, plain_train_data, test_data, data_name
 
 
 def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, image_size, name) -> DefenceResult:
     quick = config.quick
     n = min(config.n, 100) if quick else config.n
     train_subset = config.train_subset if not quick else min(config.train_subset or 1000, 1000)
-    train_set, plain_train_set, test_set, data_name = _datasets(data, data_root, image_size, train_subset)
-    classes = dataset_classes(train_set)
-    sample = train_set[0][0]
+    train_data, plain_train_data, test_data, data_name = _datasets(data, data_root, image_size, train_subset)
+    classes = dataset_classes(train_data)
+    sample = train_data[0][0]
     num_classes = len(classes) if classes is not None else None
     name = name or getattr(backbone, "spec", {}).get("name") or type(backbone).__name__
     outputs = _output_classes(backbone, sample)
     if num_classes is not None and outputs is not None and outputs != num_classes:
         raise ValueError(f"{name} outputs {outputs} classes but {data_name} has {num_classes}: load weights trained on "
                          "this data (or build the model with that num_classes)")
-    train_part, val_part = _split(train_set, plain_train_set, config.val_fraction, config.seed)
+    train_part, val_part = _split(train_data, plain_train_data, config.val_fraction, config.seed)
 
     budget = Budget.quick() if quick else None
     preset = config.dataset or (data_name if isinstance(data, str) else None)
@@ -371,7 +372,7 @@ def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, i
     # The user's module stays where it is: the undefended model is evaluated as a copy, where the defences train.
     reference = copy.deepcopy(backbone).eval().to(resolve_device(config.device))
     console.rule(f"1/{steps} attack the undefended model (strong suite)")
-    undefended = _evaluate(reference, test_set, UNDEFENDED, out, settings, ("vote",))
+    undefended = _evaluate(reference, test_data, UNDEFENDED, out, settings, ("vote",))
     eps = undefended.preset.eps
     adversarial = config.training_config(eps)
     models = {UNDEFENDED: {"description": "your model as given", "rules": _accuracies(undefended, ("vote",))}}
@@ -389,7 +390,7 @@ def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, i
         if out:
             files[f"{method} model"] = str(out / method / (MODEL_FILE if defence.heads else f"train/{LAST_FILE}"))
         rules = ("vote", "score") if defence.heads else ("vote",)
-        evaluated = _evaluate(model, test_set, method, out, settings, rules)
+        evaluated = _evaluate(model, test_data, method, out, settings, rules)
         models[method] = {"description": defence.description, "rules": _accuracies(evaluated, rules)}
         warnings += [f"{method}: {f.message}" for f in evaluated.warnings]
 
@@ -436,10 +437,10 @@ def _train(defence: Defence, backbone: nn.Module, train_part: Dataset, val_part:
     return model, record
 
 
-def _evaluate(model: nn.Module, test_set: Dataset, name: str, out: Path | None, settings: dict, rules: tuple):
+def _evaluate(model: nn.Module, test_data: Dataset, name: str, out: Path | None, settings: dict, rules: tuple):
     """The strong suite on ``model`` (resumable in ``out/name``), its report written there."""
     state = out / name / STATE_FOLDER if out else None
-    result = run_suite(model, test_set, suite="strong", rules=rules, state_dir=state, **settings)
+    result = run_suite(model, test_data, suite="strong", rules=rules, state_dir=state, **settings)
     if out:
         write_report(result, out / name)
     return result

@@ -8,8 +8,8 @@ step) judged by every head and every decision rule. Each placement's parameter a
 overhead comes from :func:`auxsurgery.cost.head_costs`; the best placements are the Pareto
 front of robust vote accuracy against FLOP overhead.
 
-    backbone = trained_backbone("small_cnn", train_set, num_classes=10)
-    result = place_study(backbone, train_set, test_set, ["stage1", "stage2", "stage3"], epochs=3, n=200)
+    backbone = trained_backbone("small_cnn", train_data, num_classes=10)
+    result = place_study(backbone, train_data, test_data, ["stage1", "stage2", "stage3"], epochs=3, n=200)
     result.print_table(); result.write("place-out")
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .._output import OutputConsole
-from .._utils import atomic_write, markdown_table
+from .._utils import atomic_write, markdown_table, renamed_kwargs
 from ..backbones import PROVENANCE_KEYS, build_backbone
 from ..cost import head_costs
 from ..evaluation import collect, run_suite
@@ -174,7 +174,8 @@ class PlacementResult:
                 self.plot(out_dir / "placement.png")]
 
 
-def trained_backbone(model: str | nn.Module, train_set: Dataset, num_classes: int, pretrained: bool = False,
+@renamed_kwargs(train_set="train_data")
+def trained_backbone(model: str | nn.Module, train_data: Dataset, num_classes: int, pretrained: bool = False,
                      epochs: int | None = None, seed: int = 0, device: str = "auto") -> nn.Module:
     """The backbone the placements share, trained for ``epochs``.
 
@@ -190,7 +191,7 @@ def trained_backbone(model: str | nn.Module, train_set: Dataset, num_classes: in
         loaded = pretrained or not spec or any(key in spec for key in PROVENANCE_KEYS)
     else:
         backbone = build_backbone(model, num_classes=num_classes, pretrained=pretrained,
-                                  in_chans=train_set[0][0].shape[0])
+                                  in_chans=train_data[0][0].shape[0])
         loaded = pretrained
     name = getattr(backbone, "spec", {}).get("name") or type(backbone).__name__
     if epochs is None:
@@ -198,7 +199,7 @@ def trained_backbone(model: str | nn.Module, train_set: Dataset, num_classes: in
         epochs = 0 if loaded else 3
     if epochs > 0:
         console.rule(f"train {name} for {epochs} epoch(s)")
-        finetune(backbone, train_set, None, TrainConfig.quick(epochs, seed=seed, out_dir=None, device=device))
+        finetune(backbone, train_data, None, TrainConfig.quick(epochs, seed=seed, out_dir=None, device=device))
     elif loaded:
         console.print(f"using {name}'s loaded weights as they are (no backbone training)")
     else:
@@ -207,10 +208,11 @@ def trained_backbone(model: str | nn.Module, train_set: Dataset, num_classes: in
     return backbone
 
 
+@renamed_kwargs(train_set="train_data", test_set="test_data")
 def place_study(
     backbone: nn.Module,
-    train_set: Dataset,
-    test_set: Dataset,
+    train_data: Dataset,
+    test_data: Dataset,
     candidates: str | Sequence[str],
     sets: Sequence[str | Sequence[str]] | None = None,
     head: str = "default",
@@ -229,7 +231,8 @@ def place_study(
 
     Args:
         backbone: the trained classifier (left untouched: each placement gets a deep copy).
-        train_set, test_set: data to fine-tune the heads on and to measure on.
+        train_data, test_data: data to fine-tune the heads on and to measure on (``train_set``, ``test_set``
+            before 0.2.0).
         candidates: single attach points (``"stage1,stage2"`` or a list); each is one placement.
         sets: extra placements of several points each (``["stage1,stage2", ["stage2", "stage3"]]``).
         head: the head preset (see :func:`auxsurgery.attach_aux_blocks`).
@@ -247,9 +250,9 @@ def place_study(
     placements += [parse_points(s) for s in sets or []]
     if not placements:
         raise ValueError("no placements: give candidate points and/or sets")
-    if not 0 < n <= len(test_set):
-        raise ValueError(f"n={n} test images asked from a test set of {len(test_set)}")
-    x, y, _ = collect(test_set, n)  # every placement sees the same images
+    if not 0 < n <= len(test_data):
+        raise ValueError(f"n={n} test images asked from a test set of {len(test_data)}")
+    x, y, _ = collect(test_data, n)  # every placement sees the same images
     # Attach every placement before training any: a misspelt point fails in seconds, not after minutes.
     for points in placements:
         attach_aux_blocks(copy.deepcopy(backbone), at=points, input_size=input_size, head=head)
@@ -259,7 +262,7 @@ def place_study(
     for points in placements:
         torch.manual_seed(seed)  # same head initialisation whatever ran before
         aux = attach_aux_blocks(copy.deepcopy(backbone), at=points, input_size=input_size, head=head)
-        finetune(aux, train_set, None, config)
+        finetune(aux, train_data, None, config)
         # The heads suite's PGD has a deterministic start (as in the paper): every placement faces the
         # same attack, and with a frozen backbone the very same adversarial images.
         result = run_suite(aux.eval(), (x, y), suite=HEADS_SUITE, eps=eps, step_size=step_size, seed=seed,

@@ -1,7 +1,7 @@
 """Training: the joint objective, the fine-tuning engine, adversarial training and DDP.
 
     from auxsurgery.train import TrainConfig, finetune
-    result = finetune(aux_model, train_set, val_set, TrainConfig(epochs=10, out_dir="runs/x"))
+    result = finetune(aux_model, train_data, val_data, TrainConfig(epochs=10, out_dir="runs/x"))
 """
 from auxsurgery.train.adversarial import (
     TrainingMethod,

@@ -100,7 +100,7 @@ class TrainingMethod:
         objective = self.crafting_objective(model, config)
         self.attack = PGD(model, objective=objective, eps=config.eps, step_size=self.step_size, steps=self.steps,
                           norm="linf", random_start=True, early_stop=False,
-                          dtype="bf16" if dtype is torch.bfloat16 else "fp32")
+                          precision="bf16" if dtype is torch.bfloat16 else "fp32")
 
     @staticmethod
     def attack_steps(config: AdversarialConfig) -> int:

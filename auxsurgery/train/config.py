@@ -75,7 +75,9 @@ class TrainConfig:
             ``backbone-lr-scale`` trains the backbone at ``lr * backbone_lr_scale``.
         label_smoothing: cross-entropy label smoothing.
         amp: ``auto`` (bf16 on CUDA when supported else fp16, bf16 on CPUs with native
-            bf16 support, else off), ``bf16``, ``fp16`` (with a gradient scaler) or ``off``.
+            bf16 support, else off), ``bf16``, ``fp16`` (with a gradient scaler) or ``off``. Training's
+            mixed precision (autocast of the training step and of validation); an evaluation's attacks take
+            their own ``precision`` (:func:`~auxsurgery.evaluation.run_suite`).
         channels_last: use the NHWC memory format (faster convolutions on most hardware).
         grad_clip: clip the global gradient norm to this value (None: no clipping).
         seed: seeds the data order, augmentation and any randomness in the model.
