@@ -67,6 +67,11 @@ def test_a_one_head_model_runs_one_cascade_for_all_its_rules():
     worst = result.worst_case()
     assert torch.equal(worst.outcome.rules["vote"], worst.outcome.rules["score"])
     assert torch.equal(worst.outcome.rules["vote"], worst.outcome.rules["public"])
+    # Its tables speak of its accuracy, one column, not of votes and scores.
+    assert result.shown_rules == [("vote", "accuracy")]
+    from auxsurgery.evaluation.report import markdown_report
+
+    assert "| Attack | Kind | Threat | accuracy (clean" in markdown_report(result)
 
 
 def test_sanity_probes_are_costed_apart_and_stay_out_of_the_worst_case():

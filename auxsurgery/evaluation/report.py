@@ -129,20 +129,21 @@ def print_table(result, console: Console | None = None) -> None:
     table.add_column("attack", no_wrap=True)
     table.add_column("kind")
     table.add_column("threat", no_wrap=True)
-    for rule in result.rules:
-        table.add_column(rule, justify="right")
+    rules = [rule for rule, _ in result.shown_rules]
+    for _, label in result.shown_rules:
+        table.add_column(label, justify="right")
     table.add_column("img/s", justify="right")
-    table.add_row("-", "clean (no attack)", "-", "-", *(_pct(result.clean.accuracy(r)) for r in result.rules), "")
+    table.add_row("-", "clean (no attack)", "-", "-", *(_pct(result.clean.accuracy(r)) for r in rules), "")
     table.add_section()
     for row in result.rows:
         speed = f"{row.attacked / row.seconds:,.0f}" if row.attacked and row.seconds > 0 else "-"
         table.add_row(row.suite, escape(row.name), row.kind, fmt_threat(row.threat),
-                      *(_pct(row.outcome.accuracy(r)) for r in result.rules), speed)
+                      *(_pct(row.outcome.accuracy(r)) for r in rules), speed)
     worst = result.worst_case()
     table.add_section()
     threat = fmt_threat({"norm": worst.norm, "eps": worst.eps})
     table.add_row("all", "worst case", f"{len(worst.attacks)} attacks", threat,
-                  *(_pct(worst.outcome.accuracy(r)) for r in result.rules), "")
+                  *(_pct(worst.outcome.accuracy(r)) for r in rules), "")
     table.caption = f"budget {result.budget.describe()}"
     console.print(table)
     for cascade in result.cascade_stages():
@@ -177,9 +178,9 @@ def _paper_layout(result, rows) -> list[str]:
 
 def _list_layout(result, rows) -> list[str]:
     """One line per attack: its kind, threat model and accuracy under each attacked rule."""
-    header = ["Attack", "Kind", "Threat", *(f"{r} (clean {_pct(result.clean.accuracy(r))})" for r in result.rules),
-              "Seconds", "Passes fwd / bwd"]
-    body = [[row.name, row.kind, fmt_threat(row.threat), *(_pct(row.outcome.accuracy(r)) for r in result.rules),
+    header = ["Attack", "Kind", "Threat", *(f"{label} (clean {_pct(result.clean.accuracy(r))})"
+                                            for r, label in result.shown_rules), "Seconds", "Passes fwd / bwd"]
+    body = [[row.name, row.kind, fmt_threat(row.threat), *(_pct(row.outcome.accuracy(r)) for r, _ in result.shown_rules),
              f"{row.seconds:.1f}", _passes(row.passes)] for row in rows]
     return markdown_table(header, body)
 

@@ -114,6 +114,14 @@ class SuiteResult:
         return len(self.labels)
 
     @property
+    def shown_rules(self) -> list[tuple[str, str]]:
+        """``(rule, column label)`` of the tables: each attacked rule, or one ``accuracy`` column for a one-head
+        (plain) model, whose rules all make the same decision."""
+        if len(self.head_names) == 1:
+            return [(self.rules[0], "accuracy")]
+        return [(rule, rule) for rule in self.rules]
+
+    @property
     def warnings(self) -> list[Finding]:
         """The sanity findings that are red flags."""
         return [f for f in self.findings if f.level == "warning"]
