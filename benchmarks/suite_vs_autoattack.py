@@ -231,7 +231,7 @@ def run_report(doc: dict) -> str:
              "log-probabilities, each example judged by the rule; *union*: robust only if neither broke it. "
              "*suite robust, AA fooled* are the suite's misses (must be 0).", ""]
     lines += ["*of those, robust at the default budget*: the misses rerun through the strong suite at its default budget "
-              "(100 APGD steps, 9 target classes, 1,000 Square queries), which the recipe may have reduced.", ""]
+              "(`Budget()`: its own steps, targets and Square queries), which the recipe may have reduced.", ""]
     lines += markdown_table(["model", "reading", "rule", "n", "suite", "AutoAttack", "union", "suite robust, AA fooled",
                              "of those, robust at the default budget", "AA robust, suite fooled", "AutoAttack min"], rows)
     return "\n".join(lines) + "\n"
