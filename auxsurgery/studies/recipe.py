@@ -206,8 +206,7 @@ class Recipe:
                       else AdversarialConfig(**chosen))
             get_training_method(config.method)
         except (TypeError, ValueError) as err:
-            raise self.error(self.where(stage), str(err).replace("__init__() missing 1 required positional argument: "
-                                                                 "'eps'", "set preset or eps")) from None
+            raise self.error(self.where(stage), str(err)) from None
         return config
 
     def train_config(self, model: str, **fixed) -> TrainConfig:
