@@ -44,6 +44,7 @@ import torch
 
 from auxsurgery import attach_aux_blocks, load, save
 from auxsurgery._utils import atomic_write, markdown_table
+from auxsurgery.attacks import Passes
 from auxsurgery.data import dataset_classes, load_dataset
 from auxsurgery.evaluation import collect, run_suite
 from auxsurgery.evaluation.autoattack import autoattack
@@ -154,10 +155,48 @@ def report(doc: dict) -> str:
 
 
 RUN_CHECK = "autoattack_check"
+RUN_CHUNK = 250  # points per AutoAttack call of a run check, written as each lands
 
 
-def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None, limits: dict[str, int],
-                    rerun: bool) -> None:
+def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, reading: str, rule: str, eps: float,
+           suite_seconds: float) -> dict:
+    """``record`` (None: a new one) extended by the AutoAttack result ``chunk`` on the points that follow it."""
+    previous = record["autoattack"] if record else {"robust": [], "seconds": 0.0, "stages": [],
+                                                     "passes": Passes().to_dict()}
+    robust = torch.tensor(previous["robust"] + chunk.robust.tolist(), dtype=torch.bool)
+    stages = {(stage["name"], stage["view"]): dict(stage) for stage in previous["stages"]}
+    for stage in chunk.stages:  # every stage field is a count over points or a cost: chunks add up
+        total = stages.setdefault((stage["name"], stage["view"]), {**stage, "attacked": 0, "robust_after": 0,
+                                                                   "seconds": 0.0, "passes": Passes().to_dict()})
+        total.update(attacked=total["attacked"] + stage["attacked"],
+                     robust_after=total["robust_after"] + stage["robust_after"],
+                     seconds=total["seconds"] + stage["seconds"],
+                     passes=(Passes(**total["passes"]) + Passes(**stage["passes"])).to_dict())
+    settings = dict(chunk.settings)
+    settings["unattacked"] += record["autoattack"]["settings"]["unattacked"] if record else 0
+    commands = record.get("commands", [record["command"]]) if record else []
+    return {
+        "command": command_line(), "commands": commands + [command_line()] * (command_line() not in commands),
+        "model": name, "reading": reading, "rule": rule, "eps": eps, "n": len(robust),
+        "suite": suite_robust.float().mean().item(),
+        "autoattack": {"accuracy": robust.float().mean().item(), "seconds": previous["seconds"] + chunk.seconds,
+                       "passes": (Passes(**previous["passes"]) + chunk.passes).to_dict(), "settings": settings,
+                       "stages": list(stages.values()), "robust": robust.tolist()},
+        "union": (suite_robust & robust).float().mean().item(),
+        "suite_robust_autoattack_fooled": (suite_robust & ~robust).nonzero().flatten().tolist(),
+        "autoattack_robust_suite_fooled": int((robust & ~suite_robust).sum()),
+        "suite_seconds_all_points": suite_seconds,
+        **{k: record[k] for k in ("missed_at_default_budget", "missed_checked") if record and k in record},
+    }
+
+
+def _write_run_check(run: Path, path: Path, doc: dict) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    atomic_write(run / f"{RUN_CHECK}.md", lambda tmp: Path(tmp).write_text(run_report(doc)))
+
+
+def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None, rules: list[str] | None,
+                    limits: dict[str, int], rerun: bool) -> None:
     """AutoAttack against the per-point worst case a recipe run recorded, per model, reading and rule."""
     recipe = load_recipe(run / "recipe.toml")
     test = load_dataset(recipe["data"]["name"], root=data_root, train=False)
@@ -179,35 +218,37 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
             eps = results["worst_case"]["threat"]["eps"]
             x, y, _ = collect(test, n)
             for rule in results["settings"]["rules"]:
+                if rules and rule not in rules:
+                    continue
                 key = f"{name}@{reading}@{rule}"
-                record = doc["records"].get(key)
-                if record is None or record["n"] != n:
+                if key in doc["records"] and doc["records"][key]["n"] > n:
+                    continue  # a wider check already holds these points
+                suite_robust = torch.tensor(results["per_sample"]["robust"][rule][:n])
+                while doc["records"].get(key, {}).get("n", 0) < n:
+                    # AutoAttack treats each point on its own, so a check grows a chunk at a time from where it
+                    # stopped and an interrupted one loses at most a chunk.
+                    done = doc["records"].get(key, {}).get("n", 0)
+                    stop = min(n, done + RUN_CHUNK)
                     model = model or experiment.trained_model(run, name, len(dataset_classes(test)))
-                    print(f"== {key} (n={n})", flush=True)
-                    suite_robust = torch.tensor(results["per_sample"]["robust"][rule][:n])
-                    standard = autoattack(model, x, y, eps, rule=rule, protocol="standard")
-                    record = doc["records"][key] = {
-                        "command": command_line(), "model": name, "reading": reading, "rule": rule, "eps": eps, "n": n,
-                        "suite": suite_robust.float().mean().item(),
-                        "autoattack": {"accuracy": standard.accuracy, "seconds": standard.seconds,
-                                       "passes": standard.passes.to_dict(), "settings": standard.settings,
-                                       "stages": standard.stages, "robust": standard.robust.tolist()},
-                        "union": (suite_robust & standard.robust).float().mean().item(),
-                        "suite_robust_autoattack_fooled": (suite_robust & ~standard.robust).nonzero().flatten().tolist(),
-                        "autoattack_robust_suite_fooled": int((standard.robust & ~suite_robust).sum()),
-                        "suite_seconds_all_points": results["timings"]["total_seconds"],
-                    }
+                    print(f"== {key} (points {done}-{stop} of {n})", flush=True)
+                    chunk = autoattack(model, x[done:stop], y[done:stop], eps, rule=rule, protocol="standard")
+                    doc["records"][key] = _grown(doc["records"].get(key), chunk, suite_robust[:stop], name, reading,
+                                                 rule, eps, results["timings"]["total_seconds"])
+                    _write_run_check(run, path, doc)
+                record = doc["records"][key]
                 missed = record["suite_robust_autoattack_fooled"]
-                if missed and "missed_at_default_budget" not in record:
+                unchecked = [i for i in missed if i not in record.get("missed_checked", [])]
+                if unchecked:
                     # The recipe's cascade may run on a reduced budget: the suite at its default budget (AutoAttack's
                     # steps and target count) on the points it missed says whether the budget or the suite fell short.
                     model = model or experiment.trained_model(run, name, len(dataset_classes(test)))
-                    full = run_suite(model, (x[missed], y[missed]), suite="strong", eps=eps, rules=(rule,),
+                    full = run_suite(model, (x[unchecked], y[unchecked]), suite="strong", eps=eps, rules=(rule,),
                                      seed=results["settings"]["seed"])
                     still = full.worst_case().outcome.rules[rule]
-                    record["missed_at_default_budget"] = [i for i, robust in zip(missed, still.tolist()) if robust]
-                atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
-                atomic_write(run / f"{RUN_CHECK}.md", lambda tmp: Path(tmp).write_text(run_report(doc)))
+                    record["missed_at_default_budget"] = record.get("missed_at_default_budget", []) + [
+                        i for i, robust in zip(unchecked, still.tolist()) if robust]
+                    record["missed_checked"] = record.get("missed_checked", []) + unchecked
+                    _write_run_check(run, path, doc)
     print(run_report(doc), flush=True)
 
 
@@ -249,7 +290,8 @@ def main() -> None:
     parser.add_argument("--model-cache", default="benchmarks/results/suite_vs_autoattack",
                         help="without --out: where the trained models are cached (models/<name>.safetensors)")
     parser.add_argument("--eps", help="comma-separated eps values in pixels (default: the model's)")
-    parser.add_argument("--rules", default="vote", help="comma-separated decision rules to attack")
+    parser.add_argument("--rules", help="comma-separated decision rules to attack (default: vote; with --run: every "
+                                        "rule the run attacked)")
     parser.add_argument("--bf16", action="store_true", help="also run the suite with bf16 attack steps")
     parser.add_argument("--rerun", action="store_true", help="redo records that exist")
     parser.add_argument("--run", help="cross-check this recipe run folder instead (see above)")
@@ -260,7 +302,8 @@ def main() -> None:
     if args.run:
         limits = {model: int(n) for model, n in (item.split("=") for item in args.limit)}
         readings = args.readings.split(",") if args.readings else None
-        cross_check_run(Path(args.run), args.data_root, readings, limits, args.rerun)
+        rules = args.rules.split(",") if args.rules else None
+        cross_check_run(Path(args.run), args.data_root, readings, rules, limits, args.rerun)
         return
 
     doc = {"records": {}}
@@ -277,7 +320,7 @@ def main() -> None:
         model = trained_model(name, args.data_root, cache)
         x, y, _ = collect(load_dataset(dataset, root=args.data_root, train=False), args.n)
         for eps in [float(e) for e in args.eps.split(",")] if args.eps else eps_values:
-            for rule in args.rules.split(","):
+            for rule in (args.rules or "vote").split(","):
                 key = f"{name}@{eps:.4g}@{rule}"
                 if key in doc["records"] and doc["records"][key]["n"] == args.n:
                     continue

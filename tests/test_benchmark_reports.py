@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from auxsurgery.evaluation.report import RULE_LABELS
 from auxsurgery.studies.comparison import report_markdown
@@ -92,3 +93,32 @@ def test_an_evaluation_report_states_the_worst_case_of_its_results(document):
         if rule in doc["worst_case"]["rules"]:
             clean, robust = (100 * doc[key]["rules"][rule] for key in ("clean", "worst_case"))
             assert f"| {label} | {clean:.1f} | {robust:.1f} |" in worst, rule
+
+
+def test_run_check_grows_by_chunks():
+    """An AutoAttack check of a recipe run grown chunk by chunk equals one check of all its points: per-point
+    verdicts concatenate, counts and costs add up, and misses are found in every chunk."""
+    from auxsurgery.attacks import Passes
+    from auxsurgery.evaluation.autoattack import AutoAttackResult
+
+    bench = _benchmark("suite_vs_autoattack")
+
+    def chunk(robust, seconds, forward):
+        robust = torch.tensor(robust)
+        stages = [{"name": "APGD-CE", "view": "logits", "attacked": len(robust), "robust_after": int(robust.sum()),
+                   "seconds": seconds, "passes": {"forward": forward, "backward": forward}}]
+        return AutoAttackResult("vote", "standard", robust, torch.zeros(len(robust)), seconds, stages,
+                                Passes(forward, forward), {"steps": 100, "square_queries": 5000, "unattacked": 1})
+
+    suite = torch.tensor([True, True, False, True, False])
+    record = bench._grown(None, chunk([True, False, False], 2.0, 10), suite[:3], "m", "8-255", "vote", 0.03, 9.0)
+    record = bench._grown(record, chunk([True, True], 3.0, 5), suite, "m", "8-255", "vote", 0.03, 9.0)
+    assert record["n"] == 5 and record["autoattack"]["robust"] == [True, False, False, True, True]
+    assert record["suite_robust_autoattack_fooled"] == [1]
+    assert record["autoattack_robust_suite_fooled"] == 1
+    assert record["suite"] == pytest.approx(0.6) and record["union"] == pytest.approx(0.4)
+    assert record["autoattack"]["accuracy"] == pytest.approx(0.6)
+    assert record["autoattack"]["seconds"] == 5.0 and record["autoattack"]["passes"] == {"forward": 15, "backward": 15}
+    assert record["autoattack"]["settings"]["unattacked"] == 2
+    (stage,) = record["autoattack"]["stages"]
+    assert (stage["attacked"], stage["robust_after"], stage["passes"]["forward"]) == (5, 3, 15)
