@@ -158,8 +158,8 @@ RUN_CHECK = "autoattack_check"
 RUN_CHUNK = 250  # points per AutoAttack call of a run check, written as each lands
 
 
-def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, reading: str, rule: str, eps: float,
-           suite_seconds: float) -> dict:
+def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, reading: str, rule: str,
+           eps: float) -> dict:
     """``record`` (None: a new one) extended by the AutoAttack result ``chunk`` on the points that follow it."""
     previous = record["autoattack"] if record else {"robust": [], "seconds": 0.0, "stages": [],
                                                      "passes": Passes().to_dict()}
@@ -185,7 +185,6 @@ def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, re
         "union": (suite_robust & robust).float().mean().item(),
         "suite_robust_autoattack_fooled": (suite_robust & ~robust).nonzero().flatten().tolist(),
         "autoattack_robust_suite_fooled": int((robust & ~suite_robust).sum()),
-        "suite_seconds_all_points": suite_seconds,
         **{k: record[k] for k in ("missed_at_default_budget", "missed_checked") if record and k in record},
     }
 
@@ -233,9 +232,15 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                     print(f"== {key} (points {done}-{stop} of {n})", flush=True)
                     chunk = autoattack(model, x[done:stop], y[done:stop], eps, rule=rule, protocol="standard")
                     doc["records"][key] = _grown(doc["records"].get(key), chunk, suite_robust[:stop], name, reading,
-                                                 rule, eps, results["timings"]["total_seconds"])
+                                                 rule, eps)
                     _write_run_check(run, path, doc)
                 record = doc["records"][key]
+                # What the recipe's evaluation spent on all its points (every rule's cascade; probes apart).
+                record.pop("suite_seconds_all_points", None)
+                record["suite_all_points"] = {"n": results["data"]["n"], "seconds": results["timings"]["total_seconds"],
+                                              "passes": results["timings"]["passes"],
+                                              "sanity_passes": results["timings"]["sanity_passes"],
+                                              "rules": results["settings"]["rules"]}
                 missed = record["suite_robust_autoattack_fooled"]
                 unchecked = [i for i in missed if i not in record.get("missed_checked", [])]
                 if unchecked:
@@ -249,6 +254,7 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                         i for i, robust in zip(unchecked, still.tolist()) if robust]
                     record["missed_checked"] = record.get("missed_checked", []) + unchecked
                     _write_run_check(run, path, doc)
+    _write_run_check(run, path, doc)
     print(run_report(doc), flush=True)
 
 
@@ -264,7 +270,7 @@ def run_report(doc: dict) -> str:
              str(len(r["suite_robust_autoattack_fooled"])), _missed_at_default(r), str(r["autoattack_robust_suite_fooled"]),
              f"{r['autoattack']['seconds'] / 60:.1f}"] for r in doc["records"].values()]
     lines = ["# AutoAttack cross-check of a recipe run", "", "Commands (each added records):", "",
-             *(f"- `{command}`" for command in doc.get("commands", [doc["command"]])), "",
+             *(f"- `{command}`" for command in doc.get("commands") or [doc["command"]]), "",
              f"Machine: {doc['machine']}", "",
              "Accuracy in % on the first n test points the recipe attacked. *suite*: the recipe's own per-point worst "
              "case over all its attacks at the reading's eps (from its results.json); *AutoAttack*: the standard "
@@ -275,7 +281,34 @@ def run_report(doc: dict) -> str:
               "(`Budget()`: its own steps, targets and Square queries), which the recipe may have reduced.", ""]
     lines += markdown_table(["model", "reading", "rule", "n", "suite", "AutoAttack", "union", "suite robust, AA fooled",
                              "of those, robust at the default budget", "AA robust, suite fooled", "AutoAttack min"], rows)
+    costs = _run_costs(doc)
+    if costs:
+        lines += ["", "## Cost in image-passes", "",
+                  "Where AutoAttack checked every rule the recipe attacked on all its points: the recipe's evaluation "
+                  "(every attack of its suites, each rule's cascade; its sanity probes apart) against AutoAttack run "
+                  "once per rule. Forward + backward image-passes, counted by the same counter around the model.", ""]
+        lines += markdown_table(["model", "reading", "n", "suite passes", "AutoAttack passes", "suite / AutoAttack",
+                                 "suite min", "AutoAttack min"], costs)
     return "\n".join(lines) + "\n"
+
+
+def _run_costs(doc: dict) -> list[list[str]]:
+    """Per (model, reading) whose every attacked rule AutoAttack checked on all the recipe's points: the cost row."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in doc["records"].values():
+        groups.setdefault((r["model"], r["reading"]), []).append(r)
+    rows = []
+    for (model, reading), records in groups.items():
+        suite = records[0].get("suite_all_points")
+        if not suite or {r["rule"] for r in records if r["n"] == suite["n"]} != set(suite["rules"]):
+            continue
+        reference = [r["autoattack"] for r in records if r["n"] == suite["n"]]
+        suite_passes = suite["passes"]["forward"] + suite["passes"]["backward"]
+        aa_passes = sum(a["passes"]["forward"] + a["passes"]["backward"] for a in reference)
+        rows.append([model, reading, str(suite["n"]), f"{suite_passes / 1e6:.2f}M", f"{aa_passes / 1e6:.2f}M",
+                     f"{suite_passes / aa_passes:.3f}", f"{suite['seconds'] / 60:.1f}",
+                     f"{sum(a['seconds'] for a in reference) / 60:.1f}"])
+    return rows
 
 
 def main() -> None:

@@ -111,8 +111,8 @@ def test_run_check_grows_by_chunks():
                                 Passes(forward, forward), {"steps": 100, "square_queries": 5000, "unattacked": 1})
 
     suite = torch.tensor([True, True, False, True, False])
-    record = bench._grown(None, chunk([True, False, False], 2.0, 10), suite[:3], "m", "8-255", "vote", 0.03, 9.0)
-    record = bench._grown(record, chunk([True, True], 3.0, 5), suite, "m", "8-255", "vote", 0.03, 9.0)
+    record = bench._grown(None, chunk([True, False, False], 2.0, 10), suite[:3], "m", "8-255", "vote", 0.03)
+    record = bench._grown(record, chunk([True, True], 3.0, 5), suite, "m", "8-255", "vote", 0.03)
     assert record["n"] == 5 and record["autoattack"]["robust"] == [True, False, False, True, True]
     assert record["suite_robust_autoattack_fooled"] == [1]
     assert record["autoattack_robust_suite_fooled"] == 1
@@ -122,3 +122,10 @@ def test_run_check_grows_by_chunks():
     assert record["autoattack"]["settings"]["unattacked"] == 2
     (stage,) = record["autoattack"]["stages"]
     assert (stage["attacked"], stage["robust_after"], stage["passes"]["forward"]) == (5, 3, 15)
+    # The cost table compares the recipe's whole evaluation with AutoAttack once every rule is checked on all points.
+    record["suite_all_points"] = {"n": 5, "seconds": 60.0, "passes": {"forward": 2, "backward": 1},
+                                  "sanity_passes": {"forward": 1, "backward": 1}, "rules": ["vote"]}
+    doc = {"records": {"m@8-255@vote": record}, "commands": ["c"], "machine": "here"}
+    assert bench._run_costs(doc) == [["m", "8-255", "5", "0.00M", "0.00M", "0.100", "1.0", "0.1"]]
+    record["suite_all_points"]["rules"] = ["vote", "score"]
+    assert bench._run_costs(doc) == [] and "Cost in image-passes" not in bench.run_report(doc)
