@@ -160,6 +160,14 @@ def test_crafting_is_reproducible_per_step_and_restores_the_model():
     assert method.attack.objective_name == "public" and method.attack.eps == 0.2
 
 
+@pytest.mark.parametrize("method, steps, step_size", [
+    ("pgd", 10, 2.5 * EPS / 10), ("trades", 10, EPS / 4), ("fgsm", 1, 1.25 * EPS)])
+def test_unset_steps_take_the_methods_published_defaults(method, steps, step_size):
+    crafting = get_training_method(method)(tiny_aux_model(), AdversarialConfig(eps=EPS, method=method), 0)
+    assert (crafting.steps, crafting.attack.steps) == (steps, steps)
+    assert crafting.step_size == pytest.approx(step_size)
+
+
 def test_fgsm_takes_one_step_of_1_25_eps():
     method = get_training_method("fgsm")(tiny_aux_model(), AdversarialConfig(eps=8 / 255, method="fgsm", steps=7), 0)
     assert method.attack.steps == 1 and method.attack.step_size == pytest.approx(1.25 * 8 / 255)

@@ -87,15 +87,15 @@ def test_defend_compares_two_methods_and_honours_the_clean_floor(weights, tmp_pa
     out = tmp_path / "defence"
     result = CliRunner().invoke(_cli(), [
         "small_cnn", "--weights", str(weights), "--data", "synthetic", "--quick", "--points", "24", "--train-subset", "200",
-        "--method", "heads,aux-adversarial", "--adversarial-method", "trades", "--min-clean", "1.0", "--out", str(out),
-        "--json"])
+        "--method", "heads,aux-adversarial", "--adversarial-method", "trades", "--attack-steps", "1", "--min-clean", "1.0",
+        "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert list(document["models"]) == ["undefended", "heads", "aux-adversarial"]
     assert document["training"]["aux-adversarial"]["adversarial"]["method"] == "trades"
     assert document["training"]["aux-adversarial"]["adversarial"]["eps"] == pytest.approx(document["eps"])
     assert "adversarial" not in document["training"]["heads"]
-    assert document["training"]["aux-adversarial"]["final"]["passes_per_image"] == 7  # TRADES, one step
+    assert document["training"]["aux-adversarial"]["final"]["passes_per_image"] == 7  # TRADES, --attack-steps 1
     # A floor of 100% clean accuracy rules every defence out, and the verdict says so.
     assert document["best"] is None and document["headline"].startswith("No defence kept clean accuracy")
     assert all(c["above_floor"] == (c["clean"] >= 1.0) for c in document["candidates"])

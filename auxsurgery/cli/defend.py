@@ -60,7 +60,7 @@ def defend(
                                                        "heads, public without; TRADES climbs its own KL)."),
     train_eps: TrainEps = None,
     attack_steps: Optional[int] = typer.Option(None, help="Attack steps per training batch (pgd, trades; default "
-                                                          "10 for pgd, 1 for trades)."),
+                                                          "the method's: 10 for both)."),
     min_clean: Optional[float] = typer.Option(None, help="Clean-accuracy floor of the verdict, a fraction in [0, 1]: "
                                                          "the best model is the most robust one at or above it."),
     at: At = "auto:3",
@@ -92,7 +92,7 @@ def defend(
     """
     # Unset options keep the method's defaults; the training eps defaults to the evaluation's.
     training = {"method": adversarial_method, "objective": objective, "eps": train_eps,
-                "steps": attack_steps or (1 if adversarial_method == "trades" else None)}
+                "steps": attack_steps}
     config = DefendConfig(methods=[m.strip() for m in method.split(",") if m.strip()], at=at, head=head_choice(head),
                           epochs=epochs or (1 if quick else 5), n=n, train_subset=train_subset, eps=eps,
                           adversarial={k: v for k, v in training.items() if v is not None}, min_clean=min_clean,

@@ -88,7 +88,8 @@ class TrainingMethod:
     """
 
     name: ClassVar[str]
-    default_step: ClassVar[Callable[[AdversarialConfig], float]]
+    default_steps: ClassVar[int]  # attack steps per batch where the config leaves them unset
+    default_step: ClassVar[Callable[[float, int], float]]  # (eps, steps) -> step length where it is unset
 
     def __init__(self, model: AuxModel, config: AdversarialConfig, seed: int, dtype: torch.dtype | None = None):
         # Imported here: clean training never needs the attack suite.
@@ -96,15 +97,15 @@ class TrainingMethod:
 
         self.model, self.config, self.seed = model, config, seed
         self.steps = self.attack_steps(config)
-        self.step_size = config.step_size if config.step_size is not None else type(self).default_step(config)
+        self.step_size = config.step_size if config.step_size is not None else self.default_step(config.eps, self.steps)
         objective = self.crafting_objective(model, config)
         self.attack = PGD(model, objective=objective, eps=config.eps, step_size=self.step_size, steps=self.steps,
                           norm="linf", random_start=True, early_stop=False,
                           precision="bf16" if dtype is torch.bfloat16 else "fp32")
 
-    @staticmethod
-    def attack_steps(config: AdversarialConfig) -> int:
-        return config.steps
+    @classmethod
+    def attack_steps(cls, config: AdversarialConfig) -> int:
+        return config.steps if config.steps is not None else cls.default_steps
 
     @staticmethod
     def crafting_objective(model: AuxModel, config: AdversarialConfig):
@@ -137,7 +138,8 @@ class PGDTraining(TrainingMethod):
     """Madry et al.: train every head on PGD examples of the chosen crafting objective (random start)."""
 
     name = "pgd"
-    default_step = staticmethod(lambda config: 2.5 * config.eps / config.steps)
+    default_steps = 10
+    default_step = staticmethod(lambda eps, steps: 2.5 * eps / steps)
 
 
 @register_training_method
@@ -145,10 +147,11 @@ class FastFGSMTraining(TrainingMethod):
     """Wong et al. 2020: one signed gradient step of ``1.25 * eps`` from a uniformly random start."""
 
     name = "fgsm"
-    default_step = staticmethod(lambda config: 1.25 * config.eps)
+    default_steps = 1
+    default_step = staticmethod(lambda eps, steps: 1.25 * eps)
 
-    @staticmethod
-    def attack_steps(config: AdversarialConfig) -> int:
+    @classmethod
+    def attack_steps(cls, config: AdversarialConfig) -> int:
         return 1
 
 
@@ -178,7 +181,8 @@ class TRADESTraining(TrainingMethod):
     """
 
     name = "trades"
-    default_step = staticmethod(lambda config: config.eps / 4)
+    default_steps = 10  # Zhang et al.'s CIFAR-10 setting, with steps of eps / 4
+    default_step = staticmethod(lambda eps, steps: eps / 4)
 
     @staticmethod
     def crafting_objective(model: AuxModel, config: AdversarialConfig):

@@ -31,7 +31,8 @@ class AdversarialConfig:
             or ``trades`` (Zhang et al. 2019, on every head).
         step_size: step length (None: the method's default: ``2.5 * eps / steps`` for pgd, ``1.25 * eps``
             for fgsm, ``eps / 4`` for trades).
-        steps: attack steps per batch (fgsm ignores it: one step).
+        steps: attack steps per batch (None: the method's default: 10 for pgd and trades, as Madry et al. and
+            Zhang et al.; fgsm always takes one step).
         objective: what the crafting attack climbs (pgd, fgsm): ``joint`` (the alpha-weighted sum of every
             head's cross-entropy, the paper's Adp-PGD), ``max-head`` (the worst head's cross-entropy),
             ``ensemble`` (Algorithm 2's mixture), ``vote-margin`` (the vote's surrogate) or ``public`` (the
@@ -43,13 +44,14 @@ class AdversarialConfig:
     eps: float
     method: str = "pgd"
     step_size: float | None = None
-    steps: int = 10
+    steps: int | None = None
     objective: str | None = None
     beta: float = 6.0
 
     def __post_init__(self):
         step_ok = self.step_size is None or (math.isfinite(self.step_size) and self.step_size > 0)
-        if not (math.isfinite(self.eps) and 0 < self.eps <= 1) or not step_ok or self.steps < 1:
+        steps_ok = self.steps is None or self.steps >= 1
+        if not (math.isfinite(self.eps) and 0 < self.eps <= 1) or not step_ok or not steps_ok:
             raise ValueError(f"adversarial training needs 0 < eps <= 1, step_size > 0, steps >= 1; got {self}")
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"TRADES beta must be a finite number >= 0, got {self.beta}")
