@@ -1,6 +1,7 @@
 """The strong suite against AutoAttack, point by point, on the same models, points and eps.
 
-For each model (MNIST LeNet-5 + Table IX heads; a CIFAR-10 small_cnn with default heads at auto:3),
+For each model (MNIST LeNet-5 + Table IX heads; a CIFAR-10 small_cnn with default heads at auto:3; or a
+trained stage of a recipe run, ``--models RUN_FOLDER:STAGE``, such as the converged CIFAR-10 study's models),
 each eps (in [0, 1] pixels), each decision rule and the first N test points, measured in one run:
 
 * the strong suite's worst case for the rule (``run_suite(..., suite="strong", rules=(rule,))``),
@@ -30,6 +31,8 @@ Usage:
       --write-results [--bf16]
   OMP_NUM_THREADS=1 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 50 \\
       --models mnist-lenet5 --eps 0.1    # a small check: prints the records, writes nothing
+  OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 1000 --write-results \
+      --models runs/cifar10-resnet9-cpu:undefended,runs/cifar10-resnet9-cpu:adversarial,runs/cifar10-resnet9-cpu:aux
   OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data \\
       --run benchmarks/results/cifar10-resnet9-cpu --readings 8-255 --limit adversarial=250
 """
@@ -80,6 +83,36 @@ def trained_model(name: str, data_root: str | None, folder: Path):
     finetune(aux, train, test, config)
     save(aux, path)
     return load(path)
+
+
+def benchmark_model(name: str, data_root: str | None, cache: Path):
+    """``(model, test set, default eps values)`` of a built-in model or of a trained stage of a recipe run
+    (``RUN_FOLDER:STAGE``, e.g. the converged CIFAR-10 study's ``runs/cifar10-resnet9-cpu:adversarial``; its eps
+    readings are the defaults)."""
+    if ":" in name:
+        run, stage = name.rsplit(":", 1)
+        if not (Path(run) / "recipe.toml").is_file():
+            raise SystemExit(f"model {name!r}: {run} is not a recipe run folder (no recipe.toml); train it with "
+                             f"auxsurgery run RECIPE --train-only --out {run}")
+        recipe = load_recipe(Path(run) / "recipe.toml")
+        test = load_dataset(recipe["data"]["name"], root=data_root, train=False)
+        try:
+            model = experiment.trained_model(run, stage, len(dataset_classes(test)))
+        except FileNotFoundError as error:
+            raise SystemExit(f"model {name!r}: {error}") from None
+        return model, test, tuple(reading["eps"] for reading in recipe["attack"]["readings"])
+    if name not in MODELS:
+        raise SystemExit(f"unknown model {name!r}; valid: {', '.join(MODELS)}, or RUN_FOLDER:STAGE")
+    dataset, eps_values = MODELS[name]
+    return trained_model(name, data_root, cache), load_dataset(dataset, root=data_root, train=False), eps_values
+
+
+def _record_name(name: str) -> str:
+    """A record's model name: a run's stage as ``<run folder name>/<stage>``."""
+    if ":" not in name:
+        return name
+    run, stage = name.rsplit(":", 1)
+    return f"{Path(run).name}/{stage}"
 
 
 def _ratio(suite: dict, reference: dict) -> float | None:
@@ -314,7 +347,8 @@ def _run_costs(doc: dict) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=None)
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated: {', '.join(MODELS)}, or a recipe run's stage as RUN_FOLDER:STAGE")
     parser.add_argument("--n", type=int, default=500, help="first N test points")
     parser.add_argument("--out", default=None,
                         help="folder to write suite_vs_autoattack.json and .md into; without it (or --write-results) "
@@ -347,11 +381,9 @@ def main() -> None:
     doc.update(command=command_line(), machine=machine(), versions=versions())
     cache = out or Path(args.model_cache)
     for name in args.models.split(","):
-        if name not in MODELS:
-            raise SystemExit(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-        dataset, eps_values = MODELS[name]
-        model = trained_model(name, args.data_root, cache)
-        x, y, _ = collect(load_dataset(dataset, root=args.data_root, train=False), args.n)
+        model, test, eps_values = benchmark_model(name, args.data_root, cache)
+        name = _record_name(name)
+        x, y, _ = collect(test, args.n)
         for eps in [float(e) for e in args.eps.split(",")] if args.eps else eps_values:
             for rule in (args.rules or "vote").split(","):
                 key = f"{name}@{eps:.4g}@{rule}"
