@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from auxsurgery.evaluation.confidence import difference_interval, percent_with_interval, wilson_interval
+from auxsurgery.evaluation.confidence import (difference_interval, paired_difference_interval, percent_with_interval,
+                                              wilson_interval)
 
 
 def test_wilson_matches_known_values():
@@ -31,3 +32,26 @@ def test_difference_and_formatting():
     assert d["difference"] == pytest.approx(0.1)
     assert d["half_width"] == pytest.approx(1.96 * math.sqrt((0.24 + 0.25) / 100))
     assert percent_with_interval(0.5, 100) == "50.0 (40.4-59.6)"
+
+
+def test_paired_difference_counts_the_disagreements_and_matches_agresti_min():
+    # 100 points: 30 robust under both, 10 only under the new model, 2 only under the old one.
+    new = [True] * 30 + [True] * 10 + [False] * 2 + [False] * 58
+    old = [True] * 30 + [False] * 10 + [True] * 2 + [False] * 58
+    d = paired_difference_interval(new, old)
+    assert (d["gained"], d["lost"]) == (10, 2) and d["difference"] == pytest.approx(0.08)
+    # Agresti and Min (2005) by hand: centre (b - c) / (n + 2), variance ((b + c + 1) / (n + 2) - centre^2) / (n + 2)
+    centre = 8 / 102
+    half = 1.96 * math.sqrt((13 / 102 - centre ** 2) / 102)
+    assert (d["low"], d["high"]) == (pytest.approx(centre - half), pytest.approx(centre + half))
+    # The same accuracies as independent samples: a far wider interval, which here contains 0.
+    independent = difference_interval(0.40, 0.32, 100)
+    assert independent["low"] < 0 < d["low"] and d["half_width"] < independent["half_width"]
+
+
+def test_paired_difference_with_no_disagreement_is_still_an_interval_and_refuses_unpaired_data():
+    same = [True, False] * 50
+    d = paired_difference_interval(same, same)
+    assert d["difference"] == 0 and d["low"] < 0 < d["high"]
+    with pytest.raises(ValueError, match="same points"):
+        paired_difference_interval([True, False], [True])

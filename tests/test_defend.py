@@ -147,13 +147,24 @@ def test_defend_passes_model_kwargs_to_the_constructor(monkeypatch, tmp_path):
     assert "--model-kwargs 'depth=3' does not fit small_cnn's constructor" in str(result.exception)
 
 
-def test_verdict():
-    helped = verdict(clean_before=0.9, clean_after=0.89, worst_before=0.10, worst_after=0.40, n=1000)
+def _points(first: int, then: int, n: int) -> list[bool]:
+    """``first`` points wrong, ``then`` right, the rest wrong."""
+    return [False] * first + [True] * then + [False] * (n - first - then)
+
+
+def test_verdict_pairs_the_outcomes_point_by_point():
+    before = {"clean": _points(0, 900, 1000), "worst_case": _points(0, 100, 1000)}
+    # Clean: 10 images lost and 9 others gained, within the noise; 10 lost and none gained is a real loss.
+    helped = verdict(before, {"clean": _points(10, 899, 1000), "worst_case": _points(0, 400, 1000)})
     assert helped["helped"] == "yes" and helped["clean_kept"] == "kept"
-    assert helped["worst_case"]["difference"] == pytest.approx(0.30)
-    noise = verdict(0.9, 0.9, 0.10, 0.12, n=100)
+    assert verdict(before, {"clean": _points(10, 890, 1000), "worst_case": _points(0, 400, 1000)})["clean_kept"] == "lost"
+    assert helped["worst_case"]["difference"] == pytest.approx(0.30) and helped["worst_case"]["gained"] == 300
+    # 2 more of 100 robust, on images the model already got right: no measurable gain.
+    noise = verdict({"clean": _points(0, 90, 100), "worst_case": _points(0, 10, 100)},
+                    {"clean": _points(0, 90, 100), "worst_case": _points(0, 12, 100)})
     assert noise["helped"] == "no measurable gain" and noise["worst_case"]["low"] < 0 < noise["worst_case"]["high"]
-    worse = verdict(0.9, 0.70, 0.30, 0.05, n=1000)
+    worse = verdict({"clean": _points(0, 900, 1000), "worst_case": _points(0, 300, 1000)},
+                    {"clean": _points(0, 700, 1000), "worst_case": _points(0, 50, 1000)})
     assert worse["helped"] == "worse" and worse["clean_kept"] == "lost"
 
 

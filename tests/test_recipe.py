@@ -13,6 +13,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from auxsurgery.data import dataset_classes, load_dataset
+from auxsurgery.evaluation.confidence import paired_difference_interval
 from auxsurgery.studies import experiment
 from auxsurgery.studies.paper import paper_value
 from auxsurgery.studies.recipe import RecipeError, load_recipe, parse_recipe
@@ -283,6 +284,24 @@ def test_change_to_one_stage_is_accepted_once_its_work_is_deleted(tiny_run, tmp_
     experiment._claim_out_dir(changed, copy)  # accepted, and recorded
     assert json.loads((copy / "recipe.json").read_text())["aux"]["train"]["grad_clip"] == 1.0
 
+
+
+def test_report_pairs_each_attacked_rule_with_the_adversarial_baseline_and_marks_unattacked_rules(tiny_run):
+    _, out, report = tiny_run
+    gains = {g["label"]: g for g in report["gains"]["wide"]}
+    assert set(gains) == {"NA (undefended)", "Aux Block: vote", "Aux Block: score"}  # public, private: not attacked
+    aux, base = (json.loads((out / model / "eval/wide/results.json").read_text())["per_sample"]
+                 for model in ("aux", "adversarial"))
+    assert gains["Aux Block: score"]["worst_case"] == pytest.approx(
+        paired_difference_interval(aux["robust"]["score"], base["robust"]["vote"]))
+    assert gains["Aux Block: vote"]["clean"] == pytest.approx(
+        paired_difference_interval(aux["clean"]["vote"], base["clean"]["vote"]))
+    worst = {row["label"]: row["cells"]["worst case"] for row in report["tables"]["wide"]}
+    assert worst["Aux Block: public"]["attacked"] is False and worst["Aux Block: vote"]["attacked"] is True
+    markdown = (out / "report.md").read_text()
+    assert "Against `adversarial`" in markdown and "an upper bound, not a robust accuracy" in markdown
+    public = next(line for line in markdown.splitlines() if line.startswith("| Aux Block: public |"))
+    assert public.rstrip(" |").split("|")[-1].split("(")[0].strip().endswith("†")
 
 # ---- Aux Block models trained adversarially -----------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Z95", "difference_interval", "percent_with_interval", "wilson_interval"]
+__all__ = ["Z95", "difference_interval", "paired_difference_interval", "percent_with_interval", "wilson_interval"]
 
 Z95 = 1.96  # the two-sided 95% normal quantile
 
@@ -29,6 +29,27 @@ def difference_interval(p_new: float, p_old: float, n: int, z: float = Z95) -> d
     half = z * math.sqrt((p_new * (1 - p_new) + p_old * (1 - p_old)) / n) if n else math.nan
     diff = p_new - p_old
     return {"difference": diff, "half_width": half, "low": diff - half, "high": diff + half}
+
+
+def paired_difference_interval(new, old, z: float = Z95) -> dict:
+    """``mean(new) - mean(old)`` of two per-point outcomes on the same points (sequences of bools: robust or
+    correct per point), with a 95% interval.
+
+    Two models attacked on the same points agree on most of them, and only the points where they disagree
+    carry the difference: ``gained`` (right under ``new`` only) and ``lost`` (right under ``old`` only). The
+    interval is Agresti and Min's (2005): Wald's on the paired table with 1/2 added to each of its four cells,
+    which keeps its coverage when few points disagree. It is far narrower than :func:`difference_interval`'s.
+    """
+    new, old = [bool(v) for v in new], [bool(v) for v in old]
+    if len(new) != len(old) or not new:
+        raise ValueError(f"a paired difference needs two outcomes on the same points, got {len(new)} and {len(old)}")
+    n = len(new)
+    gained = sum(a and not b for a, b in zip(new, old))
+    lost = sum(b and not a for a, b in zip(new, old))
+    centre = (gained - lost) / (n + 2)
+    half = z * math.sqrt(max((gained + lost + 1) / (n + 2) - centre * centre, 0.0) / (n + 2))
+    return {"difference": (gained - lost) / n, "half_width": half, "low": centre - half, "high": centre + half,
+            "gained": gained, "lost": lost}
 
 
 def percent_with_interval(p: float, n: int, digits: int = 1) -> str:

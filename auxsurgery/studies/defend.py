@@ -33,7 +33,7 @@ from .._utils import atomic_write, did_you_mean, markdown_table, resolve_device,
 from ..checkpoint import save
 from ..data import dataset_classes, load_dataset
 from ..evaluation import Budget, run_suite, write_report
-from ..evaluation.confidence import difference_interval, percent_with_interval
+from ..evaluation.confidence import paired_difference_interval, percent_with_interval
 from ..evaluation.report import fmt_eps
 from ..evaluation.state import STATE_FOLDER
 from ..provenance import release
@@ -159,22 +159,24 @@ class DefendConfig:
         return AdversarialConfig(**{"eps": eps, "method": "fgsm", **(self.adversarial or {})})
 
 
-def verdict(clean_before: float, clean_after: float, worst_before: float, worst_after: float, n: int) -> dict:
+def verdict(before: dict, after: dict) -> dict:
     """Whether a defence helped: the worst-case and clean differences with their intervals, in words.
 
-    ``helped`` is ``yes`` when the whole interval of the worst-case gain lies above 0, ``worse`` when it
-    lies below, else ``no measurable gain``; ``clean_kept`` is ``lost`` when the clean accuracy's interval
-    lies below 0, else ``kept``.
+    ``before`` and ``after`` hold per-point outcomes on the same test images (``{"clean": bools,
+    "worst_case": bools}``), so each difference gets a paired interval
+    (:func:`~auxsurgery.evaluation.confidence.paired_difference_interval`). ``helped`` is ``yes`` when the whole
+    interval of the worst-case gain lies above 0, ``worse`` when it lies below, else ``no measurable gain``;
+    ``clean_kept`` is ``lost`` when the clean accuracy's interval lies below 0, else ``kept``.
     """
-    worst = difference_interval(worst_after, worst_before, n)
-    clean = difference_interval(clean_after, clean_before, n)
+    worst = paired_difference_interval(after["worst_case"], before["worst_case"])
+    clean = paired_difference_interval(after["clean"], before["clean"])
     if worst["low"] > 0:
         helped = "yes"
     elif worst["high"] < 0:
         helped = "worse"
     else:
         helped = "no measurable gain"
-    clean_kept = "kept" if clean["low"] <= 0 <= clean["high"] or clean["difference"] >= 0 else "lost"
+    clean_kept = "lost" if clean["high"] < 0 else "kept"
     return {"helped": helped, "clean_kept": clean_kept, "worst_case": worst, "clean": clean}
 
 
@@ -244,9 +246,9 @@ class DefenceResult:
                          percent_with_interval(candidate["worst_case"], n), gain,
                          "yes" if candidate["above_floor"] else "no"])
         lines += markdown_table(["model (rule)", "clean", "worst case", "gain (pp)", "clean >= floor"], rows)
-        lines += ["", "- The intervals of a gain treat the two accuracies as independent; they are measured on the "
-                  "same images, so they are conservative. An interval that contains 0 means this evaluation cannot "
-                  "tell.", "- The defences: " + "; ".join(
+        lines += ["", "- Every model is attacked on the same images, so a gain's interval is paired: it comes from the "
+                  "images where the two models disagree (Agresti and Min's interval). An interval that contains 0 "
+                  "means this evaluation cannot tell.", "- The defences: " + "; ".join(
                       f"`{name}`: {self.models[name]['description']}" for name in self.models if name != UNDEFENDED)]
         if any(get_defence(name).frozen_backbone for name in self.models if name != UNDEFENDED):
             lines.append("- A defence with a frozen backbone keeps your model as its own head (rule `public`), bit "
@@ -283,12 +285,11 @@ def _output_classes(model: nn.Module, x: torch.Tensor) -> int | None:
     return out.shape[-1] if torch.is_tensor(out) and out.dim() == 2 else None
 
 
-def _candidate(model: str, rule: str, accuracies: dict, reference: dict, n: int, floor: float | None) -> dict:
+def _candidate(model: str, rule: str, accuracies: dict, outcomes: dict, reference: dict, floor: float | None) -> dict:
     label = model if model == UNDEFENDED or rule == "vote" and "score" not in accuracies else f"{model} ({rule})"
     clean, worst = accuracies[rule]["clean"], accuracies[rule]["worst_case"]
     return {"model": model, "rule": rule, "label": label, "clean": clean, "worst_case": worst,
-            "above_floor": floor is None or clean >= floor,
-            "verdict": verdict(reference["clean"], clean, reference["worst_case"], worst, n)}
+            "above_floor": floor is None or clean >= floor, "verdict": verdict(reference, outcomes[rule])}
 
 
 def _check_fresh(out: Path, resume: bool) -> None:
@@ -376,6 +377,7 @@ def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, i
     eps = undefended.preset.eps
     adversarial = config.training_config(eps)
     models = {UNDEFENDED: {"description": "your model as given", "rules": _accuracies(undefended, ("vote",))}}
+    outcomes = {UNDEFENDED: _outcomes(undefended, ("vote",))}  # per point, for the paired intervals
     warnings = [f"{UNDEFENDED}: {f.message}" for f in undefended.warnings]
     training, files, attach_points = {}, {}, []
     for k, method in enumerate(config.methods, start=2):
@@ -392,12 +394,12 @@ def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, i
         rules = ("vote", "score") if defence.heads else ("vote",)
         evaluated = _evaluate(model, test_data, method, out, settings, rules)
         models[method] = {"description": defence.description, "rules": _accuracies(evaluated, rules)}
+        outcomes[method] = _outcomes(evaluated, rules)
         warnings += [f"{method}: {f.message}" for f in evaluated.warnings]
 
     n_points = undefended.n
-    reference_accuracy = models[UNDEFENDED]["rules"]["vote"]
-    candidates = [_candidate(model, rule, entry["rules"], reference_accuracy, n_points, config.min_clean)
-                  for model, entry in models.items() for rule in entry["rules"]]
+    candidates = [_candidate(model, rule, entry["rules"], outcomes[model], outcomes[UNDEFENDED]["vote"],
+                             config.min_clean) for model, entry in models.items() for rule in entry["rules"]]
     eligible = [c for c in candidates if c["model"] != UNDEFENDED and c["above_floor"]]
     best = max(eligible, key=lambda c: (c["worst_case"], c["clean"]), default=None)
     result = DefenceResult(
@@ -449,3 +451,10 @@ def _evaluate(model: nn.Module, test_data: Dataset, name: str, out: Path | None,
 def _accuracies(result, rules: tuple) -> dict:
     worst = result.worst_case().outcome
     return {rule: {"clean": result.clean.accuracy(rule), "worst_case": worst.accuracy(rule)} for rule in rules}
+
+
+def _outcomes(result, rules: tuple) -> dict:
+    """Per rule, per point: right on the clean image, and robust to every attack."""
+    worst = result.worst_case().outcome
+    return {rule: {"clean": result.clean.rules[rule].tolist(), "worst_case": worst.rules[rule].tolist()}
+            for rule in rules}
