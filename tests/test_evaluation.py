@@ -1,6 +1,7 @@
 """Evaluation: suites judged by the real decision rule, worst case, sanity checks, presets and reports."""
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,8 +223,9 @@ def test_strong_suite_is_a_cascade_on_the_points_still_robust(aux, test_data):
     cascade = result.rows_of("strong")
     assert [row.name for row in cascade] == [
         "Cascade [vote] 1: APGD [vote-margin]", "Cascade [vote] 2: APGD-CE [ensemble]",
-        "Cascade [vote] 3: APGD-T [vote-margin, 2 nearest of top-3]", "Cascade [vote] 4: Square",
-        "Cascade [vote] 5: Square x200 (escalated)"]
+        "Cascade [vote] 3: APGD-T [dlr-t-ensemble, 2 nearest of top-3]",
+        "Cascade [vote] 4: APGD-T [vote-margin, 2 nearest of top-3]", "Cascade [vote] 5: Square",
+        "Cascade [vote] 6: Square x200 (escalated)"]
     assert all(row.kind == "cascade" for row in cascade)
     previous = result.clean.rules["vote"]
     for row in cascade:
@@ -236,6 +238,26 @@ def test_strong_suite_is_a_cascade_on_the_points_still_robust(aux, test_data):
     assert torch.equal(result.worst_case().outcome.rules["vote"], cascade[-1].outcome.rules["vote"])
 
 
+STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cifar10-resnet9-adversarial-cpu"
+
+
+def test_the_vote_cascade_breaks_a_tie_that_only_the_ensemble_decides(data_root):
+    """Regression: test point 419 of CIFAR-10 against the adversarial study's jointly trained Aux Block model.
+    AutoAttack's APGD-T (targeted DLR on the ensemble) splits its four heads 2-2 between the true class and a
+    target, and the ensemble's score, the vote's tie-break, then picks the target; the capped targeted vote
+    margin stops once two heads flip and never got there, so the cascade called the point robust."""
+    from auxsurgery.data import load_dataset
+    from auxsurgery.studies import experiment
+
+    x, y, _ = collect(load_dataset("cifar10", root=str(data_root), train=False), 420)
+    x, y = x[419:], y[419:]
+    model = experiment.trained_model(STUDY, "aux_adversarial_joint", num_classes=10)
+    result = run_suite(model, (x, y), suite="strong", eps=0.03137, rules=("vote",), progress=False)
+    broken_by = result.worst_case().first_broken_by["vote"][0]
+    assert result.clean.rules["vote"].all() and not result.worst_case().outcome.rules["vote"].any()
+    assert broken_by == "Cascade [vote] 3: APGD-T [dlr-t-ensemble, 3 nearest of top-9]"
+
+
 def test_cascade_gives_the_worst_case_of_the_standalone_attacks(aux, test_data):
     """The same attacks, run alone on every point or as a cascade on the survivors, break the same points.
 
@@ -245,7 +267,7 @@ def test_cascade_gives_the_worst_case_of_the_standalone_attacks(aux, test_data):
     both = suite(aux, test_data, "strong", rules=("vote",), standalone=True)
     alone = [row for row in both.rows_of("strong") if row.kind != "cascade"]
     cascade = [row for row in both.rows_of("strong") if row.kind == "cascade" and "escalated" not in row.name]
-    assert len(alone) == len(cascade) == 4
+    assert len(alone) == len(cascade) == 5
     union = both.clean
     for row in alone:
         union = union & row.outcome
@@ -272,9 +294,10 @@ def test_a_result_prints_a_short_summary_and_offers_it_as_a_dict(aux, test_data)
     vote, score = summary["cascade_stages"]
     assert (vote["cascade"], vote["rule"], vote["start"]) == ("Cascade [vote]", "vote", "earlier attacks")
     assert [s["attack"] for s in vote["stages"]] == ["APGD [vote-margin]", "APGD-CE [ensemble]",
+                                                     "APGD-T [dlr-t-ensemble, 2 nearest of top-3]",
                                                      "APGD-T [vote-margin, 2 nearest of top-3]", "Square"]
-    assert vote["stages"][-1]["accuracy"] == result.row("Cascade [vote] 4: Square").outcome.accuracy("vote")
-    assert score["start_accuracy"] == result.row("Cascade [vote] 4: Square").outcome.accuracy("score")
+    assert vote["stages"][-1]["accuracy"] == result.row("Cascade [vote] 5: Square").outcome.accuracy("vote")
+    assert score["start_accuracy"] == result.row("Cascade [vote] 5: Square").outcome.accuracy("score")
     text = str(result)
     assert f"worst case ({len(worst.attacks)} attacks): vote {100 * worst.outcome.accuracy('vote'):.1f}%" in text
     assert "Cascade [vote], vote accuracy: earlier attacks " in text and "tensor" not in text

@@ -250,8 +250,9 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     APGD, targeted APGD over the nearest target classes, then the gradient-free Square).
 
     Against a vote an untargeted loss can scatter the heads over several wrong classes so that no
-    majority forms; the targeted stage then pulls every head toward one class with the targeted vote
-    margin. Against the score the targeted stage climbs the targeted DLR loss. A one-head model has
+    majority forms; the targeted stages then pull the heads toward one class: the targeted DLR on the
+    ensemble (which also decides the vote's ties) and the targeted vote margin. Against the score the
+    targeted stage climbs the targeted DLR loss. A one-head model has
     one decision whatever the rule: its cascade is AutoAttack's on the logits (APGD-CE, APGD-T on the
     targeted DLR, Square on the margin).
     """
@@ -270,8 +271,15 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
         plans.append(plan("APGD-CE [ensemble]", "strong", APGD, objective="ensemble", **apgd))
     elif rule == "score":
         plans.append(plan("APGD-DLR [dlr-ensemble]", "strong", APGD, objective="dlr-ensemble", **apgd))
-    targeted = "vote-margin" if on_vote else "dlr-t-ensemble"
-    plans.append(plan(f"APGD-T [{targeted}, {top}]", "strong", APGDT, objective=targeted, **targets, **apgd))
+    # The targeted DLR on the ensemble (AutoAttack's APGD-T) runs for the vote too: the vote's tie-break is the
+    # ensemble's score, and where half the heads reach the target only that score decides. The capped targeted
+    # vote margin stops pushing once those heads flip (a point of the adversarial study's AutoAttack check fell
+    # to AutoAttack's APGD-T with the heads split 2-2 and to this stage in 25 passes, never to the vote margin).
+    plans.append(plan(f"APGD-T [dlr-t-ensemble, {top}]", "strong", APGDT, objective="dlr-t-ensemble", **targets,
+                      **apgd))
+    if on_vote:
+        plans.append(plan(f"APGD-T [vote-margin, {top}]", "strong", APGDT, objective="vote-margin", **targets,
+                          **apgd))
     plans.append(plan("Square", "strong", Square, objective=SQUARE_OBJECTIVE[rule], queries=b.square_queries,
                       **square))
     return plans
