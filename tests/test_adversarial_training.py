@@ -176,6 +176,22 @@ def test_fgsm_takes_one_step_of_1_25_eps():
 # ---- cost, resume, plain models -------------------------------------------------------------------
 
 
+def test_a_run_resumes_when_its_crafting_is_the_same_however_it_was_written(tmp_path):
+    """A resume state saved with ``steps=10`` on fgsm (0.2.0 wrote every unset ``steps`` as 10) resumes under an
+    unset ``steps``: fgsm takes one step either way. A pgd run is refused when its steps really change."""
+    def train(adversarial, out, resume=False):
+        # A finished run resumed: the saved state is checked against the config, then nothing is left to do.
+        finetune(tiny_aux_model(), random_images(32), None, TrainConfig.quick(
+            epochs=1, batch_size=16, progress=False, adversarial=adversarial, out_dir=out, resume=resume))
+
+    train(AdversarialConfig(eps=EPS, method="fgsm", steps=10), tmp_path / "fgsm")
+    train(AdversarialConfig(eps=EPS, method="fgsm"), tmp_path / "fgsm", resume=True)
+    train(AdversarialConfig(eps=EPS, steps=10), tmp_path / "pgd")
+    train(AdversarialConfig(eps=EPS), tmp_path / "pgd", resume=True)  # pgd's own default: 10
+    with pytest.raises(ValueError, match="different settings: adversarial"):
+        train(AdversarialConfig(eps=EPS, steps=3), tmp_path / "pgd", resume=True)
+
+
 @pytest.mark.parametrize("config, passes", [
     (None, 2), (AdversarialConfig(eps=EPS, steps=3), 8), (AdversarialConfig(eps=EPS, method="fgsm"), 4),
     (AdversarialConfig(eps=EPS, method="trades", steps=2), 9),

@@ -34,8 +34,8 @@ from auxsurgery.train.config import AdversarialConfig
 from auxsurgery.train.objective import head_losses
 
 __all__ = [
-    "PRESETS", "TrainingMethod", "adversarial_preset", "get_training_method", "list_training_methods",
-    "register_training_method",
+    "PRESETS", "TrainingMethod", "adversarial_preset", "crafting_settings", "get_training_method",
+    "list_training_methods", "register_training_method",
 ]
 
 # Section IV-A.2: MNIST eps 0.2, step 0.02; CIFAR-10 and Mini-ImageNet eps 8/255, step 2/255.
@@ -75,6 +75,16 @@ def get_training_method(name: str) -> type["TrainingMethod"]:
         raise ValueError(f"unknown adversarial-training method {name!r}.{did_you_mean(name, _METHODS)} "
                          f"Valid methods: {', '.join(_METHODS)}")
     return _METHODS[name]
+
+
+def crafting_settings(config: AdversarialConfig) -> dict:
+    """What ``config`` crafts: its fields with the method's own steps and step length filled in where it leaves
+    them unset, so that two configs crafting alike compare equal (fgsm's ``steps`` mean nothing; an unset pgd
+    ``steps`` is 10). A resumed run compares these."""
+    method = get_training_method(config.method)
+    steps = method.attack_steps(config)
+    step_size = config.step_size if config.step_size is not None else method.default_step(config.eps, steps)
+    return {**dataclasses.asdict(config), "steps": steps, "step_size": step_size}
 
 
 class TrainingMethod:

@@ -18,7 +18,8 @@ from torch import nn
 from auxsurgery._utils import atomic_write, refuse_link
 from auxsurgery.checkpoint import save
 from auxsurgery.model import AuxModel
-from auxsurgery.train.config import TrainConfig
+from auxsurgery.train.adversarial import crafting_settings
+from auxsurgery.train.config import AdversarialConfig, TrainConfig
 
 METRICS_FILE = "metrics.jsonl"
 STATE_FILE = "train_state.pt"
@@ -80,7 +81,16 @@ class RunFiles:
             raise ValueError(f"{self.state_path} cannot be resumed: it is corrupt or holds objects other than tensors "
                              f"(never unpickled: {str(err).splitlines()[0]}); delete it to start the run over") from None
         current = config.to_dict()
-        changed = sorted(k for k, v in state["config"].items() if k not in RESUME_FREE_FIELDS and v != current.get(k))
+        changed = sorted(k for k, v in state["config"].items()
+                         if k not in RESUME_FREE_FIELDS and _comparable(k, v) != _comparable(k, current.get(k)))
         if changed:
             raise ValueError(f"cannot resume {self.dir} with different settings: {', '.join(changed)}")
         return state
+
+
+def _comparable(key: str, value):
+    """A setting as a resumed run compares it: adversarial training by what it crafts (a state saved before the
+    methods' own step defaults, with fgsm's meaningless ``steps = 10``, resumes under today's config)."""
+    if key == "adversarial" and isinstance(value, dict):
+        return crafting_settings(AdversarialConfig(**value))
+    return value
