@@ -211,15 +211,20 @@ def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, re
     return {
         "command": command_line(), "commands": commands + [command_line()] * (command_line() not in commands),
         "model": name, "reading": reading, "rule": rule, "eps": eps, "n": len(robust),
-        "suite": suite_robust.float().mean().item(),
         "autoattack": {"accuracy": robust.float().mean().item(), "seconds": previous["seconds"] + chunk.seconds,
                        "passes": (Passes(**previous["passes"]) + chunk.passes).to_dict(), "settings": settings,
                        "stages": list(stages.values()), "robust": robust.tolist()},
-        "union": (suite_robust & robust).float().mean().item(),
-        "suite_robust_autoattack_fooled": (suite_robust & ~robust).nonzero().flatten().tolist(),
-        "autoattack_robust_suite_fooled": int((robust & ~suite_robust).sum()),
-        **{k: record[k] for k in ("missed_at_default_budget", "missed_checked") if record and k in record},
-    }
+        **{k: record[k] for k in ("missed_at_default_budget", "missed_checked", "suite_commit")
+           if record and k in record},
+    } | _compared(suite_robust, robust)
+
+
+def _compared(suite_robust: torch.Tensor, robust: torch.Tensor) -> dict:
+    """The suite's side of a record: its per-point worst case against AutoAttack's ``robust`` on the same points."""
+    suite_robust = suite_robust[:len(robust)]
+    return {"suite": suite_robust.float().mean().item(), "union": (suite_robust & robust).float().mean().item(),
+            "suite_robust_autoattack_fooled": (suite_robust & ~robust).nonzero().flatten().tolist(),
+            "autoattack_robust_suite_fooled": int((robust & ~suite_robust).sum())}
 
 
 def _write_run_check(run: Path, path: Path, doc: dict) -> None:
@@ -268,6 +273,12 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                                                  rule, eps)
                     _write_run_check(run, path, doc)
                 record = doc["records"][key]
+                # AutoAttack's verdicts do not depend on the suite: a run re-evaluated by a newer suite is compared
+                # afresh with them, and its misses are rechecked at the default budget of today's suite.
+                if record.get("suite_commit") != results.get("auxsurgery_commit"):
+                    record.pop("missed_checked", None), record.pop("missed_at_default_budget", None)
+                record.update(_compared(suite_robust, torch.tensor(record["autoattack"]["robust"], dtype=torch.bool)),
+                              suite_commit=results.get("auxsurgery_commit"))
                 # What the recipe's evaluation spent on all its points (every rule's cascade; probes apart).
                 record.pop("suite_seconds_all_points", None)
                 record["suite_all_points"] = {"n": results["data"]["n"], "seconds": results["timings"]["total_seconds"],
@@ -301,7 +312,7 @@ def run_report(doc: dict) -> str:
     rows = [[r["model"], r["reading"], r["rule"], str(r["n"]), f"{100 * r['suite']:.1f}",
              f"{100 * r['autoattack']['accuracy']:.1f}", f"{100 * r['union']:.1f}",
              str(len(r["suite_robust_autoattack_fooled"])), _missed_at_default(r), str(r["autoattack_robust_suite_fooled"]),
-             f"{r['autoattack']['seconds'] / 60:.1f}"] for r in doc["records"].values()]
+             f"{r['autoattack']['seconds'] / 60:.1f}", r.get("suite_commit", "-")] for r in doc["records"].values()]
     lines = ["# AutoAttack cross-check of a recipe run", "", "Commands (each added records):", "",
              *(f"- `{command}`" for command in doc.get("commands") or [doc["command"]]), "",
              f"Machine: {doc['machine']}", "",
@@ -309,11 +320,13 @@ def run_report(doc: dict) -> str:
              "case over all its attacks at the reading's eps (from its results.json); *AutoAttack*: the standard "
              "protocol (APGD-CE, APGD-T with 9 targets, FAB-T, Square with 5,000 queries) on the ensemble's "
              "log-probabilities, each example judged by the rule; *union*: robust only if neither broke it. "
-             "*suite robust, AA fooled* are the suite's misses (must be 0).", ""]
+             "*suite robust, AA fooled* are the suite's misses (must be 0). *suite commit*: the auxsurgery commit whose "
+             "suite made the recipe's evaluation (AutoAttack's side does not depend on it).", ""]
     lines += ["*of those, robust at the default budget*: the misses rerun through the strong suite at its default budget "
               "(`Budget()`: its own steps, targets and Square queries), which the recipe may have reduced.", ""]
     lines += markdown_table(["model", "reading", "rule", "n", "suite", "AutoAttack", "union", "suite robust, AA fooled",
-                             "of those, robust at the default budget", "AA robust, suite fooled", "AutoAttack min"], rows)
+                             "of those, robust at the default budget", "AA robust, suite fooled", "AutoAttack min",
+                             "suite commit"], rows)
     costs = _run_costs(doc)
     if costs:
         lines += ["", "## Cost in image-passes", "",
