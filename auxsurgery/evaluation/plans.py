@@ -275,8 +275,12 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     # ensemble's score, and where half the heads reach the target only that score decides. The capped targeted
     # vote margin stops pushing once those heads flip (a point of the adversarial study's AutoAttack check fell
     # to AutoAttack's APGD-T with the heads split 2-2 and to this stage in 25 passes, never to the vote margin).
-    plans.append(plan(f"APGD-T [dlr-t-ensemble, {top}]", "strong", APGDT, objective="dlr-t-ensemble", **targets,
-                      **apgd))
+    # Against the vote it aims at every candidate, as AutoAttack does: the target of a tie need not be among the
+    # classes nearest to the ensemble's boundary (another point of that check fell only with 9 targets).
+    vote_targets = dict(targets, target_classes=targets["target_candidates"]) if on_vote else targets
+    reach = f"top-{targets['target_candidates']}" if on_vote else top
+    plans.append(plan(f"APGD-T [dlr-t-ensemble, {reach}]", "strong", APGDT, objective="dlr-t-ensemble",
+                      **vote_targets, **apgd))
     if on_vote:
         plans.append(plan(f"APGD-T [vote-margin, {top}]", "strong", APGDT, objective="vote-margin", **targets,
                           **apgd))
