@@ -250,7 +250,10 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
         for reading in [r["name"] for r in recipe["attack"]["readings"]]:
             if readings and reading not in readings:
                 continue
-            results = json.loads((run / name / "eval" / reading / "results.json").read_text())
+            evaluated = run / name / "eval" / reading / "results.json"
+            if not evaluated.exists():
+                continue  # not attacked yet: the recipe run continues there
+            results = json.loads(evaluated.read_text())
             n = min(results["data"]["n"], limits.get(name, results["data"]["n"]))
             eps = results["worst_case"]["threat"]["eps"]
             x, y, _ = collect(test, n)
