@@ -354,7 +354,7 @@ def _run_costs(doc: dict) -> list[list[str]]:
         reference = [r["autoattack"] for r in records if r["n"] == suite["n"]]
         suite_passes = suite["passes"]["forward"] + suite["passes"]["backward"]
         aa_passes = sum(a["passes"]["forward"] + a["passes"]["backward"] for a in reference)
-        rows.append([model, reading, str(suite["n"]), f"{suite_passes / 1e6:.2f}M", f"{aa_passes / 1e6:.2f}M",
+        rows.append([model, reading, str(suite["n"]), f"{suite_passes / 1e3:,.1f}k", f"{aa_passes / 1e3:,.1f}k",
                      f"{suite_passes / aa_passes:.3f}", f"{suite['seconds'] / 60:.1f}",
                      f"{sum(a['seconds'] for a in reference) / 60:.1f}"])
     return rows

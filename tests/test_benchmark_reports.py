@@ -126,6 +126,6 @@ def test_run_check_grows_by_chunks():
     record["suite_all_points"] = {"n": 5, "seconds": 60.0, "passes": {"forward": 2, "backward": 1},
                                   "sanity_passes": {"forward": 1, "backward": 1}, "rules": ["vote"]}
     doc = {"records": {"m@8-255@vote": record}, "commands": ["c"], "machine": "here"}
-    assert bench._run_costs(doc) == [["m", "8-255", "5", "0.00M", "0.00M", "0.100", "1.0", "0.1"]]
+    assert bench._run_costs(doc) == [["m", "8-255", "5", "0.0k", "0.0k", "0.100", "1.0", "0.1"]]
     record["suite_all_points"]["rules"] = ["vote", "score"]
     assert bench._run_costs(doc) == [] and "Cost in image-passes" not in bench.run_report(doc)
