@@ -201,14 +201,13 @@ def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, re
     for stage in chunk.stages:  # points attacked and costs add up over chunks
         total = stages.setdefault((stage["name"], stage["view"]), {**stage, "attacked": 0, "robust_after": 0,
                                                                    "seconds": 0.0, "passes": Passes().to_dict()})
-        total.update(attacked=total["attacked"] + stage["attacked"],
-                     robust_after=total["robust_after"] + stage["robust_after"],
-                     seconds=total["seconds"] + stage["seconds"],
-                     passes=(Passes(**total["passes"]) + Passes(**stage["passes"])).to_dict())
         # A head's view runs only in the chunks where the surrogate missed a point: summed over the chunks it ran
         # in, the points left robust after it would count only those chunks' points.
-        if stage["view"].startswith("head"):
-            total["robust_after"] = None
+        on_every_chunk = not stage["view"].startswith("head")
+        total.update(attacked=total["attacked"] + stage["attacked"],
+                     robust_after=total["robust_after"] + stage["robust_after"] if on_every_chunk else None,
+                     seconds=total["seconds"] + stage["seconds"],
+                     passes=(Passes(**total["passes"]) + Passes(**stage["passes"])).to_dict())
     settings = dict(chunk.settings)
     settings["unattacked"] += record["autoattack"]["settings"]["unattacked"] if record else 0
     commands = record.get("commands", [record["command"]]) if record else []
