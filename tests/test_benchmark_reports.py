@@ -125,9 +125,9 @@ def test_run_check_grows_by_chunks():
     # A head's view, run in some chunks only, adds its points and costs but no count of points left robust.
     head = chunk([True], 1.0, 2)
     head.stages = [{**head.stages[0], "view": "head public"}]
-    record = bench._grown(bench._grown(record, head, torch.tensor([True] * 6), "m", "8-255", "vote", 0.03), head,
-                          torch.tensor([True] * 7), "m", "8-255", "vote", 0.03)
-    view = next(s for s in record["autoattack"]["stages"] if s["view"] == "head public")
+    grown = bench._grown(bench._grown(record, head, torch.tensor([True] * 6), "m", "8-255", "vote", 0.03), head,
+                         torch.tensor([True] * 7), "m", "8-255", "vote", 0.03)
+    view = next(s for s in grown["autoattack"]["stages"] if s["view"] == "head public")
     assert (view["attacked"], view["robust_after"], view["passes"]["forward"]) == (2, None, 4)
     # The cost table compares the recipe's whole evaluation with AutoAttack once every rule is checked on all points.
     record["suite_all_points"] = {"n": 5, "seconds": 60.0, "passes": {"forward": 2, "backward": 1},
