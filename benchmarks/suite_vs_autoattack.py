@@ -31,7 +31,7 @@ Usage:
       --write-results [--bf16]
   OMP_NUM_THREADS=1 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 50 \\
       --models mnist-lenet5 --eps 0.1    # a small check: prints the records, writes nothing
-  OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 1000 --write-results \
+  OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 1000 --write-results \\
       --models runs/cifar10-resnet9-cpu:undefended,runs/cifar10-resnet9-cpu:adversarial,runs/cifar10-resnet9-cpu:aux
   OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data \\
       --run benchmarks/results/cifar10-resnet9-cpu --readings 8-255 --limit adversarial=250
@@ -86,9 +86,9 @@ def trained_model(name: str, data_root: str | None, folder: Path):
 
 
 def benchmark_model(name: str, data_root: str | None, cache: Path):
-    """``(model, test set, default eps values)`` of a built-in model or of a trained stage of a recipe run
-    (``RUN_FOLDER:STAGE``, e.g. the converged CIFAR-10 study's ``runs/cifar10-resnet9-cpu:adversarial``; its eps
-    readings are the defaults)."""
+    """``(record name, model, test set, default eps values)`` of a built-in model or of a trained stage of a recipe
+    run (``RUN_FOLDER:STAGE``, e.g. the converged CIFAR-10 study's ``runs/cifar10-resnet9-cpu:adversarial``,
+    recorded as ``cifar10-resnet9-cpu/adversarial``; its eps readings are the defaults)."""
     if ":" in name:
         run, stage = name.rsplit(":", 1)
         if not (Path(run) / "recipe.toml").is_file():
@@ -100,19 +100,11 @@ def benchmark_model(name: str, data_root: str | None, cache: Path):
             model = experiment.trained_model(run, stage, len(dataset_classes(test)))
         except FileNotFoundError as error:
             raise SystemExit(f"model {name!r}: {error}") from None
-        return model, test, tuple(reading["eps"] for reading in recipe["attack"]["readings"])
+        return f"{Path(run).name}/{stage}", model, test, tuple(r["eps"] for r in recipe["attack"]["readings"])
     if name not in MODELS:
         raise SystemExit(f"unknown model {name!r}; valid: {', '.join(MODELS)}, or RUN_FOLDER:STAGE")
     dataset, eps_values = MODELS[name]
-    return trained_model(name, data_root, cache), load_dataset(dataset, root=data_root, train=False), eps_values
-
-
-def _record_name(name: str) -> str:
-    """A record's model name: a run's stage as ``<run folder name>/<stage>``."""
-    if ":" not in name:
-        return name
-    run, stage = name.rsplit(":", 1)
-    return f"{Path(run).name}/{stage}"
+    return name, trained_model(name, data_root, cache), load_dataset(dataset, root=data_root, train=False), eps_values
 
 
 def _ratio(suite: dict, reference: dict) -> float | None:
@@ -282,7 +274,8 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                 # AutoAttack's verdicts do not depend on the suite: a run re-evaluated by a newer suite is compared
                 # afresh with them, and its misses are rechecked at the default budget of today's suite.
                 if record.get("suite_commit") != results.get("auxsurgery_commit"):
-                    record.pop("missed_checked", None), record.pop("missed_at_default_budget", None)
+                    record.pop("missed_checked", None)
+                    record.pop("missed_at_default_budget", None)
                 record.update(_compared(suite_robust, torch.tensor(record["autoattack"]["robust"], dtype=torch.bool)),
                               suite_commit=results.get("auxsurgery_commit"))
                 # What the recipe's evaluation spent on all its points (every rule's cascade; probes apart).
@@ -355,10 +348,9 @@ def _run_costs(doc: dict) -> list[list[str]]:
         if not suite or {r["rule"] for r in records if r["n"] == suite["n"]} != set(suite["rules"]):
             continue
         reference = [r["autoattack"] for r in records if r["n"] == suite["n"]]
-        suite_passes = suite["passes"]["forward"] + suite["passes"]["backward"]
-        aa_passes = sum(a["passes"]["forward"] + a["passes"]["backward"] for a in reference)
-        rows.append([model, reading, str(suite["n"]), f"{suite_passes / 1e3:,.1f}k", f"{aa_passes / 1e3:,.1f}k",
-                     f"{suite_passes / aa_passes:.3f}", f"{suite['seconds'] / 60:.1f}",
+        aa_passes = sum((Passes(**a["passes"]) for a in reference), start=Passes()).to_dict()
+        rows.append([model, reading, str(suite["n"]), _passes(suite["passes"]), _passes(aa_passes),
+                     f"{_ratio(suite['passes'], aa_passes):.3f}", f"{suite['seconds'] / 60:.1f}",
                      f"{sum(a['seconds'] for a in reference) / 60:.1f}"])
     return rows
 
@@ -400,8 +392,7 @@ def main() -> None:
     doc.update(command=command_line(), machine=machine(), versions=versions())
     cache = out or Path(args.model_cache)
     for name in args.models.split(","):
-        model, test, eps_values = benchmark_model(name, args.data_root, cache)
-        name = _record_name(name)
+        name, model, test, eps_values = benchmark_model(name, args.data_root, cache)
         x, y, _ = collect(test, args.n)
         for eps in [float(e) for e in args.eps.split(",")] if args.eps else eps_values:
             for rule in (args.rules or "vote").split(","):

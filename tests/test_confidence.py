@@ -3,8 +3,13 @@ import math
 
 import pytest
 
-from auxsurgery.evaluation.confidence import (difference_interval, paired_difference_interval, percent_with_interval,
-                                              wilson_interval)
+from auxsurgery.evaluation.confidence import (
+    difference_interval,
+    paired_difference_interval,
+    percent_with_interval,
+    points_with_interval,
+    wilson_interval,
+)
 
 
 def test_wilson_matches_known_values():
@@ -32,6 +37,7 @@ def test_difference_and_formatting():
     assert d["difference"] == pytest.approx(0.1)
     assert d["half_width"] == pytest.approx(1.96 * math.sqrt((0.24 + 0.25) / 100))
     assert percent_with_interval(0.5, 100) == "50.0 (40.4-59.6)"
+    assert points_with_interval({"difference": 0.018, "low": 0.001, "high": 0.035}) == "+1.8 (+0.1 to +3.5)"
 
 
 def test_paired_difference_counts_the_disagreements_and_matches_agresti_min():

@@ -285,7 +285,6 @@ def test_change_to_one_stage_is_accepted_once_its_work_is_deleted(tiny_run, tmp_
     assert json.loads((copy / "recipe.json").read_text())["aux"]["train"]["grad_clip"] == 1.0
 
 
-
 def test_report_pairs_each_attacked_rule_with_the_adversarial_baseline_and_marks_unattacked_rules(tiny_run):
     _, out, report = tiny_run
     gains = {g["label"]: g for g in report["gains"]["wide"]}
@@ -302,6 +301,7 @@ def test_report_pairs_each_attacked_rule_with_the_adversarial_baseline_and_marks
     assert "Against `adversarial`" in markdown and "an upper bound, not a robust accuracy" in markdown
     public = next(line for line in markdown.splitlines() if line.startswith("| Aux Block: public |"))
     assert public.rstrip(" |").split("|")[-1].split("(")[0].strip().endswith("†")
+
 
 # ---- Aux Block models trained adversarially -----------------------------------------------------------
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Z95", "difference_interval", "paired_difference_interval", "percent_with_interval", "wilson_interval"]
+__all__ = ["Z95", "difference_interval", "paired_difference_interval", "percent_with_interval", "points_with_interval",
+           "wilson_interval"]
 
 Z95 = 1.96  # the two-sided 95% normal quantile
 
@@ -56,3 +57,10 @@ def percent_with_interval(p: float, n: int, digits: int = 1) -> str:
     """``p`` in % with its Wilson interval: ``"47.3 (44.2-50.4)"``."""
     low, high = wilson_interval(p, n)
     return f"{100 * p:.{digits}f} ({100 * low:.{digits}f}-{100 * high:.{digits}f})"
+
+
+def points_with_interval(difference: dict) -> str:
+    """A difference of accuracies (from :func:`difference_interval` or :func:`paired_difference_interval`) in
+    percentage points with its interval: ``"+1.8 (+0.1 to +3.5)"``."""
+    return (f"{100 * difference['difference']:+.1f} ({100 * difference['low']:+.1f} to "
+            f"{100 * difference['high']:+.1f})")

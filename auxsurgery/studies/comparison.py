@@ -14,7 +14,12 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .._utils import atomic_write, markdown_table
-from ..evaluation.confidence import paired_difference_interval, percent_with_interval, wilson_interval
+from ..evaluation.confidence import (
+    paired_difference_interval,
+    percent_with_interval,
+    points_with_interval,
+    wilson_interval,
+)
 from ..evaluation.report import fmt_eps
 from ..model import RULES
 from .paper import paper_value
@@ -279,10 +284,6 @@ def report_markdown(report: dict, plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _difference(d: dict) -> str:
-    return f"{100 * d['difference']:+.1f} ({100 * d['low']:+.1f} to {100 * d['high']:+.1f})"
-
-
 def _gains_markdown(gains: list[dict]) -> list[str]:
     if not gains:
         return []
@@ -290,7 +291,7 @@ def _gains_markdown(gains: list[dict]) -> list[str]:
              "points: the difference with its paired 95% interval (Agresti and Min's, from the points where the two "
              "disagree); *gained / lost*: points robust under this model only / under the baseline only.", ""]
     lines += markdown_table(["model", "clean", "worst case", "worst case gained / lost"], [
-        [g["label"], _difference(g["clean"]), _difference(g["worst_case"]),
+        [g["label"], points_with_interval(g["clean"]), points_with_interval(g["worst_case"]),
          f"{g['worst_case']['gained']} / {g['worst_case']['lost']}"] for g in gains])
     return lines + [""]
 

@@ -33,7 +33,7 @@ from .._utils import atomic_write, did_you_mean, markdown_table, resolve_device,
 from ..checkpoint import save
 from ..data import dataset_classes, load_dataset
 from ..evaluation import Budget, run_suite, write_report
-from ..evaluation.confidence import paired_difference_interval, percent_with_interval
+from ..evaluation.confidence import paired_difference_interval, percent_with_interval, points_with_interval
 from ..evaluation.report import fmt_eps
 from ..evaluation.state import STATE_FOLDER
 from ..provenance import release
@@ -238,9 +238,7 @@ class DefenceResult:
                   f"with a 95% interval. Clean-accuracy floor: {floor}.", ""]
         rows = []
         for candidate in self.candidates:
-            w = candidate["verdict"]["worst_case"]
-            gain = ("-" if candidate["model"] == UNDEFENDED else
-                    f"{100 * w['difference']:+.1f} ({100 * w['low']:+.1f} to {100 * w['high']:+.1f})")
+            gain = "-" if candidate["model"] == UNDEFENDED else points_with_interval(candidate["verdict"]["worst_case"])
             chosen = " **best**" if self.best and candidate["label"] == self.best["label"] else ""
             rows.append([candidate["label"] + chosen, percent_with_interval(candidate["clean"], n),
                          percent_with_interval(candidate["worst_case"], n), gain,
@@ -376,8 +374,9 @@ def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, i
     undefended = _evaluate(reference, test_data, UNDEFENDED, out, settings, ("vote",))
     eps = undefended.preset.eps
     adversarial = config.training_config(eps)
-    models = {UNDEFENDED: {"description": "your model as given", "rules": _accuracies(undefended, ("vote",))}}
-    outcomes = {UNDEFENDED: _outcomes(undefended, ("vote",))}  # per point, for the paired intervals
+    accuracies, reference = _summary(undefended, ("vote",))
+    models = {UNDEFENDED: {"description": "your model as given", "rules": accuracies}}
+    outcomes = {UNDEFENDED: reference}  # per model, rule and point: for the paired intervals
     warnings = [f"{UNDEFENDED}: {f.message}" for f in undefended.warnings]
     training, files, attach_points = {}, {}, []
     for k, method in enumerate(config.methods, start=2):
@@ -393,8 +392,8 @@ def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, i
             files[f"{method} model"] = str(out / method / (MODEL_FILE if defence.heads else f"train/{LAST_FILE}"))
         rules = ("vote", "score") if defence.heads else ("vote",)
         evaluated = _evaluate(model, test_data, method, out, settings, rules)
-        models[method] = {"description": defence.description, "rules": _accuracies(evaluated, rules)}
-        outcomes[method] = _outcomes(evaluated, rules)
+        accuracies, outcomes[method] = _summary(evaluated, rules)
+        models[method] = {"description": defence.description, "rules": accuracies}
         warnings += [f"{method}: {f.message}" for f in evaluated.warnings]
 
     n_points = undefended.n
@@ -448,13 +447,11 @@ def _evaluate(model: nn.Module, test_data: Dataset, name: str, out: Path | None,
     return result
 
 
-def _accuracies(result, rules: tuple) -> dict:
+def _summary(result, rules: tuple) -> tuple[dict, dict]:
+    """Per rule: the clean and worst-case accuracies, and per point whether the rule is right on the clean image
+    and robust to every attack."""
     worst = result.worst_case().outcome
-    return {rule: {"clean": result.clean.accuracy(rule), "worst_case": worst.accuracy(rule)} for rule in rules}
-
-
-def _outcomes(result, rules: tuple) -> dict:
-    """Per rule, per point: right on the clean image, and robust to every attack."""
-    worst = result.worst_case().outcome
-    return {rule: {"clean": result.clean.rules[rule].tolist(), "worst_case": worst.rules[rule].tolist()}
-            for rule in rules}
+    accuracies = {rule: {"clean": result.clean.accuracy(rule), "worst_case": worst.accuracy(rule)} for rule in rules}
+    outcomes = {rule: {"clean": result.clean.rules[rule].tolist(), "worst_case": worst.rules[rule].tolist()}
+                for rule in rules}
+    return accuracies, outcomes

@@ -106,8 +106,8 @@ class TrainingMethod:
         from auxsurgery.attacks import PGD
 
         self.model, self.config, self.seed = model, config, seed
-        self.steps = self.attack_steps(config)
-        self.step_size = config.step_size if config.step_size is not None else self.default_step(config.eps, self.steps)
+        crafting = crafting_settings(config)
+        self.steps, self.step_size = crafting["steps"], crafting["step_size"]
         objective = self.crafting_objective(model, config)
         self.attack = PGD(model, objective=objective, eps=config.eps, step_size=self.step_size, steps=self.steps,
                           norm="linf", random_start=True, early_stop=False,
