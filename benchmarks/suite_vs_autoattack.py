@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from auxsurgery import attach_aux_blocks, load, save
-from auxsurgery._utils import atomic_write, markdown_table
+from auxsurgery._utils import atomic_write, markdown_table, resolve_device
 from auxsurgery.attacks import Passes
 from auxsurgery.data import dataset_classes, load_dataset
 from auxsurgery.evaluation import collect, run_suite
@@ -228,7 +228,7 @@ def _write_run_check(run: Path, path: Path, doc: dict) -> None:
 
 
 def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None, rules: list[str] | None,
-                    limits: dict[str, int], rerun: bool) -> None:
+                    limits: dict[str, int], rerun: bool, device: torch.device) -> None:
     """AutoAttack against the per-point worst case a recipe run recorded, per model, reading and rule."""
     recipe = load_recipe(run / "recipe.toml")
     test = load_dataset(recipe["data"]["name"], root=data_root, train=False)
@@ -264,7 +264,7 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                     # stopped and an interrupted one loses at most a chunk.
                     done = doc["records"].get(key, {}).get("n", 0)
                     stop = min(n, done + RUN_CHUNK)
-                    model = model or experiment.trained_model(run, name, len(dataset_classes(test)))
+                    model = model or experiment.trained_model(run, name, len(dataset_classes(test))).to(device)
                     print(f"== {key} (points {done}-{stop} of {n})", flush=True)
                     chunk = autoattack(model, x[done:stop], y[done:stop], eps, rule=rule, protocol="standard")
                     doc["records"][key] = _grown(doc["records"].get(key), chunk, suite_robust[:stop], name, reading,
@@ -289,7 +289,7 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                 if unchecked:
                     # The recipe's cascade may run on a reduced budget: the suite at its default budget (AutoAttack's
                     # steps and target count) on the points it missed says whether the budget or the suite fell short.
-                    model = model or experiment.trained_model(run, name, len(dataset_classes(test)))
+                    model = model or experiment.trained_model(run, name, len(dataset_classes(test))).to(device)
                     full = run_suite(model, (x[unchecked], y[unchecked]), suite="strong", eps=eps, rules=(rule,),
                                      seed=results["settings"]["seed"])
                     still = full.worst_case().outcome.rules[rule]
@@ -372,16 +372,18 @@ def main() -> None:
                                         "rule the run attacked)")
     parser.add_argument("--bf16", action="store_true", help="also run the suite with bf16 attack steps")
     parser.add_argument("--rerun", action="store_true", help="redo records that exist")
+    parser.add_argument("--device", default="auto", help="where the models and attacks run (auto: cuda if available)")
     parser.add_argument("--run", help="cross-check this recipe run folder instead (see above)")
     parser.add_argument("--readings", help="with --run: comma-separated eps readings (default: all of the run's)")
     parser.add_argument("--limit", action="append", default=[], metavar="MODEL=N",
                         help="with --run: AutoAttack on the first N points only for MODEL (repeatable)")
     args = parser.parse_args()
+    device = resolve_device(args.device)
     if args.run:
         limits = {model: int(n) for model, n in (item.split("=") for item in args.limit)}
         readings = args.readings.split(",") if args.readings else None
         rules = args.rules.split(",") if args.rules else None
-        cross_check_run(Path(args.run), args.data_root, readings, rules, limits, args.rerun)
+        cross_check_run(Path(args.run), args.data_root, readings, rules, limits, args.rerun, device)
         return
 
     doc = {"records": {}}
@@ -393,6 +395,7 @@ def main() -> None:
     cache = out or Path(args.model_cache)
     for name in args.models.split(","):
         name, model, test, eps_values = benchmark_model(name, args.data_root, cache)
+        model.to(device)
         x, y, _ = collect(test, args.n)
         for eps in [float(e) for e in args.eps.split(",")] if args.eps else eps_values:
             for rule in (args.rules or "vote").split(","):

@@ -111,6 +111,50 @@ def test_targeted_classes_are_registered_and_configured():
     assert not attack.targeted and attack.objective.needs_true_label
 
 
+def test_screening_finds_the_far_class_that_one_target_by_score_misses():
+    """ScatterVote: only class 4, fourth by score, fools the vote. One target by score never aims there;
+    a short run at every candidate finds it."""
+    eps = 0.1
+    model = ScatterVote(eps)
+    x, y = scatter_data(32)
+
+    def fooled(attack):
+        return is_adversarial(model, attack(x, y), y, "vote").float().mean().item()
+
+    assert fooled(APGDT(model, eps=eps, steps=10, target_classes=1, seed=0)) <= 0.1
+    assert fooled(APGDT(model, eps=eps, steps=10, target_classes=1, target_candidates=9, screen_steps=3,
+                        seed=0)) >= 0.9
+
+
+def test_screening_runs_every_candidate_briefly_then_the_closest_in_full():
+    model = trained_aux_model()
+    x, y = dataset(8, seed=6)
+    runs = []
+
+    class Recorded(APGDT):
+        def _run(self, x, y, target=None, steps=None):
+            x_adv = super()._run(x, y, target, steps)
+            with torch.no_grad():
+                runs.append((target, steps, self.loss(self.logits(x_adv), y, target)))
+            return x_adv
+
+    # An eps too small to fool anything: every run sees every sample, and no run returns early.
+    attack = Recorded(model, eps=1e-5, steps=4, target_classes=2, target_candidates=5, screen_steps=2, seed=0)
+    x_adv = attack(x, y)
+    assert not attack.success(x_adv, y).any() and (x_adv - x).abs().max() <= 1e-5
+    candidates = CLASSES - 1  # all the other classes (fewer than the 5 asked for)
+    assert [steps for _, steps, _ in runs] == [2] * candidates + [None] * 2
+    screened = torch.stack([target for target, _, _ in runs[:candidates]], 1)
+    reached = torch.stack([loss for _, _, loss in runs[:candidates]], 1)
+    closest = screened.gather(1, reached.argsort(dim=1, descending=True, stable=True)[:, :2])
+    assert torch.equal(torch.stack([target for target, _, _ in runs[candidates:]], 1), closest)
+    with pytest.raises(ValueError, match="screen_steps must be >= 1"):
+        APGDT(model, target_classes=1, target_candidates=3, screen_steps=0)
+    with pytest.raises(ValueError, match="screen_steps needs target_candidates"):
+        APGDT(model, target_classes=1, screen_steps=3)
+    assert APGDT(model, target_classes=1, target_candidates=3, screen_steps=3).config()["screen_steps"] == "3"
+
+
 def test_boundary_ranking_picks_the_nearest_boundary_not_the_likeliest_class():
     """On a linear model the linearised distance is the exact L-inf distance to each class's boundary,
     (z_y - z_t) / ||w_y - w_t||_1: a likely class behind a steep boundary ranks after an unlikely near one."""

@@ -223,7 +223,7 @@ def test_strong_suite_is_a_cascade_on_the_points_still_robust(aux, test_data):
     cascade = result.rows_of("strong")
     assert [row.name for row in cascade] == [
         "Cascade [vote] 1: APGD [vote-margin]", "Cascade [vote] 2: APGD-CE [ensemble]",
-        "Cascade [vote] 3: APGD-T [dlr-t-ensemble, top-3]",
+        "Cascade [vote] 3: APGD-T [dlr-t-ensemble, 1 screened of top-3]",
         "Cascade [vote] 4: APGD-T [vote-margin, 2 nearest of top-3]", "Cascade [vote] 5: Square",
         "Cascade [vote] 6: Square x200 (escalated)"]
     assert all(row.kind == "cascade" for row in cascade)
@@ -255,7 +255,7 @@ def test_the_vote_cascade_breaks_a_tie_that_only_the_ensemble_decides(data_root)
     result = run_suite(model, (x, y), suite="strong", eps=0.03137, rules=("vote",), progress=False)
     broken_by = result.worst_case().first_broken_by["vote"][0]
     assert result.clean.rules["vote"].all() and not result.worst_case().outcome.rules["vote"].any()
-    assert broken_by == "Cascade [vote] 3: APGD-T [dlr-t-ensemble, top-9]"
+    assert broken_by == "Cascade [vote] 3: APGD-T [dlr-t-ensemble, 2 screened of top-9]"
 
 
 def test_cascade_gives_the_worst_case_of_the_standalone_attacks(aux, test_data):
@@ -294,7 +294,7 @@ def test_a_result_prints_a_short_summary_and_offers_it_as_a_dict(aux, test_data)
     vote, score = summary["cascade_stages"]
     assert (vote["cascade"], vote["rule"], vote["start"]) == ("Cascade [vote]", "vote", "earlier attacks")
     assert [s["attack"] for s in vote["stages"]] == ["APGD [vote-margin]", "APGD-CE [ensemble]",
-                                                     "APGD-T [dlr-t-ensemble, top-3]",
+                                                     "APGD-T [dlr-t-ensemble, 1 screened of top-3]",
                                                      "APGD-T [vote-margin, 2 nearest of top-3]", "Square"]
     assert vote["stages"][-1]["accuracy"] == result.row("Cascade [vote] 5: Square").outcome.accuracy("vote")
     assert score["start_accuracy"] == result.row("Cascade [vote] 5: Square").outcome.accuracy("score")

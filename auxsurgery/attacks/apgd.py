@@ -79,7 +79,10 @@ class APGD(Attack):
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.best_of_restarts(x, y, self.restarts, self._run)
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
+             steps: int | None = None) -> torch.Tensor:
+        """One run of ``steps`` steps (default: the attack's); the step-size checkpoints scale with them."""
+        steps = self.steps if steps is None else steps
         ball = self.ball(x)
         x_adv = ball.random_point(self.generator)
         working = Survivors(x_adv.clone())
@@ -89,10 +92,10 @@ class APGD(Attack):
         # State of the step-size test, reset at every checkpoint.
         increases = torch.zeros_like(loss)
         best_at_check, reduced_at_check, last_check = best_loss, torch.ones_like(loss, dtype=torch.bool), 0
-        check_at = set(checkpoints(self.steps))
+        check_at = set(checkpoints(steps))
         x_prev, prev_loss = x_adv, loss
 
-        for i in range(self.steps + 1):  # i: steps taken so far (0: the random start)
+        for i in range(steps + 1):  # i: steps taken so far (0: the random start)
             if i > 0:
                 z = ball.step(x_adv, grad, step)
                 if i > 1:  # momentum: x_adv + a (z - x_adv) + (1 - a) (x_adv - x_prev), projected again

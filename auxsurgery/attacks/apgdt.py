@@ -24,7 +24,8 @@ class APGDT(TopKTargeted, APGD):
 
     Cost: up to ``target_classes * restarts`` APGD runs, each ``steps + 1`` forward and
     backward passes on the samples still robust, plus one forward per run and one on the
-    clean inputs (and, with ``target_candidates``, one backward per candidate there).
+    clean inputs (and, with ``target_candidates``, one backward per candidate there; with
+    ``screen_steps``, instead a short run of ``screen_steps + 1`` passes and a forward per candidate).
 
     Args:
         target_classes: targets tried per sample (AutoAttack: 9 for 10 classes; capped at
@@ -32,6 +33,9 @@ class APGDT(TopKTargeted, APGD):
         target_candidates: rank this many top classes by their linearised distance to the decision
             boundary and attack the ``target_classes`` nearest (MALT's targeting; one forward and
             ``target_candidates`` backward passes on the clean inputs). ``None``: the top classes by score.
+        screen_steps: rank the candidates by trying them instead: a run of this many steps at each, then the
+            full runs at the ``target_classes`` whose short runs reached the highest objective (see
+            :mod:`~auxsurgery.attacks.targeted`). Needs ``target_candidates``.
         (others: see :class:`~auxsurgery.attacks.apgd.APGD`)
     """
 
@@ -53,6 +57,7 @@ class APGDT(TopKTargeted, APGD):
         kappa: float = 0.0,
         precision: str = "fp32",
         target_candidates: int | None = None,
+        screen_steps: int | None = None,
     ):
         super().__init__(model, objective, eps, norm, steps, restarts, rho, rule, seed, kappa, precision)
-        self._init_targets(target_classes, target_candidates)
+        self._init_targets(target_classes, target_candidates, screen_steps)

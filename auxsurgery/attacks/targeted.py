@@ -13,6 +13,13 @@ attack ranks that many likely classes by a linearised distance to each one's dec
 the threat model's: L1 for L-inf), and attacks only the k nearest (the idea of MALT, Melamed et al.
 2024, arXiv 2407.02240): one forward and one backward per candidate buy the same successes with far
 fewer targeted runs.
+
+Or by trying them: with ``screen_steps`` every candidate gets a short run of that many steps first, and
+only the ``target_classes`` whose short runs came closest (the highest objective, the targeted loss that
+success needs) get the full runs; a point a short run fools is done there. This spends where a target
+is promising (A3's idea, Liu et al. 2022, arXiv 2203.05154) and, unlike the linearisation at the clean
+input, sees what the decision rule does along the way: against a vote whose ties the ensemble's score
+breaks, the target that wins a tie need not be the nearest one at the clean input.
 """
 from __future__ import annotations
 
@@ -78,19 +85,27 @@ class TopKTargeted:
     targets_objective = True
     target_classes: int
     target_candidates: int | None
+    screen_steps: int | None = None
 
-    def _init_targets(self, target_classes: int, target_candidates: int | None = None) -> None:
+    def _init_targets(self, target_classes: int, target_candidates: int | None = None,
+                      screen_steps: int | None = None) -> None:
         if target_classes < 1:
             raise ValueError(f"target_classes must be >= 1, got {target_classes}")
         if target_candidates is not None and target_candidates < target_classes:
             raise ValueError(f"target_candidates ({target_candidates}) must be at least target_classes "
                              f"({target_classes}): the targets are picked among the candidates")
+        if screen_steps is not None and screen_steps < 1:
+            raise ValueError(f"screen_steps must be >= 1, got {screen_steps}")
+        if screen_steps is not None and target_candidates is None:
+            raise ValueError("screen_steps needs target_candidates: the short runs pick the targets among them")
         self.target_classes = target_classes
         self.target_candidates = target_candidates
+        self.screen_steps = screen_steps
 
     def config(self) -> dict[str, str]:
         ranked = {} if self.target_candidates is None else {"target_candidates": str(self.target_candidates)}
-        return {**super().config(), "target_classes": str(self.target_classes), **ranked}
+        screened = {} if self.screen_steps is None else {"screen_steps": str(self.screen_steps)}
+        return {**super().config(), "target_classes": str(self.target_classes), **ranked, **screened}
 
     def targets(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Target classes ``[B, k]`` from the clean logits: the ensemble's top k other than ``y``, or, with
@@ -104,14 +119,44 @@ class TopKTargeted:
         return candidates.gather(1, nearest[:, :self.target_classes])
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ranked = self.target_candidates is not None and self.target_candidates > self.target_classes
+        screened = self.screen_steps is not None and self.target_candidates > self.target_classes
+        ranked = not screened and self.target_candidates is not None and self.target_candidates > self.target_classes
         x_in = x.detach().requires_grad_(ranked)
         with torch.set_grad_enabled(ranked):
             logits = self.logits(x_in)
         x_adv = x.clone()
         todo = (~self.fooled(logits.detach(), y)).nonzero().squeeze(1)
-        if todo.numel():
-            # Ranking differentiates the clean forward: its scores keep their graph to x_in.
-            targets = self.targets(logits, y, x_in)[todo] if ranked else self.targets(logits[:, todo], y[todo])
-            x_adv[todo] = self.best_of_restarts(x[todo], y[todo], self.restarts, self._run, targets=targets)
+        if not todo.numel():
+            return x_adv
+        if screened:
+            candidates = top_k_targets(ensemble_log_probs(logits, head_weights(self.model, logits)), y,
+                                       self.target_candidates)[todo]
+            x_adv[todo] = self._screened(x[todo], y[todo], candidates)
+            return x_adv
+        # Ranking differentiates the clean forward: its scores keep their graph to x_in.
+        targets = self.targets(logits, y, x_in)[todo] if ranked else self.targets(logits[:, todo], y[todo])
+        x_adv[todo] = self.best_of_restarts(x[todo], y[todo], self.restarts, self._run, targets=targets)
+        return x_adv
+
+    def _screened(self, x: torch.Tensor, y: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """A short run at every candidate ``[B, K]``, then full runs at the ``target_classes`` that came closest,
+        each only on the samples still robust."""
+        x_adv = x.clone()
+        reached = torch.full(candidates.shape, float("-inf"), device=x.device)
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for k, target in enumerate(candidates.unbind(1)):
+            todo = (~fooled).nonzero().squeeze(1)
+            if not todo.numel():
+                return x_adv
+            x_try = self._run(x[todo], y[todo], target[todo], steps=self.screen_steps)
+            with torch.no_grad():
+                logits = self.logits(x_try)
+                reached[todo, k] = self.loss(logits, y[todo], target[todo]).to(reached.dtype)
+            now_fooled = self.fooled(logits, y[todo])
+            x_adv[todo[now_fooled]] = x_try[now_fooled]
+            fooled[todo] = now_fooled
+        todo = (~fooled).nonzero().squeeze(1)
+        closest = reached[todo].argsort(dim=1, descending=True, stable=True)[:, :self.target_classes]
+        x_adv[todo] = self.best_of_restarts(x[todo], y[todo], self.restarts, self._run,
+                                            targets=candidates[todo].gather(1, closest))
         return x_adv
