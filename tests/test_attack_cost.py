@@ -61,7 +61,7 @@ def test_a_one_head_model_runs_one_cascade_for_all_its_rules():
     result = run_suite(model, (x, y), suite="strong", eps=0.05, rules=("vote", "score", "public"), budget=budget,
                        progress=False)
     names = [row.name for row in result.rows_of("strong")]
-    assert names == ["Cascade 1: APGD-CE", "Cascade 2: APGD-T [dlr-t, 1 nearest of top-2]", "Cascade 3: Square",
+    assert names == ["Cascade 1: APGD-CE", "Cascade 2: APGD-T [dlr-t, top-2]", "Cascade 3: Square",
                      "Cascade 4: Square x20 (escalated)"]
     assert not any("vote" in name for name in names)
     worst = result.worst_case()

@@ -260,11 +260,20 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     p, b = c.preset, c.budget
     apgd = dict(eps=p.eps, steps=b.apgd_steps, restarts=b.apgd_restarts, rule=rule, seed=c.seed)
     targets = dict(target_classes=b.target_classes, target_candidates=max(b.target_candidates, b.target_classes))
+    # AutoAttack's APGD-T (the targeted DLR) aims at every candidate, but briefly: a short run at each, full runs
+    # only at the few that came closest. Ranking by the linearised distance at the clean input instead (3 nearest of
+    # 9) left points that AutoAttack's 9 targets break (the suite_vs_autoattack benchmark: a plain CIFAR-10 ResNet-9
+    # at 2/255 and an adversarially trained one at 8/255), and against a vote the target of a tie, which the
+    # ensemble's score breaks, need not be near the ensemble's boundary (two points of the adversarial study's
+    # AutoAttack check). The same passes as the 3 nearest, all 9 targets tried.
+    screened = dict(targets, target_classes=min(b.screened_targets, targets["target_candidates"]),
+                    screen_steps=b.screen_steps)
+    reach = (f"{screened['target_classes']} screened of " if screened["target_classes"] < targets["target_candidates"]
+             else "") + f"top-{targets['target_candidates']}"
     square = dict(eps=p.eps, rule=rule, seed=c.seed)
-    top = f"{b.target_classes} nearest of top-{targets['target_candidates']}"
     if len(c.head_names) == 1:
         return [plan("APGD-CE", "strong", APGD, objective="public", **apgd),
-                plan(f"APGD-T [dlr-t, {top}]", "strong", APGDT, objective="dlr-t-public", **targets, **apgd),
+                plan(f"APGD-T [dlr-t, {reach}]", "strong", APGDT, objective="dlr-t-public", **screened, **apgd),
                 plan("Square", "strong", Square, objective="margin-public", queries=b.square_queries, **square)]
     on_vote = rule == "vote"
     plans = [plan(f"APGD [{RULE_OBJECTIVE[rule]}]", "strong", APGD, objective=RULE_OBJECTIVE[rule], **apgd)]
@@ -272,23 +281,15 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
         plans.append(plan("APGD-CE [ensemble]", "strong", APGD, objective="ensemble", **apgd))
     elif rule == "score":
         plans.append(plan("APGD-DLR [dlr-ensemble]", "strong", APGD, objective="dlr-ensemble", **apgd))
-    # The targeted DLR on the ensemble (AutoAttack's APGD-T) runs for the vote too: the vote's tie-break is the
-    # ensemble's score, and where half the heads reach the target only that score decides. The capped targeted
-    # vote margin stops pushing once those heads flip (a point of the adversarial study's AutoAttack check fell
-    # to AutoAttack's APGD-T with the heads split 2-2 and to this stage in 25 passes, never to the vote margin).
-    # Against the vote it tries every candidate, as AutoAttack does, since the target of a tie need not be among
-    # the classes nearest to the ensemble's boundary (another point of that check fell only with 9 targets), but
-    # briefly: a short run at each, full runs only at the few that came closest.
+    # The targeted DLR on the ensemble runs for the vote too: the vote's tie-break is the ensemble's score, and where
+    # half the heads reach the target only that score decides. The capped targeted vote margin stops pushing once
+    # those heads flip (a point of the adversarial study's AutoAttack check fell to AutoAttack's APGD-T with the
+    # heads split 2-2 and to this stage in 25 passes, never to the vote margin).
+    plans.append(plan(f"APGD-T [dlr-t-ensemble, {reach}]", "strong", APGDT, objective="dlr-t-ensemble", **screened,
+                      **apgd))
     if on_vote:
-        screened = dict(targets, target_classes=min(b.screened_targets, targets["target_candidates"]),
-                        screen_steps=b.screen_steps)
-        plans += [plan(f"APGD-T [dlr-t-ensemble, {screened['target_classes']} screened of "
-                       f"top-{targets['target_candidates']}]", "strong", APGDT, objective="dlr-t-ensemble",
-                       **screened, **apgd),
-                  plan(f"APGD-T [vote-margin, {top}]", "strong", APGDT, objective="vote-margin", **targets, **apgd)]
-    else:
-        plans.append(plan(f"APGD-T [dlr-t-ensemble, {top}]", "strong", APGDT, objective="dlr-t-ensemble", **targets,
-                          **apgd))
+        plans.append(plan(f"APGD-T [vote-margin, {b.target_classes} nearest of top-{targets['target_candidates']}]",
+                          "strong", APGDT, objective="vote-margin", **targets, **apgd))
     plans.append(plan("Square", "strong", Square, objective=SQUARE_OBJECTIVE[rule], queries=b.square_queries,
                       **square))
     return plans

@@ -102,13 +102,12 @@ class Budget:
     # an undefended LeNet-5.
     cw_lr: float = 0.1
     boundary_steps: int = 1000
-    # APGD-T attacks the target_classes nearest of the target_candidates most likely classes, nearest by a
-    # linearised distance to each boundary (MALT's targeting; AutoAttack attacks the 9 most likely of 10).
+    # The targeted stages aim among the target_candidates most likely classes (AutoAttack: the 9 most likely of 10).
+    # The targeted DLR (AutoAttack's APGD-T) tries each with a run of screen_steps steps and runs in full only at the
+    # screened_targets that came closest (A3's spending); the vote's targeted vote margin attacks the
+    # target_classes nearest by a linearised distance to each boundary (MALT's targeting).
     target_classes: int = 3
     target_candidates: int = 9
-    # Against the vote, the targeted DLR on the ensemble tries every candidate with a run of screen_steps steps and
-    # runs in full only at the screened_targets that came closest (A3's spending): a tie the ensemble's score
-    # breaks can be won by a class the linearisation ranks far (see attacks/targeted.py).
     screen_steps: int = 10
     screened_targets: int = 2
     # Square's queries on the survivors of a cascade where an indicator of attack failure fires (AutoAttack's
