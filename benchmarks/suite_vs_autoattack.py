@@ -51,7 +51,7 @@ from auxsurgery.attacks import Passes
 from auxsurgery.data import dataset_classes, load_dataset
 from auxsurgery.evaluation import collect, run_suite
 from auxsurgery.evaluation.autoattack import autoattack
-from auxsurgery.provenance import command_line, machine, versions
+from auxsurgery.provenance import command_line, machine, source_commit, versions
 from auxsurgery.studies import experiment
 from auxsurgery.studies.recipe import load_recipe
 from auxsurgery.train import TrainConfig, finetune, paper_config
@@ -209,7 +209,7 @@ def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, re
         "autoattack": {"accuracy": robust.float().mean().item(), "seconds": previous["seconds"] + chunk.seconds,
                        "passes": (Passes(**previous["passes"]) + chunk.passes).to_dict(), "settings": settings,
                        "stages": list(stages.values()), "robust": robust.tolist()},
-        **{k: record[k] for k in ("missed_at_default_budget", "missed_checked", "suite_commit")
+        **{k: record[k] for k in ("missed_at_default_budget", "missed_checked", "missed_checked_by", "suite_commit")
            if record and k in record},
     } | _compared(suite_robust, robust)
 
@@ -273,7 +273,9 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                 record = doc["records"][key]
                 # AutoAttack's verdicts do not depend on the suite: a run re-evaluated by a newer suite is compared
                 # afresh with them, and its misses are rechecked at the default budget of today's suite.
-                if record.get("suite_commit") != results.get("auxsurgery_commit"):
+                if (record.get("suite_commit"), record.get("missed_checked_by")) != (results.get("auxsurgery_commit"),
+                                                                                     source_commit()):
+                    # The recheck below is by the suite of this checkout: a newer one checks the misses again.
                     record.pop("missed_checked", None)
                     record.pop("missed_at_default_budget", None)
                 record.update(_compared(suite_robust, torch.tensor(record["autoattack"]["robust"], dtype=torch.bool)),
@@ -296,6 +298,7 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                     record["missed_at_default_budget"] = record.get("missed_at_default_budget", []) + [
                         i for i, robust in zip(unchecked, still.tolist()) if robust]
                     record["missed_checked"] = record.get("missed_checked", []) + unchecked
+                    record["missed_checked_by"] = source_commit()
                     _write_run_check(run, path, doc)
     _write_run_check(run, path, doc)
     print(run_report(doc), flush=True)
@@ -321,8 +324,9 @@ def run_report(doc: dict) -> str:
              "log-probabilities, each example judged by the rule; *union*: robust only if neither broke it. "
              "*suite robust, AA fooled* are the suite's misses (must be 0). *suite commit*: the auxsurgery commit whose "
              "suite made the recipe's evaluation (AutoAttack's side does not depend on it).", ""]
-    lines += ["*of those, robust at the default budget*: the misses rerun through the strong suite at its default budget "
-              "(`Budget()`: its own steps, targets and Square queries), which the recipe may have reduced.", ""]
+    lines += ["*of those, robust at the default budget*: the misses rerun through the strong suite of the commit that "
+              "last ran this check at its default budget (`Budget()`: its own steps, targets and Square queries), which "
+              "the recipe may have reduced; rechecked whenever a newer suite runs the check.", ""]
     lines += markdown_table(["model", "reading", "rule", "n", "suite", "AutoAttack", "union", "suite robust, AA fooled",
                              "of those, robust at the default budget", "AA robust, suite fooled", "AutoAttack min",
                              "suite commit"], rows)
