@@ -16,8 +16,10 @@ each eps (in [0, 1] pixels), each decision rule and the first N test points, mea
 
 One JSON record per (model, eps, rule), each with the command that produced it. Records are written only
 with ``--out`` (the committed benchmark lives in benchmarks/results/suite_vs_autoattack); without it they are
-printed. The models are trained here once and cached (weights are not committed); a rerun skips the
-records that exist (``--rerun`` redoes them).
+printed. The models are trained here once and cached (weights are not committed). A rerun skips the records
+this checkout's suite made; a record another suite made is measured again by this one and compared with the
+per-point verdicts of AutoAttack it kept (AutoAttack's side does not depend on the suite and is not re-run);
+``--rerun`` redoes everything.
 
 With ``--run FOLDER`` it cross-checks a recipe run instead (``auxsurgery run``): for each trained model and
 eps reading of the run, AutoAttack's standard protocol on the first N points the recipe attacked, against the
@@ -112,32 +114,44 @@ def _ratio(suite: dict, reference: dict) -> float | None:
     return (suite["forward"] + suite["backward"]) / total if total else None
 
 
-def measure(model, x, y, eps: float, rule: str, bf16: bool) -> dict:
-    """One (model, eps, rule) record: the suite and AutoAttack's standard protocol on the same points, the
-    per-point union and misses, and each one's cost in image-passes (the headline) beside wall time."""
+def _autoattack_side(model, x, y, eps: float, rule: str, previous: dict | None) -> dict:
+    """AutoAttack's standard protocol on these points, or the per-point verdicts a previous record of them kept
+    (they do not depend on the suite, so a newer suite is compared with them without running AutoAttack again)."""
+    if previous and len(previous.get("autoattack_robust_points", [])) == len(x):
+        return {key: value for key, value in previous.items() if key.startswith("autoattack_")}
+    standard = autoattack(model, x, y, eps, rule=rule, protocol="standard")
+    return {"autoattack_robust_points": standard.robust.tolist(), "autoattack_robust": standard.accuracy,
+            "autoattack_passes": standard.passes.to_dict(), "autoattack_seconds": standard.seconds,
+            "autoattack_stages": standard.stages, "autoattack_settings": standard.settings,
+            "autoattack_command": command_line()}
+
+
+def measure(model, x, y, eps: float, rule: str, bf16: bool, previous: dict | None = None) -> dict:
+    """One (model, eps, rule) record: the suite and AutoAttack's standard protocol on the same points (AutoAttack's
+    verdicts taken from ``previous`` where it kept them), the per-point union and misses, and each one's cost in
+    image-passes (the headline) beside wall time."""
     began = time.perf_counter()
     suite = run_suite(model, (x, y), suite="strong", eps=eps, rules=(rule,), progress=True)
     suite_seconds = time.perf_counter() - began
     suite_robust = suite.worst_case().outcome.rules[rule]
-    standard = autoattack(model, x, y, eps, rule=rule, protocol="standard")
-    missed = suite_robust & ~standard.robust
-    suite_passes, reference_passes = suite.passes().to_dict(), standard.passes.to_dict()
+    reference = _autoattack_side(model, x, y, eps, rule, previous)
+    robust = torch.tensor(reference["autoattack_robust_points"], dtype=torch.bool)
+    missed = suite_robust & ~robust
+    suite_passes = suite.passes().to_dict()
     record = {
-        "command": command_line(), "eps": eps, "rule": rule, "n": len(x), "clean": suite.clean.accuracy(rule),
-        "suite_robust": suite_robust.float().mean().item(),
-        "autoattack_robust": standard.accuracy,
-        "union_robust": (suite_robust & standard.robust).float().mean().item(),
+        "command": command_line(), "suite_commit": source_commit(), "eps": eps, "rule": rule, "n": len(x),
+        "clean": suite.clean.accuracy(rule), "suite_robust": suite_robust.float().mean().item(),
+        "union_robust": (suite_robust & robust).float().mean().item(),
         "misses": int(missed.sum()), "missed_points": missed.nonzero().flatten().tolist(),
-        "autoattack_robust_suite_fooled": int((standard.robust & ~suite_robust).sum()),
-        "suite_passes": suite_passes, "autoattack_passes": reference_passes,
-        "pass_ratio": _ratio(suite_passes, reference_passes),
+        "autoattack_robust_suite_fooled": int((robust & ~suite_robust).sum()),
+        "suite_passes": suite_passes, "pass_ratio": _ratio(suite_passes, reference["autoattack_passes"]),
         "sanity_passes": suite.passes(sanity=True).to_dict(),
-        "suite_seconds": suite_seconds, "autoattack_seconds": standard.seconds,
-        "time_ratio": suite_seconds / standard.seconds if standard.seconds else None,
+        "suite_seconds": suite_seconds,
+        "time_ratio": suite_seconds / reference["autoattack_seconds"] if reference["autoattack_seconds"] else None,
         "suite_rows": [{"name": r.name, "robust": r.outcome.accuracy(rule), "attacked": r.attacked,
                         "seconds": r.seconds, "passes": r.passes.to_dict()} for r in suite.rows],
-        "autoattack_stages": standard.stages, "autoattack_settings": standard.settings,
         "findings": [f.to_dict() for f in suite.findings if f.level == "warning" or f.check == "indicators"],
+        **reference,
     }
     if bf16:
         began = time.perf_counter()
@@ -404,10 +418,12 @@ def main() -> None:
         for eps in [float(e) for e in args.eps.split(",")] if args.eps else eps_values:
             for rule in (args.rules or "vote").split(","):
                 key = f"{name}@{eps:.4g}@{rule}"
-                if key in doc["records"] and doc["records"][key]["n"] == args.n:
-                    continue
+                previous = doc["records"].get(key) if not args.rerun else None
+                if previous and previous["n"] == args.n and (previous.get("suite_commit") == source_commit()
+                                                             or "autoattack_robust_points" not in previous):
+                    continue  # measured by this suite, or by an older one whose AutoAttack verdicts were not kept
                 print(f"== {key} (n={args.n})", flush=True)
-                doc["records"][key] = measure(model, x, y, eps, rule, args.bf16)
+                doc["records"][key] = measure(model, x, y, eps, rule, args.bf16, previous)
                 if path:
                     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
                     atomic_write(path.with_suffix(".md"), lambda tmp: Path(tmp).write_text(report(doc)))

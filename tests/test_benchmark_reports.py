@@ -136,3 +136,28 @@ def test_run_check_grows_by_chunks():
     assert bench._run_costs(doc) == [["m", "8-255", "5", "0.0k", "0.0k", "0.100", "1.0", "0.1"]]
     record["suite_all_points"]["rules"] = ["vote", "score"]
     assert bench._run_costs(doc) == [] and "Cost in image-passes" not in bench.run_report(doc)
+
+
+def test_a_newer_suite_is_compared_with_the_autoattack_verdicts_a_record_kept(monkeypatch):
+    """AutoAttack's side of a record does not depend on the suite: measuring again with a previous record that kept
+    its per-point verdicts runs the suite only, and the misses are against those verdicts."""
+    from attack_helpers import dataset, trained_plain_model
+
+    bench = _benchmark("suite_vs_autoattack")
+    model, (x, y) = trained_plain_model(), dataset(6, seed=4)
+    previous = {"autoattack_robust_points": [True] * 6, "autoattack_robust": 1.0, "autoattack_seconds": 9.0,
+                "autoattack_passes": {"forward": 1000, "backward": 1000}, "autoattack_stages": [],
+                "autoattack_settings": {}, "autoattack_command": "the first run"}
+
+    def no_autoattack(*args, **kwargs):
+        raise AssertionError("AutoAttack ran again")
+
+    monkeypatch.setattr(bench, "autoattack", no_autoattack)
+    record = bench.measure(model, x, y, 0.05, "vote", bf16=False, previous=previous)
+    suite = record["suite_robust"]
+    assert record["autoattack_command"] == "the first run" and record["autoattack_robust"] == 1.0
+    assert record["union_robust"] == suite and record["misses"] == 0
+    assert record["autoattack_robust_suite_fooled"] == round(6 * (1 - suite))
+    assert record["pass_ratio"] == pytest.approx(sum(record["suite_passes"].values()) / 2000)
+    with pytest.raises(AssertionError, match="ran again"):  # no verdicts kept for these points: it must run
+        bench.measure(model, x[:3], y[:3], 0.05, "vote", bf16=False, previous=previous)
