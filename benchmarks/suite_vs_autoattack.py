@@ -139,7 +139,8 @@ def measure(model, x, y, eps: float, rule: str, bf16: bool, previous: dict | Non
     missed = suite_robust & ~robust
     suite_passes = suite.passes().to_dict()
     record = {
-        "command": command_line(), "suite_commit": source_commit(), "eps": eps, "rule": rule, "n": len(x),
+        "command": command_line(), "machine": machine(), "suite_commit": source_commit(), "eps": eps, "rule": rule,
+        "n": len(x),
         "clean": suite.clean.accuracy(rule), "suite_robust": suite_robust.float().mean().item(),
         "union_robust": (suite_robust & robust).float().mean().item(),
         "misses": int(missed.sum()), "missed_points": missed.nonzero().flatten().tolist(),
@@ -178,7 +179,8 @@ def report(doc: dict) -> str:
                      _passes(r["autoattack_passes"]), f"{r['pass_ratio']:.3f}" if r["pass_ratio"] else "-",
                      f"{r['suite_seconds']:.0f}", f"{r['autoattack_seconds']:.0f}",
                      f"{r['time_ratio']:.2f}" if r["time_ratio"] else "-"])
-    lines = ["# Strong suite vs AutoAttack", "", f"Command: `{doc['command']}`", "", f"Machine: {doc['machine']}", "",
+    lines = ["# Strong suite vs AutoAttack", "", f"Last run: `{doc['command']}`", "", f"Machine: {doc['machine']}", "",
+             "Each record of the JSON keeps the command, machine and suite commit that made it.", "",
              "Robust accuracy in %, judged by the rule; *misses*: points the suite calls robust that AutoAttack "
              "(standard protocol: APGD-CE, APGD-T and FAB-T with 9 targets and 100 steps, Square with 5,000 queries) "
              "fooled. Passes: forward + backward image-passes counted by the same counter around the model, the "
