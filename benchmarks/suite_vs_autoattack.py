@@ -18,8 +18,9 @@ One JSON record per (model, eps, rule), each with the command that produced it. 
 with ``--out`` (the committed benchmark lives in benchmarks/results/suite_vs_autoattack); without it they are
 printed. The models are trained here once and cached (weights are not committed). A rerun skips the records
 this checkout's suite made; a record another suite made is measured again by this one and compared with the
-per-point verdicts of AutoAttack it kept (AutoAttack's side does not depend on the suite and is not re-run);
-``--rerun`` redoes everything.
+per-point verdicts of AutoAttack it kept (AutoAttack's side does not depend on the suite and is not re-run); a
+recipe run's stage takes them from the run's own AutoAttack check (``--run``, below) where that checked the same
+points, eps and rule. ``--rerun`` redoes everything.
 
 With ``--run FOLDER`` it cross-checks a recipe run instead (``auxsurgery run``): for each trained model and
 eps reading of the run, AutoAttack's standard protocol on the first N points the recipe attacked, against the
@@ -66,6 +67,8 @@ MODELS = {
 
 
 COMMITTED = "benchmarks/results/suite_vs_autoattack"
+RUN_CHECK = "autoattack_check"  # a recipe run's check: RUN_FOLDER/autoattack_check.json and .md
+RUN_CHUNK = 250  # points per AutoAttack call of a run check, written as each lands
 
 def trained_model(name: str, data_root: str | None, folder: Path):
     """The benchmark's model, trained on the first call and loaded from ``folder`` afterwards."""
@@ -107,6 +110,26 @@ def benchmark_model(name: str, data_root: str | None, cache: Path):
         raise SystemExit(f"unknown model {name!r}; valid: {', '.join(MODELS)}, or RUN_FOLDER:STAGE")
     dataset, eps_values = MODELS[name]
     return name, trained_model(name, data_root, cache), load_dataset(dataset, root=data_root, train=False), eps_values
+
+
+def _run_check_verdicts(name: str, eps: float, rule: str, n: int) -> dict | None:
+    """AutoAttack's side of a record from the recipe run's own AutoAttack check (``--run``), where the stage
+    ``RUN_FOLDER:STAGE`` was checked on exactly these ``n`` points at this eps and rule: the same model file and points,
+    so the same verdicts (AutoAttack's side does not depend on the suite)."""
+    if ":" not in name:
+        return None
+    run, stage = name.rsplit(":", 1)
+    path = Path(run) / f"{RUN_CHECK}.json"
+    checked = [r for r in json.loads(path.read_text())["records"].values() if r["model"] == stage
+               and r["rule"] == rule and r["n"] == n and abs(r["eps"] - eps) < 1e-9] if path.exists() else []
+    if not checked:
+        return None
+    reference = checked[0]["autoattack"]
+    return {"autoattack_robust_points": reference["robust"], "autoattack_robust": reference["accuracy"],
+            "autoattack_passes": reference["passes"], "autoattack_seconds": reference["seconds"],
+            "autoattack_stages": reference["stages"], "autoattack_settings": reference["settings"],
+            "autoattack_command": f"{' ; '.join(checked[0].get('commands', [checked[0]['command']]))} "
+                                  f"(the run's AutoAttack check, {path})"}
 
 
 def _ratio(suite: dict, reference: dict) -> float | None:
@@ -195,8 +218,6 @@ def report(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RUN_CHECK = "autoattack_check"
-RUN_CHUNK = 250  # points per AutoAttack call of a run check, written as each lands
 
 
 def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, reading: str, rule: str,
@@ -413,8 +434,8 @@ def main() -> None:
         doc = json.loads(path.read_text())
     doc.update(command=command_line(), machine=machine(), versions=versions())
     cache = out or Path(args.model_cache)
-    for name in args.models.split(","):
-        name, model, test, eps_values = benchmark_model(name, args.data_root, cache)
+    for model_name in args.models.split(","):
+        name, model, test, eps_values = benchmark_model(model_name, args.data_root, cache)
         model.to(device)
         x, y, _ = collect(test, args.n)
         for eps in [float(e) for e in args.eps.split(",")] if args.eps else eps_values:
@@ -424,6 +445,7 @@ def main() -> None:
                 if previous and previous["n"] == args.n and (previous.get("suite_commit") == source_commit()
                                                              or "autoattack_robust_points" not in previous):
                     continue  # measured by this suite, or by an older one whose AutoAttack verdicts were not kept
+                previous = previous or (None if args.rerun else _run_check_verdicts(model_name, eps, rule, args.n))
                 print(f"== {key} (n={args.n})", flush=True)
                 doc["records"][key] = measure(model, x, y, eps, rule, args.bf16, previous)
                 if path:

@@ -161,3 +161,22 @@ def test_a_newer_suite_is_compared_with_the_autoattack_verdicts_a_record_kept(mo
     assert record["pass_ratio"] == pytest.approx(sum(record["suite_passes"].values()) / 2000)
     with pytest.raises(AssertionError, match="ran again"):  # no verdicts kept for these points: it must run
         bench.measure(model, x[:3], y[:3], 0.05, "vote", bf16=False, previous=previous)
+
+
+def test_a_recipe_stage_reuses_the_verdicts_of_its_runs_autoattack_check(tmp_path):
+    bench = _benchmark("suite_vs_autoattack")
+    robust = [True, False, True]
+    check = {"records": {"adv@8-255@vote": {
+        "model": "adv", "reading": "8-255", "rule": "vote", "eps": 0.03137, "n": 3, "command": "check it",
+        "autoattack": {"robust": robust, "accuracy": 2 / 3, "seconds": 5.0, "passes": {"forward": 9, "backward": 9},
+                       "stages": [], "settings": {}}}}}
+    (tmp_path / "autoattack_check.json").write_text(json.dumps(check))
+    verdicts = bench._run_check_verdicts(f"{tmp_path}:adv", 0.03137, "vote", 3)
+    assert verdicts["autoattack_robust_points"] == robust and verdicts["autoattack_passes"]["forward"] == 9
+    assert verdicts["autoattack_command"].startswith("check it (the run's AutoAttack check")
+    # Only the same stage, rule, eps and points.
+    assert bench._run_check_verdicts(f"{tmp_path}:adv", 0.03137, "vote", 2) is None
+    assert bench._run_check_verdicts(f"{tmp_path}:adv", 0.00784, "vote", 3) is None
+    assert bench._run_check_verdicts(f"{tmp_path}:adv", 0.03137, "score", 3) is None
+    assert bench._run_check_verdicts(f"{tmp_path}:other", 0.03137, "vote", 3) is None
+    assert bench._run_check_verdicts("mnist-lenet5", 0.1, "vote", 3) is None
