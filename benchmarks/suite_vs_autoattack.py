@@ -20,7 +20,8 @@ printed. The models are trained here once and cached (weights are not committed)
 this checkout's suite made; a record another suite made is measured again by this one and compared with the
 per-point verdicts of AutoAttack it kept (AutoAttack's side does not depend on the suite and is not re-run); a
 recipe run's stage takes them from the run's own AutoAttack check (``--run``, below) where that checked the same
-points, eps and rule. ``--rerun`` redoes everything.
+points, eps and rule. ``--rerun`` redoes the records an invocation measures (AutoAttack included) and keeps the
+others.
 
 With ``--run FOLDER`` it cross-checks a recipe run instead (``auxsurgery run``): for each trained model and
 eps reading of the run, AutoAttack's standard protocol on the first N points the recipe attacked, against the
@@ -270,7 +271,7 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
     recipe = load_recipe(run / "recipe.toml")
     test = load_dataset(recipe["data"]["name"], root=data_root, train=False)
     path = run / f"{RUN_CHECK}.json"
-    doc = json.loads(path.read_text()) if path.exists() and not rerun else {"records": {}}
+    doc = json.loads(path.read_text()) if path.exists() else {"records": {}}
     # Records accumulate over invocations (a reading, a model at a time): keep every command that added to them.
     commands = doc.get("commands", [doc["command"]] if "command" in doc else [])
     doc.update(command=command_line(), commands=commands + [command_line()] * (command_line() not in commands),
@@ -293,6 +294,8 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                 if rules and rule not in rules:
                     continue
                 key = f"{name}@{reading}@{rule}"
+                if rerun:  # this check's records are redone, the others kept
+                    doc["records"].pop(key, None)
                 if key in doc["records"] and doc["records"][key]["n"] > n:
                     continue  # a wider check already holds these points
                 suite_robust = torch.tensor(results["per_sample"]["robust"][rule][:n])
@@ -412,7 +415,8 @@ def main() -> None:
     parser.add_argument("--rules", help="comma-separated decision rules to attack (default: vote; with --run: every "
                                         "rule the run attacked)")
     parser.add_argument("--bf16", action="store_true", help="also run the suite with bf16 attack steps")
-    parser.add_argument("--rerun", action="store_true", help="redo records that exist")
+    parser.add_argument("--rerun", action="store_true",
+                        help="redo the records this invocation measures (AutoAttack too); the file keeps the others")
     parser.add_argument("--device", default="auto", help="where the models and attacks run (auto: cuda if available)")
     parser.add_argument("--run", help="cross-check this recipe run folder instead (see above)")
     parser.add_argument("--readings", help="with --run: comma-separated eps readings (default: all of the run's)")
@@ -430,7 +434,7 @@ def main() -> None:
     doc = {"records": {}}
     out = Path(args.out) if args.out else Path(COMMITTED) if args.write_results else None
     path = out / "suite_vs_autoattack.json" if out else None
-    if path and path.exists() and not args.rerun:
+    if path and path.exists():  # --rerun redoes the records this invocation measures, and keeps the others
         doc = json.loads(path.read_text())
     doc.update(command=command_line(), machine=machine(), versions=versions())
     cache = out or Path(args.model_cache)
