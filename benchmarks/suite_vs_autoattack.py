@@ -71,6 +71,7 @@ COMMITTED = "benchmarks/results/suite_vs_autoattack"
 RUN_CHECK = "autoattack_check"  # a recipe run's check: RUN_FOLDER/autoattack_check.json and .md
 RUN_CHUNK = 250  # points per AutoAttack call of a run check, written as each lands
 
+
 def trained_model(name: str, data_root: str | None, folder: Path):
     """The benchmark's model, trained on the first call and loaded from ``folder`` afterwards."""
     path = folder / "models" / f"{name}.safetensors"
@@ -125,12 +126,18 @@ def _run_check_verdicts(name: str, eps: float, rule: str, n: int) -> dict | None
                and r["rule"] == rule and r["n"] == n and abs(r["eps"] - eps) < 1e-9] if path.exists() else []
     if not checked:
         return None
-    reference = checked[0]["autoattack"]
-    return {"autoattack_robust_points": reference["robust"], "autoattack_robust": reference["accuracy"],
-            "autoattack_passes": reference["passes"], "autoattack_seconds": reference["seconds"],
-            "autoattack_stages": reference["stages"], "autoattack_settings": reference["settings"],
-            "autoattack_command": f"{' ; '.join(checked[0].get('commands', [checked[0]['command']]))} "
-                                  f"(the run's AutoAttack check, {path})"}
+    reference, commands = checked[0]["autoattack"], checked[0].get("commands", [checked[0]["command"]])
+    return _reference(reference["robust"], reference["accuracy"], reference["passes"], reference["seconds"],
+                      reference["stages"], reference["settings"],
+                      f"{' ; '.join(commands)} (the run's AutoAttack check, {path})")
+
+
+def _reference(robust: list, accuracy: float, passes: dict, seconds: float, stages: list, settings: dict,
+               command: str) -> dict:
+    """AutoAttack's side of a record: per-point verdicts, accuracy, cost, stages, settings and the command that ran it."""
+    return {"autoattack_robust_points": robust, "autoattack_robust": accuracy, "autoattack_passes": passes,
+            "autoattack_seconds": seconds, "autoattack_stages": stages, "autoattack_settings": settings,
+            "autoattack_command": command}
 
 
 def _ratio(suite: dict, reference: dict) -> float | None:
@@ -144,10 +151,8 @@ def _autoattack_side(model, x, y, eps: float, rule: str, previous: dict | None) 
     if previous and len(previous.get("autoattack_robust_points", [])) == len(x):
         return {key: value for key, value in previous.items() if key.startswith("autoattack_")}
     standard = autoattack(model, x, y, eps, rule=rule, protocol="standard")
-    return {"autoattack_robust_points": standard.robust.tolist(), "autoattack_robust": standard.accuracy,
-            "autoattack_passes": standard.passes.to_dict(), "autoattack_seconds": standard.seconds,
-            "autoattack_stages": standard.stages, "autoattack_settings": standard.settings,
-            "autoattack_command": command_line()}
+    return _reference(standard.robust.tolist(), standard.accuracy, standard.passes.to_dict(), standard.seconds,
+                      standard.stages, standard.settings, command_line())
 
 
 def measure(model, x, y, eps: float, rule: str, bf16: bool, previous: dict | None = None) -> dict:

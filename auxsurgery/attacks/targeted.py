@@ -111,12 +111,16 @@ class TopKTargeted:
         """Target classes ``[B, k]`` from the clean logits: the ensemble's top k other than ``y``, or, with
         ``target_candidates`` and logits differentiable in the inputs ``x``, the k of the top candidates
         nearest to their boundary."""
-        scores = ensemble_log_probs(logits, head_weights(self.model, logits))
+        scores = self._scores(logits)
         if self.target_candidates is None or x is None or self.target_candidates <= self.target_classes:
             return top_k_targets(scores.detach(), y, self.target_classes)
         candidates = top_k_targets(scores.detach(), y, self.target_candidates)
         nearest = boundary_distances(scores, x, y, candidates, self.norm).argsort(dim=1, stable=True)
         return candidates.gather(1, nearest[:, :self.target_classes])
+
+    def _scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """The ensemble's log-probabilities ``[B, C]`` that rank the targets (a plain classifier's own)."""
+        return ensemble_log_probs(logits, head_weights(self.model, logits))
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         screened = self.screen_steps is not None and self.target_candidates > self.target_classes
@@ -129,8 +133,7 @@ class TopKTargeted:
         if not todo.numel():
             return x_adv
         if screened:
-            candidates = top_k_targets(ensemble_log_probs(logits, head_weights(self.model, logits)), y,
-                                       self.target_candidates)[todo]
+            candidates = top_k_targets(self._scores(logits), y, self.target_candidates)[todo]
             x_adv[todo] = self._screened(x[todo], y[todo], candidates)
             return x_adv
         # Ranking differentiates the clean forward: its scores keep their graph to x_in.
