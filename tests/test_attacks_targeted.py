@@ -155,6 +155,48 @@ def test_screening_runs_every_candidate_briefly_then_the_closest_in_full():
     assert APGDT(model, target_classes=1, target_candidates=3, screen_steps=3).config()["screen_steps"] == "3"
 
 
+def test_a_longer_run_goes_only_where_the_best_target_came_close():
+    model = trained_aux_model()
+    x, y = dataset(8, seed=6)
+    runs = []
+
+    class Recorded(APGDT):
+        def _run(self, x, y, target=None, steps=None):
+            x_adv = super()._run(x, y, target, steps)
+            with torch.no_grad():
+                runs.append((target, steps, x_adv, self.loss(self.logits(x_adv), y, target)))
+            return x_adv
+
+    def attack(margin):
+        runs.clear()
+        # An eps too small to fool anything: the full runs end at about the clean objective, below success.
+        chosen = Recorded(model, eps=1e-5, steps=4, target_classes=2, target_candidates=5, screen_steps=2,
+                          close_steps=7, close_margin=margin, seed=0)
+        return chosen, chosen(x, y)
+
+    _, x_adv = attack(0.0)
+    assert [steps for _, steps, _, _ in runs] == [2] * (CLASSES - 1) + [None] * 2  # nothing within 0 of success
+    full = runs[CLASSES - 1:]
+    reached = torch.stack([loss for _, _, _, loss in full], 1)
+    margin = reached.max(1).values.median().item() * -1  # half of the samples ended closer than this
+    chosen, x_adv = attack(margin)
+    *_, (target, steps, x_retry, retry_reached) = runs
+    best, best_run = reached.max(1)
+    close = best > -margin
+    assert steps == 7 and len(target) == close.sum() < len(x)
+    # The retry aims at the finalist that came closest, on the close samples only; its result stands where it
+    # reached more, each sample's best full run elsewhere (nothing fools at this eps).
+    finalists = torch.stack([t for t, _, _, _ in full], 1)
+    assert torch.equal(target, finalists[close].gather(1, best_run[close].unsqueeze(1)).squeeze(1))
+    expected = torch.stack([x_full for _, _, x_full, _ in full], 1)[torch.arange(len(x)), best_run]
+    expected[close] = torch.where((retry_reached > best[close]).view(-1, 1, 1, 1), x_retry, expected[close])
+    # (to float rounding: the attack's final projection onto the ball; the ball is 2e-5 wide)
+    assert (x_adv - expected).abs().max() < 1e-6 and not chosen.success(x_adv, y).any()
+    with pytest.raises(ValueError, match="close_steps and close_margin must be >= 0"):
+        APGDT(model, close_steps=-1)
+    assert chosen.config()["close_steps"] == "7" and "close_steps" not in APGDT(model).config()
+
+
 def test_boundary_ranking_picks_the_nearest_boundary_not_the_likeliest_class():
     """On a linear model the linearised distance is the exact L-inf distance to each class's boundary,
     (z_y - z_t) / ||w_y - w_t||_1: a likely class behind a steep boundary ranks after an unlikely near one."""

@@ -25,7 +25,8 @@ class APGDT(TopKTargeted, APGD):
     Cost: up to ``target_classes * restarts`` APGD runs, each ``steps + 1`` forward and
     backward passes on the samples still robust, plus one forward per run and one on the
     clean inputs (and, with ``target_candidates``, one backward per candidate there; with
-    ``screen_steps``, instead a short run of ``screen_steps + 1`` passes and a forward per candidate).
+    ``screen_steps``, instead a short run of ``screen_steps + 1`` passes and a forward per candidate; with
+    ``close_steps``, one forward on the samples still robust and a run of ``close_steps + 1`` passes on the close ones).
 
     Args:
         target_classes: targets tried per sample (AutoAttack: 9 for 10 classes; capped at
@@ -36,6 +37,9 @@ class APGDT(TopKTargeted, APGD):
         screen_steps: rank the candidates by trying them instead: a run of this many steps at each, then the
             full runs at the ``target_classes`` whose short runs reached the highest objective (see
             :mod:`~auxsurgery.attacks.targeted`). Needs ``target_candidates``.
+        close_steps: one more run of this many steps, from a new random start, at the best target of the samples
+            still robust whose objective there ended above ``-close_margin`` (in the objective's units; the
+            targeted DLR's are scale-free, success near 0). 0: none.
         (others: see :class:`~auxsurgery.attacks.apgd.APGD`)
     """
 
@@ -58,6 +62,8 @@ class APGDT(TopKTargeted, APGD):
         precision: str = "fp32",
         target_candidates: int | None = None,
         screen_steps: int | None = None,
+        close_steps: int = 0,
+        close_margin: float = 0.05,
     ):
         super().__init__(model, objective, eps, norm, steps, restarts, rho, rule, seed, kappa, precision)
-        self._init_targets(target_classes, target_candidates, screen_steps)
+        self._init_targets(target_classes, target_candidates, screen_steps, close_steps, close_margin)

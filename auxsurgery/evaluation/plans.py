@@ -267,7 +267,7 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     # ensemble's score breaks, need not be near the ensemble's boundary (two points of the adversarial study's
     # AutoAttack check). The same passes as the 3 nearest, all 9 targets tried.
     screened = dict(targets, target_classes=min(b.screened_targets, targets["target_candidates"]),
-                    screen_steps=b.screen_steps)
+                    screen_steps=b.screen_steps, close_steps=b.close_steps, close_margin=b.close_margin)
     reach = (f"{screened['target_classes']} screened of " if screened["target_classes"] < targets["target_candidates"]
              else "") + f"top-{targets['target_candidates']}"
     square = dict(eps=p.eps, rule=rule, seed=c.seed)
