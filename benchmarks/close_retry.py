@@ -15,15 +15,13 @@ Usage (the converged CIFAR-10 study's Aux Block model: ``auxsurgery run recipes/
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from suite_vs_autoattack import benchmark_model
 
 from auxsurgery._utils import markdown_table
 from auxsurgery.attacks import APGDT
-from auxsurgery.data import dataset_classes, load_dataset
 from auxsurgery.evaluation import collect
 from auxsurgery.evaluation.presets import Budget, parse_eps
-from auxsurgery.studies import experiment
-from auxsurgery.studies.recipe import load_recipe
 
 
 def main() -> None:
@@ -38,12 +36,7 @@ def main() -> None:
     parser.add_argument("--close-steps", default="0,300,600", help="comma-separated values of close_steps")
     args = parser.parse_args()
 
-    run, stage = args.model.rsplit(":", 1)
-    if not (Path(run) / "recipe.toml").is_file():
-        raise SystemExit(f"--model {args.model!r}: {run} is not a recipe run folder (no recipe.toml); train it with "
-                         f"auxsurgery run RECIPE --train-only --out {run}")
-    test = load_dataset(load_recipe(Path(run) / "recipe.toml")["data"]["name"], root=args.data_root, train=False)
-    model = experiment.trained_model(run, stage, len(dataset_classes(test)))
+    _, model, test, _ = benchmark_model(args.model, args.data_root, cache=None)
     x, y, _ = collect(test, args.point + 1)
     x, y = x[args.point:], y[args.point:]
     budget = Budget()
