@@ -28,7 +28,7 @@ import time
 
 from suite_vs_autoattack import benchmark_model
 
-from auxsurgery._utils import markdown_table
+from auxsurgery._utils import markdown_table, resolve_device
 from auxsurgery.attacks import APGD, APGDT, PassCounter, is_adversarial
 from auxsurgery.evaluation import collect
 from auxsurgery.evaluation.plans import RULE_OBJECTIVE
@@ -56,11 +56,14 @@ def main() -> None:
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--rule", default="vote", choices=sorted(RULE_OBJECTIVE))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="where the model and attacks run (auto: cuda if available)")
     args = parser.parse_args()
 
     name, model, test, _ = benchmark_model(args.model, args.data_root, cache=None)
-    model.eval()
+    device = resolve_device(args.device)
+    model.to(device).eval()
     x, y, _ = collect(test, args.n)
+    x, y = x.to(device), y.to(device)
     eps, budget = parse_eps(args.eps), Budget()
     survivors = ~is_adversarial(model, x, y, args.rule)
     untargeted = [RULE_OBJECTIVE[args.rule]] + (["ensemble"] if args.rule == "vote" else [])
