@@ -210,6 +210,7 @@ def _parse_script_arguments(script: Path, arguments: list[str]) -> None:
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+            patch.syspath_prepend(str(script.parent))  # as ``python SCRIPT`` does: its folder's modules import
             runpy.run_path(str(script), run_name="__main__")
     except _Parsed:
         return
