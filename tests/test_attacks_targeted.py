@@ -126,28 +126,33 @@ def test_screening_finds_the_far_class_that_one_target_by_score_misses():
                         seed=0)) >= 0.9
 
 
+class RecordedAPGDT(APGDT):
+    """APGDT keeping each run as ``(target, steps, result, objective at the result)``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.runs = []
+
+    def _run(self, x, y, target=None, steps=None):
+        x_adv = super()._run(x, y, target, steps)
+        with torch.no_grad():
+            self.runs.append((target, steps, x_adv, self.loss(self.logits(x_adv), y, target)))
+        return x_adv
+
+
 def test_screening_runs_every_candidate_briefly_then_the_closest_in_full():
     model = trained_aux_model()
     x, y = dataset(8, seed=6)
-    runs = []
-
-    class Recorded(APGDT):
-        def _run(self, x, y, target=None, steps=None):
-            x_adv = super()._run(x, y, target, steps)
-            with torch.no_grad():
-                runs.append((target, steps, self.loss(self.logits(x_adv), y, target)))
-            return x_adv
-
     # An eps too small to fool anything: every run sees every sample, and no run returns early.
-    attack = Recorded(model, eps=1e-5, steps=4, target_classes=2, target_candidates=5, screen_steps=2, seed=0)
+    attack = RecordedAPGDT(model, eps=1e-5, steps=4, target_classes=2, target_candidates=5, screen_steps=2, seed=0)
     x_adv = attack(x, y)
     assert not attack.success(x_adv, y).any() and (x_adv - x).abs().max() <= 1e-5
-    candidates = CLASSES - 1  # all the other classes (fewer than the 5 asked for)
-    assert [steps for _, steps, _ in runs] == [2] * candidates + [None] * 2
-    screened = torch.stack([target for target, _, _ in runs[:candidates]], 1)
-    reached = torch.stack([loss for _, _, loss in runs[:candidates]], 1)
+    candidates, runs = CLASSES - 1, attack.runs  # all the other classes (fewer than the 5 asked for)
+    assert [steps for _, steps, _, _ in runs] == [2] * candidates + [None] * 2
+    screened = torch.stack([target for target, _, _, _ in runs[:candidates]], 1)
+    reached = torch.stack([loss for _, _, _, loss in runs[:candidates]], 1)
     closest = screened.gather(1, reached.argsort(dim=1, descending=True, stable=True)[:, :2])
-    assert torch.equal(torch.stack([target for target, _, _ in runs[candidates:]], 1), closest)
+    assert torch.equal(torch.stack([target for target, _, _, _ in runs[candidates:]], 1), closest)
     with pytest.raises(ValueError, match="screen_steps must be >= 1"):
         APGDT(model, target_classes=1, target_candidates=3, screen_steps=0)
     with pytest.raises(ValueError, match="screen_steps needs target_candidates"):
@@ -158,29 +163,20 @@ def test_screening_runs_every_candidate_briefly_then_the_closest_in_full():
 def test_a_longer_run_goes_only_where_the_best_target_came_close():
     model = trained_aux_model()
     x, y = dataset(8, seed=6)
-    runs = []
-
-    class Recorded(APGDT):
-        def _run(self, x, y, target=None, steps=None):
-            x_adv = super()._run(x, y, target, steps)
-            with torch.no_grad():
-                runs.append((target, steps, x_adv, self.loss(self.logits(x_adv), y, target)))
-            return x_adv
 
     def attack(margin):
-        runs.clear()
         # An eps too small to fool anything: the full runs end at about the clean objective, below success.
-        chosen = Recorded(model, eps=1e-5, steps=4, target_classes=2, target_candidates=5, screen_steps=2,
-                          close_steps=7, close_margin=margin, seed=0)
+        chosen = RecordedAPGDT(model, eps=1e-5, steps=4, target_classes=2, target_candidates=5, screen_steps=2,
+                               close_steps=7, close_margin=margin, seed=0)
         return chosen, chosen(x, y)
 
-    _, x_adv = attack(0.0)
-    assert [steps for _, steps, _, _ in runs] == [2] * (CLASSES - 1) + [None] * 2  # nothing within 0 of success
-    full = runs[CLASSES - 1:]
+    first, _ = attack(0.0)
+    assert [steps for _, steps, _, _ in first.runs] == [2] * (CLASSES - 1) + [None] * 2  # nothing within 0
+    full = first.runs[CLASSES - 1:]
     reached = torch.stack([loss for _, _, _, loss in full], 1)
     margin = reached.max(1).values.median().item() * -1  # half of the samples ended closer than this
     chosen, x_adv = attack(margin)
-    *_, (target, steps, x_retry, retry_reached) = runs
+    *_, (target, steps, x_retry, retry_reached) = chosen.runs
     best, best_run = reached.max(1)
     close = best > -margin
     assert steps == 7 and len(target) == close.sum() < len(x)
