@@ -224,8 +224,6 @@ def report(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, reading: str, rule: str,
            eps: float) -> dict:
     """``record`` (None: a new one) extended by the AutoAttack result ``chunk`` on the points that follow it."""

@@ -165,8 +165,8 @@ def test_a_longer_run_goes_only_where_the_best_target_came_close():
     x, y = dataset(8, seed=6)
 
     def attack(margin):
-        # An eps too small to fool anything: the full runs end at about the clean objective, below success.
-        chosen = RecordedAPGDT(model, eps=1e-5, steps=4, target_classes=2, target_candidates=5, screen_steps=2,
+        # An eps too small to fool anything, large enough for a longer run to reach more than the short ones.
+        chosen = RecordedAPGDT(model, eps=1e-3, steps=4, target_classes=2, target_candidates=5, screen_steps=2,
                                close_steps=7, close_margin=margin, seed=0)
         return chosen, chosen(x, y)
 
@@ -185,8 +185,10 @@ def test_a_longer_run_goes_only_where_the_best_target_came_close():
     finalists = torch.stack([t for t, _, _, _ in full], 1)
     assert torch.equal(target, finalists[close].gather(1, best_run[close].unsqueeze(1)).squeeze(1))
     expected = torch.stack([x_full for _, _, x_full, _ in full], 1)[torch.arange(len(x)), best_run]
-    expected[close] = torch.where((retry_reached > best[close]).view(-1, 1, 1, 1), x_retry, expected[close])
-    # (to float rounding: the attack's final projection onto the ball; the ball is 2e-5 wide)
+    reached_more = retry_reached > best[close]
+    assert reached_more.any() and not reached_more.all()  # both cases happen here
+    expected[close] = torch.where(reached_more.view(-1, 1, 1, 1), x_retry, expected[close])
+    # (to float rounding: the attack's final projection onto the ball; the ball is 2e-3 wide)
     assert (x_adv - expected).abs().max() < 1e-6 and not chosen.success(x_adv, y).any()
     with pytest.raises(ValueError, match="close_steps and close_margin must be >= 0"):
         APGDT(model, close_steps=-1)

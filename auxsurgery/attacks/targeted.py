@@ -91,9 +91,9 @@ class TopKTargeted:
     targets_objective = True
     target_classes: int
     target_candidates: int | None
-    screen_steps: int | None = None
-    close_steps: int = 0
-    close_margin: float = 0.05
+    screen_steps: int | None
+    close_steps: int
+    close_margin: float
 
     def _init_targets(self, target_classes: int, target_candidates: int | None = None,
                       screen_steps: int | None = None, close_steps: int = 0, close_margin: float = 0.05) -> None:

@@ -12,9 +12,9 @@ and reports list suites from this registry (:func:`list_suites`). The built-in s
 * ``strong``: per attacked rule, a cascade (AutoAttack's protocol; Tramer et al. 2020) in which
   each attack runs only on the points still robust under that rule: APGD on the rule's
   surrogate (``vote-margin`` for the vote, ``ensemble`` for the score), APGD-CE on the ensemble
-  or APGD-DLR, APGD-T on the targeted DLR over the top-k target classes (for the vote: every
-  candidate screened by a short run, then on a targeted vote margin that pulls every head toward
-  one class), then Square.
+  or APGD-DLR, APGD-T on the targeted DLR over the top-k target classes (every candidate screened
+  by a short run, full runs at the closest, a longer run where one came close; for the vote then
+  on a targeted vote margin that pulls every head toward one class), then Square.
 * ``sweep`` (Fig. 4): Adp-PGD accuracy against eps (multiples of the preset, up to 1)
   and against the number of steps (Madry's step ``2.5 * eps / steps``), and each attacked
   rule's accuracy at every eps from one minimum-norm (FMN) run.
@@ -265,7 +265,8 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     # 9) left points that AutoAttack's 9 targets break (the suite_vs_autoattack benchmark: a plain CIFAR-10 ResNet-9
     # at 2/255 and an adversarially trained one at 8/255), and against a vote the target of a tie, which the
     # ensemble's score breaks, need not be near the ensemble's boundary (two points of the adversarial study's
-    # AutoAttack check). The same passes as the 3 nearest, all 9 targets tried.
+    # AutoAttack check). About the passes of the 3 nearest, all 9 targets tried; Budget.close_steps says why a
+    # point left close to success gets a longer run.
     screened = dict(targets, target_classes=min(b.screened_targets, targets["target_candidates"]),
                     screen_steps=b.screen_steps, close_steps=b.close_steps, close_margin=b.close_margin)
     reach = (f"{screened['target_classes']} screened of " if screened["target_classes"] < targets["target_candidates"]
