@@ -175,7 +175,7 @@ def test_unknown_name_lists_the_valid_ones(name):
 
 def test_every_listed_objective_builds_and_returns_one_loss_per_sample(logits, y, alpha):
     for name in list_objectives():
-        objective = get_objective(name.replace("<k>", "1"))
+        objective = get_objective(name.replace("<k>", "1").replace("<rule>", "crossmax"))
         loss = objective(logits, y, alpha)
         assert loss.shape == (B,) and loss.dtype == logits.dtype and torch.isfinite(loss).all(), name
 

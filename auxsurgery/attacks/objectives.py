@@ -20,17 +20,21 @@ Names, by loss family (``get_objective`` builds them; ``<k>`` is a head index):
   (sum of alpha_h * CE over all heads, the paper's Adp-FGSM/Adp-PGD), ``private``
   (the same sum over the aux heads only), ``max-head`` (the largest CE of any head: the
   worst head, Triple Wins' max over exits), ``ensemble`` (CE of the log alpha-weighted
-  mean softmax, i.e. Algorithm 2 itself), ``head:<k>``;
+  mean softmax, i.e. Algorithm 2 itself), ``mean-logits`` (CE of the alpha-weighted mean logits, the
+  ``mean-logits`` rule), ``head:<k>``, and ``rule-ce:<rule>``: CE of any registered decision rule's scores
+  read as log-probabilities (:meth:`auxsurgery.rules.Rule.log_probs`), e.g. ``rule-ce:crossmax`` or
+  ``rule-ce:crossmax:k=2``, the surrogate of CrossMax, whose scores are differentiable almost everywhere;
 * clipped margin (Carlini-Wagner's f6, capped at ``kappa`` so a head already fooled by
-  that margin stops pulling): ``margin-public``, ``margin-ensemble``, ``margin-head:<k>``,
+  that margin stops pulling): ``margin-public``, ``margin-ensemble``, ``margin-mean-logits``, ``margin-head:<k>``,
+  ``rule-margin:<rule>`` (on the rule's log-probabilities),
   and ``vote-margin``, the unweighted sum over heads: a smooth stand-in for fooling a
   majority vote (Algorithm 1);
-* DLR (Croce & Hein 2020, untargeted only): ``dlr-public``, ``dlr-ensemble``,
+* DLR (Croce & Hein 2020, untargeted only): ``dlr-public``, ``dlr-ensemble``, ``dlr-mean-logits``,
   ``dlr-joint`` (alpha-weighted sum over heads), ``dlr-head:<k>``;
 * targeted DLR (Croce & Hein 2020, AutoAttack's APGD-T loss)
   ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` for true label ``y``, target ``t`` and
   scores sorted ``z_pi1 >= z_pi2 >= ...``: ``dlr-t-public``, ``dlr-t-ensemble`` (on
-  Algorithm 2's log-probabilities), ``dlr-t-joint``, ``dlr-t-head:<k>``. Targeted, they
+  Algorithm 2's log-probabilities), ``dlr-t-mean-logits``, ``dlr-t-joint``, ``dlr-t-head:<k>``. Targeted, they
   need the true label (see above); built untargeted they aim at each sample's runner-up
   class (``t`` = the best class other than ``y``), which needs nothing more than ``y``.
 
@@ -47,6 +51,7 @@ import torch
 
 from .._utils import did_you_mean
 from ..model import as_stacked
+from ..rules import Rule, get_rule, mean_logits
 
 Objective = Callable[..., torch.Tensor]
 
@@ -232,26 +237,29 @@ def _dlr_t_objective(name: str, view_or_sum, targeted: bool) -> Objective:
 
 _OBJECTIVES: dict[str, Callable[[bool, float], Objective]] = {}
 _PER_HEAD: dict[str, Callable[[int, bool, float], Objective]] = {}
+_PER_RULE: dict[str, Callable[[Rule, bool, float], Objective]] = {}
 
 
-def register_objective(name: str, per_head: bool = False):
+def register_objective(name: str, per_head: bool = False, per_rule: bool = False):
     """Decorator registering an objective builder under ``name``.
 
     A builder takes ``(targeted, kappa)`` and returns ``(logits [H,B,C], y [B], alpha [H]) -> loss [B]``
     (or, marked :func:`needs_true_label`, ``(logits, target, alpha, y_true) -> loss [B]``);
     with ``per_head``, ``name`` is a prefix such as ``head:`` and the builder takes ``(k, targeted, kappa)``
-    for the names ``<prefix><k>``. Adding an objective is one decorated function.
+    for the names ``<prefix><k>``; with ``per_rule``, a prefix such as ``rule-ce:`` whose builder takes
+    ``(rule, targeted, kappa)`` (a bound :class:`auxsurgery.rules.Rule`) for the names ``<prefix><rule>``.
+    Adding an objective is one decorated function.
     """
     def decorate(builder):
-        (_PER_HEAD if per_head else _OBJECTIVES)[name] = builder
+        (_PER_HEAD if per_head else _PER_RULE if per_rule else _OBJECTIVES)[name] = builder
         return builder
 
     return decorate
 
 
 def list_objectives() -> list[str]:
-    """Names of the registered objectives (per-head forms as ``<prefix><k>``)."""
-    return [*_OBJECTIVES, *(prefix + "<k>" for prefix in _PER_HEAD)]
+    """Names of the registered objectives (per-head forms as ``<prefix><k>``, per-rule ones as ``<prefix><rule>``)."""
+    return [*_OBJECTIVES, *(prefix + "<k>" for prefix in _PER_HEAD), *(prefix + "<rule>" for prefix in _PER_RULE)]
 
 
 for _name, _builder in {
@@ -262,14 +270,19 @@ for _name, _builder in {
     "max-head": lambda t, kappa: _max_head_objective(t),
     "margin-public": lambda t, kappa: _on_view(_margin(kappa, t), _head(0)),
     "margin-ensemble": lambda t, kappa: _on_view(_margin(kappa, t), ensemble_log_probs),
+    "mean-logits": lambda t, kappa: _ce_objective(_on_view(_ce, mean_logits), t),
+    "margin-mean-logits": lambda t, kappa: _on_view(_margin(kappa, t), mean_logits),
     # Unweighted: Algorithm 1 counts every head's vote the same, whatever its alpha.
     "vote-margin": lambda t, kappa: _head_sum(_margin(kappa, t), weighted=False),
     "dlr-public": lambda t, kappa: _dlr_objective("dlr-public", _on_view(_dlr, _head(0)), t),
     "dlr-ensemble": lambda t, kappa: _dlr_objective("dlr-ensemble", _on_view(_dlr, ensemble_log_probs), t),
+    "dlr-mean-logits": lambda t, kappa: _dlr_objective("dlr-mean-logits", _on_view(_dlr, mean_logits), t),
     "dlr-joint": lambda t, kappa: _dlr_objective("dlr-joint", _head_sum(_dlr), t),
     "dlr-t-public": lambda t, kappa: _dlr_t_objective("dlr-t-public", lambda loss: _on_view(loss, _head(0)), t),
     "dlr-t-ensemble": lambda t, kappa: _dlr_t_objective(
         "dlr-t-ensemble", lambda loss: _on_view(loss, ensemble_log_probs), t),
+    "dlr-t-mean-logits": lambda t, kappa: _dlr_t_objective(
+        "dlr-t-mean-logits", lambda loss: _on_view(loss, mean_logits), t),
     "dlr-t-joint": lambda t, kappa: _dlr_t_objective("dlr-t-joint", _head_sum, t),
 }.items():
     register_objective(_name)(_builder)
@@ -283,12 +296,24 @@ for _prefix, _builder in {
 }.items():
     register_objective(_prefix, per_head=True)(_builder)
 
+def _rule_view(rule: Rule):
+    """A rule's scores as log-probabilities ``[B, C]``, in the logits' dtype (rules score in float32 or wider)."""
+    return lambda logits, alpha: rule.log_probs(logits, alpha).to(logits.dtype)
+
+
+for _prefix, _builder in {
+    "rule-ce:": lambda rule, t, kappa: _ce_objective(_on_view(_ce, _rule_view(rule)), t),
+    "rule-margin:": lambda rule, t, kappa: _on_view(_margin(kappa, t), _rule_view(rule)),
+}.items():
+    register_objective(_prefix, per_rule=True)(_builder)
+
 
 def get_objective(name: str, targeted: bool = False, kappa: float = 0.0) -> Objective:
     """Build the objective called ``name`` (listed in the module docstring and by :func:`list_objectives`).
 
     Args:
-        name: an objective name; the ``...head:<k>`` forms take a head index (0 = public).
+        name: an objective name; the ``...head:<k>`` forms take a head index (0 = public), the ``rule-...:<rule>``
+            forms a registered decision rule (``rule-ce:crossmax:k=2``).
         targeted: build the form that rewards reaching the target label ``y``.
         kappa: cap of the margin objectives; ignored by the others.
     """
@@ -297,5 +322,7 @@ def get_objective(name: str, targeted: bool = False, kappa: float = 0.0) -> Obje
     prefix, colon, index = name.partition(":")
     if colon and prefix + colon in _PER_HEAD and index.isdigit():
         return _PER_HEAD[prefix + colon](int(index), targeted, kappa)
+    if colon and prefix + colon in _PER_RULE and index:
+        return _PER_RULE[prefix + colon](get_rule(index), targeted, kappa)
     raise ValueError(f"unknown objective {name!r}.{did_you_mean(name, list_objectives())} "
                      f"Valid objectives: {', '.join(list_objectives())}")

@@ -36,20 +36,16 @@ from torch import nn
 
 from .._utils import did_you_mean
 from ..attacks import APGD, APGDT, CW, FGSM, FMN, PGD, Attack, Boundary, Square
+from ..rules import get_rule
 from .judging import SANITY_SUITE
 from .presets import Budget, Preset
 from .sanity import LARGE_EPS
 
 __all__ = [
-    "HEADS_SUITE", "RULE_OBJECTIVE", "AttackPlan", "Cascade", "MinimumNormCurve", "Suite", "SuiteContext",
+    "HEADS_SUITE", "AttackPlan", "Cascade", "MinimumNormCurve", "Suite", "SuiteContext",
     "get_suite", "list_suites", "parse_suites", "plan", "plan_suites", "register_suite", "sanity_probes",
     "with_precision",
 ]
-
-# The differentiable stand-in that gradient attacks climb to fool each decision rule.
-RULE_OBJECTIVE = {"vote": "vote-margin", "score": "ensemble", "public": "public", "private": "private"}
-# Square's objective per rule: a margin where one exists (random search wants a bounded signal).
-SQUARE_OBJECTIVE = {"vote": "vote-margin", "score": "margin-ensemble", "public": "margin-public", "private": "private"}
 
 
 @dataclass(frozen=True)
@@ -277,7 +273,9 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
                 plan(f"APGD-T [dlr-t, {reach}]", "strong", APGDT, objective="dlr-t-public", **screened, **apgd),
                 plan("Square", "strong", Square, objective="margin-public", queries=b.square_queries, **square)]
     on_vote = rule == "vote"
-    plans = [plan(f"APGD [{RULE_OBJECTIVE[rule]}]", "strong", APGD, objective=RULE_OBJECTIVE[rule], **apgd)]
+    # The rule's own differentiable stand-in (its registered surrogate) first; Square reads its registered margin.
+    surrogate, square_objective = get_rule(rule).surrogate, get_rule(rule).square
+    plans = [plan(f"APGD [{surrogate}]", "strong", APGD, objective=surrogate, **apgd)]
     if on_vote:
         plans.append(plan("APGD-CE [ensemble]", "strong", APGD, objective="ensemble", **apgd))
     elif rule == "score":
@@ -291,8 +289,7 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     if on_vote:
         plans.append(plan(f"APGD-T [vote-margin, {b.target_classes} nearest of top-{targets['target_candidates']}]",
                           "strong", APGDT, objective="vote-margin", **targets, **apgd))
-    plans.append(plan("Square", "strong", Square, objective=SQUARE_OBJECTIVE[rule], queries=b.square_queries,
-                      **square))
+    plans.append(plan("Square", "strong", Square, objective=square_objective, queries=b.square_queries, **square))
     return plans
 
 
