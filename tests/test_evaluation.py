@@ -223,9 +223,9 @@ def test_strong_suite_is_a_cascade_on_the_points_still_robust(aux, test_data):
     cascade = result.rows_of("strong")
     assert [row.name for row in cascade] == [
         "Cascade [vote] 1: APGD [vote-margin]", "Cascade [vote] 2: APGD-CE [ensemble]",
-        "Cascade [vote] 3: APGD-T [dlr-t-ensemble, 1 screened of top-3]",
-        "Cascade [vote] 4: APGD-T [vote-margin, 2 nearest of top-3]", "Cascade [vote] 5: Square",
-        "Cascade [vote] 6: Square x200 (escalated)"]
+        "Cascade [vote] 3: APGD-CE [mean-logits]", "Cascade [vote] 4: APGD-T [dlr-t-ensemble, 1 screened of top-3]",
+        "Cascade [vote] 5: APGD-T [vote-tie, 2 nearest of top-3]", "Cascade [vote] 6: Square",
+        "Cascade [vote] 7: Square x200 (escalated)"]
     assert all(row.kind == "cascade" for row in cascade)
     previous = result.clean.rules["vote"]
     for row in cascade:
@@ -282,7 +282,7 @@ def test_cascade_gives_the_worst_case_of_the_standalone_attacks(aux, test_data):
     both = suite(aux, test_data, "strong", rules=("vote",), standalone=True)
     alone = [row for row in both.rows_of("strong") if row.kind != "cascade"]
     cascade = [row for row in both.rows_of("strong") if row.kind == "cascade" and "escalated" not in row.name]
-    assert len(alone) == len(cascade) == 5
+    assert len(alone) == len(cascade) == 6
     union = both.clean
     for row in alone:
         union = union & row.outcome
@@ -309,10 +309,14 @@ def test_a_result_prints_a_short_summary_and_offers_it_as_a_dict(aux, test_data)
     vote, score = summary["cascade_stages"]
     assert (vote["cascade"], vote["rule"], vote["start"]) == ("Cascade [vote]", "vote", "earlier attacks")
     assert [s["attack"] for s in vote["stages"]] == ["APGD [vote-margin]", "APGD-CE [ensemble]",
+                                                     "APGD-CE [mean-logits]",
                                                      "APGD-T [dlr-t-ensemble, 1 screened of top-3]",
-                                                     "APGD-T [vote-margin, 2 nearest of top-3]", "Square"]
-    assert vote["stages"][-1]["accuracy"] == result.row("Cascade [vote] 5: Square").outcome.accuracy("vote")
-    assert score["start_accuracy"] == result.row("Cascade [vote] 5: Square").outcome.accuracy("score")
+                                                     "APGD-T [vote-tie, 2 nearest of top-3]", "Square"]
+    assert [s["attack"] for s in score["stages"]] == ["APGD [ensemble]", "APGD-DLR [dlr-ensemble]",
+                                                      "APGD-CE [mean-logits]",
+                                                      "APGD-T [dlr-t-ensemble, 1 screened of top-3]", "Square"]
+    assert vote["stages"][-1]["accuracy"] == result.row("Cascade [vote] 6: Square").outcome.accuracy("vote")
+    assert score["start_accuracy"] == result.row("Cascade [vote] 6: Square").outcome.accuracy("score")
     text = str(result)
     assert f"worst case ({len(worst.attacks)} attacks): vote {100 * worst.outcome.accuracy('vote'):.1f}%" in text
     assert "Cascade [vote], vote accuracy: earlier attacks " in text and "tensor" not in text
