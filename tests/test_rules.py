@@ -139,3 +139,41 @@ def test_a_rule_of_your_own_is_attacked_and_judged():
     assert (x_adv - x).abs().max() <= 16 / 255 + 1e-6
     fooled = is_adversarial(aux, x_adv, y, "test-median")
     assert torch.equal(fooled, aux.predict(x_adv, "test-median") != y) and fooled.any()
+
+
+def test_every_rules_cascade_climbs_its_surrogate_then_the_smooth_ensembles():
+    from auxsurgery.evaluation import Budget
+    from auxsurgery.evaluation.plans import SuiteContext, get_suite
+    from auxsurgery.evaluation.presets import get_preset
+
+    rules = ("vote", "score", "public", "private", "crossmax", "mean-logits")
+    context = SuiteContext(get_preset(), Budget(), rules, 0, ("public", "a", "b", "c"))
+    objectives = {cascade.rule: [stage.config.get("objective") for stage in cascade.stages]
+                  for cascade in get_suite("strong").build(context)}
+    for rule in rules:
+        assert objectives[rule][0] == get_rule(rule).surrogate and objectives[rule][-1] == get_rule(rule).square
+        assert {"ensemble", "mean-logits"} <= set(objectives[rule]), rule
+    assert objectives["vote"] == ["vote-margin", "ensemble", "mean-logits", "dlr-t-ensemble", "vote-tie",
+                                  "vote-margin"]
+    assert objectives["crossmax"] == ["rule-ce:crossmax", "ensemble", "mean-logits", "dlr-t-ensemble",
+                                      "rule-margin:crossmax"]
+
+
+def test_the_strong_suite_attacks_and_judges_crossmax_and_a_rule_of_your_own():
+    from auxsurgery import run_suite
+    from auxsurgery.evaluation import Budget
+
+    register_rule("test-min-head", lambda logits, alpha: logits.log_softmax(-1).amin(0), surrogate="mean-logits")
+    torch.manual_seed(0)
+    aux = attach_aux_blocks("small_cnn", at="auto:2", num_classes=10, input_size=(3, 32, 32)).eval()
+    x = torch.rand(8, 3, 32, 32)
+    y = aux.predict(x, "crossmax")  # every point starts correct under crossmax
+    result = run_suite(aux, (x, y), suite="strong", rules=("crossmax", "test-min-head"), eps=8 / 255,
+                       budget=Budget.quick(), progress=False)
+    assert result.eval_rules == ["vote", "score", "public", "private", "crossmax", "test-min-head"]
+    assert [cascade["rule"] for cascade in result.to_dict()["cascade_stages"]] == ["crossmax", "test-min-head"]
+    worst = result.worst_case().outcome
+    assert result.clean.accuracy("crossmax") == 1.0 and worst.accuracy("crossmax") < 1.0
+    # The judge is the rule itself: a point counts as robust only where its decision is still the label.
+    for rule in ("crossmax", "test-min-head"):
+        assert torch.equal(result.clean.rules[rule], aux.predict(x, rule) == y)

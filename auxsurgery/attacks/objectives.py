@@ -28,7 +28,8 @@ Names, by loss family (``get_objective`` builds them; ``<k>`` is a head index):
   that margin stops pulling): ``margin-public``, ``margin-ensemble``, ``margin-mean-logits``, ``margin-head:<k>``,
   ``rule-margin:<rule>`` (on the rule's log-probabilities),
   and ``vote-margin``, the unweighted sum over heads: a smooth stand-in for fooling a
-  majority vote (Algorithm 1);
+  majority vote (Algorithm 1); ``vote-tie``, the vote margin plus the ensemble's capped lead (targeted: of the
+  target over the true class, the vote's tie-break when the heads split evenly; needs the true label);
 * DLR (Croce & Hein 2020, untargeted only): ``dlr-public``, ``dlr-ensemble``, ``dlr-mean-logits``,
   ``dlr-joint`` (alpha-weighted sum over heads), ``dlr-head:<k>``;
 * targeted DLR (Croce & Hein 2020, AutoAttack's APGD-T loss)
@@ -155,11 +156,15 @@ def _dlr_t_scale(z: torch.Tensor) -> torch.Tensor:
     return top[..., 0] - (top[..., 2] + top[..., 3]) / 2 + 1e-12
 
 
+def _require_true_label(name: str, y_true: torch.Tensor | None) -> None:
+    if y_true is None:
+        raise ValueError(f"targeted objective {name!r} needs the true labels besides the targets; "
+                         "attacks given only target labels (targeted=True) do not know them: use APGDT or PGDT")
+
+
 def _dlr_targeted(name: str):
     def loss(z: torch.Tensor, target: torch.Tensor, y_true: torch.Tensor | None) -> torch.Tensor:
-        if y_true is None:
-            raise ValueError(f"targeted objective {name!r} needs the true labels besides the targets; "
-                             "attacks given only target labels (targeted=True) do not know them: use APGDT or PGDT")
+        _require_true_label(name, y_true)
         scale = _dlr_t_scale(z)
         return (_score(z, target) - _score(z, y_true)) / scale
 
@@ -228,6 +233,26 @@ def _dlr_objective(name: str, objective: Objective, targeted: bool) -> Objective
     return objective
 
 
+def _vote_tie_objective(kappa: float, targeted: bool) -> Objective:
+    """``vote-tie``: the vote margin of every head plus the ensemble's lead, each capped at ``kappa``.
+
+    Targeted, the ensemble term is the target's lead over the TRUE class in Algorithm 2's log-probabilities:
+    where the heads split evenly between the two, that lead is the vote's tie-break, which the capped vote
+    margin alone stops pushing once half the heads have flipped. Untargeted: ``vote-margin`` + ``margin-ensemble``.
+    """
+    votes = _head_sum(_margin(kappa, targeted), weighted=False)
+    if not targeted:
+        ensemble = _on_view(_margin(kappa, False), ensemble_log_probs)
+        return lambda logits, y, alpha: votes(logits, y, alpha) + ensemble(logits, y, alpha)
+
+    def objective(logits, target, alpha, y_true):
+        _require_true_label("vote-tie", y_true)
+        log_probs = ensemble_log_probs(as_stacked(logits), alpha)
+        return votes(logits, target, alpha) + (_score(log_probs, target) - _score(log_probs, y_true)).clamp(max=kappa)
+
+    return needs_true_label(objective)
+
+
 def _dlr_t_objective(name: str, view_or_sum, targeted: bool) -> Objective:
     """``dlr-t-*``: the targeted DLR (needs the true label) or, untargeted, aimed at the runner-up class."""
     if targeted:
@@ -274,6 +299,7 @@ for _name, _builder in {
     "margin-mean-logits": lambda t, kappa: _on_view(_margin(kappa, t), mean_logits),
     # Unweighted: Algorithm 1 counts every head's vote the same, whatever its alpha.
     "vote-margin": lambda t, kappa: _head_sum(_margin(kappa, t), weighted=False),
+    "vote-tie": lambda t, kappa: _vote_tie_objective(kappa, t),
     "dlr-public": lambda t, kappa: _dlr_objective("dlr-public", _on_view(_dlr, _head(0)), t),
     "dlr-ensemble": lambda t, kappa: _dlr_objective("dlr-ensemble", _on_view(_dlr, ensemble_log_probs), t),
     "dlr-mean-logits": lambda t, kappa: _dlr_objective("dlr-mean-logits", _on_view(_dlr, mean_logits), t),
