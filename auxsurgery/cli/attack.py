@@ -8,6 +8,7 @@ import typer
 
 from ..evaluation import Budget, list_suites, load_eval_data, print_table, results_document
 from ..evaluation.checkpoint_eval import evaluate_checkpoint
+from ..evaluation.runner import DEFAULT_EOT, DEFAULT_JUDGE_DRAWS
 from .backbone_options import (
     Mean,
     ModelFactory,
@@ -71,6 +72,16 @@ def attack(
     save_adversarial: bool = typer.Option(False, help="Also write OUT/adversarial.safetensors: per point its label, "
                                                       "clean and worst-case outcome per rule, the attack that "
                                                       "broke it, and that adversarial example."),
+    eot: Optional[int] = typer.Option(None, help="Draws of a randomised model averaged per gradient step "
+                                                 f"(expectation over transformation; default {DEFAULT_EOT} where two "
+                                                 "forwards differ, else 1)."),
+    judge_draws: Optional[int] = typer.Option(None, help="Forwards (odd) whose majority is every verdict, clean "
+                                                         f"included (default {DEFAULT_JUDGE_DRAWS} on a randomised "
+                                                         "model, else 1)."),
+    transfer_from: Optional[Path] = typer.Option(None, help="A checkpoint of a surrogate (same classes and heads): "
+                                                            "the gradient attacks craft on it, the attacked model "
+                                                            "judges every example (for hidden, non-differentiable "
+                                                            "aggregations)."),
     out: Out = None,
     as_json: Json = False,
 ):
@@ -111,7 +122,8 @@ def attack(
         target, data, suite, data_root=data_root, n=n, eps=eps, step_size=step_size, steps=steps,
         preset=threat_preset, rules=[r.strip() for r in rules.split(",") if r.strip()], seed=seed,
         batch_size=batch_size, device=device, budget=Budget.quick() if quick else None, standalone=standalone,
-        precision=precision, out=out, save_adversarial=save_adversarial)
+        precision=precision, out=out, save_adversarial=save_adversarial, eot=eot, judge_draws=judge_draws,
+        transfer_from=transfer_from)
     if not written and out is not None:
         return  # a torchrun process other than rank 0: rank 0 prints and writes
     if as_json:
