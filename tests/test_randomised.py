@@ -72,6 +72,7 @@ def test_a_randomised_model_gets_eot_and_a_majority_judge_by_default(tmp_path):
     assert drawn.worst_case().outcome.accuracy("vote") <= single.worst_case().outcome.accuracy("vote")
     # Every draw counts: the gradient stage's backward passes are 20 per step and point, or nearly.
     assert drawn.rows[0].passes.backward > 10 * single.rows[0].passes.backward
+    assert "judge: every verdict, clean included, is the majority of 9 forward(s)" in str(drawn)
     write_report(drawn, tmp_path)
     assert "majority of 9 forward(s); each gradient step averages 20 draw(s)" in (tmp_path / "report.md").read_text()
     with pytest.raises(ValueError, match="judge_draws must be odd"):
