@@ -72,6 +72,7 @@ def test_a_randomised_model_gets_eot_and_a_majority_judge_by_default(tmp_path):
     assert drawn.worst_case().outcome.accuracy("vote") <= single.worst_case().outcome.accuracy("vote")
     # Every draw counts: the gradient stage's backward passes are 20 per step and point, or nearly.
     assert drawn.rows[0].passes.backward > 10 * single.rows[0].passes.backward
+    assert "judge: every verdict, clean included, is the majority of 9 forward(s)" in str(drawn)
     write_report(drawn, tmp_path)
     assert "majority of 9 forward(s); each gradient step averages 20 draw(s)" in (tmp_path / "report.md").read_text()
     with pytest.raises(ValueError, match="judge_draws must be odd"):
@@ -124,3 +125,21 @@ def test_a_deterministic_model_runs_exactly_as_without_draws():
     with PassCounter(model) as passes:
         attack.with_draws(3, 1)(x, y)
     assert (passes.forward, passes.backward) == (15 * 48, 15 * 48)  # EOT's draws are counted
+
+
+def test_the_committed_judge_agreement_record_backs_the_default_judge():
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from auxsurgery.evaluation.runner import DEFAULT_JUDGE_DRAWS
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("judge_agreement", repo / "benchmarks" / "judge_agreement.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    folder = repo / "benchmarks" / "results" / "judge_agreement"
+    doc = json.loads((folder / "judge_agreement.json").read_text())
+    assert benchmark.render(doc) == (folder / "judge_agreement.md").read_text()
+    record = next(r for r in doc["records"] if r["draws"] == DEFAULT_JUDGE_DRAWS)
+    assert min(record["clean"], record["examples"]) >= 0.99

@@ -111,6 +111,8 @@ def test_paper_recipes_use_table_iii_and_section_iv_settings():
     ("[[aux_adversarial]]\nname = \"a\"\neps = 0.03\nhead = \"wide\"", ["head", "unknown head preset 'wide'"]),
     ("[[aux_adversarial]]\nname = \"a\"\neps = 0.03\nepochs = 3", ["unknown key 'epochs'"]),
     ("[attack]\nn = 0", ["[attack] n", "must be >= 1, got 0"]),
+    ("[attack]\njudge_draws = 4", ["[attack] judge_draws", "must be odd", "got 4"]),
+    ("[attack]\neot = 0", ["[attack] eot", "must be >= 1, got 0"]),
     ("[attack]\nrules = [\"scor\"]", ["[attack] rules", "Did you mean 'score'?"]),
     ("[[attack.readings]]\nname = \"../out\"\neps = 0.1", ["[attack.readings[0]] name", "path separator"]),
     ("[[attack.readings]]\nname = \"curve\"\neps = 0.1", ["[attack.readings[0]] name", "accuracy-vs-eps run"]),

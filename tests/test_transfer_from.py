@@ -138,3 +138,20 @@ def test_the_attack_command_takes_a_surrogate_and_the_draws(tmp_path):
     missing = CliRunner().invoke(app, [str(target), "--data", str(data), "--quick", "--transfer-from",
                                        str(tmp_path / "nowhere.st")])
     assert isinstance(missing.exception, ValueError) and "--transfer-from" in str(missing.exception)
+
+
+def test_crafting_on_the_surrogate_until_the_target_is_fooled_transfers_better(models, data):
+    from auxsurgery.attacks import APGD, Transfer, is_adversarial
+
+    voting, twin = models
+    x, y = data
+
+    def fooled(query_target):
+        attack = Transfer(voting, APGD(twin, eps=0.03, steps=10, seed=0), query_target=query_target)
+        attack.seed = 3  # the runner reseeds the outer attack per batch: the crafting follows
+        x_adv = attack(x, y)
+        assert attack.attack.seed == 3 and (x_adv - x).abs().max() <= 0.03
+        return is_adversarial(voting, x_adv, y).float().mean().item()
+
+    # Stopping once the surrogate is fooled leaves examples at its boundary, which the target often does not share.
+    assert fooled(True) > fooled(False) + 0.05

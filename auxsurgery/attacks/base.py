@@ -472,10 +472,10 @@ class Attack:
     def config(self) -> dict[str, str]:
         """The settings shown by ``repr``: name to printed value."""
         eps = "None" if self.eps is None else f"{self.eps:.4g}"
-        draws = {"eot": str(self.eot), "judge_draws": str(self.judge_draws)} if self.eot > 1 or self.judge_draws > 1 \
-            else {}
+        drawn = self.eot > 1 or self.judge_draws > 1
         return {"objective": repr(self.objective_name), "eps": eps, "norm": repr(self.norm),
-                "rule": repr(self.rule), "targeted": str(self.targeted), "precision": repr(self.precision), **draws}
+                "rule": repr(self.rule), "targeted": str(self.targeted), "precision": repr(self.precision),
+                **({"eot": str(self.eot), "judge_draws": str(self.judge_draws)} if drawn else {})}
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples for inputs ``x`` (pixels in [0, 1]) and labels ``y`` ``[B]``."""

@@ -27,7 +27,7 @@ class Transfer(Attack):
     eps_optional = True
 
     def __init__(self, model: nn.Module, attack: Attack, rule: str = "vote", query_target: bool = False):
-        super().__init__(model, objective=None, eps=attack.eps, norm=attack.norm, rule=rule,
+        super().__init__(model, objective=None, eps=attack.eps, norm=attack.norm, rule=rule, seed=attack.seed,
                          targeted=attack.targeted)
         self.attack = attack
         if query_target:
@@ -37,4 +37,6 @@ class Transfer(Attack):
         return f"Transfer({self.attack!r}, rule={self.rule!r})"
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # The seed is this attack's: whoever reseeds it per batch (the evaluation runner) reseeds the crafting.
+        self.attack.seed = self.seed
         return self.attack(x, y)

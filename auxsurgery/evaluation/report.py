@@ -25,11 +25,11 @@ from ..provenance import release
 from ..rules import get_rule
 from .plans import Suite, get_suite
 from .presets import fmt_eps, fmt_threat
-from .results import stage_line
+from .results import protocol_lines, stage_line
 
 __all__ = [
     "ROW_FIELDS", "SCHEMA", "TOP_LEVEL_FIELDS", "markdown_report", "plot_sweep", "plot_transfer", "print_table",
-    "protocol_lines", "results_document", "rule_label", "validate_results", "write_adversarial", "write_report",
+    "results_document", "rule_label", "validate_results", "write_adversarial", "write_report",
 ]
 
 SCHEMA = "auxsurgery.results/1"
@@ -165,24 +165,6 @@ def print_table(result, console: Console | None = None) -> None:
 # ---- report.md -----------------------------------------------------------------------------------
 
 
-def protocol_lines(settings: dict) -> list[str]:
-    """How the evaluation drew a randomised model and where its gradient attacks crafted, as report lines."""
-    protocol, surrogate = settings.get("protocol"), settings.get("transfer_from")
-    lines = []
-    if protocol:
-        kind = "randomised" if protocol["randomised"] else "deterministic"
-        lines.append(f"- judge: every verdict, clean included, is the majority of {protocol['judge_draws']} "
-                     f"forward(s); each gradient step averages {protocol['eot']} draw(s) of the model (expectation "
-                     f"over transformation); the model is {kind} (randomness check)")
-    if surrogate:
-        where = f", checkpoint {surrogate['checkpoint']}" if surrogate.get("checkpoint") else ""
-        draws = (protocol or {}).get("surrogate_eot", 1)
-        lines.append(f"- transfer: the suites' gradient attacks crafted on the surrogate {surrogate['class']} "
-                     f"(weights sha256 {surrogate['sha256'][:12]}{where}), {draws} draw(s) per step; every example "
-                     "judged on the attacked model, which also answers the black-box attacks")
-    return lines
-
-
 def _suite(name: str) -> Suite:
     """How to present a suite's rows: its registration, or a plain list for rows of unregistered
     suites (extra plans passed to run_suite, the sanity probes)."""
@@ -262,7 +244,7 @@ def markdown_report(result, plots: Sequence[str] = ()) -> str:
         f"{result.seconds:.1f} s in all",
         f"- cost: {_passes(result.passes())} image-passes in the attacks, {_passes(result.passes(sanity=True))} "
         "in the sanity probes (forward / backward)",
-        *protocol_lines(result.settings), "",
+        *(f"- {line}" for line in protocol_lines(result.settings)), "",
         "Accuracies in %. Success is judged by the defended model's own decision rules; a sample misclassified "
         "without attack never counts as robust.", "",
         "## Sanity checks", "",

@@ -121,7 +121,7 @@ class _Runner:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequence[str],
                  batch_size: int, progress: Progress, state: EvaluationState | None, ctx: DistContext,
-                 keep_adversarial: bool = False, protocol: "_Protocol | None" = None):
+                 keep_adversarial: bool = False, protocol: _Protocol | None = None):
         self.model, self.x, self.y, self.rules, self.keep_adversarial = model, x, y, rules, keep_adversarial
         self.batch_size, self.progress, self.state, self.ctx = batch_size, progress, state, ctx
         self.protocol = protocol or _Protocol()
@@ -453,7 +453,7 @@ def run_suite(
                 "model": fingerprint_model(aux), "data": fingerprint_data(x, y), "suites": names,
                 "plans": [_describe(pl) for pl in plans], "rules": list(targets), "eval_rules": list(eval_rules),
                 "seed": seed, "batch_size": batch_size, "preset": preset.to_dict(), "budget": budget.to_dict(),
-                # Only when kept, drawn or transferred: folders of the runs without keep matching.
+                # Only where kept, drawn or transferred: the folders of runs without them keep matching.
                 **({"keep_adversarial": True} if keep_adversarial else {}),
                 **({"draws": _draws(protocol)} if protocol.drawn else {}),
                 **({"transfer_from": fingerprint_model(surrogate)} if surrogate is not None else {})})
@@ -486,9 +486,11 @@ def _surrogate(model: nn.Module | None, aux: AuxModel, x: torch.Tensor, classes:
     if model is None:
         return None
     surrogate = as_aux_model(model)
-    device, where = next(aux.parameters()).device, next(surrogate.parameters()).device
-    if where != device:
-        raise ValueError(f"transfer_from is on {where}, the attacked model on {device}: move it there")
+    device, param = next(aux.parameters()).device, next(surrogate.parameters(), None)
+    if param is None:
+        raise ValueError("transfer_from has no parameters: a surrogate's gradients must come from a network")
+    if param.device != device:
+        raise ValueError(f"transfer_from is on {param.device}, the attacked model on {device}: move it there")
     if len(surrogate.head_names) != len(aux.head_names):
         raise ValueError(f"transfer_from has {len(surrogate.head_names)} head(s), the attacked model "
                          f"{len(aux.head_names)}: the gradient attacks' objectives need a surrogate with as many heads")

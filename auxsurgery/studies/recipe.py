@@ -111,7 +111,9 @@ SCHEMA: dict[str, dict] = {
     "attack": {"suites": Key("str-list", ["static", "adaptive", "strong"]), "n": Key("int", 1000),
                "rules": Key("str-list", ATTACKED_RULES), "batch_size": Key("int", 128),
                "preset": Key("str", None, tuple(ATTACK_PRESETS)), "readings": [READING_KEYS],
-               "budget": BUDGET_KEYS, "curve": CURVE_KEYS},
+               "budget": BUDGET_KEYS, "curve": CURVE_KEYS,
+               # run_suite's draws of a randomised model (unset: its defaults where the randomness check fires)
+               "eot": Key("int", None), "judge_draws": Key("int", None)},
 }
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
                "str-list": "a list of strings", "float-list": "a list of numbers", "int-list": "a list of integers",
@@ -321,9 +323,12 @@ def _check_names(r: Recipe) -> None:
     """Names the schema cannot check: models, heads, datasets, suites, rules, folder names, cross-key rules."""
     # Both become folder names: the default run folder runs/<name>, and <model>/eval/<reading name>.
     _check_folder_name(r, "[recipe] name", r.name)
-    for key in ("n", "batch_size"):
-        if r["attack"][key] < 1:
+    for key in ("n", "batch_size", "eot", "judge_draws"):
+        if r["attack"][key] is not None and r["attack"][key] < 1:
             raise r.error(f"[attack] {key}", f"must be >= 1, got {r['attack'][key]}")
+    if (r["attack"]["judge_draws"] or 1) % 2 == 0:
+        raise r.error("[attack] judge_draws", f"must be odd (a majority of an even count can tie), got "
+                                              f"{r['attack']['judge_draws']}")
     _check_backbone(r)
     data = r["data"]["name"]
     known_data = [*SOURCES, *SYNTHETIC_NAMES]
