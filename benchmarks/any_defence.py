@@ -54,6 +54,8 @@ from judge_agreement import GaussianNoise  # one home for the noise of issue 29'
 
 COMMITTED = "benchmarks/results/any_defence"
 CHUNK = 100  # points per external-side call, kept as each lands
+# The code this process runs, read once: the checkout may move on while a long run goes.
+SUITE_COMMIT = source_commit()
 NOISE_STD = 0.05
 
 
@@ -176,7 +178,7 @@ def measure(key: str, spec: dict, x: torch.Tensor, y: torch.Tensor, out: Path | 
     suite_passes = suite.passes().to_dict()
     total = partial["passes"]["forward"] + partial["passes"]["backward"]
     return {
-        "command": command_line(), "machine": machine(), "suite_commit": source_commit(), "record": spec["kind"],
+        "command": command_line(), "machine": machine(), "suite_commit": SUITE_COMMIT, "record": spec["kind"],
         "rule": rule, "eps": eps, "n": len(x), "clean": suite.clean.accuracy(rule),
         "suite_robust": suite_robust.float().mean().item(), "external_robust": robust.float().mean().item(),
         "external_per_attack": {k: sum(v) / len(v) for k, v in partial["per_attack"].items()},
@@ -253,7 +255,7 @@ def main() -> None:
     for key, spec in records(aux, args.steps).items():
         if args.records and key not in args.records.split(","):
             continue
-        if doc["records"].get(key, {}).get("n") == args.n and doc["records"][key]["suite_commit"] == source_commit():
+        if doc["records"].get(key, {}).get("n") == args.n and doc["records"][key]["suite_commit"] == SUITE_COMMIT:
             continue
         doc["records"][key] = measure(key, spec, x, y, out, _load_partial(out, key), args.steps)
         if path:
