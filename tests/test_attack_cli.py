@@ -7,6 +7,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from auxsurgery import attach_aux_blocks, build_backbone, load_dataset, save
@@ -156,6 +157,22 @@ def test_a_plain_model_is_attacked_with_weights_and_reports_each_stage(plain_wei
     with torch.no_grad():  # each saved example fools the model
         labels = saved["label"][saved["indices/public"]]
         assert (model(examples).argmax(1) != labels).all()
+
+
+def test_save_adversarial_keeps_the_points_only_a_sanity_probe_broke(checkpoint, tmp_path):
+    """The strong suite attacks one rule; its probes also judge the others, and may break a point there that
+    no attack did: broken_by then names the probe (the metadata lists the attacks, then the probes)."""
+    out = tmp_path / "report"
+    result = invoke(checkpoint, write_data(tmp_path / "test.pt"), "--suite", "strong", "--rules", "vote",
+                    "--save-adversarial", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    with safe_open(out / "adversarial.safetensors", "pt") as saved:
+        breakers = json.loads(saved.metadata()["attacks"])
+        broken_by = saved.get_tensor("broken_by/private")
+        indices, examples = saved.get_tensor("indices/private"), saved.get_tensor("examples/private")
+    assert any(breakers[k].endswith("(probe)") for k in broken_by[broken_by >= 0].tolist())
+    assert sorted(indices.tolist()) == (broken_by >= 0).nonzero().flatten().tolist()
+    assert examples.shape == (len(indices), 1, 28, 28)
 
 
 def test_a_state_dict_given_as_a_checkpoint_gets_a_one_line_hint(plain_weights):

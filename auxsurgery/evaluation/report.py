@@ -327,11 +327,11 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def write_adversarial(result, path: str | Path) -> Path:
-    """:meth:`SuiteResult.adversarial_examples` as a safetensors file; its metadata names the attacks that
-    ``broken_by/<rule>`` indexes and the threat model."""
+    """:meth:`SuiteResult.adversarial_examples` as a safetensors file; its metadata names the attacks and
+    probes that ``broken_by/<rule>`` indexes and the threat model."""
     worst = result.worst_case()
     tensors = {key: value.contiguous() for key, value in result.adversarial_examples().items()}
-    metadata = {"attacks": json.dumps(worst.attacks), "threat": json.dumps({"norm": worst.norm, "eps": worst.eps}),
+    metadata = {"attacks": json.dumps(worst.breakers), "threat": json.dumps({"norm": worst.norm, "eps": worst.eps}),
                 "rules": json.dumps(list(result.eval_rules)), **release()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 

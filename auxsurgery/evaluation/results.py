@@ -173,23 +173,24 @@ class SuiteResult:
         """Per-point outcomes and, per rule, the example that first broke each broken point, as tensors.
 
         ``label [N]``; per rule ``clean/R``, ``robust/R`` (bool ``[N]``), ``broken_by/R`` (int ``[N]``: the
-        index in :meth:`worst_case`'s ``attacks`` of the attack that first fooled the point, -1 if none did, -2
+        index in :meth:`worst_case`'s ``breakers`` of the attack, or else the sanity probe, that first fooled
+        the point, -1 if none did, -2
         if the rule gets it wrong unattacked), ``indices/R`` and ``examples/R`` (the broken points and their
         adversarial examples). Needs a run that kept its examples (``run_suite(keep_adversarial=True)``).
         """
         worst = self.worst_case()
-        by_name = {row.name: row for row in self.rows}
-        missing = [name for name in worst.attacks if by_name[name].adversarial is None]
+        breakers, by_name = worst.breakers, {row.name: row for row in self.rows}
+        missing = [name for name in breakers if by_name[name].adversarial is None]
         if missing:
             raise ValueError("this evaluation did not keep its adversarial examples (run_suite(keep_adversarial="
                              f"True), auxsurgery attack --save-adversarial); missing for {', '.join(missing)}")
         tensors = {"label": self.labels}
         for rule in self.eval_rules:
             first = worst.first_broken_by[rule]
-            broken_by = torch.tensor([-2 if name == "clean" else -1 if name is None else worst.attacks.index(name)
+            broken_by = torch.tensor([-2 if name == "clean" else -1 if name is None else breakers.index(name)
                                       for name in first])
             indices, examples = [], []
-            for k, name in enumerate(worst.attacks):
+            for k, name in enumerate(breakers):
                 points = (broken_by == k).nonzero().flatten()
                 if len(points):
                     kept_indices, kept = by_name[name].adversarial
