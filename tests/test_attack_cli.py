@@ -182,6 +182,15 @@ def test_a_state_dict_given_as_a_checkpoint_gets_a_one_line_hint(plain_weights):
     assert f"auxsurgery attack MODEL --weights {plain_weights}" in str(result.exception)
 
 
+def test_a_text_file_given_as_a_checkpoint_gets_one_line(tmp_path):
+    path = tmp_path / "notackpt.pth"
+    path.write_text("these are my notes, not a model\n")
+    result = runner.invoke(app, [str(path), "--data", "synthetic"])
+    assert isinstance(result.exception, ValueError) and result.exception.__cause__ is None
+    assert str(result.exception).startswith(f"{path} is not a readable auxsurgery checkpoint")
+    assert "nor a torch.save file" in str(result.exception)
+
+
 def test_a_network_name_without_weights_says_how_to_give_them():
     result = runner.invoke(app, ["resnet18", "--data", "synthetic"])
     assert isinstance(result.exception, ValueError)
