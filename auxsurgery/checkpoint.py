@@ -59,7 +59,8 @@ def read_spec(path: str | Path) -> dict:
     if SPEC_KEY not in metadata:
         if tensors:
             raise _plain_weights(path)
-        raise CheckpointError(f"{path} is a safetensors file without an auxsurgery spec; was it saved by auxsurgery.save?")
+        raise CheckpointError(f"{path} is a safetensors file without an auxsurgery spec; was it saved by "
+                              "auxsurgery.save?")
     try:
         spec = json.loads(metadata[SPEC_KEY])
     except json.JSONDecodeError as err:

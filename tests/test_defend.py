@@ -9,6 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from auxsurgery import build_backbone, load, load_dataset
+from auxsurgery.cli import app
 from auxsurgery.cli.backbone_options import backbone_from_options, load_checkpoint, parse_floats
 from auxsurgery.studies.defend import verdict
 
@@ -72,6 +73,10 @@ def test_defend_smoke_run_writes_one_plain_report(weights, tmp_path):
     with torch.no_grad():
         assert torch.equal(defended(x)[0], original(x))
     assert defended.spec["backbone"]["weights"]["path"] == str(weights.resolve())
+    # `auxsurgery --help` exports what its defend example (`--out defence`) writes.
+    exported = next(line.split()[2] for line in app.info.help.splitlines()
+                    if line.strip().startswith("auxsurgery export"))
+    assert str(tmp_path / exported) in document["files"].values() and (tmp_path / exported).is_file()
 
     # The same command again is refused in one line; with --resume it continues: nothing retrains.
     again = CliRunner().invoke(_cli(), args)
