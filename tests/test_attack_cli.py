@@ -141,8 +141,8 @@ def test_a_plain_model_is_attacked_with_weights_and_reports_each_stage(plain_wei
     line = next(line for line in result.stdout.splitlines() if line.startswith(stages[0]["cascade"]["name"]))
     expected = " -> ".join([f"clean {100 * doc['clean']['rules']['public']:.1f}%",
                             *(f"{row['cascade']['stage']} {100 * row['rules']['public']:.1f}%" for row in stages)])
-    assert line.endswith("public accuracy: " + expected)
-    assert "public accuracy by stage" in (out / "report.md").read_text()
+    assert line == "Cascade, accuracy: " + expected  # one head, one decision: no rule names
+    assert "## Cascade: accuracy by stage" in (out / "report.md").read_text()
     saved = load_file(out / "adversarial.safetensors")
     robust, broken_by = saved["robust/public"], saved["broken_by/public"]
     assert robust.tolist() == doc["per_sample"]["robust"]["public"]
@@ -157,6 +157,19 @@ def test_a_plain_model_is_attacked_with_weights_and_reports_each_stage(plain_wei
     with torch.no_grad():  # each saved example fools the model
         labels = saved["label"][saved["indices/public"]]
         assert (model(examples).argmax(1) != labels).all()
+
+
+def test_a_one_head_model_is_one_decision_named_without_rules(plain_weights):
+    """vote, score and public are one decision on a plain model: its lines name no rule, and each finding, judged
+    once, prints once (it printed once per rule, tagged by a rule the model does not have apart)."""
+    result = runner.invoke(app, ["small_cnn", "--weights", str(plain_weights), "--num-classes", "10", "--data",
+                                 "synthetic", "--suite", "strong", "--quick", "--points", "8"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("Cascade, accuracy: clean ") for line in lines)
+    findings = [line for line in lines if line.startswith(("warning (", "note ("))]
+    assert any(line.startswith("warning (large-eps): accuracy stays at") for line in findings), result.stdout
+    assert len(findings) == len(set(findings)) and not any(re.search(r"\[(vote|score|public)", f) for f in findings)
 
 
 def test_save_adversarial_keeps_the_points_only_a_sanity_probe_broke(checkpoint, tmp_path):

@@ -152,6 +152,24 @@ def test_defend_passes_model_kwargs_to_the_constructor(monkeypatch, tmp_path):
     assert "--model-kwargs 'depth=3' does not fit small_cnn's constructor" in str(result.exception)
 
 
+def test_defend_prints_each_warning_once_with_its_rule_tag(monkeypatch, tmp_path):
+    """A warning's [rule] tag is text, not console markup: two rules' warnings stay two different lines."""
+    import auxsurgery.cli.defend as defend_cli
+
+    class Result:
+        warnings = ["heads: [vote] accuracy stays at 9.0%", "heads: [score] accuracy stays at 9.0%"]
+        files = {"report": "defence.md", "json": "defence.json"}
+
+        def headline(self):
+            return "No measurable gain"
+
+    monkeypatch.setattr(defend_cli, "run_defence", lambda *args, **kwargs: Result())
+    result = CliRunner().invoke(_cli(), ["small_cnn", "--data", "synthetic", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    printed = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert printed == [f"warning: {message}" for message in Result.warnings]
+
+
 def _points(first: int, then: int, n: int) -> list[bool]:
     """``first`` points wrong, ``then`` right, the rest wrong."""
     return [False] * first + [True] * then + [False] * (n - first - then)

@@ -147,7 +147,7 @@ def print_table(result, console: Console | None = None) -> None:
     table.caption = f"budget {result.budget.describe()}"
     console.print(table)
     for cascade in result.cascade_stages():
-        console.print(stage_line(cascade), markup=False, highlight=False)
+        console.print(stage_line(cascade, result.accuracy_label(cascade["rule"])), markup=False, highlight=False)
     for finding in result.findings:
         style = "bold yellow" if finding.level == "warning" else "dim"
         console.print(f"[{style}]{finding.level}[/{style}] ({finding.check}): {escape(finding.message)}",
@@ -199,7 +199,7 @@ def _stages_section(result) -> list[str]:
     """Each cascade's accuracy under its rule after each stage (AutoAttack's log, as a table)."""
     lines = []
     for cascade in result.cascade_stages():
-        lines += ["", f"## {cascade['cascade']}: {cascade['rule']} accuracy by stage", ""]
+        lines += ["", f"## {cascade['cascade']}: {result.accuracy_label(cascade['rule'])} by stage", ""]
         body = [[cascade["start"], _pct(cascade["start_accuracy"])],
                 *([stage["attack"], _pct(stage["accuracy"])] for stage in cascade["stages"])]
         lines += markdown_table(["After", "Accuracy"], body)

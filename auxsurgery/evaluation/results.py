@@ -20,11 +20,12 @@ def _pct(accuracy: float) -> str:
     return f"{100 * accuracy:.1f}%"
 
 
-def stage_line(cascade: dict) -> str:
-    """``Cascade [vote], vote accuracy: clean 92.0% -> APGD-CE 41.0% -> APGD-T 38.5% -> Square 38.5%``."""
+def stage_line(cascade: dict, label: str) -> str:
+    """``Cascade [vote], vote accuracy: clean 92.0% -> APGD-CE 41.0% -> APGD-T 38.5% -> Square 38.5%``
+    (``label``: :meth:`SuiteResult.accuracy_label` of the cascade's rule)."""
     steps = [f"{cascade['start']} {_pct(cascade['start_accuracy'])}",
              *(f"{stage['attack']} {_pct(stage['accuracy'])}" for stage in cascade["stages"])]
-    return f"{cascade['cascade']}, {cascade['rule']} accuracy: " + " -> ".join(steps)
+    return f"{cascade['cascade']}, {label}: " + " -> ".join(steps)
 
 
 @dataclass
@@ -120,6 +121,10 @@ class SuiteResult:
         if len(self.head_names) == 1:
             return [(self.rules[0], "accuracy")]
         return [(rule, rule) for rule in self.rules]
+
+    def accuracy_label(self, rule: str) -> str:
+        """``vote accuracy``; ``accuracy`` on a one-head model, whose rules are one decision."""
+        return "accuracy" if len(self.head_names) == 1 else f"{rule} accuracy"
 
     @property
     def warnings(self) -> list[Finding]:
@@ -226,14 +231,14 @@ class SuiteResult:
         worst = self.worst_case()
 
         def per_rule(outcome: Outcome) -> str:
-            return ", ".join(f"{r} {_pct(outcome.accuracy(r))}" for r in self.rules)
+            return ", ".join(f"{label} {_pct(outcome.accuracy(r))}" for r, label in self.shown_rules)
 
         threat = fmt_threat({"norm": worst.norm, "eps": worst.eps})
         lines = [f"{self.n} points, suites {', '.join(self.suites)}; {threat}; budget "
                  f"{self.budget.name if self.budget else '-'}",
                  f"clean: {per_rule(self.clean)}",
                  f"worst case ({len(worst.attacks)} attacks): {per_rule(worst.outcome)}"]
-        lines += [stage_line(cascade) for cascade in self.cascade_stages()]
+        lines += [stage_line(cascade, self.accuracy_label(cascade["rule"])) for cascade in self.cascade_stages()]
         lines += ["attacks:"]
         lines += [f"  {row.name} ({fmt_threat(row.threat)}): {per_rule(row.outcome)}" for row in self.rows]
         lines += [f"warning ({f.check}): {f.message}" for f in self.warnings]
