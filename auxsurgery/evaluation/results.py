@@ -179,9 +179,8 @@ class SuiteResult:
 
         ``label [N]``; per rule ``clean/R``, ``robust/R`` (bool ``[N]``), ``broken_by/R`` (int ``[N]``: the
         index in :meth:`worst_case`'s ``breakers`` of the attack, or else the sanity probe, that first fooled
-        the point, -1 if none did, -2
-        if the rule gets it wrong unattacked), ``indices/R`` and ``examples/R`` (the broken points and their
-        adversarial examples). Needs a run that kept its examples (``run_suite(keep_adversarial=True)``).
+        the point, -1 if none did, -2 if the rule gets it wrong unattacked), ``indices/R`` and ``examples/R``
+        (the broken points and their adversarial examples). Needs a run that kept its examples (``run_suite(keep_adversarial=True)``).
         """
         worst = self.worst_case()
         breakers, by_name = worst.breakers, {row.name: row for row in self.rows}

@@ -85,12 +85,12 @@ def _baseline(rows: Sequence) -> list[Finding]:
                     "strong suites")]
 
 
-def _large_eps(rows: Sequence, rules: list[tuple[str, str]]) -> list[Finding]:
+def _large_eps(rows: Sequence, judged: list[tuple[str, str]]) -> list[Finding]:
     probes = [row for row in rows if row.kind == "white-box" and (_linf_eps(row) or 0) >= LARGE_EPS - 1e-9]
     if not probes:
         return [Finding("large-eps", "note", f"not checked: no white-box attack ran at eps={LARGE_EPS:g}")]
     findings = []
-    for rule, tag in rules:
+    for rule, tag in judged:
         best = min(probes, key=lambda row: row.outcome.accuracy(rule))
         accuracy = best.outcome.accuracy(rule)
         if accuracy > LARGE_EPS_MAX_ACCURACY:
@@ -100,7 +100,7 @@ def _large_eps(rows: Sequence, rules: list[tuple[str, str]]) -> list[Finding]:
     return findings
 
 
-def _monotone(rows: Sequence, rules: list[tuple[str, str]], tolerance: float) -> list[Finding]:
+def _monotone(rows: Sequence, judged: list[tuple[str, str]], tolerance: float) -> list[Finding]:
     series = defaultdict(list)
     for row in rows:
         if row.series is not None and row.series[1] in _AXIS_WORDS:
@@ -108,7 +108,7 @@ def _monotone(rows: Sequence, rules: list[tuple[str, str]], tolerance: float) ->
     findings = []
     for (name, axis), members in series.items():
         members = sorted(members, key=lambda row: row.series[2])
-        for rule, tag in rules:
+        for rule, tag in judged:
             for low, high in zip(members, members[1:]):
                 rise = high.outcome.accuracy(rule) - low.outcome.accuracy(rule)
                 if rise > tolerance:
@@ -121,7 +121,7 @@ def _monotone(rows: Sequence, rules: list[tuple[str, str]], tolerance: float) ->
     return findings
 
 
-def _masking(rows: Sequence, rules: list[tuple[str, str]], tolerance: float) -> list[Finding]:
+def _masking(rows: Sequence, judged: list[tuple[str, str]], tolerance: float) -> list[Finding]:
     by_eps = defaultdict(lambda: ([], []))
     for row in rows:
         eps = _linf_eps(row)
@@ -134,7 +134,7 @@ def _masking(rows: Sequence, rules: list[tuple[str, str]], tolerance: float) -> 
         white_case = white[0].outcome
         for row in white[1:]:
             white_case = white_case & row.outcome
-        for rule, tag in rules:
+        for rule, tag in judged:
             best = min(blind, key=lambda row: row.outcome.accuracy(rule))
             if best.outcome.accuracy(rule) < white_case.accuracy(rule) - tolerance:
                 findings.append(Finding("masking", "warning", (
