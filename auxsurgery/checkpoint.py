@@ -18,7 +18,8 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ._utils import atomic_write
-from .backbones import Normalize, NormalizedBackbone, backbone_from_spec
+from .backbones import (Normalize, NormalizedBackbone, WeightsError, backbone_from_spec, is_weights_file,
+                        read_state_dict)
 from .model import AuxModel
 from .surgery import attach_aux_blocks
 
@@ -52,17 +53,41 @@ def read_spec(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+            metadata, tensors = f.metadata() or {}, bool(list(f.keys()))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable auxsurgery checkpoint (corrupt or truncated?): {err}") from err
+        raise _not_a_checkpoint(path, err) from None
     if SPEC_KEY not in metadata:
-        raise CheckpointError(f"{path} is a safetensors file without an auxsurgery spec; was it saved by auxsurgery.save?")
+        if tensors:
+            raise _plain_weights(path)
+        raise CheckpointError(f"{path} is a safetensors file without an auxsurgery spec; was it saved by "
+                              "auxsurgery.save?")
     try:
         spec = json.loads(metadata[SPEC_KEY])
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: the stored surgery spec is not valid JSON: {err}") from err
     _check_spec(spec, path)
     return spec
+
+
+def _plain_weights(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path} holds plain weights, not an auxsurgery checkpoint: name the network they belong to, "
+        f"`auxsurgery attack MODEL --weights {path}` (e.g. resnet18) to evaluate them, or `auxsurgery attach MODEL "
+        f"--weights {path} --out model.safetensors` to make a checkpoint; in Python build_backbone(MODEL, weights=...)")
+
+
+def _not_a_checkpoint(path: Path, err: Exception) -> CheckpointError:
+    """What a file that is no safetensors file holds instead: plain weights or pickled objects saved with
+    torch.save (read as :func:`read_state_dict` reads them, never running code), or something unreadable."""
+    if not is_weights_file(path):
+        return CheckpointError(f"{path} is not a readable auxsurgery checkpoint (a safetensors file written by "
+                               f"auxsurgery.save, attach, train or defend) nor a torch.save file: corrupt or "
+                               f"truncated, or another kind of file? ({err})")
+    try:
+        read_state_dict(path)
+    except WeightsError as weights_err:  # a pickled whole model, a torch.save file cut short, ...
+        return CheckpointError(str(weights_err))
+    return _plain_weights(path)
 
 
 def _check_spec(spec, path) -> None:

@@ -24,7 +24,6 @@ from . import synthetic
 from ._utils import derive_seed
 
 DATA_ENV = "AUXSURGERY_DATA"
-DOWNLOAD_HINT = f"pass --download (download=True) to fetch it, or set {DATA_ENV} (--data-root) to a folder that holds it"
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -267,13 +266,16 @@ def _exists(path: Path) -> bool:
     return path.exists() or path.with_name(path.name + ".gz").exists()
 
 
-def _load_named(name: str, root: Path, train: bool, download: bool, augment: bool | None) -> ImageTensorDataset:
+def _load_named(name: str, root: Path, train: bool, download: bool, augment: bool | None,
+                fetch_hint: str | None) -> ImageTensorDataset:
     source = SOURCES[name]
     missing = [path for path in source.files(root, train) if not _exists(path)]
     if missing and download:
         source.download(root, train)
     elif missing:
-        raise DatasetNotFoundError(f"{name}: no data at {missing[0]} (data root {root}); {DOWNLOAD_HINT}")
+        fetch = f", or {fetch_hint} to fetch it" if fetch_hint else ""
+        raise DatasetNotFoundError(f"{name}: no data at {missing[0]} (data root {root}); point --data-root or "
+                                   f"{DATA_ENV} at a folder that holds it{fetch}")
     images, labels, classes = source.read(root, train)
     use_augment = train and (source.augment if augment is None else augment)
     transform = augmentation(images.shape[-1], source.flip) if use_augment else None
@@ -349,6 +351,7 @@ def load_dataset(
     subset_seed: int | None = None,
     image_size: int | None = None,
     seed: int = 0,
+    fetch_hint: str | None = None,
 ) -> Dataset:
     """A dataset of ``([C, H, W] float image in [0, 1], int label)`` pairs.
 
@@ -368,6 +371,8 @@ def load_dataset(
         image_size: ImageFolder only: resize and centre-crop images to this size (needed
             to batch images of different sizes; augmentation needs it too).
         seed: the synthetic set's seed.
+        fetch_hint: how the caller's user asks for ``download`` (``"pass --download"``), for the message of a
+            named dataset's missing files; without it, the message names only the data root.
     """
     key = str(name).lower()
     key = _ALIASES.get(key, key)
@@ -375,7 +380,7 @@ def load_dataset(
         # The synthetic set is prefix-consistent, so "the first N" is drawn directly.
         dataset = _load_synthetic(train, subset if subset_seed is None else None, seed)
     elif key in SOURCES:
-        dataset = _load_named(key, data_root(root), train, download, augment)
+        dataset = _load_named(key, data_root(root), train, download, augment, fetch_hint)
     elif Path(name).is_dir() or os.sep in str(name):
         dataset = _image_folder(Path(name).expanduser(), train, augment, image_size)
     else:

@@ -120,6 +120,19 @@ def _check_points(points: list[str], nodes: list[str] | None, net: nn.Module) ->
                                  "feature map; attach heads to earlier layers")
 
 
+def check_attach_points(model: nn.Module, at: str | Sequence[str]) -> None:
+    """Refuse attach points that :func:`attach_aux_blocks` would refuse on ``model`` (a backbone), from its
+    graph alone: nothing runs, so a backbone built on the meta device will do. ``auto:k`` picks at attach time."""
+    points = parse_points(at)
+    if len(points) == 1 and points[0].startswith("auto"):
+        return
+    net, _, _ = unwrap(model, None, None)
+    with warnings.catch_warnings():  # attach_aux_blocks warns of a fallback to hooks when it attaches
+        warnings.simplefilter("ignore")
+        nodes = _trace(net, "auto")
+    _check_points(points, nodes, net)
+
+
 def _head_factories(head, points: list[str]) -> tuple[list[HeadFactory], list[str]]:
     """One factory per point plus its name for the spec (``custom`` for callables)."""
     heads = list(head) if isinstance(head, (list, tuple)) else [head] * len(points)

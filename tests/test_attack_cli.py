@@ -7,6 +7,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from auxsurgery import attach_aux_blocks, build_backbone, load_dataset, save
@@ -140,8 +141,8 @@ def test_a_plain_model_is_attacked_with_weights_and_reports_each_stage(plain_wei
     line = next(line for line in result.stdout.splitlines() if line.startswith(stages[0]["cascade"]["name"]))
     expected = " -> ".join([f"clean {100 * doc['clean']['rules']['public']:.1f}%",
                             *(f"{row['cascade']['stage']} {100 * row['rules']['public']:.1f}%" for row in stages)])
-    assert line.endswith("public accuracy: " + expected)
-    assert "public accuracy by stage" in (out / "report.md").read_text()
+    assert line == "Cascade, accuracy: " + expected  # one head, one decision: no rule names
+    assert "## Cascade: accuracy by stage" in (out / "report.md").read_text()
     saved = load_file(out / "adversarial.safetensors")
     robust, broken_by = saved["robust/public"], saved["broken_by/public"]
     assert robust.tolist() == doc["per_sample"]["robust"]["public"]
@@ -158,11 +159,49 @@ def test_a_plain_model_is_attacked_with_weights_and_reports_each_stage(plain_wei
         assert (model(examples).argmax(1) != labels).all()
 
 
+def test_a_one_head_model_is_one_decision_named_without_rules(plain_weights):
+    """vote, score and public are one decision on a plain model: its lines name no rule, and each finding, judged
+    once, prints once (it printed once per rule, tagged by a rule the model does not have apart)."""
+    result = runner.invoke(app, ["small_cnn", "--weights", str(plain_weights), "--num-classes", "10", "--data",
+                                 "synthetic", "--suite", "strong", "--quick", "--points", "8"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("Cascade, accuracy: clean ") for line in lines)
+    findings = [line for line in lines if line.startswith(("warning (", "note ("))]
+    assert any(line.startswith("warning (large-eps): accuracy stays at") for line in findings), result.stdout
+    assert len(findings) == len(set(findings)) and not any(re.search(r"\[(vote|score|public)", f) for f in findings)
+
+
+def test_save_adversarial_keeps_the_points_only_a_sanity_probe_broke(checkpoint, tmp_path):
+    """The strong suite attacks one rule; its probes also judge the others, and may break a point there that
+    no attack did: broken_by then names the probe (the metadata lists the attacks, then the probes)."""
+    out = tmp_path / "report"
+    result = invoke(checkpoint, write_data(tmp_path / "test.pt"), "--suite", "strong", "--rules", "vote",
+                    "--save-adversarial", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    with safe_open(out / "adversarial.safetensors", "pt") as saved:
+        breakers = json.loads(saved.metadata()["attacks"])
+        broken_by = saved.get_tensor("broken_by/private")
+        indices, examples = saved.get_tensor("indices/private"), saved.get_tensor("examples/private")
+    assert any(breakers[k].endswith("(probe)") for k in broken_by[broken_by >= 0].tolist())
+    assert sorted(indices.tolist()) == (broken_by >= 0).nonzero().flatten().tolist()
+    assert examples.shape == (len(indices), 1, 28, 28)
+
+
 def test_a_state_dict_given_as_a_checkpoint_gets_a_one_line_hint(plain_weights):
     result = runner.invoke(app, [str(plain_weights), "--data", "synthetic"])
     assert isinstance(result.exception, ValueError)
     assert str(result.exception).startswith(f"{plain_weights} holds plain weights, not an auxsurgery checkpoint")
     assert f"auxsurgery attack MODEL --weights {plain_weights}" in str(result.exception)
+
+
+def test_a_text_file_given_as_a_checkpoint_gets_one_line(tmp_path):
+    path = tmp_path / "notackpt.pth"
+    path.write_text("these are my notes, not a model\n")
+    result = runner.invoke(app, [str(path), "--data", "synthetic"])
+    assert isinstance(result.exception, ValueError) and result.exception.__cause__ is None
+    assert str(result.exception).startswith(f"{path} is not a readable auxsurgery checkpoint")
+    assert "nor a torch.save file" in str(result.exception)
 
 
 def test_a_network_name_without_weights_says_how_to_give_them():

@@ -1,6 +1,7 @@
 """The CLI: layers, attach (table, JSON, saving), the shared options, help examples, errors and exit codes."""
 import errno
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from auxsurgery import load
+from auxsurgery import attach_aux_blocks, load, save
 from auxsurgery.cli import app
 from auxsurgery.cli import attach as attach_commands
 from auxsurgery.train import TrainingInterrupted
@@ -88,6 +89,25 @@ def test_top_level_help_has_an_example_per_command():
 def test_shared_options_are_taken_by_every_command(flag, without):
     found = {name: _option(name, flag) for name in COMMANDS if name not in without}
     assert all(found.values()), [name for name, param in found.items() if param is None]
+
+
+@pytest.mark.parametrize("command, args", [
+    ("attack", ["CKPT", "--data", "cifar10"]), ("export", ["CKPT", "--check", "cifar10"]),
+    ("train", ["small_cnn", "--data", "cifar10"]), ("defend", ["small_cnn", "--data", "cifar10"]),
+    ("run", [str(REPO / "recipes" / "cifar10-resnet9-cpu.toml")]),
+])
+def test_a_missing_data_root_names_only_options_the_command_has(tmp_path, command, args):
+    """Only train can --download; a recipe asks for it under [data]; attack, export and defend read files only."""
+    checkpoint = save(attach_aux_blocks("small_cnn", at="auto:1", num_classes=10), tmp_path / "model.safetensors")
+    args = [str(checkpoint) if arg == "CKPT" else arg for arg in args]
+    result = runner.invoke(app, [command, *args, "--data-root", str(tmp_path / "nothing"), "--out",
+                                 str(tmp_path / "out")])
+    message = result.output.strip()
+    assert result.exit_code == 2 and message.startswith("error: cifar10: no data at") and "\n" not in message
+    assert "--data-root or AUXSURGERY_DATA" in message
+    assert all(_option(command, flag) for flag in re.findall(r"--[a-z][a-z-]*", message)), message
+    assert ("--download" in message) == (command == "train")
+    assert ("download = true under [data]" in message) == (command == "run")
 
 
 # Options whose meaning differs by command, with the reason; every other option is declared once, the same way.

@@ -9,6 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from auxsurgery import build_backbone, load, load_dataset
+from auxsurgery.cli import app
 from auxsurgery.cli.backbone_options import backbone_from_options, load_checkpoint, parse_floats
 from auxsurgery.studies.defend import verdict
 
@@ -72,6 +73,10 @@ def test_defend_smoke_run_writes_one_plain_report(weights, tmp_path):
     with torch.no_grad():
         assert torch.equal(defended(x)[0], original(x))
     assert defended.spec["backbone"]["weights"]["path"] == str(weights.resolve())
+    # `auxsurgery --help` exports what its defend example (`--out defence`) writes.
+    exported = next(line.split()[2] for line in app.info.help.splitlines()
+                    if line.strip().startswith("auxsurgery export"))
+    assert str(tmp_path / exported) in document["files"].values() and (tmp_path / exported).is_file()
 
     # The same command again is refused in one line; with --resume it continues: nothing retrains.
     again = CliRunner().invoke(_cli(), args)
@@ -152,6 +157,24 @@ def test_defend_passes_model_kwargs_to_the_constructor(monkeypatch, tmp_path):
     result = CliRunner().invoke(_cli(), [*args, "--model-kwargs", "depth=3"])
     assert isinstance(result.exception, ValueError)
     assert "--model-kwargs 'depth=3' does not fit small_cnn's constructor" in str(result.exception)
+
+
+def test_defend_prints_each_warning_once_with_its_rule_tag(monkeypatch, tmp_path):
+    """A warning's [rule] tag is text, not console markup: two rules' warnings stay two different lines."""
+    import auxsurgery.cli.defend as defend_cli
+
+    class Result:
+        warnings = ["heads: [vote] accuracy stays at 9.0%", "heads: [score] accuracy stays at 9.0%"]
+        files = {"report": "defence.md", "json": "defence.json"}
+
+        def headline(self):
+            return "No measurable gain"
+
+    monkeypatch.setattr(defend_cli, "run_defence", lambda *args, **kwargs: Result())
+    result = CliRunner().invoke(_cli(), ["small_cnn", "--data", "synthetic", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    printed = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert printed == [f"warning: {message}" for message in Result.warnings]
 
 
 def _points(first: int, then: int, n: int) -> list[bool]:

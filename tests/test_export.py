@@ -251,3 +251,17 @@ def test_export_out_names_the_file_with_one_format_and_never_makes_a_folder_of_i
     mismatch = CliRunner().invoke(_cli(), [str(checkpoint), "--format", "both", "--out", str(tmp_path / "m.onnx")])
     assert "--out " + str(tmp_path / "m.onnx") + " names a .onnx file but --format is both" in str(mismatch.exception)
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("saved, message", [
+    (lambda net: net.state_dict(), "holds plain weights, not an auxsurgery checkpoint"),
+    (lambda net: net, "holds Python objects besides tensors (a reference to auxsurgery.backbones.SmallCNN)"),
+])
+def test_export_of_a_torch_save_file_names_what_it_holds(tmp_path, saved, message):
+    """A plain state dict, or a whole model pickled with torch.save, is named as such, not as a corrupt file."""
+    path = tmp_path / "my_resnet.pth"
+    torch.save(saved(build_backbone("small_cnn", num_classes=10).net), path)
+    result = CliRunner().invoke(_cli(), [str(path)])
+    assert isinstance(result.exception, ValueError) and "corrupt" not in str(result.exception)
+    assert str(result.exception).startswith(f"{path} {message}")
+    assert list(tmp_path.iterdir()) == [path]

@@ -1,5 +1,6 @@
 """Recipes: validation errors that name the file, key and choices; `auxsurgery run` end to end and resumed."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,26 @@ def test_cli_error_exits_2_naming_the_file(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert str(path) in proc.stderr and "Did you mean 'epochs'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[aux]\nat = "stage1,stage9"', r"\[aux\] at: unknown layer 'stage9' in SmallCNN. Close matches: stage3, stage2"),
+    ('[[aux_adversarial]]\nname = "a"\neps = 0.03\nat = ["stage1", "stag2"]',
+     r'\[\[aux_adversarial\]\] name = "a" at: unknown layer \'stag2\'.*Close matches: stage2'),
+    ('[aux]\nat = "fc"', r"\[aux\] at: attach point 'fc' is in the classifier"),
+])
+def test_run_validate_refuses_an_attach_point_the_backbone_lacks(tmp_path, table, message):
+    """Before anything trains: the backbone is built on the meta device and its graph read."""
+    from typer.testing import CliRunner
+
+    from auxsurgery.cli import app
+
+    path = tmp_path / "typo.toml"
+    path.write_text(BASE + table + "\n")
+    result = CliRunner().invoke(app, ["run", str(path), "--validate"])
+    assert result.exit_code == 2 and not (tmp_path / "runs").exists()
+    assert re.fullmatch(rf"error: {re.escape(str(path))}: {message}.*\n", result.output, re.DOTALL), result.output
+    assert result.output.count("\n") == 1
 
 
 def test_paper_values_come_from_tables_ii_and_vii():

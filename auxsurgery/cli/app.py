@@ -123,7 +123,7 @@ app = typer.Typer(
     "  auxsurgery place small_cnn --candidates stage1,stage2,stage3 --data synthetic\n"
     "  auxsurgery run recipes/mnist-lenet5-cpu.toml --data-root ../shared/data\n"
     "  auxsurgery defend resnet18 --weights my_resnet.pth --data cifar10 --out defence\n"
-    "  auxsurgery export defence/defended.safetensors --format both --check cifar10\n\n"
+    "  auxsurgery export defence/heads/model.safetensors --format both --check cifar10\n\n"
     "Every command takes --json (machine-readable output on stdout) and shows its options with --help. "
     "A user error prints one line and exits 2; --debug adds its traceback.",
     no_args_is_help=True,

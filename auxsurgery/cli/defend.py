@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from ..studies.defend import DefendConfig, list_defences
 from ..studies.defend import defend as run_defence
@@ -111,7 +112,7 @@ def defend(
     else:
         results.print(result.headline())
     for message in result.warnings:
-        messages.print(f"[yellow]warning[/yellow]: {message}")
+        messages.print(f"[yellow]warning[/yellow]: {escape(message)}")  # its [rule] tag is no markup
     messages.print(f"wrote {result.files.get('report')}, {result.files.get('json')}")
 
 

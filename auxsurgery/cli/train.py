@@ -107,10 +107,9 @@ def train(
     config = paper_config(preset, **settings) if preset else TrainConfig(**settings)
 
     data = require_data(data)
-    train_data = load_dataset(data, root=data_root, train=True, download=download, image_size=image_size,
-                              subset=train_subset)
-    val_data = load_dataset(data, root=data_root, train=False, download=download, image_size=image_size,
-                            subset=val_subset)
+    options = dict(root=data_root, download=download, image_size=image_size, fetch_hint="pass --download")
+    train_data = load_dataset(data, train=True, subset=train_subset, **options)
+    val_data = load_dataset(data, train=False, subset=val_subset, **options)
     if model and Path(model).is_file():  # a checkpoint carries its backbone's weights and normalisation
         given = [f"--{name}" for name, value in (("weights", weights), ("mean", mean), ("std", std),
                                                  ("pretrained", pretrained), ("model-kwargs", model_kwargs)) if value]

@@ -9,17 +9,14 @@ takes its share of the batches and rank 0 alone writes.
 from __future__ import annotations
 
 import os
-import pickle
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .._utils import check_output_folder, renamed_kwargs, resolve_device, run_folder_lock
-from ..checkpoint import CheckpointError, load, read_spec
+from ..checkpoint import load, read_spec
 from ..rules import check_rule
 from ..train.distributed import launched_rank
 from .inputs import check_compatible, load_eval_data
@@ -71,12 +68,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
     if save_adversarial and out is None:
         raise ValueError("saving the adversarial examples needs an output folder (--out)")
     built = isinstance(checkpoint, nn.Module)
-    spec = None if built else _checkpoint_spec(checkpoint)
+    spec = None if built else read_spec(checkpoint)
     surrogate_file = None if transfer_from is None or isinstance(transfer_from, nn.Module) else transfer_from
     if surrogate_file is not None:
         if not Path(surrogate_file).is_file():
             raise ValueError(f"the surrogate checkpoint (--transfer-from) {surrogate_file} is not a file")
-        _checkpoint_spec(surrogate_file)
+        read_spec(surrogate_file)
     rules = [check_rule(r) for r in rules]
     samples, classes, shape = load_eval_data(data, data_root, n)
     if spec is not None:
@@ -107,33 +104,3 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
             if save_adversarial:
                 written.append(write_adversarial(result, Path(out) / ADVERSARIAL_FILE))
     return result, written
-
-
-def _checkpoint_spec(path: str | os.PathLike) -> dict:
-    """The checkpoint's surgery spec; a file of plain weights gets a hint to build the model from them."""
-    try:
-        return read_spec(path)
-    except CheckpointError:
-        if _holds_plain_weights(Path(path)):
-            raise CheckpointError(f"{path} holds plain weights, not an auxsurgery checkpoint: name the network they "
-                                  f"belong to, `auxsurgery attack MODEL --weights {path}` (e.g. resnet18), or in "
-                                  "Python evaluate build_backbone(MODEL, weights=...)") from None
-        raise
-
-
-def _holds_plain_weights(path: Path) -> bool:
-    """A state dict saved with torch.save (or a timm checkpoint), or a safetensors file of weights only."""
-    if not path.is_file():
-        return False
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return bool(list(f.keys()))
-    except (SafetensorError, OSError, ValueError):
-        pass
-    try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
-        return False
-    if isinstance(weights, dict):
-        weights = weights.get("state_dict", weights.get("state_dict_ema", weights))
-    return isinstance(weights, dict) and bool(weights) and all(torch.is_tensor(v) for v in weights.values())

@@ -111,6 +111,7 @@ class WorstCase:
             else the first attack that fooled it, else None (robust).
         missed: rule -> number of points a sanity probe broke that every attack left robust (they
             count as broken; more than zero means the attacks are weaker than a probe).
+        probes: names of the sanity probes inside the threat model (``first_broken_by`` may name them).
     """
 
     norm: str
@@ -119,6 +120,12 @@ class WorstCase:
     outcome: Outcome
     first_broken_by: dict[str, list[str | None]]
     missed: dict[str, int] = dataclasses.field(default_factory=dict)
+    probes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def breakers(self) -> list[str]:
+        """Every name ``first_broken_by`` can hold besides ``clean``: the attacks, then the probes."""
+        return self.attacks + self.probes
 
     def to_dict(self, head_names: Sequence[str]) -> dict:
         """The aggregate accuracies and attack list as JSON-able values."""
@@ -138,11 +145,12 @@ def worst_case(clean: Outcome, rows: Sequence, eps: float, norm: str = "linf") -
     inside = [row for row in rows
               if row.threat["norm"] == norm and row.threat["eps"] is not None and row.threat["eps"] <= eps + 1e-9]
     attacks = [row for row in inside if row.suite != SANITY_SUITE]
+    probes = [row for row in inside if row.suite == SANITY_SUITE]
     outcome = clean
     first: dict[str, list[str | None]] = {r: ["clean" if not ok else None for ok in c.tolist()]
                                           for r, c in clean.rules.items()}
     missed = {r: 0 for r in clean.rules}
-    for row in attacks + [row for row in inside if row.suite == SANITY_SUITE]:
+    for row in attacks + probes:
         for r, robust in row.outcome.rules.items():
             broken = (outcome.rules[r] & ~robust).nonzero().flatten().tolist()
             for i in broken:
@@ -150,4 +158,5 @@ def worst_case(clean: Outcome, rows: Sequence, eps: float, norm: str = "linf") -
             if row.suite == SANITY_SUITE:
                 missed[r] += len(broken)
         outcome = outcome & row.outcome
-    return WorstCase(norm, eps, [row.name for row in attacks], outcome, first, missed)
+    return WorstCase(norm, eps, [row.name for row in attacks], outcome, first, missed,
+                     [row.name for row in probes])

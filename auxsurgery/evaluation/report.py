@@ -155,7 +155,7 @@ def print_table(result, console: Console | None = None) -> None:
     table.caption = f"budget {result.budget.describe()}"
     console.print(table)
     for cascade in result.cascade_stages():
-        console.print(stage_line(cascade), markup=False, highlight=False)
+        console.print(stage_line(cascade, result.accuracy_label(cascade["rule"])), markup=False, highlight=False)
     for finding in result.findings:
         style = "bold yellow" if finding.level == "warning" else "dim"
         console.print(f"[{style}]{finding.level}[/{style}] ({finding.check}): {escape(finding.message)}",
@@ -207,7 +207,7 @@ def _stages_section(result) -> list[str]:
     """Each cascade's accuracy under its rule after each stage (AutoAttack's log, as a table)."""
     lines = []
     for cascade in result.cascade_stages():
-        lines += ["", f"## {cascade['cascade']}: {cascade['rule']} accuracy by stage", ""]
+        lines += ["", f"## {cascade['cascade']}: {result.accuracy_label(cascade['rule'])} by stage", ""]
         body = [[cascade["start"], _pct(cascade["start_accuracy"])],
                 *([stage["attack"], _pct(stage["accuracy"])] for stage in cascade["stages"])]
         lines += markdown_table(["After", "Accuracy"], body)
@@ -336,11 +336,11 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def write_adversarial(result, path: str | Path) -> Path:
-    """:meth:`SuiteResult.adversarial_examples` as a safetensors file; its metadata names the attacks that
-    ``broken_by/<rule>`` indexes and the threat model."""
+    """:meth:`SuiteResult.adversarial_examples` as a safetensors file; its metadata names the attacks and
+    probes that ``broken_by/<rule>`` indexes and the threat model."""
     worst = result.worst_case()
     tensors = {key: value.contiguous() for key, value in result.adversarial_examples().items()}
-    metadata = {"attacks": json.dumps(worst.attacks), "threat": json.dumps({"norm": worst.norm, "eps": worst.eps}),
+    metadata = {"attacks": json.dumps(worst.breakers), "threat": json.dumps({"norm": worst.norm, "eps": worst.eps}),
                 "rules": json.dumps(list(result.eval_rules)), **release()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 

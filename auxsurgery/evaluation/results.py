@@ -20,11 +20,12 @@ def _pct(accuracy: float) -> str:
     return f"{100 * accuracy:.1f}%"
 
 
-def stage_line(cascade: dict) -> str:
-    """``Cascade [vote], vote accuracy: clean 92.0% -> APGD-CE 41.0% -> APGD-T 38.5% -> Square 38.5%``."""
+def stage_line(cascade: dict, label: str) -> str:
+    """``Cascade [vote], vote accuracy: clean 92.0% -> APGD-CE 41.0% -> APGD-T 38.5% -> Square 38.5%``
+    (``label``: :meth:`SuiteResult.accuracy_label` of the cascade's rule)."""
     steps = [f"{cascade['start']} {_pct(cascade['start_accuracy'])}",
              *(f"{stage['attack']} {_pct(stage['accuracy'])}" for stage in cascade["stages"])]
-    return f"{cascade['cascade']}, {cascade['rule']} accuracy: " + " -> ".join(steps)
+    return f"{cascade['cascade']}, {label}: " + " -> ".join(steps)
 
 
 def protocol_lines(settings: dict) -> list[str]:
@@ -139,6 +140,10 @@ class SuiteResult:
             return [(self.rules[0], "accuracy")]
         return [(rule, rule) for rule in self.rules]
 
+    def accuracy_label(self, rule: str) -> str:
+        """``vote accuracy``; ``accuracy`` on a one-head model, whose rules are one decision."""
+        return "accuracy" if len(self.head_names) == 1 else f"{rule} accuracy"
+
     @property
     def warnings(self) -> list[Finding]:
         """The sanity findings that are red flags."""
@@ -191,23 +196,23 @@ class SuiteResult:
         """Per-point outcomes and, per rule, the example that first broke each broken point, as tensors.
 
         ``label [N]``; per rule ``clean/R``, ``robust/R`` (bool ``[N]``), ``broken_by/R`` (int ``[N]``: the
-        index in :meth:`worst_case`'s ``attacks`` of the attack that first fooled the point, -1 if none did, -2
-        if the rule gets it wrong unattacked), ``indices/R`` and ``examples/R`` (the broken points and their
-        adversarial examples). Needs a run that kept its examples (``run_suite(keep_adversarial=True)``).
+        index in :meth:`worst_case`'s ``breakers`` of the attack, or else the sanity probe, that first fooled
+        the point, -1 if none did, -2 if the rule gets it wrong unattacked), ``indices/R`` and ``examples/R``
+        (the broken points and their adversarial examples). Needs a run that kept its examples (``run_suite(keep_adversarial=True)``).
         """
         worst = self.worst_case()
-        by_name = {row.name: row for row in self.rows}
-        missing = [name for name in worst.attacks if by_name[name].adversarial is None]
+        breakers, by_name = worst.breakers, {row.name: row for row in self.rows}
+        missing = [name for name in breakers if by_name[name].adversarial is None]
         if missing:
             raise ValueError("this evaluation did not keep its adversarial examples (run_suite(keep_adversarial="
                              f"True), auxsurgery attack --save-adversarial); missing for {', '.join(missing)}")
         tensors = {"label": self.labels}
         for rule in self.eval_rules:
             first = worst.first_broken_by[rule]
-            broken_by = torch.tensor([-2 if name == "clean" else -1 if name is None else worst.attacks.index(name)
+            broken_by = torch.tensor([-2 if name == "clean" else -1 if name is None else breakers.index(name)
                                       for name in first])
             indices, examples = [], []
-            for k, name in enumerate(worst.attacks):
+            for k, name in enumerate(breakers):
                 points = (broken_by == k).nonzero().flatten()
                 if len(points):
                     kept_indices, kept = by_name[name].adversarial
@@ -243,7 +248,7 @@ class SuiteResult:
         worst = self.worst_case()
 
         def per_rule(outcome: Outcome) -> str:
-            return ", ".join(f"{r} {_pct(outcome.accuracy(r))}" for r in self.rules)
+            return ", ".join(f"{label} {_pct(outcome.accuracy(r))}" for r, label in self.shown_rules)
 
         threat = fmt_threat({"norm": worst.norm, "eps": worst.eps})
         lines = [f"{self.n} points, suites {', '.join(self.suites)}; {threat}; budget "
@@ -253,7 +258,7 @@ class SuiteResult:
         protocol = self.settings.get("protocol") or {}
         if protocol.get("randomised") or protocol.get("judge_draws", 1) > 1 or self.settings.get("transfer_from"):
             lines += protocol_lines(self.settings)
-        lines += [stage_line(cascade) for cascade in self.cascade_stages()]
+        lines += [stage_line(cascade, self.accuracy_label(cascade["rule"])) for cascade in self.cascade_stages()]
         lines += ["attacks:"]
         lines += [f"  {row.name} ({fmt_threat(row.threat)}): {per_rule(row.outcome)}" for row in self.rows]
         lines += [f"warning ({f.check}): {f.message}" for f in self.warnings]

@@ -299,8 +299,10 @@ class _Runner:
         row.outcome = prior & row.outcome
         rows.append(row)
         fired = bool(blind.any() or blackbox_wins or broken)
+        # A one-head model's cascade answers for every rule, which are one decision: no rule names.
+        tag = f"[{', '.join(cascade.rules or (cascade.rule,))}] " if len(self.model.head_names) > 1 else ""
         self.findings.append(Finding("indicators", "warning" if fired else "note", (
-            f"[{', '.join(cascade.rules or (cascade.rule,))}] {cascade.name}: of {len(survivors)} points left robust, "
+            f"{tag}{cascade.name}: of {len(survivors)} points left robust, "
             f"{int(blind.sum())} have a zero or non-finite gradient of {cascade.stages[0].config['objective']}, "
             f"{int(stalled.sum())} a loss no gradient stage raised; the black-box stage broke {blackbox_wins} point(s) "
             f"the gradient stages missed. {int(flagged.sum())} point(s) escalated to {escalation.name}, which broke "
@@ -444,7 +446,8 @@ def run_suite(
 
     began = time.perf_counter()
     with distributed_context(str(next(aux.parameters()).device)) as ctx:
-        preflight = model_checks(aux, x, y, targets, {r: get_rule(r).surrogate for r in targets}, batch_size)
+        preflight = model_checks(aux, x, y, targets, {r: get_rule(r).surrogate for r in targets}, batch_size,
+                                 one_decision=len(aux.head_names) == 1)
         protocol = _protocol(preflight, eot, judge_draws, surrogate, x, y, batch_size)
         preflight += _protocol_findings(protocol, _randomised(preflight), type(transfer_from).__name__)
         state = None
@@ -560,6 +563,7 @@ def _run(aux: AuxModel, x: torch.Tensor, y: torch.Tensor, plans: list, eval_rule
          targets: Sequence[str], preset: Preset, batch_size: int, state: EvaluationState | None, ctx: DistContext,
          progress: bool, keep_adversarial: bool, preflight: list[Finding], protocol: _Protocol) -> SuiteResult:
     """Run every plan in order and judge the results (the body of :func:`run_suite`)."""
+    one_decision = len(aux.head_names) == 1
     stages = sum(len(pl.stages) + (pl.escalation is not None) if isinstance(pl, Cascade) else
                  len(pl.eps_values) if isinstance(pl, MinimumNormCurve) else 1 for pl in plans)
     with _progress(progress) as bar:
@@ -578,6 +582,6 @@ def _run(aux: AuxModel, x: torch.Tensor, y: torch.Tensor, plans: list, eval_rule
                 result.rows.append(runner.run_plan(pl))
             bar.update(overall, completed=len(result.rows))
     missed = {rule: count for rule, count in result.worst_case().missed.items() if rule in targets}
-    result.findings = (preflight + runner.findings + probe_findings(missed)
-                       + sanity_checks(result.rows, targets, len(x)))
+    result.findings = (preflight + runner.findings + probe_findings(missed, one_decision)
+                       + sanity_checks(result.rows, targets, len(x), one_decision=one_decision))
     return result

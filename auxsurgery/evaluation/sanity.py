@@ -69,6 +69,12 @@ def _pct(accuracy: float) -> str:
     return f"{100 * accuracy:.1f}%"
 
 
+def _judged(rules: Sequence[str], one_decision: bool) -> list[tuple[str, str]]:
+    """``(rule, tag)`` to check under: each rule, its findings tagged ``[rule]``; a one-head model's rules are one
+    decision, checked once and untagged (its findings would repeat under every rule name)."""
+    return [(rules[0], "")] if one_decision and rules else [(rule, f"[{rule}] ") for rule in rules]
+
+
 def _linf_eps(row) -> float | None:
     return row.threat["eps"] if row.threat["norm"] == "linf" else None
 
@@ -81,22 +87,22 @@ def _baseline(rows: Sequence) -> list[Finding]:
                     "strong suites")]
 
 
-def _large_eps(rows: Sequence, rules: Sequence[str]) -> list[Finding]:
+def _large_eps(rows: Sequence, judged: list[tuple[str, str]]) -> list[Finding]:
     probes = [row for row in rows if row.kind == "white-box" and (_linf_eps(row) or 0) >= LARGE_EPS - 1e-9]
     if not probes:
         return [Finding("large-eps", "note", f"not checked: no white-box attack ran at eps={LARGE_EPS:g}")]
     findings = []
-    for rule in rules:
+    for rule, tag in judged:
         best = min(probes, key=lambda row: row.outcome.accuracy(rule))
         accuracy = best.outcome.accuracy(rule)
         if accuracy > LARGE_EPS_MAX_ACCURACY:
             findings.append(Finding("large-eps", "warning", (
-                f"[{rule}] accuracy stays at {_pct(accuracy)} under {best.name} at eps={LARGE_EPS:g}, where any "
+                f"{tag}accuracy stays at {_pct(accuracy)} under {best.name} at eps={LARGE_EPS:g}, where any "
                 f"image can be reached: gradient masking or a broken attack; white-box results are not trustworthy")))
     return findings
 
 
-def _monotone(rows: Sequence, rules: Sequence[str], tolerance: float) -> list[Finding]:
+def _monotone(rows: Sequence, judged: list[tuple[str, str]], tolerance: float) -> list[Finding]:
     series = defaultdict(list)
     for row in rows:
         if row.series is not None and row.series[1] in _AXIS_WORDS:
@@ -104,12 +110,12 @@ def _monotone(rows: Sequence, rules: Sequence[str], tolerance: float) -> list[Fi
     findings = []
     for (name, axis), members in series.items():
         members = sorted(members, key=lambda row: row.series[2])
-        for rule in rules:
+        for rule, tag in judged:
             for low, high in zip(members, members[1:]):
                 rise = high.outcome.accuracy(rule) - low.outcome.accuracy(rule)
                 if rise > tolerance:
                     findings.append(Finding(_AXIS_WORDS[axis], "warning", (
-                        f"[{rule}] {name}: accuracy rises from {_pct(low.outcome.accuracy(rule))} "
+                        f"{tag}{name}: accuracy rises from {_pct(low.outcome.accuracy(rule))} "
                         f"({axis}={low.series[2]:g}) to {_pct(high.outcome.accuracy(rule))} "
                         f"({axis}={high.series[2]:g}); more iterations or budget must never leave more accuracy: the "
                         f"attack is not converging (step size or iterations too small) or the gradients are masked; "
@@ -117,7 +123,7 @@ def _monotone(rows: Sequence, rules: Sequence[str], tolerance: float) -> list[Fi
     return findings
 
 
-def _masking(rows: Sequence, rules: Sequence[str], tolerance: float) -> list[Finding]:
+def _masking(rows: Sequence, judged: list[tuple[str, str]], tolerance: float) -> list[Finding]:
     by_eps = defaultdict(lambda: ([], []))
     for row in rows:
         eps = _linf_eps(row)
@@ -130,11 +136,11 @@ def _masking(rows: Sequence, rules: Sequence[str], tolerance: float) -> list[Fin
         white_case = white[0].outcome
         for row in white[1:]:
             white_case = white_case & row.outcome
-        for rule in rules:
+        for rule, tag in judged:
             best = min(blind, key=lambda row: row.outcome.accuracy(rule))
             if best.outcome.accuracy(rule) < white_case.accuracy(rule) - tolerance:
                 findings.append(Finding("masking", "warning", (
-                    f"[{rule}] {best.name} ({best.kind}) leaves {_pct(best.outcome.accuracy(rule))} at eps={eps:.4g}, "
+                    f"{tag}{best.name} ({best.kind}) leaves {_pct(best.outcome.accuracy(rule))} at eps={eps:.4g}, "
                     f"below the {_pct(white_case.accuracy(rule))} of every white-box attack together: gradients are "
                     f"masked or the white-box attacks are weak; the white-box numbers overstate robustness")))
     return findings
@@ -190,11 +196,12 @@ def blind_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objectiv
 
 
 def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequence[str],
-                 surrogates: dict[str, str], batch_size: int = 128) -> list[Finding]:
+                 surrogates: dict[str, str], batch_size: int = 128, one_decision: bool = False) -> list[Finding]:
     """Probe the model on (a batch of) the clean inputs for zero gradients, randomness and non-finite logits.
 
     Args:
         surrogates: rule -> the objective gradient attacks climb for it (e.g. ``vote-margin``).
+        one_decision: the rules are one decision (a one-head model): checked once, findings untagged.
     """
     device = next(model.parameters()).device
     xb, yb = x[:batch_size].to(device), y[:batch_size].to(device)
@@ -211,30 +218,31 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequ
                 f"two forward passes on the same inputs differ (by up to {(first - second).abs().max().item():.3g}): "
                 "the model is randomised; attacks need EOT (averaging their steps over the randomness) and every "
                 "verdict a majority of several forwards, or the numbers rest on the luck of single draws")))
-        for rule in rules:
+        for rule, tag in _judged(rules, one_decision):
             logits, grad = _input_gradient(model, xb, yb, surrogates[rule])
             # Only inputs the rule gets right matter: the others are not robust anyway.
             correct = rule_predict(logits, rule, head_weights(model, logits)) == yb
             zero = ((grad.flatten(1).abs().amax(1) == 0) & correct).sum().item()
             if zero > max(2, 0.01 * correct.sum().item()):
                 findings.append(Finding("zero-gradient", "warning", (
-                    f"[{rule}] {zero} of {correct.sum().item()} correctly classified inputs have an exactly zero "
+                    f"{tag}{zero} of {correct.sum().item()} correctly classified inputs have an exactly zero "
                     f"gradient of "
                     f"{surrogates[rule]}: gradient attacks cannot move them (saturated or masked gradients); "
                     "trust the gradient-free attacks' numbers there")))
     return findings
 
 
-def probe_findings(missed: dict[str, int]) -> list[Finding]:
-    """A warning per rule where a sanity probe broke points that every attack left robust
-    (:attr:`~.judging.WorstCase.missed`: they count as broken in the worst case)."""
+def probe_findings(missed: dict[str, int], one_decision: bool = False) -> list[Finding]:
+    """A warning per rule (once for ``one_decision``, see :func:`model_checks`) where a sanity probe broke points
+    that every attack left robust (:attr:`~.judging.WorstCase.missed`: they count as broken in the worst case)."""
     return [Finding("probe-beats-attacks", "warning", (
-        f"[{rule}] a sanity probe broke {count} point(s) that every attack left robust: the attacks are weaker "
+        f"{tag}a sanity probe broke {missed[rule]} point(s) that every attack left robust: the attacks are weaker "
         "than a probe here; those points count as broken in the worst case"))
-        for rule, count in missed.items() if count]
+        for rule, tag in _judged(list(missed), one_decision) if missed[rule]]
 
 
-def sanity_checks(rows: Sequence, rules: Sequence[str], n: int, tolerance: float = TOLERANCE) -> list[Finding]:
+def sanity_checks(rows: Sequence, rules: Sequence[str], n: int, tolerance: float = TOLERANCE,
+                  one_decision: bool = False) -> list[Finding]:
     """Run every check over an evaluation's attack rows, judged under each of ``rules``.
 
     Args:
@@ -242,8 +250,10 @@ def sanity_checks(rows: Sequence, rules: Sequence[str], n: int, tolerance: float
         rules: decision rules to check under.
         n: samples evaluated; differences of two samples or fewer are never flagged.
         tolerance: accuracy difference below which monotonicity and masking checks stay quiet.
+        one_decision: the rules are one decision (a one-head model): checked once, findings untagged.
     """
     # 2.5 samples: a difference of exactly two samples must not flag through rounding.
     tolerance = max(tolerance, 2.5 / max(n, 1))
-    return [*_baseline(rows), *_large_eps(rows, rules), *_monotone(rows, rules, tolerance),
-            *_masking(rows, rules, tolerance), *_bounds(rows)]
+    judged = _judged(rules, one_decision)
+    return [*_baseline(rows), *_large_eps(rows, judged), *_monotone(rows, judged, tolerance),
+            *_masking(rows, judged, tolerance), *_bounds(rows)]

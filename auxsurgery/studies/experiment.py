@@ -131,7 +131,8 @@ def _claim_out_dir(recipe: Recipe, out: Path) -> None:
 
 def _load_data(recipe: Recipe, data_root: str | None) -> RunData:
     d = recipe["data"]
-    options = dict(root=data_root or d["root"], download=d["download"], image_size=d["image_size"])
+    options = dict(root=data_root or d["root"], download=d["download"], image_size=d["image_size"],
+                   fetch_hint="set download = true under [data] in the recipe")
     train = load_dataset(d["name"], train=True, augment=d["augment"], subset=d["train_subset"], **options)
     val = load_dataset(d["name"], train=False, subset=d["val_subset"], **options)
     test = load_dataset(d["name"], train=False, **options)

@@ -22,13 +22,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+import torch
+
 from .._utils import UnsafePath, check_name, did_you_mean
-from ..backbones import FACTORY_PREFIX, is_weights_file, resolve_name, weights_file
+from ..backbones import FACTORY_PREFIX, build_backbone, is_weights_file, resolve_name, weights_file
 from ..data import SOURCES, SYNTHETIC_NAMES
 from ..evaluation import Budget, list_suites
 from ..evaluation.presets import PRESETS as ATTACK_PRESETS
 from ..heads import list_heads
 from ..rules import get_rule
+from ..surgery import check_attach_points
 from ..train import AdversarialConfig, TrainConfig, adversarial_preset, get_training_method
 from ..train.adversarial import PRESETS as ADVERSARIAL_PRESETS
 from ..train.config import PAPER_PRESETS
@@ -330,6 +333,7 @@ def _check_names(r: Recipe) -> None:
         raise r.error("[attack] judge_draws", f"must be odd (a majority of an even count can tie), got "
                                               f"{r['attack']['judge_draws']}")
     _check_backbone(r)
+    _check_attach_points(r)
     data = r["data"]["name"]
     known_data = [*SOURCES, *SYNTHETIC_NAMES]
     if data.lower() not in known_data and "/" not in data and not Path(data).is_dir():
@@ -424,6 +428,27 @@ def _check_backbone(r: Recipe) -> None:
         if isinstance(weights, Path) and not is_weights_file(weights):
             raise r.error("[backbone] weights", f"{weights} is not a weights file: its first bytes are neither "
                                                 "safetensors nor torch.save's (zip or pickle)")
+
+
+def _check_attach_points(r: Recipe) -> None:
+    """Every ``at`` names points the backbone has, so that a typo fails here rather than after a stage has
+    trained. The backbone is built on the meta device (no memory, no weights, no data); a model factory's
+    network is not imported before the run."""
+    if r["backbone"]["model_factory"]:
+        return
+    try:
+        with torch.device("meta"):
+            backbone = build_backbone(r["backbone"]["name"])
+    except (NotImplementedError, RuntimeError):  # an init that reads its weights (torchvision's RegNets)
+        return  # attach_aux_blocks checks the points when the stage attaches them
+    for table, where in [(r["aux"], "[aux]"), *((t, r.where(AUX_ADVERSARIAL_PREFIX + t["name"]))
+                                                 for t in r["aux_adversarial"])]:
+        if table["at"] is None:  # [[aux_adversarial]] without its own: [aux]'s
+            continue
+        try:
+            check_attach_points(backbone, table["at"])
+        except ValueError as err:
+            raise r.error(f"{where} at", str(err)) from None
 
 
 def _to_toml(table: dict, name: str = "", array: bool = False) -> str:
