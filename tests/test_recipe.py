@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 try:
     import tomllib
@@ -139,15 +140,21 @@ def test_recipes_validate_on_held_out_training_images_never_on_the_test_set():
     assert experiment._load_data(recipe.changed({"recipe.seed": 1}), None).val.indices != val.indices
 
 
-def test_a_hold_out_the_data_cannot_give_and_the_retired_val_subset_get_one_line():
+def test_a_hold_out_the_data_cannot_give_and_the_retired_val_subset_get_one_line(tmp_path):
     with pytest.raises(RecipeError, match=r"\[data\] val_subset: recipes no longer validate on test images; write "
                                           r"held_out = N"):
         parse_recipe(BASE.replace('name = "synthetic"', 'name = "synthetic"\nval_subset = 100'))
     with pytest.raises(RecipeError, match=r"\[data\] held_out: must be >= 1"):
         parse_recipe(BASE.replace('name = "synthetic"', 'name = "synthetic"\nheld_out = 0'))
-    too_many = parse_recipe(BASE.replace('name = "synthetic"', 'name = "synthetic"\nheld_out = 5000'), "x.toml")
-    with pytest.raises(RecipeError, match=r"x.toml: \[data\] train_subset, held_out: cannot hold out 5000 of 5000"):
-        experiment._load_data(too_many, None)
+    # An ImageFolder of 4 images cannot hold 4 out, nor give train_subset + held_out = 6.
+    for k, name in enumerate(["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8), (60 * k, 0, 0)).save(tmp_path / name)
+    for keys, message in [("held_out = 4", "cannot hold out 4 of 4 training images"),
+                          ("train_subset = 4\nheld_out = 2", "subset of 6 samples asked from a dataset of 4")]:
+        recipe = parse_recipe(BASE.replace('name = "synthetic"', f'name = "{tmp_path}"\n{keys}'), "x.toml")
+        with pytest.raises(RecipeError, match=rf"x.toml: \[data\] train_subset, held_out: {message}.*; lower them"):
+            experiment._load_data(recipe, None)
 
 
 def test_a_run_made_before_held_out_still_reads_as_it_ran():
