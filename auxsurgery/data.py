@@ -406,6 +406,19 @@ def take_subset(dataset: Dataset, n: int, seed: int | None = None) -> Dataset:
     return Subset(dataset, chosen.sort().values.tolist())
 
 
+def held_out_split(train: Dataset, plain: Dataset, held_out: int, seed: int) -> tuple[Subset, Subset]:
+    """Training images split into (train, validation): ``held_out`` of them drawn at random from ``seed`` to
+    validate on, the rest to train on, each part in the original order. The validation part comes from ``plain``,
+    the same images without augmentation, so the test split stays untouched until evaluation."""
+    if len(plain) != len(train):
+        raise ValueError(f"the un-augmented copy holds {len(plain)} images, the training set {len(train)}")
+    if not 0 < held_out < len(train):
+        raise ValueError(f"cannot hold out {held_out} of {len(train)} training images for validation: hold out at "
+                         f"least 1 and leave some to train on")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(train, sorted(order[held_out:])), Subset(plain, sorted(order[:held_out]))
+
+
 def dataset_classes(dataset: Dataset) -> list[str] | None:
     """The class names of ``dataset`` (looking through Subset and other views), or None."""
     while not hasattr(dataset, "classes") and hasattr(dataset, "dataset"):

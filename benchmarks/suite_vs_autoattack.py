@@ -57,7 +57,6 @@ from auxsurgery.evaluation import collect, run_suite
 from auxsurgery.evaluation.autoattack import autoattack
 from auxsurgery.provenance import command_line, machine, source_commit, versions
 from auxsurgery.studies import experiment
-from auxsurgery.studies.recipe import load_recipe
 from auxsurgery.train import TrainConfig, finetune, paper_config
 
 # name -> (dataset, eps values in pixels, how to build and train it)
@@ -98,10 +97,10 @@ def benchmark_model(name: str, data_root: str | None, cache: Path):
     recorded as ``cifar10-resnet9-cpu/adversarial``; its eps readings are the defaults)."""
     if ":" in name:
         run, stage = name.rsplit(":", 1)
-        if not (Path(run) / "recipe.toml").is_file():
-            raise SystemExit(f"model {name!r}: {run} is not a recipe run folder (no recipe.toml); train it with "
+        if not (Path(run) / "recipe.json").is_file():
+            raise SystemExit(f"model {name!r}: {run} is not a recipe run folder (no recipe.json); train it with "
                              f"auxsurgery run RECIPE --train-only --out {run}")
-        recipe = load_recipe(Path(run) / "recipe.toml")
+        recipe = experiment.recorded_recipe(run)
         test = load_dataset(recipe["data"]["name"], root=data_root, train=False)
         try:
             model = experiment.trained_model(run, stage, len(dataset_classes(test)))
@@ -271,7 +270,7 @@ def _write_run_check(run: Path, path: Path, doc: dict) -> None:
 def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None, rules: list[str] | None,
                     limits: dict[str, int], rerun: bool, device: torch.device) -> None:
     """AutoAttack against the per-point worst case a recipe run recorded, per model, reading and rule."""
-    recipe = load_recipe(run / "recipe.toml")
+    recipe = experiment.recorded_recipe(run)
     test = load_dataset(recipe["data"]["name"], root=data_root, train=False)
     path = run / f"{RUN_CHECK}.json"
     doc = json.loads(path.read_text()) if path.exists() else {"records": {}}

@@ -11,6 +11,7 @@ from auxsurgery.data import (
     DatasetNotFoundError,
     SeededAugmentation,
     dataset_classes,
+    held_out_split,
     load_dataset,
     make_loader,
     take_subset,
@@ -143,6 +144,18 @@ def test_subset_first_n_or_seeded_random_n():
     assert drawn == same and drawn != other and len(set(drawn)) == 10
     with pytest.raises(ValueError, match="subset of 2000"):
         take_subset(data, 2000)
+
+
+def test_held_out_split_is_seeded_disjoint_and_validates_on_the_unaugmented_copy():
+    train, plain = load_dataset("synthetic", subset=50), load_dataset("synthetic", subset=50, augment=False)
+    part, val = held_out_split(train, plain, 10, seed=3)
+    assert part.dataset is train and val.dataset is plain and (len(part), len(val)) == (40, 10)
+    assert not set(part.indices) & set(val.indices) and sorted(part.indices + val.indices) == list(range(50))
+    assert held_out_split(train, plain, 10, seed=3)[1].indices == val.indices
+    assert held_out_split(train, plain, 10, seed=4)[1].indices != val.indices
+    for size in (0, 50):
+        with pytest.raises(ValueError, match=f"cannot hold out {size} of 50 training images"):
+            held_out_split(train, plain, size, seed=3)
 
 
 def test_seeded_augmentation_depends_only_on_seed_epoch_and_index(data_root):

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from auxsurgery import build_backbone, load, load_dataset
 from auxsurgery.cli import app
+from auxsurgery.data import held_out_split
 from auxsurgery.cli.backbone_options import backbone_from_options, load_checkpoint, parse_floats
 from auxsurgery.studies.defend import verdict
 
@@ -124,7 +125,7 @@ def test_defend_validates_on_unaugmented_images(monkeypatch):
         key: v for key, v in k.items() if key in ("train", "augment")}, subset=64))
     train, plain, _, _ = module._datasets("cifar10", None, None, None)
     assert [k.get("augment") for k in calls if k["train"]] == [None, False]
-    _, val = module._split(train, plain, 0.25, seed=0)
+    _, val = held_out_split(train, plain, 16, seed=0)
     assert val.dataset is plain and len(val) == 16
 
 

@@ -3,6 +3,7 @@ each item with a docstring. (The docs' commands and snippets themselves run thro
 import importlib.util
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,33 @@ def test_the_site_builds_strictly(tmp_path):
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").read_text().count("auxsurgery attack") > 0
     api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
     assert all(name in api for name in PUBLIC)
+    # The results page shows its plots: every image it names is published beside it.
+    results = tmp_path / "site" / "results"
+    images = re.findall(r'<img[^>]* src="([^"]+\.png)"', (results / "index.html").read_text())
+    assert len(images) >= 5 and all((results / src).resolve().is_file() for src in images), images
+
+
+def test_the_docs_show_plots_instead_of_linking_them():
+    pages = [page for page in (REPO / "docs").rglob("*.md") if "benchmarks" not in page.relative_to(REPO).parts[1:2]]
+    linked = [(page.name, target) for page in pages
+              for target in re.findall(r"(?<!!)\[[^\]]*\]\(([^)]+\.png)\)", page.read_text())]
+    assert not linked, f"link a plot as an image, ![what it shows](path): {linked}"
+    for page in pages:
+        for target in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", page.read_text()):
+            assert (page.parent / target).is_file(), f"{page.name} shows {target}, which does not exist"
+
+
+def test_the_home_page_gives_the_readme_s_answer_to_does_the_defence_hold():
+    """The site's front page and the README give the same best answer, row for row."""
+    readme = (REPO / "README.md").read_text()
+    answer = readme[readme.index("## Does the defence hold?"):]
+    readme_rows = {row.split(" | ")[0]: row for row in answer.splitlines() if row.startswith("| ")}
+    home = (REPO / "docs" / "index.md").read_text()
+    rows = [row for row in home.splitlines() if row.startswith("| ") and not row.startswith("| model")]
+    assert any("FGSM on the joint loss" in row for row in rows), "docs/index.md lacks the joint-FGSM model's row"
+    for row in rows:
+        first = row.split(" | ")[0]
+        assert readme_rows[first].startswith(row[:-1]), f"docs/index.md's row {first!r} differs from README.md's"
 
 
 def test_the_api_reference_lists_every_public_name():

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
 try:
     import tomllib
@@ -40,7 +42,7 @@ lr = 0.003
 amp = "off"
 """
 # A run of a few seconds: every stage and every suite, nothing measured seriously.
-TINY = BASE.replace('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 128\nval_subset = 32') + QUICK_TRAIN + """
+TINY = BASE.replace('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 128\nheld_out = 32') + QUICK_TRAIN + """
 [adversarial]
 enabled = true
 preset = "cifar10"
@@ -123,6 +125,49 @@ def test_bad_recipes_name_file_key_and_choices(snippet, expected):
         parse_recipe(BASE + snippet, "recipes/x.toml")
     for text in expected:
         assert text in str(err.value)
+
+
+def test_recipes_validate_on_held_out_training_images_never_on_the_test_set():
+    recipe = parse_recipe(TINY)
+    data = experiment._load_data(recipe, None)
+    train, val = data.train, data.val
+    assert (len(train), len(val)) == (128, 32)  # train_subset trained on, held_out validated on
+    assert not set(train.indices) & set(val.indices) and sorted(train.indices + val.indices) == list(range(160))
+    # The validation images are training images (un-augmented), none of them a test image.
+    pool = load_dataset("synthetic", train=True, augment=False, subset=160)
+    test_images = {image.numpy().tobytes() for image, _ in data.test}
+    for k, index in enumerate(val.indices):
+        assert torch.equal(val[k][0], pool[index][0]) and val[k][0].numpy().tobytes() not in test_images
+    # Drawn from [recipe] seed: the same split every run, another for another seed.
+    assert experiment._load_data(recipe, None).val.indices == val.indices
+    assert experiment._load_data(recipe.changed({"recipe.seed": 1}), None).val.indices != val.indices
+
+
+def test_a_hold_out_the_data_cannot_give_and_the_retired_val_subset_get_one_line(tmp_path):
+    with pytest.raises(RecipeError, match=r"\[data\] val_subset: recipes no longer validate on test images; write "
+                                          r"held_out = N"):
+        parse_recipe(BASE.replace('name = "synthetic"', 'name = "synthetic"\nval_subset = 100'))
+    with pytest.raises(RecipeError, match=r"\[data\] held_out: must be >= 1"):
+        parse_recipe(BASE.replace('name = "synthetic"', 'name = "synthetic"\nheld_out = 0'))
+    # An ImageFolder of 4 images cannot hold 4 out, nor give train_subset + held_out = 6.
+    for k, name in enumerate(["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8), (60 * k, 0, 0)).save(tmp_path / name)
+    for keys, message in [("held_out = 4", "cannot hold out 4 of 4 training images"),
+                          ("train_subset = 4\nheld_out = 2", "subset of 6 samples asked from a dataset of 4")]:
+        recipe = parse_recipe(BASE.replace('name = "synthetic"', f'name = "{tmp_path}"\n{keys}'), "x.toml")
+        with pytest.raises(RecipeError, match=rf"x.toml: \[data\] train_subset, held_out: {message}.*; lower them"):
+            experiment._load_data(recipe, None)
+
+
+def test_a_run_made_before_held_out_still_reads_as_it_ran():
+    """The committed runs validated on test images (val_subset): their recipe files no longer validate, and the
+    benchmarks read them as they ran."""
+    run = Path(__file__).parent.parent / "benchmarks" / "results" / "cifar10-resnet9-adversarial-cpu"
+    with pytest.raises(RecipeError, match="val_subset: recipes no longer validate on test images"):
+        load_recipe(run / "recipe.toml")
+    recipe = experiment.recorded_recipe(run)
+    assert recipe["data"]["val_subset"] == 1000 and "aux_adversarial_joint" in recipe.stages()
 
 
 def test_unknown_model_gets_close_matches():
@@ -328,7 +373,7 @@ def test_report_pairs_each_attacked_rule_with_the_adversarial_baseline_and_marks
 
 # ---- Aux Block models trained adversarially -----------------------------------------------------------
 
-AUX_ADVERSARIAL = BASE.replace('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 64\nval_subset = 16') + QUICK_TRAIN + """
+AUX_ADVERSARIAL = BASE.replace('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 64\nheld_out = 16') + QUICK_TRAIN + """
 [aux]
 enabled = false
 at = "stage1,stage2"

@@ -2,6 +2,7 @@
 installs into a fresh environment and runs the demo there."""
 import os
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -63,12 +64,20 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_demo(tmp_path):
     wheel, = dist.glob(f"auxsurgery-{__version__}-py3-none-any.whl")
     assert (dist / f"auxsurgery-{__version__}.tar.gz").is_file()
 
-    # torch and the other dependencies come from this interpreter's site-packages; the package from the wheel.
+    # torch and the other dependencies come from the site-packages of the interpreter running the tests; the
+    # package from the wheel. Not system_site_packages=True: in a venv that gives the *base* interpreter's
+    # packages, not this venv's. A .pth file appends this interpreter's folders after the new venv's own, and
+    # their .pth files are not read, so an editable install of the checkout stays out of it. Written after the
+    # install, so pip never sees (nor uninstalls) this interpreter's auxsurgery.
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    venv.EnvBuilder(with_pip=True).create(env_dir)
     bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")
+    env_site = subprocess.run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              check=True, capture_output=True, text=True).stdout.strip()
     subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
                     "--force-reinstall", str(wheel)], check=True, capture_output=True, text=True)
+    ours = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    (Path(env_site) / "running-interpreter.pth").write_text("".join(f"{p}\n" for p in ours if Path(p).is_dir()))
 
     work = tmp_path / "elsewhere"  # not the checkout: nothing may come from the source tree
     work.mkdir()

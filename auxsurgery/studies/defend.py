@@ -31,7 +31,7 @@ from torch.utils.data import Dataset, Subset
 
 from .._utils import atomic_write, did_you_mean, markdown_table, resolve_device, run_folder_lock
 from ..checkpoint import save
-from ..data import dataset_classes, load_dataset
+from ..data import dataset_classes, held_out_split, load_dataset
 from ..evaluation import Budget, run_suite, write_report
 from ..evaluation.confidence import paired_difference_interval, percent_with_interval, points_with_interval
 from ..evaluation.report import fmt_eps
@@ -271,14 +271,6 @@ class DefenceResult:
         return "\n".join(lines)
 
 
-def _split(train_data: Dataset, plain_train_data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """A seeded split of the training images into (train, validation); the validation images come from
-    ``plain_train_data``, the same images without augmentation."""
-    order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = max(1, int(round(len(train_data) * fraction)))
-    return Subset(train_data, sorted(order[held:])), Subset(plain_train_data, sorted(order[:held]))
-
-
 @torch.no_grad()
 def _output_classes(model: nn.Module, x: torch.Tensor) -> int | None:
     was = model.training
@@ -369,7 +361,8 @@ def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, i
     if num_classes is not None and outputs is not None and outputs != num_classes:
         raise ValueError(f"{name} outputs {outputs} classes but {data_name} has {num_classes}: load weights trained on "
                          "this data (or build the model with that num_classes)")
-    train_part, val_part = _split(train_data, plain_train_data, config.val_fraction, config.seed)
+    held_out = max(1, int(round(len(train_data) * config.val_fraction)))
+    train_part, val_part = held_out_split(train_data, plain_train_data, held_out, config.seed)
 
     budget = Budget.quick() if quick else None
     preset = config.dataset or (data_name if isinstance(data, str) else None)

@@ -15,7 +15,7 @@ __all__ = ["QUICK", "demo_recipe"]
 
 # The smoke-sized run (seconds): every stage, suite and report, nothing measured seriously.
 QUICK = {
-    "data.train_subset": 500, "data.val_subset": 100, "train.epochs": 1, "attack.n": 16,
+    "data.train_subset": 500, "data.held_out": 100, "train.epochs": 1, "attack.n": 16,
     "attack.budget": Budget.quick().to_dict(), "attack.curve.apgd_steps": Budget.quick().apgd_steps,
 }
 

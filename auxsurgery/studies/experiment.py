@@ -31,7 +31,7 @@ from .._output import OutputConsole
 from .._utils import atomic_write, check_output_folder, resolve_device, run_folder_lock, subfolder
 from ..backbones import build_backbone
 from ..checkpoint import load
-from ..data import dataset_classes, load_dataset
+from ..data import dataset_classes, held_out_split, load_dataset
 from ..evaluation import Budget, get_preset, get_suite, run_suite, write_report
 from ..evaluation.state import STATE_FOLDER
 from ..provenance import command_line, machine, release, versions
@@ -42,7 +42,7 @@ from ..train.run_files import LAST_FILE, METRICS_FILE, STATE_FILE
 from .comparison import CURVES_PLOT, HEADS_PLOT, build_report, plot_curves, plot_heads, report_markdown
 from .recipe import AUX_ADVERSARIAL_PREFIX, CURVE, Recipe, RecipeError
 
-__all__ = ["RunData", "run_recipe", "trained_model"]
+__all__ = ["RunData", "recorded_recipe", "run_recipe", "trained_model"]
 
 console = OutputConsole(stderr=True)
 # What a resumed run may change without changing what is computed.
@@ -130,11 +130,20 @@ def _claim_out_dir(recipe: Recipe, out: Path) -> None:
 
 
 def _load_data(recipe: Recipe, data_root: str | None) -> RunData:
+    """The run's datasets: ``[data] held_out`` training images (drawn from ``[recipe] seed``, un-augmented)
+    validate every epoch and are never trained on; the test split is only attacked."""
     d = recipe["data"]
     options = dict(root=data_root or d["root"], download=d["download"], image_size=d["image_size"],
                    fetch_hint="set download = true under [data] in the recipe")
-    train = load_dataset(d["name"], train=True, augment=d["augment"], subset=d["train_subset"], **options)
-    val = load_dataset(d["name"], train=False, subset=d["val_subset"], **options)
+    pool = d["train_subset"] + d["held_out"] if d["train_subset"] is not None else None
+    try:
+        train, val = held_out_split(load_dataset(d["name"], train=True, augment=d["augment"], subset=pool, **options),
+                                    load_dataset(d["name"], train=True, augment=False, subset=pool, **options),
+                                    d["held_out"], recipe["recipe"]["seed"])
+    except ValueError as err:
+        if "subset of" not in str(err) and "hold out" not in str(err):
+            raise
+        raise recipe.error("[data] train_subset, held_out", f"{err}; lower them") from None
     test = load_dataset(d["name"], train=False, **options)
     classes = dataset_classes(train)
     if classes is None:
@@ -164,9 +173,15 @@ def trained_model(out: str | Path, stage: str, num_classes: int) -> nn.Module:
         raise FileNotFoundError(f"no trained {stage} model in {out} (looked for {path}); run the recipe first")
     if _has_heads(stage):
         return load(path).eval()
-    # The recipe as the run resolved it (not re-validated: its own weights file need not be at hand any more).
-    recipe = Recipe(str(out / "recipe.toml"), json.loads((out / "recipe.json").read_text()), "")
-    return build_backbone(recipe.backbone_name(), num_classes=num_classes, weights=path).eval()
+    return build_backbone(recorded_recipe(out).backbone_name(), num_classes=num_classes, weights=path).eval()
+
+
+def recorded_recipe(out: str | Path) -> Recipe:
+    """The recipe of the run in ``out`` as that run resolved it (its ``recipe.json``), not validated again: its own
+    weights file need not be at hand any more, and a run made before a key was retired (``[data] val_subset``)
+    still reads."""
+    out = Path(out)
+    return Recipe(str(out / "recipe.toml"), json.loads((out / "recipe.json").read_text()), "")
 
 
 def _train(model: nn.Module, name: str, recipe: Recipe, data: RunData, out: Path, device: str,

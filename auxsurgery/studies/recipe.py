@@ -92,7 +92,9 @@ AUX_ADVERSARIAL_PREFIX = "aux_adversarial_"
 SCHEMA: dict[str, dict] = {
     "recipe": {"name": Key("str", REQUIRED), "description": Key("str", ""),
                "paper": Key("str", "none", PAPER_SETTINGS), "seed": Key("int", 0)},
-    "data": {"name": Key("str", REQUIRED), "root": Key("str"), "train_subset": Key("int"), "val_subset": Key("int"),
+    # held_out: training images (drawn from [recipe] seed, un-augmented) that validate every epoch and are never
+    # trained on; train_subset: train on that many of the others (the first train_subset + held_out, less those).
+    "data": {"name": Key("str", REQUIRED), "root": Key("str"), "train_subset": Key("int"), "held_out": Key("int", 1000),
              "image_size": Key("int"), "augment": Key("bool"), "download": Key("bool", False)},
     # name, or model_factory (your network: imports and runs that code when the recipe runs, never on --check)
     # with mean and std; weights is a file (relative to the recipe's folder) or a torchvision weights name.
@@ -118,6 +120,9 @@ SCHEMA: dict[str, dict] = {
                # run_suite's draws of a randomised model (unset: its defaults where the randomness check fires)
                "eot": Key("int", None), "judge_draws": Key("int", None)},
 }
+# Keys a recipe may no longer set: what to write instead.
+_RETIRED_KEYS = {("data", "val_subset"): "recipes no longer validate on test images; write held_out = N to validate "
+                                        "on N training images held out from training"}
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
                "str-list": "a list of strings", "float-list": "a list of numbers", "int-list": "a list of integers",
                "str-or-list": "a string or a list of strings"}
@@ -293,6 +298,8 @@ def _fill(section: str, table, schema: dict) -> dict:
     if not isinstance(table, dict):
         raise RecipeError(f"[{section}] must be a table, got {table!r}")
     for key in table:
+        if (section, key) in _RETIRED_KEYS:
+            raise RecipeError(f"[{section}] {key}: {_RETIRED_KEYS[section, key]}")
         if key not in schema:
             raise _unknown_key(f"[{section}]", key, schema)
     filled = {}
@@ -332,6 +339,9 @@ def _check_names(r: Recipe) -> None:
     if (r["attack"]["judge_draws"] or 1) % 2 == 0:
         raise r.error("[attack] judge_draws", f"must be odd (a majority of an even count can tie), got "
                                               f"{r['attack']['judge_draws']}")
+    if r["data"]["held_out"] < 1:
+        raise r.error("[data] held_out", f"must be >= 1 (the training images held out to validate on), got "
+                                         f"{r['data']['held_out']}")
     _check_backbone(r)
     _check_attach_points(r)
     data = r["data"]["name"]
