@@ -205,3 +205,19 @@ def test_backbone_options_and_factory_checkpoints(tmp_path, monkeypatch):
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), aux.eval()(x))
+
+
+@pytest.mark.parametrize("linked", ["undefended", "heads", "heads/train", "adversarial", "adversarial/train"])
+def test_defend_refuses_a_linked_folder_and_writes_nothing_through_it(tmp_path, linked):
+    from auxsurgery._utils import UnsafePath
+    from auxsurgery.studies.defend import DefendConfig, defend
+
+    out, elsewhere = tmp_path / "defence", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / linked).parent.mkdir(parents=True)
+    (out / linked).symlink_to(elsewhere, target_is_directory=True)
+    data = load_dataset("synthetic", train=True, subset=32), load_dataset("synthetic", train=False, subset=8)
+    config = DefendConfig(methods=("heads", "adversarial"), epochs=1, n=8, batch_size=16, quick=True)
+    with pytest.raises(UnsafePath, match=f"{linked} is a symbolic link"):
+        defend(build_backbone("small_cnn", num_classes=10), data, out, config)
+    assert not any(elsewhere.iterdir())
