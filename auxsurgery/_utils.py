@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import errno
 import functools
+import hashlib
 import json
 import os
 import socket
@@ -28,7 +29,7 @@ from torch import nn
 __all__ = [
     "RunFolderBusy", "UnsafePath", "atomic_write", "check_name", "check_output_folder", "close_matches", "derive_seed",
     "did_you_mean", "markdown_table", "preserved_state", "refuse_link", "renamed_kwargs", "resolve_device",
-    "run_folder_lock", "subfolder",
+    "run_folder_lock", "subfolder", "tensor_digest",
 ]
 
 
@@ -170,6 +171,16 @@ def derive_seed(*parts: int, bits: int = 64) -> int:
     Python's hash of a tuple of ints is not salted, so runs, resumes and ranks agree.
     """
     return hash(parts) & ((1 << bits) - 1)
+
+
+def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:
+    """sha256 of ``tensors``: each one's dtype, shape and values, in order."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{list(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:

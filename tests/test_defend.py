@@ -81,6 +81,10 @@ def test_defend_smoke_run_writes_one_plain_report(weights, tmp_path):
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.stdout)["headline"] == document["headline"]
     assert (out / "heads" / "train" / "metrics.jsonl").read_text() == metrics
+    # Another --train-subset is another training run: refused, not mixed into this one.
+    other = CliRunner().invoke(_cli(), [*args[:-4], "200", *args[-3:], "--resume"])
+    assert other.exit_code != 0 and "other training data (it trained on" in str(other.exception)
+    assert (out / "heads" / "train" / "metrics.jsonl").read_text() == metrics
 
 
 def test_defend_compares_two_methods_and_honours_the_clean_floor(weights, tmp_path):
