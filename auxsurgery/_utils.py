@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 __all__ = [
-    "RunFolderBusy", "UnsafePath", "atomic_write", "check_name", "check_output_folder", "close_matches", "derive_seed",
+    "RunFolderBusy", "UnsafePath", "atomic_write", "available_memory", "check_memory", "check_name", "check_output_folder", "close_matches", "derive_seed",
     "did_you_mean", "markdown_table", "preserved_state", "refuse_link", "renamed_kwargs", "resolve_device",
     "run_folder_lock", "subfolder", "tensor_digest",
 ]
@@ -181,6 +181,38 @@ def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:
         h.update(f"{t.dtype}{list(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take: the system's available memory (``MemAvailable`` of
+    /proc/meminfo, else the free pages sysconf reports), within its cgroup's limit; None where none of these
+    can be read."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        available = next(int(line.split()[1]) * 1024 for line in meminfo.splitlines()
+                         if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            available = None
+    try:
+        limit, used = (Path("/sys/fs/cgroup", name).read_text().strip() for name in ("memory.max", "memory.current"))
+        if limit != "max":
+            left = max(0, int(limit) - int(used))
+            available = left if available is None else min(available, left)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def check_memory(needed: int, what: str, fix: str) -> None:
+    """A ValueError, before anything is allocated, when ``needed`` bytes for ``what`` exceed the memory
+    available (:func:`available_memory`); ``fix`` says what to do instead."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ValueError(f"{what} needs {needed / 1e9:,.1f} GB of memory, more than the {available / 1e9:,.1f} GB "
+                         f"this machine has available: {fix}")
 
 
 def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:

@@ -122,6 +122,29 @@ def test_bad_recipes_name_file_key_and_choices(snippet, expected):
         assert text in str(err.value)
 
 
+@pytest.mark.parametrize("old, new, expected", [
+    ('name = "synthetic"', 'name = "synthetic"\ntrain_subset = -5', "[data] train_subset: must be >= 1, got -5"),
+    ('name = "synthetic"', 'name = "synthetic"\nval_subset = 0', "[data] val_subset: must be >= 1, got 0"),
+    ('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 100000000000',
+     "[data] train_subset: the synthetic set of 100,000,000,000 images needs 308,000.1 GB of memory, more than"),
+    ('name = "tiny"', f'name = "{"a" * 300}"', "[recipe] name: 'aaaa"),  # too long for a folder name
+    ('name = "tiny"', 'name = "tiny\u202egnp.exe"', "use at most 64 ASCII letters, digits and - _ . +"),  # bidi
+    ('name = "tiny"', 'name = "-tiny"', "starting with a letter or digit"),
+])
+def test_sizes_and_names_that_cannot_work_are_refused_at_check(old, new, expected):
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(BASE.replace(old, new, 1), "recipes/x.toml")
+    assert str(err.value).startswith("recipes/x.toml: ") and expected in str(err.value)
+
+
+def test_a_recipe_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(BASE.replace('"tiny"', '"caf\xe9"').encode("latin-1"))
+    with pytest.raises(RecipeError, match=f"^{path}: not UTF-8 text \\(byte 21 is b'\\\\xe9'\\): save the recipe as "
+                                          "UTF-8$"):
+        load_recipe(path)
+
+
 def test_unknown_model_gets_close_matches():
     with pytest.raises(RecipeError, match=r"recipes/x.toml: \[backbone\] name: unknown model 'resnet81'.*resnet18"):
         parse_recipe(BASE.replace('"small_cnn"', '"resnet81"'), "recipes/x.toml")
