@@ -111,3 +111,22 @@ def test_resume_refuses_other_training_data(tmp_path, other, message):
         finetune(tiny_aux_model(), other, None, TrainConfig(**config, resume=True))
     result = finetune(tiny_aux_model(), random_images(64), None, TrainConfig(**config, resume=True))
     assert len(result.history) == 2  # the same data resumes
+
+
+def test_train_resume_with_another_train_subset_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from auxsurgery.cli import app
+
+    def train(subset, *extra):
+        return CliRunner().invoke(app, ["train", "small_cnn", "--data", "synthetic", "--train-subset", subset,
+                                        "--val-subset", "16", "--epochs", "1", "--batch-size", "16", "--out",
+                                        str(tmp_path), *extra])
+
+    assert train("64").exit_code == 0
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    refused = train("32", "--resume")
+    assert refused.exit_code == 2 and refused.stderr.strip().splitlines() == [
+        f"error: cannot resume {tmp_path} with other training data (it trained on 64 images, this run has 32): resume "
+        "with the data and --train-subset the run started with, or choose another --out"]
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics
