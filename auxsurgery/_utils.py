@@ -1,7 +1,7 @@
 """Small helpers every layer shares, each defined once: atomic writes, the run-folder lock, names and
-folders that stay inside the folder the user named, close-match suggestions, seed derivation, device
-resolution, the one context manager that restores a model's state, and the one way a renamed keyword
-argument stays accepted for a release.
+folders that stay inside the folder the user named, close-match suggestions, seed derivation, tensor
+digests, the memory available (and a size checked against it), device resolution, the one context manager
+that restores a model's state, and the one way a renamed keyword argument stays accepted for a release.
 
 This module imports nothing from the package (it sits at the bottom of the layer order).
 """
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 __all__ = [
-    "RunFolderBusy", "UnsafePath", "atomic_write", "available_memory", "check_memory", "check_name", "check_output_folder", "close_matches", "derive_seed",
-    "did_you_mean", "markdown_table", "preserved_state", "refuse_link", "renamed_kwargs", "resolve_device",
-    "run_folder_lock", "subfolder", "tensor_digest",
+    "RunFolderBusy", "UnsafePath", "atomic_write", "available_memory", "check_memory", "check_name",
+    "check_output_folder", "close_matches", "derive_seed", "did_you_mean", "markdown_table", "preserved_state",
+    "refuse_link", "renamed_kwargs", "resolve_device", "run_folder_lock", "subfolder", "tensor_digest",
 ]
 
 

@@ -91,13 +91,9 @@ def finetune(
 
 def _data_record(data: SeededAugmentation, batch_size: int) -> dict:
     """What a run trains on, as its resume state records it: the number of images, and a digest of the first
-    batch (in dataset order, with the first epoch's augmentation) and of the last image."""
-    first_epoch = data.epoch
-    data.set_epoch(0)
-    try:
-        samples = data.__getitems__([*range(min(batch_size, len(data))), len(data) - 1])
-    finally:
-        data.set_epoch(first_epoch)
+    batch (in dataset order, with the augmentation of ``data``'s epoch: the first, as the run is built) and of the
+    last image."""
+    samples = data.__getitems__([*range(min(batch_size, len(data))), len(data) - 1])
     images = [torch.as_tensor(image) for image, _ in samples]
     labels = torch.as_tensor([int(label) for _, label in samples])
     return {"images": len(data), "digest": tensor_digest([*images, labels])}
