@@ -320,12 +320,13 @@ def _read_metadata(text: str | None, path: Path) -> dict:
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as err:
-        meta = err
-    if not isinstance(meta, dict):
-        problem = f"is not valid JSON ({meta.msg})" if isinstance(meta, json.JSONDecodeError) else "is not a JSON object"
-        raise ValueError(f"{path}: its auxsurgery metadata ({META_KEY}) {problem}; the file was changed after export: "
-                         "export the model again")
-    return meta
+        problem = f"is not valid JSON ({err.msg})"
+    else:
+        if isinstance(meta, dict):
+            return meta
+        problem = "is not a JSON object"
+    raise ValueError(f"{path}: its auxsurgery metadata ({META_KEY}) {problem}; the file was changed after export: "
+                     "export the model again")
 
 
 def _checked_output_names(names, outputs: list, path: Path) -> list[str]:

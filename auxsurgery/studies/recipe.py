@@ -22,8 +22,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .._utils import UnsafePath, check_name, did_you_mean
 from .. import synthetic
+from .._utils import UnsafePath, check_name, did_you_mean
 from ..backbones import FACTORY_PREFIX, is_weights_file, resolve_name, weights_file
 from ..data import SOURCES, SYNTHETIC_NAMES
 from ..evaluation import Budget, list_suites
