@@ -132,6 +132,8 @@ def test_bad_defend_settings_fail_in_one_line():
         DefendConfig(methods=["adversarial"], adversarial={"method": "trade"})
     with pytest.raises(ValueError, match="floor is a fraction"):
         DefendConfig(min_clean=80)
+    with pytest.raises(ValueError, match=r"train_subset \(--train-subset\) must be >= 1, got -5"):
+        DefendConfig(train_subset=-5)
 
 
 def test_defend_passes_model_kwargs_to_the_constructor(monkeypatch, tmp_path):

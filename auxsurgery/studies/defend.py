@@ -140,6 +140,8 @@ class DefendConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.n < 1 or self.batch_size < 1:
             raise ValueError("epochs, n and batch_size must be >= 1")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError(f"train_subset (--train-subset) must be >= 1, got {self.train_subset}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.min_clean is not None and not 0 <= self.min_clean <= 1:
