@@ -1,7 +1,7 @@
 """Small helpers every layer shares, each defined once: atomic writes, the run-folder lock, names and
-folders that stay inside the folder the user named, close-match suggestions, seed derivation, device
-resolution, the one context manager that restores a model's state, and the one way a renamed keyword
-argument stays accepted for a release.
+folders that stay inside the folder the user named, close-match suggestions, seed derivation, tensor
+digests, the memory available (and a size checked against it), device resolution, the one context manager
+that restores a model's state, and the one way a renamed keyword argument stays accepted for a release.
 
 This module imports nothing from the package (it sits at the bottom of the layer order).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import errno
 import functools
+import hashlib
 import json
 import os
 import socket
@@ -26,9 +27,9 @@ import torch
 from torch import nn
 
 __all__ = [
-    "RunFolderBusy", "UnsafePath", "atomic_write", "check_name", "check_output_folder", "close_matches", "derive_seed",
-    "did_you_mean", "markdown_table", "preserved_state", "refuse_link", "renamed_kwargs", "resolve_device",
-    "run_folder_lock", "subfolder",
+    "RunFolderBusy", "UnsafePath", "atomic_write", "available_memory", "check_memory", "check_name",
+    "check_output_folder", "close_matches", "derive_seed", "did_you_mean", "markdown_table", "preserved_state",
+    "refuse_link", "renamed_kwargs", "resolve_device", "run_folder_lock", "subfolder", "tensor_digest",
 ]
 
 
@@ -170,6 +171,48 @@ def derive_seed(*parts: int, bits: int = 64) -> int:
     Python's hash of a tuple of ints is not salted, so runs, resumes and ranks agree.
     """
     return hash(parts) & ((1 << bits) - 1)
+
+
+def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:
+    """sha256 of ``tensors``: each one's dtype, shape and values, in order."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{list(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take: the system's available memory (``MemAvailable`` of
+    /proc/meminfo, else the free pages sysconf reports), within its cgroup's limit; None where none of these
+    can be read."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        available = next(int(line.split()[1]) * 1024 for line in meminfo.splitlines()
+                         if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            available = None
+    try:
+        limit, used = (Path("/sys/fs/cgroup", name).read_text().strip() for name in ("memory.max", "memory.current"))
+        if limit != "max":
+            left = max(0, int(limit) - int(used))
+            available = left if available is None else min(available, left)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def check_memory(needed: int, what: str, fix: str) -> None:
+    """A ValueError, before anything is allocated, when ``needed`` bytes for ``what`` exceed the memory
+    available (:func:`available_memory`); ``fix`` says what to do instead."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ValueError(f"{what} needs {needed / 1e9:,.1f} GB of memory, more than the {available / 1e9:,.1f} GB "
+                         f"this machine has available: {fix}")
 
 
 def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:

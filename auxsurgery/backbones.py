@@ -568,9 +568,17 @@ def backbone_from_factory(
     mean, std = [float(m) for m in mean], [float(s) for s in std]
     function = import_factory(factory) if isinstance(factory, str) else factory
     kwargs = {"num_classes": num_classes} if num_classes is not None and _accepts(function, "num_classes") else {}
+    try:
+        inspect.signature(function).bind(**kwargs)
+    except TypeError as err:  # the call itself would fail: a function that needs other arguments
+        raise ValueError(f"the model factory {name!r} cannot be called with {kwargs or 'no arguments'} ({err}): name "
+                         "a function that builds your network from num_classes= alone, or from no arguments") from None
+    except ValueError:
+        pass  # no signature to read (some builtins): the call says
     net = function(**kwargs)
     if not isinstance(net, nn.Module):
-        raise TypeError(f"the model factory {name!r} returned {type(net).__name__}, not a torch nn.Module")
+        raise ValueError(f"the model factory {name!r} returned {type(net).__name__}, not a torch nn.Module: name a "
+                         "function that builds and returns your network")
     # Channels: as given, else one per mean/std value, else the first convolution's inputs.
     first_conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
     per_channel = max(len(mean), len(std))
@@ -804,6 +812,9 @@ def build_backbone(
     chosen = mean is not None or std is not None
     mean = tuple(mean) if mean is not None else norm_mean
     std = tuple(std) if std is not None else norm_std
+    if chosen and not {len(mean), len(std)} <= {1, size[0]}:
+        raise ValueError(f"--mean/--std (mean=, std=) give {len(mean)} and {len(std)} values, but {bare} takes "
+                         f"{size[0]} input channels: give one value per channel, or one for all")
     loaded = load_weights(net, path, what=f"{bare} ({source})") if path is not None else None
     if loaded is not None:
         mean, std = _with_stored_normalization(loaded, mean, std, chosen)

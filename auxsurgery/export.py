@@ -322,6 +322,45 @@ class ExportedModel:
         return dict(zip(self.outputs, self.run(x)))
 
 
+def _read_metadata(text: str | None, path: Path) -> dict:
+    """The auxsurgery metadata stored in an exported file (``{}`` when there is none)."""
+    if not text:
+        return {}
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        problem = f"is not valid JSON ({err.msg})"
+    else:
+        if isinstance(meta, dict):
+            return meta
+        problem = "is not a JSON object"
+    raise ValueError(f"{path}: its auxsurgery metadata ({META_KEY}) {problem}; the file was changed after export: "
+                     "export the model again")
+
+
+def _checked_output_names(names, outputs: list, path: Path) -> list[str]:
+    """The output names the metadata gives, once they are checked to be an exported layout (:func:`output_names`)
+    that fits what the program returns (``outputs``: their fake tensors): a label is an integer vector ``[B]``,
+    scores a float matrix ``[B, C]``, the logits of every head ``[H, B, C]``."""
+    def fits(name: str, value) -> bool:
+        kind = {"label": (False, 1), "scores": (True, 2), "logits": (True, 3)}[name.partition("_")[0]]
+        return not torch.is_tensor(value) or (value.dtype.is_floating_point, value.dim()) == kind
+
+    layouts = [output_names(rule) for rule in ("vote", "all")]
+    misfits = [f"{name!r} is a {value.dtype} tensor of {value.dim()} dimension(s)"
+               for name, value in zip(names, outputs) if not fits(name, value)] if names in layouts else []
+    if names not in layouts:
+        problem = f"names the outputs {names!r}, not {' or '.join(map(str, layouts))}"
+    elif len(names) != len(outputs):
+        problem = f"names {len(names)} outputs, the program returns {len(outputs)}"
+    elif misfits:
+        problem = f"does not fit the program's outputs ({'; '.join(misfits)})"
+    else:
+        return names
+    raise ValueError(f"{path}: its auxsurgery metadata {problem}; the file was changed after export: export the model "
+                     "again")
+
+
 def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel:
     """Load a ``.pt2`` program (``torch.export.load``) or an ``.onnx`` model (onnxruntime) for inference."""
     path = Path(path)
@@ -329,7 +368,7 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
         raise FileNotFoundError(f"exported model not found: {path}")
     if path.suffix == ".onnx":
         session = _onnx_session(path, threads)
-        meta = json.loads(session.get_modelmeta().custom_metadata_map.get(META_KEY, "{}"))
+        meta = _read_metadata(session.get_modelmeta().custom_metadata_map.get(META_KEY), path)
         names = [o.name for o in session.get_outputs()]
         input_name = session.get_inputs()[0].name
 
@@ -342,9 +381,12 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
         raise ValueError(f"{path}: expected a .pt2 (torch.export) or .onnx file")
     extra = {META_KEY + ".json": ""}
     program = torch.export.load(str(path), extra_files=extra)
-    meta = json.loads(extra[META_KEY + ".json"] or "{}")
+    meta = _read_metadata(extra[META_KEY + ".json"], path)
     module = program.module()
-    names = meta.get("outputs") or [f"output_{i}" for i in range(len(program.graph_signature.user_outputs))]
+    values = {node.name: node.meta.get("val") for node in program.graph.nodes}
+    outputs = [values.get(name) for name in program.graph_signature.user_outputs]
+    names = _checked_output_names(meta["outputs"], outputs, path) if "outputs" in meta else [
+        f"output_{i}" for i in range(len(outputs))]
 
     def run_pt2(x: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
@@ -480,8 +522,8 @@ class OnnxClassifier(nn.Module):
         if output not in names:
             raise ValueError(f"the ONNX model has outputs {names}; choose one of its scores outputs with output=...")
         self.output, self.log_probs = output, log_probs
-        meta = session.get_modelmeta().custom_metadata_map.get(META_KEY)
-        self.meta = json.loads(meta) if meta else {}
+        self.meta = _read_metadata(session.get_modelmeta().custom_metadata_map.get(META_KEY),
+                                   Path(model) if isinstance(model, (str, Path)) else "the ONNX model")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The ONNX model's scores ``[B, C]`` (or log-probabilities) for pixels ``x`` in [0, 1]; no gradients."""

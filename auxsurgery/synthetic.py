@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._utils import check_memory
+
 IMAGE_SIZE = 32
 SPLIT_SIZES = {"train": 5000, "test": 1000}
 _SPLIT_STREAM = {"train": 0, "test": 1}
@@ -137,10 +139,26 @@ def make_synthetic(n: int, seed: int = 0, split: str = "train") -> tuple[np.ndar
     """
     if split not in _SPLIT_STREAM:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(_SPLIT_STREAM)}")
-    images, labels = [], []
+    check_size(n)
+    images, labels = np.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), np.uint8), np.empty(n, np.int64)
     for chunk in range(-(-n // _CHUNK)):
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _SPLIT_STREAM[split], chunk])))
         chunk_images, chunk_labels = _draw_chunk(rng, _CHUNK)
-        images.append(np.round(np.clip(chunk_images, 0, 1) * 255).astype(np.uint8))
-        labels.append(chunk_labels)
-    return np.concatenate(images)[:n], np.concatenate(labels)[:n].astype(np.int64)
+        rows = slice(chunk * _CHUNK, min(n, (chunk + 1) * _CHUNK))
+        images[rows] = np.round(np.clip(chunk_images[:rows.stop - rows.start], 0, 1) * 255)
+        labels[rows] = chunk_labels[:rows.stop - rows.start]
+    return images, labels
+
+
+def memory_needed(n: int) -> int:
+    """Bytes that drawing ``n`` images takes: the images and labels, and one chunk's float32 working arrays (at
+    most a dozen image-sized arrays, by tracemalloc's peak)."""
+    return n * (3 * IMAGE_SIZE * IMAGE_SIZE + 8) + 12 * _CHUNK * 3 * IMAGE_SIZE * IMAGE_SIZE * 4
+
+
+def check_size(n: int) -> None:
+    """A ValueError, before anything is drawn, unless ``n`` images can be: 1 or more, and no more than the memory
+    available holds (:func:`memory_needed`)."""
+    if n < 1:
+        raise ValueError(f"the synthetic set draws 1 or more images, not {n}")
+    check_memory(memory_needed(n), f"the synthetic set of {n:,} images", "ask for fewer images")

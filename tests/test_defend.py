@@ -87,6 +87,10 @@ def test_defend_smoke_run_writes_one_plain_report(weights, tmp_path):
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.stdout)["headline"] == document["headline"]
     assert (out / "heads" / "train" / "metrics.jsonl").read_text() == metrics
+    # Another --train-subset is another training run: refused, not mixed into this one.
+    other = CliRunner().invoke(_cli(), [*args[:-4], "200", *args[-3:], "--resume"])
+    assert other.exit_code != 0 and "other training data (it trained on" in str(other.exception)
+    assert (out / "heads" / "train" / "metrics.jsonl").read_text() == metrics
 
 
 def test_defend_compares_two_methods_and_honours_the_clean_floor(weights, tmp_path):
@@ -141,6 +145,8 @@ def test_bad_defend_settings_fail_in_one_line():
     with pytest.raises(ValueError, match="unknown prediction rule 'crosmax'.*Did you mean 'crossmax'"):
         DefendConfig(rules=["crosmax"])
     assert DefendConfig(rules=["vote", "crossmax:k=3"]).rules == ("vote", "crossmax")
+    with pytest.raises(ValueError, match=r"train_subset \(--train-subset\) must be >= 1, got -5"):
+        DefendConfig(train_subset=-5)
 
 
 def test_defend_passes_model_kwargs_to_the_constructor(monkeypatch, tmp_path):
@@ -236,3 +242,19 @@ def test_backbone_options_and_factory_checkpoints(tmp_path, monkeypatch):
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), aux.eval()(x))
+
+
+@pytest.mark.parametrize("linked", ["undefended", "heads", "heads/train", "adversarial", "adversarial/train"])
+def test_defend_refuses_a_linked_folder_and_writes_nothing_through_it(tmp_path, linked):
+    from auxsurgery._utils import UnsafePath
+    from auxsurgery.studies.defend import DefendConfig, defend
+
+    out, elsewhere = tmp_path / "defence", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / linked).parent.mkdir(parents=True)
+    (out / linked).symlink_to(elsewhere, target_is_directory=True)
+    data = load_dataset("synthetic", train=True, subset=32), load_dataset("synthetic", train=False, subset=8)
+    config = DefendConfig(methods=("heads", "adversarial"), epochs=1, n=8, batch_size=16, quick=True)
+    with pytest.raises(UnsafePath, match=f"{linked} is a symbolic link"):
+        defend(build_backbone("small_cnn", num_classes=10), data, out, config)
+    assert not any(elsewhere.iterdir())

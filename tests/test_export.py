@@ -265,3 +265,39 @@ def test_export_of_a_torch_save_file_names_what_it_holds(tmp_path, saved, messag
     assert isinstance(result.exception, ValueError) and "corrupt" not in str(result.exception)
     assert str(result.exception).startswith(f"{path} {message}")
     assert list(tmp_path.iterdir()) == [path]
+@pytest.mark.parametrize("meta, message", [
+    ('{"rule": "all", "outputs": ["scores_vote", "label_vote", "label_score", "scores_score", "logits"]}',
+     "names the outputs \\['scores_vote', 'label_vote'"),  # swapped: m(x)["label_vote"] would be the scores
+    ('{"rule": "all", "outputs": ["label", "scores"]}', "names 2 outputs, the program returns 5"),
+    ("{not json", "is not valid JSON"),
+    ('["label", "scores"]', "is not a JSON object"),
+])
+def test_exported_metadata_is_checked_against_the_program(exported, tmp_path, meta, message):
+    import onnx
+
+    changed = tmp_path / "changed.pt2"
+    torch.export.save(torch.export.load(str(exported["pt2"])), str(changed), extra_files={"auxsurgery_export.json": meta})
+    with pytest.raises(ValueError, match=f"changed.pt2: its auxsurgery metadata .*{message}.*export the model again"):
+        load_exported(changed)
+    if "JSON" in message:  # ONNX takes its output names from its graph, and its metadata from the same reader
+        model = onnx.load(str(exported["onnx"]))
+        next(p for p in model.metadata_props if p.key == "auxsurgery_export").value = meta
+        onnx.save(model, str(tmp_path / "changed.onnx"))
+        with pytest.raises(ValueError, match=f"changed.onnx: its auxsurgery metadata .*{message}"):
+            load_exported(tmp_path / "changed.onnx")
+        with pytest.raises(ValueError, match=f"changed.onnx: its auxsurgery metadata .*{message}"):
+            OnnxClassifier(tmp_path / "changed.onnx")
+
+
+def test_a_program_whose_outputs_do_not_fit_its_metadata_names_is_refused(tmp_path):
+    class ScoresFirst(nn.Module):  # returns (scores, label): the reverse of what the metadata names
+        def forward(self, x):
+            scores = x.flatten(1)[:, :3]
+            return scores, scores.argmax(-1)
+
+    path = tmp_path / "swapped.pt2"
+    torch.export.save(torch.export.export(ScoresFirst(), (torch.rand(2, 3, 2, 2),)), str(path),
+                      extra_files={"auxsurgery_export.json": '{"rule": "vote", "outputs": ["label", "scores"]}'})
+    with pytest.raises(ValueError, match="does not fit the program's outputs \\('label' is a torch.float32 tensor of 2 "
+                                         "dimension\\(s\\); 'scores' is a torch.int64 tensor of 1 dimension"):
+        load_exported(path)

@@ -20,6 +20,7 @@ from auxsurgery._utils import (
     run_folder_lock,
     subfolder,
 )
+from auxsurgery.data import load_dataset
 
 HOLD = """
 import sys, time
@@ -539,3 +540,15 @@ def test_nan_weights_are_reported_as_such_not_as_randomness():
     x, y = dataset(8, seed=3)
     kinds = [finding.check for finding in model_checks(model, x, y, ["vote"], {"vote": "vote-margin"})]
     assert "non-finite" in kinds and "randomness" not in kinds
+
+
+def test_available_memory_is_read_and_a_size_beyond_it_is_refused(monkeypatch):
+    import auxsurgery._utils as utils
+
+    available = utils.available_memory()
+    assert isinstance(available, int) and available > 0
+    utils.check_memory(available // 2, "half of it", "unused")
+    monkeypatch.setattr(utils, "available_memory", lambda: 2_000_000_000)
+    with pytest.raises(ValueError, match="^the synthetic set of 1,000,000 images needs 3.2 GB of memory, more than the "
+                                         "2.0 GB this machine has available: ask for fewer images$"):
+        load_dataset("synthetic", train=True, subset=1_000_000)

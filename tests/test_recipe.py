@@ -168,6 +168,27 @@ def test_a_run_made_before_held_out_still_reads_as_it_ran():
         load_recipe(run / "recipe.toml")
     recipe = experiment.recorded_recipe(run)
     assert recipe["data"]["val_subset"] == 1000 and "aux_adversarial_joint" in recipe.stages()
+@pytest.mark.parametrize("old, new, expected", [
+    ('name = "synthetic"', 'name = "synthetic"\ntrain_subset = -5', "[data] train_subset: must be >= 1, got -5"),
+    ('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 100000000000',
+     "[data] train_subset: the synthetic set of 100,000,001,000 images needs"),
+    ('name = "tiny"', f'name = "{"a" * 300}"', "[recipe] name: 'aaaa"),  # too long for a folder name
+    ('name = "tiny"', 'name = "tiny\u202egnp.exe"', "use at most 64 ASCII letters, digits and - _ . +"),  # bidi
+    ('name = "tiny"', 'name = "-tiny"', "starting with a letter or digit"),
+])
+def test_sizes_and_names_that_cannot_work_are_refused_at_check(monkeypatch, old, new, expected):
+    monkeypatch.setattr("auxsurgery._utils.available_memory", lambda: 64 * 10**9)  # the same on every machine
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(BASE.replace(old, new, 1), "recipes/x.toml")
+    assert str(err.value).startswith("recipes/x.toml: ") and expected in str(err.value)
+
+
+def test_a_recipe_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(BASE.replace('"tiny"', '"caf\xe9"').encode("latin-1"))
+    with pytest.raises(RecipeError, match=f"^{path}: not UTF-8 text \\(byte 21 is b'\\\\xe9'\\): save the recipe as "
+                                          "UTF-8$"):
+        load_recipe(path)
 
 
 def test_unknown_model_gets_close_matches():

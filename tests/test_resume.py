@@ -96,3 +96,37 @@ def test_resume_refuses_changed_settings_and_a_fresh_run_refuses_an_existing_one
         run(tmp_path, resume=True, lr=0.1, batch_size=32)
     with pytest.raises(FileExistsError, match="pass resume=True"):
         run(tmp_path)
+
+
+@pytest.mark.parametrize("other, message", [
+    (random_images(32), "it trained on 64 images, this run has 32"),  # another --train-subset
+    (random_images(64, seed=5), "other images than the 64 it trained on"),  # another dataset of the same shape
+])
+def test_resume_refuses_other_training_data(tmp_path, other, message):
+    config = dict(epochs=2, batch_size=16, amp="off", progress=False, save_every=2, out_dir=str(tmp_path))
+    with pytest.raises(Interrupt):
+        finetune(tiny_aux_model(), random_images(64), None, TrainConfig(**config), on_step=stop_at(3, kill))
+    with pytest.raises(ValueError, match=f"cannot resume .* with other training data \\({message}\\): resume with "
+                                         "the data and --train-subset the run started with"):
+        finetune(tiny_aux_model(), other, None, TrainConfig(**config, resume=True))
+    result = finetune(tiny_aux_model(), random_images(64), None, TrainConfig(**config, resume=True))
+    assert len(result.history) == 2  # the same data resumes
+
+
+def test_train_resume_with_another_train_subset_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from auxsurgery.cli import app
+
+    def train(subset, *extra):
+        return CliRunner().invoke(app, ["train", "small_cnn", "--data", "synthetic", "--train-subset", subset,
+                                        "--val-subset", "16", "--epochs", "1", "--batch-size", "16", "--out",
+                                        str(tmp_path), *extra])
+
+    assert train("64").exit_code == 0
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    refused = train("32", "--resume")
+    assert refused.exit_code == 2 and refused.stderr.strip().splitlines() == [
+        f"error: cannot resume {tmp_path} with other training data (it trained on 64 images, this run has 32): resume "
+        "with the data and --train-subset the run started with, or choose another --out"]
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics

@@ -259,7 +259,7 @@ def test_model_factory_builds_your_network(factory_module, tmp_path):
     assert backbone_from_factory(f"{factory_module}:make", mean=[0], std=[1], num_classes=3).spec["in_chans"] == 3
     with pytest.raises(ValueError, match="needs its input normalisation: pass mean and std"):
         build_backbone("factory:my_models:make")
-    with pytest.raises(TypeError, match="returned int, not a torch nn.Module"):
+    with pytest.raises(ValueError, match="returned int, not a torch nn.Module: name a function that builds"):
         backbone_from_factory("my_models:not_a_module", mean=[0], std=[1])
     with pytest.raises(ValueError, match="has no 'mak'.*close matches: make"):
         backbone_from_factory("my_models:mak", mean=[0], std=[1])

@@ -170,3 +170,46 @@ def test_wrong_weights_path_and_factory_fail_in_one_line(tmp_path):
     assert "cannot import 'no_such_module' for the model factory 'no_such_module:make'" in line
     line = _one_error_line(runner.invoke(app, ["train", "--data", "synthetic", "--out", str(tmp_path / "run")]))
     assert "name a model" in line and "--model-factory" in line
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["small_cnn", "--model-kwargs", '{"width": 100000000}'],
+     "building small_cnn with 10 classes and --model-kwargs '{\"width\": 100000000}' needs 3,600,000,038.0 GB of "
+     "memory, more than the 64.0 GB this machine has available: give smaller sizes (--model-kwargs, --num-classes)"),
+    (["small_cnn", "--num-classes", "1000000000"], "building small_cnn with 1,000,000,000 classes needs 516.0 GB"),
+    (["small_cnn", "--model-kwargs", "width=-1"], "would have a negative size (Trying to create tensor with negative "
+                                                  "dimension -1: [-1, 3, 3, 3]): give --model-kwargs sizes of 1 or more"),
+    (["small_cnn", "--num-classes", "-3"], "--num-classes must be 1 or more, got -3"),
+    (["small_cnn", "--model-kwargs", "width=" + "[" * 40000 + "]" * 40000], "--model-kwargs is nested too deeply"),
+    (["small_cnn", "--mean", "0.5,0.5", "--std", "0.2,0.2"],
+     "--mean/--std (mean=, std=) give 2 and 2 values, but small_cnn takes 3 input channels"),
+    (["--model-factory", "os:getcwd", "--mean", "0.5", "--std", "0.5"],
+     "the model factory 'os:getcwd' returned str, not a torch nn.Module"),
+    (["--model-factory", "os:system", "--mean", "0.5", "--std", "0.5"],
+     "the model factory 'os:system' cannot be called with no arguments"),
+])
+def test_a_network_that_cannot_be_built_is_one_line_before_anything_is_allocated(tmp_path, monkeypatch, args,
+                                                                                  expected):
+    monkeypatch.setattr("auxsurgery._utils.available_memory", lambda: 64 * 10**9)  # the same on every machine
+    line = _one_error_line(runner.invoke(app, ["attach", *args, "--out", str(tmp_path / "m.safetensors")]))
+    assert expected in line
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_a_model_factory_that_is_no_network_is_one_line_in_run(tmp_path):
+    recipe = tmp_path / "factory.toml"
+    recipe.write_text('[recipe]\nname = "f"\n[data]\nname = "synthetic"\ntrain_subset = 64\nval_subset = 16\n'
+                      '[backbone]\nmodel_factory = "os:getcwd"\nmean = [0.5]\nstd = [0.5]\n')
+    line = _one_error_line(runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run")]))
+    assert "the model factory 'os:getcwd' returned str, not a torch nn.Module" in line
+
+
+def test_synthetic_data_that_cannot_fit_in_memory_is_refused_before_it_is_drawn(tmp_path, monkeypatch):
+    monkeypatch.setattr("auxsurgery._utils.available_memory", lambda: 64 * 10**9)  # the same on every machine
+    line = _one_error_line(runner.invoke(app, ["train", "small_cnn", "--data", "synthetic", "--train-subset",
+                                               "100000000", "--epochs", "1", "--out", str(tmp_path / "run")]))
+    assert "the synthetic set of 100,000,000 images needs 308.1 GB of memory, more than the 64.0 GB" in line
+    assert "ask for fewer images" in line
+    line = _one_error_line(runner.invoke(app, ["train", "small_cnn", "--data", "synthetic", "--train-subset", "-5",
+                                               "--out", str(tmp_path / "run")]))
+    assert "'--train-subset'" in line

@@ -68,7 +68,7 @@ def parse_model_kwargs(text: str | None) -> dict | None:
         return None
     if text.lstrip().startswith("{"):
         try:
-            kwargs = json.loads(text)
+            kwargs = _json(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"--model-kwargs is not valid JSON ({err.msg}): {text!r}") from None
         if not isinstance(kwargs, dict):
@@ -80,10 +80,41 @@ def parse_model_kwargs(text: str | None) -> dict | None:
         if not sep or not key.strip().isidentifier():
             raise ValueError(f"--model-kwargs takes JSON or key=value pairs (e.g. img_size=32), got {pair!r}")
         try:
-            kwargs[key.strip()] = json.loads(value)
+            kwargs[key.strip()] = _json(value)
         except json.JSONDecodeError:
             kwargs[key.strip()] = value.strip()
     return kwargs
+
+
+def _json(text: str):
+    """``text`` parsed as JSON; nesting deeper than Python's recursion allows is one line, not a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"--model-kwargs is nested too deeply ({len(text):,} characters); give the constructor's "
+                         "arguments as a flat JSON object or key=value pairs") from None
+
+
+def _check_size(model: str, num_classes: int | None, in_chans: int | None, kwargs: dict | None,
+                model_kwargs: str | None) -> None:
+    """Refuse, before anything is allocated, a network whose weights cannot fit in memory or whose arguments give
+    it a negative size: it is built first on the meta device, which allocates nothing."""
+    import torch
+
+    from .._utils import check_memory
+
+    built = f"{model}" + (f" with {num_classes:,} classes" if num_classes is not None else "") + (
+        f" and --model-kwargs {model_kwargs!r}" if kwargs else "")
+    try:
+        with torch.device("meta"):
+            probe = build_backbone(model, num_classes=num_classes, in_chans=in_chans, model_kwargs=kwargs)
+    except RuntimeError as err:
+        if "negative dimension" not in str(err):
+            return  # a constructor that reads values cannot run on the meta device: its real build says
+        raise ValueError(f"{built} would have a negative size ({str(err).splitlines()[0]}): give "
+                         f"{'--model-kwargs' if kwargs else '--num-classes'} sizes of 1 or more") from None
+    needed = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
+    check_memory(needed, f"building {built}", "give smaller sizes (--model-kwargs, --num-classes)")
 
 
 def backbone_from_options(
@@ -109,11 +140,15 @@ def backbone_from_options(
     mean_values, std_values = parse_floats(mean, "mean"), parse_floats(std, "std")
     if (mean_values is None) != (std_values is None):
         raise ValueError("give both --mean and --std, or neither")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"--num-classes must be 1 or more, got {num_classes}")
     kwargs = parse_model_kwargs(model_kwargs)
     if kwargs and model_factory:
         raise ValueError("--model-kwargs passes arguments to a named network's constructor; a --model-factory "
                          "function builds its own (give it defaults)")
     try:
+        if not model.startswith(FACTORY_PREFIX):  # a factory runs your code: once, for real
+            _check_size(model, num_classes, in_chans, kwargs, model_kwargs)
         return build_backbone(model, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans,
                               mean=mean_values, std=std_values, weights=weights, model_kwargs=kwargs)
     except TypeError as err:

@@ -53,7 +53,7 @@ Data = Annotated[Optional[str], typer.Option(
     help="The data: mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic (built-in shapes, no files), or an "
          "ImageFolder path; attack also takes a .pt file of {'x': images in [0, 1], 'y': labels[, 'classes': "
          "names]}.")]
-TrainSubset = Annotated[Optional[int], typer.Option(help="Train on the first N training images (default: all).")]
+TrainSubset = Annotated[Optional[int], typer.Option(min=1, help="Train on the first N training images (default: all).")]
 Eps = Annotated[Optional[float], typer.Option(
     parser=lambda text: _user_value(parse_eps, text), metavar="EPS",
     help="L-inf radius in [0, 1] pixels: 8/255, 0.031, 0.3 (default: the threat preset's).")]

@@ -63,7 +63,7 @@ def train(
     data_root: DataRoot = None,
     download: bool = typer.Option(False, "--download", help="Download a missing named dataset."),
     train_subset: TrainSubset = None,
-    val_subset: Optional[int] = typer.Option(None, help="Validate on the first N test samples."),
+    val_subset: Optional[int] = typer.Option(None, min=1, help="Validate on the first N test samples."),
     image_size: Optional[int] = typer.Option(None, help="ImageFolder: resize and crop images to this size."),
     preset: Optional[str] = typer.Option(None, help="Start from the paper's Table III settings: mnist, cifar10, mini-imagenet."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default 100, or the preset's)."),

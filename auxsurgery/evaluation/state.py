@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._utils import atomic_write, refuse_link, subfolder
+from .._utils import atomic_write, refuse_link, subfolder, tensor_digest
 from ..version import __version__
 
 __all__ = ["STATE_FOLDER", "EvaluationState", "StateError", "fingerprint_data", "fingerprint_model"]
@@ -42,26 +42,17 @@ class StateError(ValueError):
     """A state folder that belongs to another evaluation, or a corrupt state file."""
 
 
-def _digest(tensors) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{list(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def fingerprint_model(model: nn.Module) -> str:
     """sha256 of every parameter and buffer (names, dtypes, shapes and values)."""
     state = model.state_dict()
     h = hashlib.sha256(json.dumps(sorted(state)).encode())
-    h.update(_digest(state[k] for k in sorted(state)).encode())
+    h.update(tensor_digest(state[k] for k in sorted(state)).encode())
     return h.hexdigest()
 
 
 def fingerprint_data(x: torch.Tensor, y: torch.Tensor) -> str:
     """sha256 of the evaluated inputs and labels."""
-    return _digest([x, y])
+    return tensor_digest([x, y])
 
 
 class EvaluationState:

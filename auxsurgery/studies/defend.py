@@ -29,7 +29,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from .._utils import atomic_write, did_you_mean, markdown_table, resolve_device, run_folder_lock
+from .._utils import atomic_write, did_you_mean, markdown_table, refuse_link, resolve_device, run_folder_lock, subfolder
 from ..checkpoint import save
 from ..data import dataset_classes, held_out_split, load_dataset
 from ..evaluation import Budget, run_suite, write_report
@@ -144,6 +144,8 @@ class DefendConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.n < 1 or self.batch_size < 1:
             raise ValueError("epochs, n and batch_size must be >= 1")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError(f"train_subset (--train-subset) must be >= 1, got {self.train_subset}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.min_clean is not None and not 0 <= self.min_clean <= 1:
@@ -297,6 +299,15 @@ def _check_fresh(out: Path, resume: bool) -> None:
                               "--out")
 
 
+def _make_folders(out: Path, methods: Sequence[str]) -> None:
+    """Make every folder the run writes in (one per model, a training folder per defence) before any work: a
+    symbolic link planted at one, or at an evaluation's state folder, is refused instead of written through."""
+    for name in (UNDEFENDED, *methods):
+        refuse_link(subfolder(out, name) / STATE_FOLDER, "the state folder")
+    for method in methods:
+        subfolder(out, method, "train")
+
+
 def defend(
     backbone: nn.Module,
     data: str | tuple[Dataset, Dataset],
@@ -326,6 +337,7 @@ def defend(
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file; defend writes a folder")
     with run_folder_lock(out, "auxsurgery defend"):
+        _make_folders(out, config.methods)
         _check_fresh(out, config.resume)
         return _defend(backbone, data, out, config, data_root, image_size, name)
 
@@ -422,7 +434,7 @@ def _train(defence: Defence, backbone: nn.Module, train_part: Dataset, val_part:
     model = copy.deepcopy(backbone)
     if defence.heads:
         model = attach_aux_blocks(model, at=config.at, num_classes=outputs, input_size=input_size, head=config.head)
-    folder = out / defence.name / "train" if out else None
+    folder = subfolder(out, defence.name, "train") if out else None
     train_config = TrainConfig.quick(
         config.epochs, lr=config.lr, mode="heads" if defence.frozen_backbone else "full", seed=config.seed,
         batch_size=min(config.batch_size, len(train_part)), device=config.device, adversarial=adversarial,
@@ -431,7 +443,7 @@ def _train(defence: Defence, backbone: nn.Module, train_part: Dataset, val_part:
     trained = finetune(model, train_part, val_part, train_config)
     model.eval()
     if out and defence.heads:
-        save(model, out / defence.name / MODEL_FILE)
+        save(model, subfolder(out, defence.name) / MODEL_FILE)
     record = {"best_epoch": trained.best_epoch, "final": trained.history[-1] if trained.history else None}
     if adversarial is not None:
         record["adversarial"] = asdict(adversarial)
@@ -440,10 +452,11 @@ def _train(defence: Defence, backbone: nn.Module, train_part: Dataset, val_part:
 
 def _evaluate(model: nn.Module, test_data: Dataset, name: str, out: Path | None, settings: dict, rules: tuple):
     """The strong suite on ``model`` (resumable in ``out/name``), its report written there."""
-    state = out / name / STATE_FOLDER if out else None
-    result = run_suite(model, test_data, suite="strong", rules=rules, state_dir=state, **settings)
+    folder = subfolder(out, name) if out else None
+    result = run_suite(model, test_data, suite="strong", rules=rules, state_dir=folder / STATE_FOLDER if out else None,
+                       **settings)
     if out:
-        write_report(result, out / name)
+        write_report(result, folder)
     return result
 
 

@@ -24,6 +24,7 @@ else:  # pragma: no cover - Python 3.10
 
 import torch
 
+from .. import synthetic
 from .._utils import UnsafePath, check_name, did_you_mean
 from ..backbones import FACTORY_PREFIX, build_backbone, is_weights_file, resolve_name, weights_file
 from ..data import SOURCES, SYNTHETIC_NAMES
@@ -46,6 +47,7 @@ ATTACKED_RULES = ["vote", "score"]
 PAPER_SETTINGS = (*ATTACK_PRESETS, "none")
 # The accuracy-vs-eps run's name beside the eps readings' (its folder <model>/eval/curve, its report key).
 CURVE = "curve"
+MAX_NAME_LENGTH = 64  # of a recipe's names, which become folder names
 
 
 class RecipeError(ValueError):
@@ -327,6 +329,13 @@ def _check_folder_name(r: Recipe, where: str, name: str) -> None:
         check_name(name, "the name")
     except UnsafePath as err:
         raise r.error(where, str(err)) from None
+    # Beyond what any run folder refuses: a recipe's names stay plain ASCII words (no bidi controls or lookalikes
+    # in folder names and reports) and short enough for every file system's name limit with the suffixes added.
+    plain = name.isascii() and name[0].isalnum() and all(c.isalnum() or c in "-_.+" for c in name)
+    if len(name) > MAX_NAME_LENGTH or not plain:
+        raise r.error(where, f"{name[:40]!r}{'...' if len(name) > 40 else ''} ({len(name)} characters) becomes a "
+                             f"folder name: use at most {MAX_NAME_LENGTH} ASCII letters, digits and - _ . +, starting "
+                             "with a letter or digit, such as 'cifar10-resnet9'")
 
 
 def _check_names(r: Recipe) -> None:
@@ -345,6 +354,14 @@ def _check_names(r: Recipe) -> None:
     _check_backbone(r)
     _check_attach_points(r)
     data = r["data"]["name"]
+    size = r["data"]["train_subset"]
+    if size is not None and size < 1:
+        raise r.error("[data] train_subset", f"must be >= 1, got {size}")
+    if size is not None and data.lower() in SYNTHETIC_NAMES:
+        try:
+            synthetic.check_size(size + r["data"]["held_out"])
+        except ValueError as err:
+            raise r.error("[data] train_subset", str(err)) from None
     known_data = [*SOURCES, *SYNTHETIC_NAMES]
     if data.lower() not in known_data and "/" not in data and not Path(data).is_dir():
         raise r.error("[data] name", f"unknown dataset {data!r}; valid: {', '.join(known_data)}, "
@@ -510,4 +527,9 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no recipe at {path}; see the recipes/ folder for examples")
-    return parse_recipe(path.read_text(), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r}): "
+                          "save the recipe as UTF-8") from None
+    return parse_recipe(text, str(path))

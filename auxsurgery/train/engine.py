@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from auxsurgery._utils import run_folder_lock
+from auxsurgery._utils import run_folder_lock, tensor_digest
 from auxsurgery.data import SeededAugmentation, make_loader
 from auxsurgery.model import as_aux_model
 from auxsurgery.train.config import TrainConfig
@@ -89,6 +89,16 @@ def finetune(
             return _Run(model, train_data, val_data, config, ctx).fit(on_step, stop)
 
 
+def _data_record(data: SeededAugmentation, batch_size: int) -> dict:
+    """What a run trains on, as its resume state records it: the number of images, and a digest of the first
+    batch (in dataset order, with the augmentation of ``data``'s epoch: the first, as the run is built) and of the
+    last image."""
+    samples = data.__getitems__([*range(min(batch_size, len(data))), len(data) - 1])
+    images = [torch.as_tensor(image) for image, _ in samples]
+    labels = torch.as_tensor([int(label) for _, label in samples])
+    return {"images": len(data), "digest": tensor_digest([*images, labels])}
+
+
 class _Run:
     """One training run: the objects :func:`finetune` builds, and the loop over them."""
 
@@ -110,6 +120,7 @@ class _Run:
         self.best_key = best_key(self.aux.head_names, config.select_best) if val_data is not None else None
         self.dtype = amp_dtype(config.amp, ctx.device)
         self.files = RunFiles(config.out_dir, write=ctx.is_main) if config.out_dir else None
+        self.data_record = _data_record(self.train_data, config.batch_size) if self.files else None
         self.method = self._method()  # before any work: an unknown method is a one-line error
 
     def _method(self):
@@ -160,7 +171,7 @@ class _Run:
         if not exists:
             self.files.start(resume_epoch=None)
             return 0, 0
-        state = self.files.load_state(self.ctx.device, self.config)
+        state = self.files.load_state(self.ctx.device, self.config, self.data_record)
         self._check_same_model(state["model"])
         self.aux.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -194,6 +205,7 @@ class _Run:
             "epoch": epoch,
             "step": step,
             "config": self.config.to_dict(),
+            "data": self.data_record,
             "model": self.aux.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),

@@ -72,8 +72,9 @@ class RunFiles:
         if self.write:
             atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
 
-    def load_state(self, device: torch.device, config: TrainConfig) -> dict:
-        """The saved resume state, once checked to compute the same run as ``config``."""
+    def load_state(self, device: torch.device, config: TrainConfig, data: dict) -> dict:
+        """The saved resume state, once checked to compute the same run as ``config`` on the same ``data`` (the
+        record of the training data that the run saves with its state)."""
         try:
             state = torch.load(refuse_link(self.state_path, "the resume state"), map_location=device,
                                weights_only=True)
@@ -85,6 +86,12 @@ class RunFiles:
                          if k not in RESUME_FREE_FIELDS and _comparable(k, v) != _comparable(k, current.get(k)))
         if changed:
             raise ValueError(f"cannot resume {self.dir} with different settings: {', '.join(changed)}")
+        saved = state.get("data")  # absent from states saved by 0.2.0, which cannot be checked
+        if saved is not None and saved != data:
+            what = (f"it trained on {saved['images']} images, this run has {data['images']}"
+                    if saved["images"] != data["images"] else f"other images than the {data['images']} it trained on")
+            raise ValueError(f"cannot resume {self.dir} with other training data ({what}): resume with the data and "
+                             "--train-subset the run started with, or choose another --out")
         return state
 
 
