@@ -1,6 +1,7 @@
 """The CLI: layers, attach (table, JSON, saving), the shared options, help examples, errors and exit codes."""
 import errno
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,6 @@ from typer.testing import CliRunner
 
 from auxsurgery import load
 from auxsurgery.cli import app
-from auxsurgery.cli import attach as attach_commands
 from auxsurgery.train import TrainingInterrupted
 
 runner = CliRunner()
@@ -161,7 +161,7 @@ def test_unknown_device_is_a_usage_error(args):
 def _models_raises(monkeypatch, error: BaseException) -> None:
     def fail():
         raise error
-    monkeypatch.setattr(attach_commands, "available_backbones", fail)
+    monkeypatch.setattr("auxsurgery.backbones.available_backbones", fail)  # `models` imports it when it runs
 
 
 @pytest.mark.parametrize("raised, line", [(KeyboardInterrupt(), "interrupted"),
@@ -232,3 +232,24 @@ def test_a_command_without_data_names_the_choices_instead_of_guessing(command, t
     assert line == ("error: name the data with --data: mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic, or "
                     "an ImageFolder path")
     assert not (tmp_path / "out").exists()
+
+
+# Help texts name their choices without importing the registries (which load torch; see test_layers):
+# each list must still name every registered choice.
+def _registered(option: str) -> list[str]:
+    from auxsurgery.evaluation import PRESETS, list_suites
+    from auxsurgery.export import EXPORT_RULES
+    from auxsurgery.studies.defend import list_defences
+    from auxsurgery.train import list_training_methods
+    from auxsurgery.train.config import CRAFTING_OBJECTIVES
+
+    return {"--suite": list_suites(), "--method": list_defences(), "--adversarial-method": list_training_methods(),
+            "--objective": CRAFTING_OBJECTIVES, "--rule": EXPORT_RULES, "--threat-preset": PRESETS}[option]
+
+
+@pytest.mark.parametrize("command, flag", [("attack", "--suite"), ("defend", "--method"),
+                                           ("defend", "--adversarial-method"), ("defend", "--objective"),
+                                           ("export", "--rule"), ("attack", "--threat-preset")])
+def test_help_names_every_registered_choice(command, flag):
+    named = set(re.findall(r"[\w-]+", _option(command, flag).help))
+    assert [name for name in _registered(flag) if name not in named] == []

@@ -6,8 +6,6 @@ from typing import Optional
 
 import typer
 
-from ..evaluation import Budget, list_suites, load_eval_data, print_table, results_document
-from ..evaluation.checkpoint_eval import evaluate_checkpoint
 from .backbone_options import (
     Mean,
     ModelFactory,
@@ -42,7 +40,7 @@ def attack(
                                           "auxsurgery.save), or with --weights the name of your plain model's "
                                           "network (resnet18, timm:convnext_atto, ...; omit it with --model-factory)."),
     data: Data = None,
-    suite: str = typer.Option(DEFAULT_SUITES, help=f"Suites, comma-separated: {', '.join(list_suites())}. The "
+    suite: str = typer.Option(DEFAULT_SUITES, help="Suites, comma-separated: static, adaptive, strong, sweep, curve, heads. The "
                                                    "worst case counts every attack of the suites run."),
     weights: Weights = None,
     model_factory: ModelFactory = None,
@@ -85,6 +83,9 @@ def attack(
 
     Example: auxsurgery attack model.safetensors --data mnist --suite static,adaptive,strong --points 1000 --out report
     """
+    from ..evaluation import Budget, load_eval_data, print_table, results_document
+    from ..evaluation.checkpoint_eval import evaluate_checkpoint
+
     data = require_data(data)
     checkpoint = model is not None and Path(model).is_file() and not weights
     if checkpoint and (mean or std or num_classes or model_kwargs):

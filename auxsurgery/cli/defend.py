@@ -6,10 +6,6 @@ from typing import Optional
 
 import typer
 
-from ..studies.defend import DefendConfig, list_defences
-from ..studies.defend import defend as run_defence
-from ..train import list_training_methods
-from ..train.config import CRAFTING_OBJECTIVES
 from .backbone_options import (
     At,
     Head,
@@ -52,11 +48,11 @@ def defend(
     pretrained: Pretrained = False,
     model_kwargs: ModelKwargs = None,
     method: str = typer.Option("heads", help="Defences to apply and compare, comma-separated: "
-                                             f"{', '.join(list_defences())}."),
+                                             "heads, heads-adversarial, adversarial, aux-adversarial."),
     adversarial_method: str = typer.Option("fgsm", help="Adversarial-training method of the adversarial defences: "
-                                                 f"{', '.join(list_training_methods())}."),
+                                                 "fgsm, pgd, trades."),
     objective: Optional[str] = typer.Option(None, help="What the adversarial training's attack climbs: "
-                                                       f"{', '.join(CRAFTING_OBJECTIVES)} (default: joint with "
+                                                       "joint, max-head, ensemble, vote-margin, public (default: joint with "
                                                        "heads, public without; TRADES climbs its own KL)."),
     train_eps: TrainEps = None,
     attack_steps: Optional[int] = typer.Option(None, help="Attack steps per training batch (pgd, trades; default "
@@ -90,6 +86,9 @@ def defend(
     Example: auxsurgery defend resnet18 --weights my.pth --data cifar10 --method heads,aux-adversarial --points 1000 \
         --out defence
     """
+    from ..studies.defend import DefendConfig
+    from ..studies.defend import defend as run_defence
+
     # Unset options keep the method's defaults; the training eps defaults to the evaluation's.
     training = {"method": adversarial_method, "objective": objective, "eps": train_eps,
                 "steps": attack_steps}

@@ -5,10 +5,6 @@ from pathlib import Path
 
 import typer
 
-from ..studies.comparison import reading_table
-from ..studies.demo import demo_recipe
-from ..studies.experiment import run_recipe
-from ..train import TrainingInterrupted
 from .options import Device, Json, Out, Points, Seed, messages, print_json, results
 
 
@@ -29,6 +25,11 @@ def demo(
 
     Example: auxsurgery demo --out demo-out
     """
+    from ..studies.comparison import reading_table
+    from ..studies.demo import demo_recipe
+    from ..studies.experiment import run_recipe
+    from ..train import TrainingInterrupted
+
     try:
         report = run_recipe(demo_recipe(quick=quick, seed=seed, n=n), out, device=device)
     except TrainingInterrupted as stop:

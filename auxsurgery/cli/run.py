@@ -5,9 +5,6 @@ from pathlib import Path
 
 import typer
 
-from ..studies.experiment import run_recipe
-from ..studies.recipe import load_recipe
-from ..train import TrainingInterrupted
 from .options import DataRoot, Device, Json, Out, messages, print_json
 
 
@@ -30,6 +27,10 @@ def run(
 
     Example: auxsurgery run recipes/cifar10-vgg16.toml --validate
     """
+    from ..studies.experiment import run_recipe
+    from ..studies.recipe import load_recipe
+    from ..train import TrainingInterrupted
+
     parsed = load_recipe(recipe)
     if validate:
         messages.print(f"{recipe}: ok ({parsed.name})")
