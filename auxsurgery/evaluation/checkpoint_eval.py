@@ -37,7 +37,7 @@ ADVERSARIAL_FILE = "adversarial.safetensors"
 
 @renamed_kwargs(attack_dtype="precision")
 def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
-                        suite: str = "static,adaptive,strong", *,
+                        suite: str = "strong", *,
                         data_root: str | os.PathLike | None = None, n: int = 1000, eps: float | None = None,
                         step_size: float | None = None, steps: int | None = None, preset: str | None = None,
                         rules: Sequence[str] = ("vote", "score"), seed: int = 0, batch_size: int = 128,
@@ -58,6 +58,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
     if standalone and "strong" not in suites:
         raise ValueError(f"--standalone runs the strong suite's attacks alone on every point, but the suites are "
                          f"{', '.join(suites)}; add strong to --suite, or drop --standalone")
+    if (steps is not None or step_size is not None) and suites == ["strong"]:
+        raise ValueError("steps and step_size must be unset with the strong suite alone, which sets its own (they set "
+                         "the PGD of the static, adaptive, sweep, curve and heads suites): add one of those suites, or "
+                         "drop them")
     if preset is not None and get_preset(preset).name == "default":
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     get_preset(preset or data, eps, step_size, steps)
