@@ -253,3 +253,27 @@ def _registered(option: str) -> list[str]:
 def test_help_names_every_registered_choice(command, flag):
     named = set(re.findall(r"[\w-]+", _option(command, flag).help))
     assert [name for name in _registered(flag) if name not in named] == []
+
+
+@pytest.mark.parametrize("args, line", [
+    (["attack", "CKPT", "--data", "synthetic", "--points", "0"],
+     "error: --points and --batch-size must be >= 1, got 0 and 128"),
+    (["attack", "CKPT", "--data", "synthetic", "-n", "4", "--steps", "3"],
+     "error: --steps and --step-size must be unset with the strong suite alone"),
+])
+def test_messages_name_options_as_typed_not_python_arguments(tmp_path, args, line):
+    checkpoint = tmp_path / "never-read.safetensors"
+    checkpoint.write_bytes(b"")
+    result = runner.invoke(app, [str(checkpoint) if arg == "CKPT" else arg for arg in args])
+    assert result.exit_code == 2 and result.stderr.startswith(line), result.output
+
+
+def test_only_arguments_in_argument_position_become_options():
+    from auxsurgery.cli.app import _as_typed
+
+    train = COMMANDS["train"]
+    assert _as_typed("epochs, batch_size and log_every must be >= 1 and save_every >= 0", train) == \
+        "--epochs, --batch-size and log_every must be >= 1 and --save-every >= 0"
+    assert _as_typed("needs 0 < eps <= 1", COMMANDS["defend"]) == "needs 0 < --eps <= 1"
+    prose = "the data at layer1 has no head layout, and the seed of epoch 2 is derived"
+    assert _as_typed(prose, train) == prose
