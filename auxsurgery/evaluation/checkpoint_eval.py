@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .._utils import check_output_folder, renamed_kwargs, resolve_device, run_folder_lock
+from ..backbones import check_input_size
 from ..checkpoint import CheckpointError, load, read_spec
 from ..model import check_rule
 from ..train.distributed import launched_rank
@@ -77,6 +78,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
     samples, classes, shape = load_eval_data(data, data_root, n)
     if spec is not None:
         check_compatible(spec, classes, shape, data)
+    else:  # a model built here: its spec has no input size to compare
+        check_input_size(checkpoint, shape, (getattr(checkpoint, "spec", None) or {}).get("name", "the model"))
     # Under torchrun each process evaluates on its own GPU.
     where = str(resolve_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
     model = checkpoint.to(where) if built else load(checkpoint, map_location=where)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .._utils import preserved_state
+from ..backbones import check_input_size
 from .layouts import Layout, first_tensor, infer_layout
 from .tracing import build_trunk, node_names, resolve_node
 
@@ -81,6 +82,7 @@ def probe_features(trunk: nn.Module, net: nn.Module, input_size: tuple[int, int,
 
     Raises a ValueError naming the input size when the network cannot take it.
     """
+    check_input_size(net, input_size, name)
     x = probe_input(net, input_size)
     with preserved_state(net, buffers=True), torch.no_grad():
         trunk.eval()
