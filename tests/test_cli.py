@@ -277,3 +277,29 @@ def test_only_arguments_in_argument_position_become_options():
     assert _as_typed("needs 0 < eps <= 1", COMMANDS["defend"]) == "needs 0 < --eps <= 1"
     prose = "the data at layer1 has no head layout, and the seed of epoch 2 is derived"
     assert _as_typed(prose, train) == prose
+
+
+def _stops(where: str):
+    def stop(*args, **kwargs):
+        raise TrainingInterrupted(where, "runs/x") if where else KeyboardInterrupt
+    return stop
+
+
+@pytest.mark.parametrize("command, stopped, args, line", [
+    ("attack", "auxsurgery.evaluation.checkpoint_eval.evaluate_checkpoint", ["CKPT", "--data", "synthetic", "--out", "R"],
+     "interrupted; rerun the same command to resume (the progress is in R/state)"),
+    ("attack", "auxsurgery.evaluation.checkpoint_eval.evaluate_checkpoint", ["CKPT", "--data", "synthetic"],
+     "interrupted; nothing was kept: with --out FOLDER an interrupted attack resumes where it stopped"),
+    ("train", "auxsurgery.train.finetune", ["small_cnn", "--data", "synthetic", "--train-subset", "8", "--out", "R"],
+     "stopped at epoch 2, step 3; rerun the same command with --resume to continue"),
+    ("run", "auxsurgery.studies.experiment.run_recipe", ["recipes/demo.toml", "--out", "R"],
+     "stopped at epoch 2, step 3; rerun the same command to resume"),
+])
+def test_an_interrupted_command_says_how_to_resume(monkeypatch, tmp_path, command, stopped, args, line):
+    monkeypatch.setattr(stopped, _stops("" if command == "attack" else "stopped at epoch 2, step 3"))
+    (tmp_path / "CKPT").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "demo.toml").write_text((REPO / "recipes" / "demo.toml").read_text())
+    result = runner.invoke(app, [command, *args])
+    assert result.exit_code == 130 and result.output.strip().splitlines() == [line]

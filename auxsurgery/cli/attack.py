@@ -30,6 +30,7 @@ from .options import (
     print_json,
     require_data,
     results,
+    resume_hint,
 )
 
 def attack(
@@ -87,6 +88,7 @@ def attack(
     """
     from ..evaluation import Budget, load_eval_data, print_table, results_document
     from ..evaluation.checkpoint_eval import evaluate_checkpoint
+    from ..evaluation.state import STATE_FOLDER
 
     data = require_data(data)
     checkpoint = model is not None and Path(model).is_file() and not weights
@@ -108,11 +110,13 @@ def attack(
     else:
         raise ValueError(f"checkpoint not found: {model} (to attack the network {model!r} with your weights, pass "
                          "--weights FILE)")
-    result, written = evaluate_checkpoint(
-        target, data, suite, data_root=data_root, n=n, eps=eps, step_size=step_size, steps=steps,
-        preset=threat_preset, rules=[r.strip() for r in rules.split(",") if r.strip()], seed=seed,
-        batch_size=batch_size, device=device, budget=Budget.quick() if quick else None, standalone=standalone,
-        precision=precision, out=out, save_adversarial=save_adversarial)
+    with resume_hint(f"rerun the same command to resume (the progress is in {out / STATE_FOLDER})" if out is not None else
+                     "nothing was kept: with --out FOLDER an interrupted attack resumes where it stopped"):
+        result, written = evaluate_checkpoint(
+            target, data, suite, data_root=data_root, n=n, eps=eps, step_size=step_size, steps=steps,
+            preset=threat_preset, rules=[r.strip() for r in rules.split(",") if r.strip()], seed=seed,
+            batch_size=batch_size, device=device, budget=Budget.quick() if quick else None, standalone=standalone,
+            precision=precision, out=out, save_adversarial=save_adversarial)
     if not written and out is not None:
         return  # a torchrun process other than rank 0: rank 0 prints and writes
     if as_json:

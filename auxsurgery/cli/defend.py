@@ -35,6 +35,7 @@ from .options import (
     messages,
     print_json,
     results,
+    resume_hint,
 )
 
 
@@ -99,8 +100,10 @@ def defend(
     backbone = backbone_from_options(model, num_classes=None if model_factory else _classes(data, data_root),
                                      weights=weights, model_factory=model_factory, mean=mean, std=std,
                                      pretrained=pretrained, model_kwargs=model_kwargs)
-    result = run_defence(backbone, data, out, config, data_root=data_root, image_size=image_size,
-                         name=model or model_factory)
+    with resume_hint("rerun the same command to continue" if resume else
+                     "rerun the same command with --resume to continue"):
+        result = run_defence(backbone, data, out, config, data_root=data_root, image_size=image_size,
+                             name=model or model_factory)
     if as_json:
         print_json({**result.to_dict(), "headline": result.headline()})
     else:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from .options import Device, Json, Out, Points, Seed, messages, print_json, results
+from .options import Device, Json, Out, Points, Seed, print_json, results, resume_hint
 
 
 def demo(
@@ -28,13 +28,8 @@ def demo(
     from ..studies.comparison import reading_table
     from ..studies.demo import demo_recipe
     from ..studies.experiment import run_recipe
-    from ..train import TrainingInterrupted
-
-    try:
+    with resume_hint("rerun the same command to resume"):
         report = run_recipe(demo_recipe(quick=quick, seed=seed, n=n), out, device=device)
-    except TrainingInterrupted as stop:
-        messages.print(f"[yellow]{stop}[/yellow]; run the same command again to resume")
-        raise typer.Exit(130) from None
     if as_json:
         print_json(report)
         return

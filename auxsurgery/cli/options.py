@@ -14,8 +14,9 @@ build every command's options and answer without it; a command imports what it r
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
@@ -96,6 +97,17 @@ def require_data(data: str | None) -> str:
 def head_choice(head: str) -> str | list[str]:
     """A ``--head`` value: one preset for every attach point, or one per point (comma-separated)."""
     return head.split(",") if "," in head else head
+
+
+@contextmanager
+def resume_hint(how: str) -> Iterator[None]:
+    """A stop (Ctrl-C, SIGTERM) in the block ends in one line that says where it stopped and ``how`` to resume,
+    e.g. ``interrupted; rerun the same command to resume`` (printed by the app, which exits 130)."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        where = getattr(stop, "where", None) or "interrupted"  # a TrainingInterrupted says where training stopped
+        raise KeyboardInterrupt(f"{where}; {how}") from None
 
 
 def print_json(document) -> None:

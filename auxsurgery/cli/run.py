@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from .options import DataRoot, Device, Json, Out, messages, print_json
+from .options import DataRoot, Device, Json, Out, messages, print_json, resume_hint
 
 
 def run(
@@ -29,17 +29,12 @@ def run(
     """
     from ..studies.experiment import run_recipe
     from ..studies.recipe import load_recipe
-    from ..train import TrainingInterrupted
-
     parsed = load_recipe(recipe)
     if validate:
         messages.print(f"{recipe}: ok ({parsed.name})")
         return
-    try:
+    with resume_hint("rerun the same command to resume"):
         report = run_recipe(parsed, out, data_root=str(data_root) if data_root else None, device=device,
                             train_only=train_only)
-    except TrainingInterrupted as stop:
-        messages.print(f"[yellow]{stop}[/yellow]; run the same command again to resume")
-        raise typer.Exit(130) from None
     if as_json:
         print_json(report)

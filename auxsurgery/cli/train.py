@@ -32,6 +32,7 @@ from .options import (
     print_json,
     require_data,
     results,
+    resume_hint,
 )
 
 if TYPE_CHECKING:
@@ -132,7 +133,9 @@ def train(
                                          pretrained=pretrained, in_chans=train_data[0][0].shape[0],
                                          model_kwargs=model_kwargs)
         aux = starting_model(backbone, train_data, at=at, head=head_choice(head), seed=None)
-    result = finetune(aux, train_data, val_data, config)
+    with resume_hint("rerun the same command to continue" if resume else
+                     "rerun the same command with --resume to continue"):
+        result = finetune(aux, train_data, val_data, config)
     if launched_rank() != 0:  # under torchrun, rank 0 reports
         return
     files = [str(path) for path in written_files(out)]
