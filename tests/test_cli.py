@@ -303,3 +303,13 @@ def test_an_interrupted_command_says_how_to_resume(monkeypatch, tmp_path, comman
     (tmp_path / "recipes" / "demo.toml").write_text((REPO / "recipes" / "demo.toml").read_text())
     result = runner.invoke(app, [command, *args])
     assert result.exit_code == 130 and result.output.strip().splitlines() == [line]
+
+
+def test_run_prints_the_comparison_table_of_each_reading(monkeypatch):
+    report = json.loads((REPO / "benchmarks/results/cifar10-resnet9-adversarial-cpu/report.json").read_text())
+    monkeypatch.setattr("auxsurgery.studies.experiment.run_recipe", lambda *args, **kwargs: report)
+    result = runner.invoke(app, ["run", str(REPO / "recipes/cifar10-resnet9-adversarial-cpu.toml")])
+    assert result.exit_code == 0, result.output
+    for reading in report["readings"]:  # a log file (not a terminal) gets each table as Markdown
+        assert f"eps reading '{reading['name']}'" in result.stdout
+    assert "| model | clean | PGD |" in result.stdout and "| NA (undefended) | 88.5" in result.stdout
