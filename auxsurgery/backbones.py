@@ -647,26 +647,6 @@ def resolve_name(name: str) -> tuple[str, str]:
     raise ValueError(f"unknown model {name!r}.{hint} See `auxsurgery models` or timm.list_models().")
 
 
-def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
-    """The height and width ``model`` only takes where it fixes them (timm's patch embedding of a ViT, built for its
-    ``img_size``, refuses any other), else None."""
-    for module in model.modules():
-        if getattr(module, "strict_img_size", False) and getattr(module, "img_size", None):
-            return tuple(module.img_size)
-    return None
-
-
-def check_input_size(model: nn.Module, input_size: Sequence[int], name: str = "the model") -> None:
-    """Refuse images of ``input_size`` (C x H x W) that ``model`` cannot take, saying how to build it for them:
-    timm fails deep inside its forward, with an assertion that names no fix."""
-    fixed, size = fixed_input_size(model), tuple(input_size[-2:])
-    if fixed is None or fixed == size:
-        return
-    value = str(size[0]) if size[0] == size[1] else f"[{size[0]},{size[1]}]"
-    raise ValueError(f"{name} takes {fixed[0]}x{fixed[1]} images only, and these are {size[0]}x{size[1]}: build it "
-                     f"for them with --model-kwargs img_size={value} (model_kwargs={{'img_size': {value}}} in Python)")
-
-
 def replace_classifier(net: nn.Module, num_classes: int) -> None:
     """Swap the last Linear (or 1x1 Conv) layer for a fresh one with ``num_classes`` outputs."""
     last_name, last = None, None

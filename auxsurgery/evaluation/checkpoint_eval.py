@@ -19,8 +19,8 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .._utils import check_output_folder, renamed_kwargs, resolve_device, run_folder_lock
-from ..backbones import check_input_size
 from ..checkpoint import CheckpointError, load, read_spec
+from ..graph.discovery import check_input_size
 from ..model import check_rule
 from ..train.distributed import launched_rank
 from .inputs import check_compatible, load_eval_data
