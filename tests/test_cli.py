@@ -238,21 +238,29 @@ def test_a_command_without_data_names_the_choices_instead_of_guessing(command, t
 # each list must still name every registered choice.
 def _registered(option: str) -> list[str]:
     from auxsurgery.evaluation import PRESETS, list_suites
-    from auxsurgery.export import EXPORT_RULES
+    from auxsurgery.rules import list_rules
     from auxsurgery.studies.defend import list_defences
     from auxsurgery.train import list_training_methods
     from auxsurgery.train.config import CRAFTING_OBJECTIVES
 
     return {"--suite": list_suites(), "--method": list_defences(), "--adversarial-method": list_training_methods(),
-            "--objective": CRAFTING_OBJECTIVES, "--rule": EXPORT_RULES, "--threat-preset": PRESETS}[option]
+            "--objective": CRAFTING_OBJECTIVES, "--rule": [*list_rules(), "all"], "--rules": list_rules(),
+            "--threat-preset": PRESETS}[option]
 
 
 @pytest.mark.parametrize("command, flag", [("attack", "--suite"), ("defend", "--method"),
                                            ("defend", "--adversarial-method"), ("defend", "--objective"),
-                                           ("export", "--rule"), ("attack", "--threat-preset")])
+                                           ("export", "--rule"), ("attack", "--rules"), ("attack", "--threat-preset")])
 def test_help_names_every_registered_choice(command, flag):
     named = set(re.findall(r"[\w-]+", _option(command, flag).help))
     assert [name for name in _registered(flag) if name not in named] == []
+
+
+def test_help_states_the_defaults_it_does_not_import():
+    from auxsurgery.evaluation.runner import DEFAULT_EOT, DEFAULT_JUDGE_DRAWS
+
+    assert f"default {DEFAULT_EOT} " in _option("attack", "--eot").help
+    assert f"default {DEFAULT_JUDGE_DRAWS} " in _option("attack", "--judge-draws").help
 
 
 @pytest.mark.parametrize("args, line", [

@@ -22,16 +22,17 @@ import torch
 from torch import nn
 
 from .._utils import preserved_state, renamed_kwargs
-from ..model import as_stacked, check_labels, check_pixels, check_rule, rule_predict
+from ..model import as_stacked, check_labels, check_pixels
+from ..rules import check_rule, get_rule, rule_predict
 from .objectives import Objective, evaluate, get_objective, wants_true_label
 
 NORMS = ("linf", "l2")
 PRECISIONS = ("fp32", "bf16")
 
 __all__ = [
-    "NORMS", "PRECISIONS", "Attack", "Ball", "PassCounter", "Passes", "Survivors", "ascent_direction", "enforce_bounds",
-    "frozen", "head_weights", "is_adversarial", "l2_norms", "per_sample", "perturbation_norms", "robust_accuracy_curve",
-    "take",
+    "NORMS", "PRECISIONS", "Attack", "Ball", "PassCounter", "Passes", "Survivors", "ascent_direction", "check_draws",
+    "enforce_bounds", "frozen", "head_weights", "is_adversarial", "l2_norms", "majority", "majority_fooled",
+    "per_sample", "perturbation_norms", "robust_accuracy_curve", "take",
 ]
 
 
@@ -140,18 +141,48 @@ def _fooled(logits: torch.Tensor, y: torch.Tensor, rule: str, alpha: torch.Tenso
     return prediction == y if targeted else prediction != y
 
 
+def majority(hits: torch.Tensor) -> torch.Tensor:
+    """Per point, whether more than half of the draws ``[M, ...]`` (bool) hold: a verdict of M forwards."""
+    return hits.sum(0) * 2 > hits.shape[0]
+
+
+@torch.no_grad()
+def majority_fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rule: str, targeted: bool = False,
+                    draws: int = 1) -> torch.Tensor:
+    """Which samples fool ``model``'s ``rule`` in the majority of ``draws`` forwards: bool ``[B]`` (the model
+    frozen by the caller). One forward decides on a deterministic model; a randomised one needs an odd number."""
+    hits = []
+    for _ in range(draws):
+        logits = as_stacked(model(x))
+        if not hits:
+            check_labels(y, x.shape[0], logits.shape[-1])
+        hits.append(_fooled(logits, y, rule, head_weights(model, logits), targeted))
+    return majority(torch.stack(hits))
+
+
 @torch.no_grad()
 def is_adversarial(
-    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, rule: str = "vote", targeted: bool = False
+    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, rule: str = "vote", targeted: bool = False,
+    draws: int = 1,
 ) -> torch.Tensor:
-    """Which samples fool ``model``'s decision ``rule`` (reach target ``y`` if ``targeted``): bool ``[B]``."""
+    """Which samples fool ``model``'s decision ``rule`` (reach target ``y`` if ``targeted``): bool ``[B]``.
+
+    ``draws``: forwards whose majority decides (an odd number, for a randomised model; see :class:`Attack`).
+    """
     check_rule(rule)
     if hasattr(model, "check_input"):
         model.check_input(x_adv, "x_adv")
     with frozen(model):
-        logits = as_stacked(model(x_adv))
-    check_labels(y, x_adv.shape[0], logits.shape[-1])
-    return _fooled(logits, y, rule, head_weights(model, logits), targeted)
+        return majority_fooled(model, x_adv, y, rule, targeted, check_draws(draws, "draws", odd=True))
+
+
+def check_draws(draws: int, name: str, odd: bool = False) -> int:
+    """``draws`` if it is a count of forwards >= 1 (``odd``: a majority's, which an even count could tie)."""
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {draws!r}")
+    if odd and draws % 2 == 0:
+        raise ValueError(f"{name} must be odd (the majority of an even number of forwards can tie), got {draws}")
+    return draws
 
 
 # ---- geometry of the threat model ----------------------------------------------------------
@@ -360,6 +391,11 @@ class Attack:
     Subclasses implement :meth:`perturb`; ``__call__`` validates the inputs, freezes the
     model (eval mode, no parameter gradients, restored afterwards) and clips the result
     into the threat model exactly.
+
+    On a randomised model, :meth:`with_draws` sets ``eot`` (draws of the model averaged per gradient
+    step) and ``judge_draws`` (forwards whose majority says a sample is fooled); both are 1, and cost
+    nothing extra, by default. ``judge``: the model whose decision says a sample is fooled (None: the
+    attacked model itself; a :class:`~.transfer.Transfer` that queries its target sets it).
     """
 
     # Declared by every registered attack (see :mod:`.registry`): what it uses of the model.
@@ -393,11 +429,10 @@ class Attack:
             raise ValueError(f"linf eps must lie in [0, 1] (pixels are in [0, 1]), got {eps}")
         elif norm == "l2" and not eps > 0:
             raise ValueError(f"l2 eps must be > 0, got {eps}")
-        check_rule(rule)
+        rule = check_rule(rule)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if rule == "private" and getattr(model, "num_heads", 1) < 2:
-            raise ValueError("rule 'private' needs a model with at least one aux head")
+        get_rule(rule).check_heads(getattr(model, "num_heads", 1))
         self.model = model
         self.eps = eps
         self.norm = norm
@@ -414,8 +449,22 @@ class Attack:
                              f"{name} given target labels (targeted=True) does not know: use APGDT or PGDT, which "
                              "pick their targets from the true labels")
         self.objective = objective
+        self.eot, self.judge_draws = 1, 1
+        self.judge: nn.Module | None = None
         self.generator: torch.Generator | None = None
         self._unchecked_labels: torch.Tensor | None = None
+
+    def with_draws(self, eot: int = 1, judge_draws: int = 1) -> "Attack":
+        """This attack, set for a randomised model (expectation over transformation; returns ``self``).
+
+        Args:
+            eot: forward and backward passes per gradient step; the objective, its gradient and the logits
+                are their mean (AutoAttack's rand version takes 20 with APGD).
+            judge_draws: odd number of forwards whose majority confirms that a sample is fooled before the
+                attack stops working on it (a single draw may fool by luck).
+        """
+        self.eot, self.judge_draws = check_draws(eot, "eot"), check_draws(judge_draws, "judge_draws", odd=True)
+        return self
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self.config().items())})"
@@ -423,8 +472,10 @@ class Attack:
     def config(self) -> dict[str, str]:
         """The settings shown by ``repr``: name to printed value."""
         eps = "None" if self.eps is None else f"{self.eps:.4g}"
+        drawn = self.eot > 1 or self.judge_draws > 1
         return {"objective": repr(self.objective_name), "eps": eps, "norm": repr(self.norm),
-                "rule": repr(self.rule), "targeted": str(self.targeted), "precision": repr(self.precision)}
+                "rule": repr(self.rule), "targeted": str(self.targeted), "precision": repr(self.precision),
+                **({"eot": str(self.eot), "judge_draws": str(self.judge_draws)} if drawn else {})}
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples for inputs ``x`` (pixels in [0, 1]) and labels ``y`` ``[B]``."""
@@ -445,8 +496,9 @@ class Attack:
         raise NotImplementedError
 
     def success(self, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Which samples of ``x_adv`` fool this attack's model under its rule: bool ``[B]``."""
-        return is_adversarial(self.model, x_adv, y, self.rule, self.targeted)
+        """Which samples of ``x_adv`` fool this attack's model under its rule (the majority of ``judge_draws``
+        forwards): bool ``[B]``."""
+        return is_adversarial(self.model, x_adv, y, self.rule, self.targeted, self.judge_draws)
 
     # ---- helpers for subclasses ------------------------------------------------------
 
@@ -477,35 +529,46 @@ class Attack:
         return nullcontext()
 
     def loss_and_grad(self, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None):
-        """``(loss [B], d loss / d x_adv, logits)`` from one forward and one backward pass.
+        """``(loss [B], d loss / d x_adv, logits)`` from one forward and one backward pass, or with ``eot > 1``
+        their means over ``eot`` of each (expectation over transformation; torchattacks' ``eot_iter``).
 
         With ``precision="bf16"`` the model runs under autocast; its logits are cast back to the
         inputs' dtype before the objective, so only the network itself runs in bfloat16.
         """
         x_adv = x_adv.detach().requires_grad_(True)
-        with torch.enable_grad():
-            with self.autocast(x_adv):
-                logits = self.logits(x_adv)
-            if logits.dtype != x_adv.dtype and self.precision != "fp32":
-                logits = logits.to(x_adv.dtype)
-            loss = self.loss(logits, y, target)
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        return loss.detach(), grad, logits.detach()
+        total = None
+        for _ in range(self.eot):
+            with torch.enable_grad():
+                with self.autocast(x_adv):
+                    logits = self.logits(x_adv)
+                if logits.dtype != x_adv.dtype and self.precision != "fp32":
+                    logits = logits.to(x_adv.dtype)
+                loss = self.loss(logits, y, target)
+                # One backward per draw: memory stays that of a single pass.
+                (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+            draw = (loss.detach(), grad, logits.detach())
+            total = draw if total is None else tuple(a + b for a, b in zip(total, draw))
+        return total if self.eot == 1 else tuple(part / self.eot for part in total)
 
-    def fooled(self, logits: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None = None) -> torch.Tensor:
+    def fooled(self, logits: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None = None,
+               fp32_logits: bool = False) -> torch.Tensor:
         """Whether the decision rule on these logits is fooled (reaches the target): bool ``[B]``.
 
-        Pass ``x_adv``, the inputs the logits came from, when the logits may come from a
-        bfloat16 step (:meth:`loss_and_grad`): with ``precision="bf16"`` the samples they call
-        fooled are re-checked by an fp32 forward, and only those it confirms count.
+        Pass ``x_adv``, the inputs the logits came from, so that they are judged again where the logits
+        may not be the verdict: with ``precision="bf16"`` (unless ``fp32_logits``: they come from an fp32
+        forward, not a bfloat16 step) or ``judge_draws > 1`` the samples the logits call fooled are
+        re-checked by fp32 forwards (their majority), and only those they confirm count; with a ``judge``,
+        every sample is judged by that model's forwards instead of these logits.
         """
+        if x_adv is not None and self.judge is not None:
+            return majority_fooled(self.judge, x_adv, y, self.rule, self.targeted, self.judge_draws)
         fooled = _fooled(logits, y, self.rule, head_weights(self.model, logits), self.targeted)
-        if x_adv is None or self.precision == "fp32" or not fooled.any():
+        exact = self.precision == "fp32" or fp32_logits
+        if x_adv is None or (exact and self.judge_draws == 1) or not fooled.any():
             return fooled
         check = fooled.nonzero().squeeze(1)
-        with torch.no_grad():
-            logits = self.logits(x_adv[check])
-        fooled[check] = _fooled(logits, y[check], self.rule, head_weights(self.model, logits), self.targeted)
+        fooled[check] = majority_fooled(self.model, x_adv[check], y[check], self.rule, self.targeted,
+                                        self.judge_draws)
         return fooled
 
     def ball(self, x: torch.Tensor) -> Ball:
@@ -541,7 +604,7 @@ class Attack:
                 with torch.no_grad():
                     logits = self.logits(x_adv)
                     loss = self.loss(logits, y[todo], aim)
-                now_fooled = self.fooled(logits, y[todo])
+                now_fooled = self.fooled(logits, y[todo], x_adv, fp32_logits=True)
                 better = now_fooled | (loss > best_loss[todo])
                 x_best[todo[better]] = x_adv[better]
                 best_loss[todo[better]] = loss[better].to(best_loss.dtype)

@@ -64,7 +64,8 @@ class Boundary(Attack):
         spherical_hits, step_hits = torch.zeros_like(spherical), torch.zeros_like(spherical)
         for step in range(1, self.steps + 1):
             on_sphere, candidate = self._proposals(x, x_adv, spherical, source)
-            fooled = self.fooled(self.logits(torch.cat([on_sphere, candidate])), torch.cat([y, y]))
+            both = torch.cat([on_sphere, candidate])
+            fooled = self.fooled(self.logits(both), torch.cat([y, y]), both)
             sphere_fooled, candidate_fooled = fooled.chunk(2)
             # Closer by construction, but clipping and rounding could break that.
             closer = l2_norms(candidate - x) < l2_norms(x_adv - x)
@@ -79,13 +80,13 @@ class Boundary(Attack):
 
     def _starting_points(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Adversarial points on the boundary between ``x`` and uniform noise, and where one was found."""
-        found = self.fooled(self.logits(x), y)  # already misclassified: x itself, at distance 0
+        found = self.fooled(self.logits(x), y, x)  # already misclassified: x itself, at distance 0
         noise = x
         for _ in range(self.init_trials):
             if found.all():
                 break
             draw = torch.rand(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
-            hit = self.fooled(self.logits(draw), y) & ~found
+            hit = self.fooled(self.logits(draw), y, draw) & ~found
             noise = torch.where(per_sample(hit, x), draw, noise)
             found |= hit
         # Every noise draw can land in one class (MNIST models call uniform noise one digit): then the
@@ -94,14 +95,15 @@ class Boundary(Attack):
             if found.all():
                 break
             other = x.roll(shift, 0)
-            hit = self.fooled(self.logits(other), y) & ~found
+            hit = self.fooled(self.logits(other), y, other) & ~found
             noise = torch.where(per_sample(hit, x), other, noise)
             found |= hit
         # Bisection on the blend x + t (noise - x): t = high always fools, t = low does not.
         low, high = x.new_zeros(x.shape[0]), x.new_ones(x.shape[0])
         for _ in range(20):
             mid = (low + high) / 2
-            fooled = self.fooled(self.logits(x + per_sample(mid, x) * (noise - x)), y)
+            blend = x + per_sample(mid, x) * (noise - x)
+            fooled = self.fooled(self.logits(blend), y, blend)
             high, low = torch.where(fooled, mid, high), torch.where(fooled, low, mid)
         return x + per_sample(high, x) * (noise - x), found
 

@@ -74,7 +74,7 @@ class CW(Attack):
                 total.backward()
                 optimizer.step()
                 # Judge the point the logits belong to (before this step's update).
-                fooled = self.fooled(logits.detach(), y)
+                fooled = self.fooled(logits.detach(), y, x_adv.detach())
                 closer = fooled & (dist.detach() < best_dist)
                 best_dist = torch.where(closer, dist.detach(), best_dist)
                 x_best = torch.where(per_sample(closer, x), x_adv.detach(), x_best)

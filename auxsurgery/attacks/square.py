@@ -63,7 +63,7 @@ class Square(Attack):
         channels, height, width = x.shape[1:]
         x_adv = (x + self.eps * self._signs((x.shape[0], channels, 1, width), x)).clamp(0.0, 1.0)
         logits = self.logits(x_adv)
-        loss, fooled = self.loss(logits, y), self.fooled(logits, y)
+        loss, fooled = self.loss(logits, y), self.fooled(logits, y, x_adv)
         for query in range(1, self.queries):
             todo = (~fooled).nonzero().squeeze(1)
             if todo.numel() == 0:
@@ -72,7 +72,7 @@ class Square(Attack):
             side = min(max(side, 1), min(height, width) - 1)
             candidate = self._propose(x[todo], x_adv[todo], side)
             logits = self.logits(candidate)
-            new_loss, new_fooled = self.loss(logits, y[todo]), self.fooled(logits, y[todo])
+            new_loss, new_fooled = self.loss(logits, y[todo]), self.fooled(logits, y[todo], candidate)
             accept = (new_loss > loss[todo]) | new_fooled
             keep = todo[accept]
             x_adv[keep], loss[keep], fooled[keep] = candidate[accept], new_loss[accept], new_fooled[accept]

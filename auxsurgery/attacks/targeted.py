@@ -143,7 +143,7 @@ class TopKTargeted:
         with torch.set_grad_enabled(ranked):
             logits = self.logits(x_in)
         x_adv = x.clone()
-        todo = (~self.fooled(logits.detach(), y)).nonzero().squeeze(1)
+        todo = (~self.fooled(logits.detach(), y, x, fp32_logits=True)).nonzero().squeeze(1)
         if not todo.numel():
             return x_adv
         if screened:
@@ -166,14 +166,15 @@ class TopKTargeted:
             logits = self.logits(x_adv)
             reached = torch.stack([self.loss(logits, y, target) for target in targets.unbind(1)], 1)
         best, best_target = reached.max(dim=1)
-        close = (~self.fooled(logits, y) & (best > -self.close_margin)).nonzero().squeeze(1)
+        close = (~self.fooled(logits, y, x_adv, fp32_logits=True) & (best > -self.close_margin)).nonzero().squeeze(1)
         if not close.numel():
             return x_adv
         aim = targets[close].gather(1, best_target[close].unsqueeze(1)).squeeze(1)
         x_retry = self._run(x[close], y[close], aim, steps=self.close_steps)
         with torch.no_grad():
             logits = self.logits(x_retry)
-            better = self.fooled(logits, y[close]) | (self.loss(logits, y[close], aim) > best[close])
+            better = (self.fooled(logits, y[close], x_retry, fp32_logits=True)
+                      | (self.loss(logits, y[close], aim) > best[close]))
         x_adv = x_adv.clone()
         x_adv[close[better]] = x_retry[better]
         return x_adv
@@ -195,7 +196,7 @@ class TopKTargeted:
             with torch.no_grad():
                 logits = self.logits(x_try)
                 reached[todo, k] = self.loss(logits, y[todo], target[todo]).to(reached.dtype)
-            now_fooled = self.fooled(logits, y[todo])
+            now_fooled = self.fooled(logits, y[todo], x_try, fp32_logits=True)
             x_adv[todo[now_fooled]] = x_try[now_fooled]
             fooled[todo] = now_fooled
         todo = (~fooled).nonzero().squeeze(1)

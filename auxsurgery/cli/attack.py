@@ -56,7 +56,9 @@ def attack(
                                                          "curve, heads; default: the preset's, scaled with --eps)."),
     steps: Optional[int] = typer.Option(None, help="PGD iterations of the paper's suites (default 5)."),
     threat_preset: ThreatPreset = None,
-    rules: str = typer.Option("vote,score", help="Decision rules to attack: vote, score, public, private."),
+    rules: str = typer.Option("vote,score", help="Decision rules to attack, comma-separated: any registered rule "
+                                                     "(vote, score, public, private, crossmax, crossmax:k=2, "
+                                                     "mean-logits, or your own: auxsurgery.register_rule)."),
     seed: Seed = 0,
     batch_size: int = typer.Option(128, help="Samples per attack batch."),
     device: Device = "auto",
@@ -69,6 +71,16 @@ def attack(
     save_adversarial: bool = typer.Option(False, help="Also write OUT/adversarial.safetensors: per point its label, "
                                                       "clean and worst-case outcome per rule, the attack that "
                                                       "broke it, and that adversarial example."),
+    eot: Optional[int] = typer.Option(None, help="Draws of a randomised model averaged per gradient step "
+                                                 "(expectation over transformation; default 20 where two "
+                                                 "forwards differ, else 1)."),
+    judge_draws: Optional[int] = typer.Option(None, help="Forwards (odd) whose majority is every verdict, clean "
+                                                         "included (default 9 on a randomised "
+                                                         "model, else 1)."),
+    transfer_from: Optional[Path] = typer.Option(None, help="A checkpoint of a surrogate (same classes and heads): "
+                                                            "the gradient attacks craft on it, the attacked model "
+                                                            "judges every example (for hidden, non-differentiable "
+                                                            "aggregations)."),
     out: Out = None,
     as_json: Json = False,
 ):
@@ -116,7 +128,8 @@ def attack(
             target, data, suite, data_root=data_root, n=n, eps=eps, step_size=step_size, steps=steps,
             preset=threat_preset, rules=[r.strip() for r in rules.split(",") if r.strip()], seed=seed,
             batch_size=batch_size, device=device, budget=Budget.quick() if quick else None, standalone=standalone,
-            precision=precision, out=out, save_adversarial=save_adversarial)
+            precision=precision, out=out, save_adversarial=save_adversarial, eot=eot, judge_draws=judge_draws,
+            transfer_from=transfer_from)
     if not written and out is not None:
         return  # a torchrun process other than rank 0: rank 0 prints and writes
     if as_json:

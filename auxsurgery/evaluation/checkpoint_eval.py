@@ -21,7 +21,7 @@ from torch import nn
 from .._utils import check_output_folder, renamed_kwargs, resolve_device, run_folder_lock
 from ..checkpoint import CheckpointError, load, read_spec
 from ..graph.discovery import check_input_size
-from ..model import check_rule
+from ..rules import check_rule
 from ..train.distributed import launched_rank
 from .inputs import check_compatible, load_eval_data
 from .plans import list_suites, parse_suites
@@ -44,14 +44,17 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
                         rules: Sequence[str] = ("vote", "score"), seed: int = 0, batch_size: int = 128,
                         device: str = "auto", budget: Budget | None = None, standalone: bool = False,
                         precision: str = "fp32", out: str | os.PathLike | None = None, progress: bool = True,
-                        save_adversarial: bool = False) -> tuple[SuiteResult, list[Path]]:
+                        save_adversarial: bool = False, eot: int | None = None, judge_draws: int | None = None,
+                        transfer_from: str | os.PathLike | nn.Module | None = None,
+                        ) -> tuple[SuiteResult, list[Path]]:
     """Attack ``checkpoint`` on the first ``n`` test samples of ``data``; returns the result and the files written.
 
     ``checkpoint`` is a checkpoint file, or a model already built (a plain classifier such as
     ``build_backbone("resnet18", weights="my.pth")``, or an AuxModel). ``data`` is a dataset name, an
     ImageFolder path or a ``.pt`` file (see :func:`load_eval_data`); the other arguments are
-    :func:`run_suite`'s. Files (results.json, report.md, plots; with ``save_adversarial``, the adversarial
-    examples and per-point outcomes in ``adversarial.safetensors``) go to ``out`` on rank 0 only.
+    :func:`run_suite`'s; ``transfer_from`` may also be a checkpoint file (loaded onto the same device). Files
+    (results.json, report.md, plots; with ``save_adversarial``, the adversarial examples and per-point outcomes in
+    ``adversarial.safetensors``) go to ``out`` on rank 0 only.
     """
     suites = parse_suites(suite)
     if not suites:
@@ -74,6 +77,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
         raise ValueError("saving the adversarial examples needs an output folder (--out)")
     built = isinstance(checkpoint, nn.Module)
     spec = None if built else _checkpoint_spec(checkpoint)
+    surrogate_file = None if transfer_from is None or isinstance(transfer_from, nn.Module) else transfer_from
+    if surrogate_file is not None:
+        if not Path(surrogate_file).is_file():
+            raise ValueError(f"the surrogate checkpoint (--transfer-from) {surrogate_file} is not a file")
+        _checkpoint_spec(surrogate_file)
     rules = [check_rule(r) for r in rules]
     samples, classes, shape = load_eval_data(data, data_root, n)
     if spec is not None:
@@ -83,18 +91,23 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
     # Under torchrun each process evaluates on its own GPU.
     where = str(resolve_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
     model = checkpoint.to(where) if built else load(checkpoint, map_location=where)
+    if transfer_from is not None:
+        transfer_from = load(surrogate_file, map_location=where) if surrogate_file else transfer_from.to(where)
     # Only rank 0 holds the folder: the other processes of the same run share it.
     with run_folder_lock(out, "auxsurgery attack") if out is not None and launched_rank() == 0 else nullcontext():
         result = run_suite(model, samples, suite=suites, eps=eps, step_size=step_size, steps=steps,
                            dataset=preset or data, seed=seed, rules=rules, batch_size=batch_size, budget=budget,
                            standalone=standalone, precision=precision, progress=progress,
                            state_dir=Path(out) / STATE_FOLDER if out is not None else None,
-                           keep_adversarial=save_adversarial)
+                           keep_adversarial=save_adversarial, eot=eot, judge_draws=judge_draws,
+                           transfer_from=transfer_from)
         if built:  # where a plain model's weights came from (a backbone's spec: name, weights file, sha256)
             result.model_info["backbone"] = getattr(checkpoint, "spec", None)
         else:
             result.model_info["checkpoint"] = str(checkpoint)
         result.data_info["source"] = data
+        if surrogate_file is not None:
+            result.settings["transfer_from"]["checkpoint"] = str(surrogate_file)
         written = []
         if out is not None and launched_rank() == 0:
             written = write_report(result, out)

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks.base import frozen, head_weights
-from ..model import RULES, as_stacked, rule_predict
+from ..attacks.base import check_draws, frozen, head_weights, majority
+from ..model import as_stacked
+from ..rules import default_rules, rule_predict
 
 __all__ = ["SANITY_SUITE", "Outcome", "WorstCase", "applicable_rules", "evaluate", "worst_case"]
 
@@ -28,8 +29,9 @@ SANITY_SUITE = "sanity"
 
 
 def applicable_rules(num_heads: int) -> tuple[str, ...]:
-    """The decision rules a model with ``num_heads`` heads has (``private`` needs an aux head)."""
-    return RULES if num_heads > 1 else tuple(r for r in RULES if r != "private")
+    """The decision rules every evaluation of a model with ``num_heads`` heads judges (the registered ``judged``
+    ones it has: ``private`` needs an aux head); an attacked rule outside them is judged too."""
+    return default_rules(num_heads)
 
 
 @dataclass
@@ -69,21 +71,31 @@ class Outcome:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequence[str],
-             batch_size: int = 256) -> Outcome:
-    """Judge inputs ``x`` by the defended model itself: every rule and head, one forward per batch."""
+             batch_size: int = 256, draws: int = 1) -> Outcome:
+    """Judge inputs ``x`` by the defended model itself: every rule and head, one forward per batch.
+
+    ``draws``: forwards per batch (odd); each rule's and head's verdict is their majority and the losses
+    their mean, so a randomised model's verdict does not rest on one draw of its randomness.
+    """
+    check_draws(draws, "draws", odd=True)
     device = next(model.parameters()).device
     rule_hits: dict[str, list[torch.Tensor]] = {r: [] for r in rules}
     head_hits, losses = [], []
     with frozen(model):
         for start in range(0, len(x), batch_size):
             xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
-            logits = as_stacked(model(xb)).float()
-            alpha = head_weights(model, logits)
-            head_hits.append((logits.argmax(-1) == yb).cpu())
-            losses.append(F.cross_entropy(logits.flatten(0, 1), yb.repeat(len(logits)), reduction="none")
-                          .view(len(logits), -1).cpu())
+            heads, rule_votes, loss = [], {r: [] for r in rules}, 0.0
+            for _ in range(draws):
+                logits = as_stacked(model(xb)).float()
+                alpha = head_weights(model, logits)
+                heads.append(logits.argmax(-1) == yb)
+                loss = loss + F.cross_entropy(logits.flatten(0, 1), yb.repeat(len(logits)), reduction="none")
+                for r in rules:
+                    rule_votes[r].append(rule_predict(logits, r, alpha) == yb)
+            head_hits.append(majority(torch.stack(heads)).cpu())
+            losses.append((loss / draws).view(len(logits), -1).cpu())
             for r in rules:
-                rule_hits[r].append((rule_predict(logits, r, alpha) == yb).cpu())
+                rule_hits[r].append(majority(torch.stack(rule_votes[r])).cpu())
     return Outcome({r: torch.cat(h) for r, h in rule_hits.items()}, torch.cat(head_hits, 1), torch.cat(losses, 1))
 
 

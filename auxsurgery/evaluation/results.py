@@ -13,7 +13,7 @@ from .plans import HEADS_SUITE
 from .presets import Budget, Preset, fmt_threat
 from .sanity import Finding
 
-__all__ = ["AttackRow", "SuiteResult", "stage_line"]
+__all__ = ["AttackRow", "SuiteResult", "protocol_lines", "stage_line"]
 
 
 def _pct(accuracy: float) -> str:
@@ -25,6 +25,24 @@ def stage_line(cascade: dict) -> str:
     steps = [f"{cascade['start']} {_pct(cascade['start_accuracy'])}",
              *(f"{stage['attack']} {_pct(stage['accuracy'])}" for stage in cascade["stages"])]
     return f"{cascade['cascade']}, {cascade['rule']} accuracy: " + " -> ".join(steps)
+
+
+def protocol_lines(settings: dict) -> list[str]:
+    """How the evaluation drew a randomised model and where its gradient attacks crafted, one sentence each."""
+    protocol, surrogate = settings.get("protocol"), settings.get("transfer_from")
+    lines = []
+    if protocol:
+        kind = "randomised" if protocol["randomised"] else "deterministic"
+        lines.append(f"judge: every verdict, clean included, is the majority of {protocol['judge_draws']} "
+                     f"forward(s); each gradient step averages {protocol['eot']} draw(s) of the model (expectation "
+                     f"over transformation); the model is {kind} (randomness check)")
+    if surrogate:
+        where = f", checkpoint {surrogate['checkpoint']}" if surrogate.get("checkpoint") else ""
+        draws = (protocol or {}).get("surrogate_eot", 1)
+        lines.append(f"transfer: the suites' gradient attacks crafted on the surrogate {surrogate['class']} "
+                     f"(weights sha256 {surrogate['sha256'][:12]}{where}), {draws} draw(s) per step; every example "
+                     "judged on the attacked model, which also answers the black-box attacks")
+    return lines
 
 
 @dataclass
@@ -232,6 +250,9 @@ class SuiteResult:
                  f"{self.budget.name if self.budget else '-'}",
                  f"clean: {per_rule(self.clean)}",
                  f"worst case ({len(worst.attacks)} attacks): {per_rule(worst.outcome)}"]
+        protocol = self.settings.get("protocol") or {}
+        if protocol.get("randomised") or protocol.get("judge_draws", 1) > 1 or self.settings.get("transfer_from"):
+            lines += protocol_lines(self.settings)
         lines += [stage_line(cascade) for cascade in self.cascade_stages()]
         lines += ["attacks:"]
         lines += [f"  {row.name} ({fmt_threat(row.threat)}): {per_rule(row.outcome)}" for row in self.rows]

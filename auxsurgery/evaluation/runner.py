@@ -2,11 +2,17 @@
 result by the defended model's real decision rules, never by the surrogate an attack climbed;
 every row records every rule's and every head's accuracy. Sanity probes (a PGD at eps = 1, a
 steps comparison) join any run that lacks them.
+
+A randomised model (two forwards differ) is evaluated under expectation over transformation: every
+gradient step averages :data:`DEFAULT_EOT` draws and every verdict, clean included, is the majority of
+:data:`DEFAULT_JUDGE_DRAWS` forwards. With ``transfer_from`` the suites' gradient attacks craft on that
+surrogate while the attacked model judges every example (and answers the black-box attacks' queries).
 """
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
@@ -25,14 +31,14 @@ from torch import nn
 
 from .._output import COUNTED_AT_START, OutputConsole, TimeLeft, progress_display
 from .._utils import renamed_kwargs
-from ..attacks import KINDS, Attack
-from ..attacks.base import PRECISIONS, PassCounter, Passes, frozen
-from ..model import AuxModel, as_aux_model, as_stacked, check_labels, check_rule
+from ..attacks import KINDS, Attack, Transfer
+from ..attacks.base import PRECISIONS, PassCounter, Passes, check_draws, frozen
+from ..model import AuxModel, as_aux_model, as_stacked, check_labels
+from ..rules import check_rule, get_rule
 from ..train.distributed import DistContext, distributed_context
 from .inputs import collect
-from .judging import Outcome, applicable_rules, evaluate
+from .judging import SANITY_SUITE, Outcome, applicable_rules, evaluate
 from .plans import (
-    RULE_OBJECTIVE,
     AttackPlan,
     Cascade,
     MinimumNormCurve,
@@ -49,7 +55,15 @@ from .results import AttackRow, SuiteResult
 from .sanity import Finding, blind_gradients, model_checks, probe_findings, sanity_checks
 from .state import EvaluationState, fingerprint_data, fingerprint_model
 
-__all__ = ["run_suite"]
+__all__ = ["DEFAULT_EOT", "DEFAULT_JUDGE_DRAWS", "run_suite"]
+
+# Draws per gradient step on a randomised model: AutoAttack's rand version (APGD with eot_iter=20).
+DEFAULT_EOT = 20
+# Forwards per verdict on a randomised model. benchmarks/judge_agreement.py (a CIFAR-10 Aux Block ResNet-9 with
+# Gaussian input noise of std 0.05, vote rule, 200 points, clean and at the boundary after a 2/255 APGD): two runs
+# of the judge agree on 96.5% of the examples with one forward, on 99.0% from 7 on, 99.5% and 99.0% at 9. 7 meets
+# 99% with no margin (two disagreements in 200); 9 keeps it at 11 and 15 too, for two forwards more per verdict.
+DEFAULT_JUDGE_DRAWS = 9
 
 
 class _ImagesPerSecond(ProgressColumn):
@@ -68,6 +82,31 @@ def _progress(enabled: bool) -> Progress:
                             TimeElapsedColumn(), TimeLeft(), enabled=enabled)
 
 
+@dataclass(frozen=True)
+class _Protocol:
+    """How an evaluation draws a randomised model's randomness, and where its gradient attacks craft.
+
+    ``eot``: draws averaged per gradient step on the attacked model (``surrogate_eot`` on the surrogate);
+    ``judge_draws``: forwards whose majority is every verdict; ``surrogate``: the model the suites'
+    gradient attacks craft on (None: the attacked model itself).
+    """
+
+    eot: int = 1
+    judge_draws: int = 1
+    surrogate: AuxModel | None = None
+    surrogate_eot: int = 1
+
+    @property
+    def drawn(self) -> bool:
+        """Whether any decision or step takes more than one draw."""
+        return self.eot > 1 or self.judge_draws > 1 or self.surrogate_eot > 1
+
+    @property
+    def surrogates(self) -> tuple[nn.Module, ...]:
+        """The surrogate, if any, as a tuple of models to count passes through."""
+        return () if self.surrogate is None else (self.surrogate,)
+
+
 class _Runner:
     """Runs plans batch by batch over fixed samples and judges each batch by the defended model.
 
@@ -82,11 +121,12 @@ class _Runner:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequence[str],
                  batch_size: int, progress: Progress, state: EvaluationState | None, ctx: DistContext,
-                 keep_adversarial: bool = False):
+                 keep_adversarial: bool = False, protocol: _Protocol | None = None):
         self.model, self.x, self.y, self.rules, self.keep_adversarial = model, x, y, rules, keep_adversarial
         self.batch_size, self.progress, self.state, self.ctx = batch_size, progress, state, ctx
+        self.protocol = protocol or _Protocol()
         self.device = next(model.parameters()).device
-        self.clean = evaluate(model, x, y, rules, batch_size)
+        self.clean = evaluate(model, x, y, rules, batch_size, self.protocol.judge_draws)
         # Samples that no rule or head gets right cannot be fooled: attacking them is wasted time.
         self.active = self.clean.any_correct().nonzero().flatten()
         self.planned = 0  # plans started so far: names each plan's records in the state folder
@@ -100,7 +140,7 @@ class _Runner:
         reference judges its examples the same way and is counted the same way).
         """
         with PassCounter(self.model) as judging:
-            adv = evaluate(self.model, x_adv, self.y[batch], self.rules, self.batch_size)
+            adv = evaluate(self.model, x_adv, self.y[batch], self.rules, self.batch_size, self.protocol.judge_draws)
         passes = passes + judging
         delta, pixels = (x_adv - self.x[batch]).flatten(1), x_adv.flatten(1)
         kept = {"x_adv": x_adv} if self.keep_adversarial else {}
@@ -128,8 +168,8 @@ class _Runner:
                 if seed is not None:
                     attack.seed = seed + b * self.batch_size
                 began = time.perf_counter()
-                # Both views of the model an attack may hold; a forward of one inside the other counts once.
-                with PassCounter(self.model, self.model.public_model()) as passes:
+                # Every model an attack may hold; a forward of one inside another counts once.
+                with PassCounter(self.model, self.model.public_model(), *self.protocol.surrogates) as passes:
                     x_adv = attack(self.x[batch].to(self.device), self.y[batch].to(self.device)).cpu()
                 record = self._judge(batch, x_adv, time.perf_counter() - began, passes)
                 if self.state:
@@ -146,7 +186,7 @@ class _Runner:
                  kind: str | None = None) -> AttackRow:
         """Attack samples ``todo`` (default: every active one); the others keep their clean judgement."""
         todo = self.active if todo is None else todo
-        attack = plan.make(self.model.public_model() if plan.on_public else self.model)
+        attack = self.make(plan)
         if getattr(attack, "kind", None) not in KINDS:
             # The masking check compares kinds: an undeclared one must not pass for white-box.
             raise ValueError(f"attack {type(attack).__name__} must declare its kind as class data, one of "
@@ -163,18 +203,36 @@ class _Runner:
                 rules[r][index] = record["rules"][i]
             heads[:, index], losses[:, index] = record["heads"], record["losses"]
         self.point_losses = losses
+        transferred = isinstance(attack, Transfer) and not plan.on_public
         return AttackRow(
             name=name, suite=plan.suite, kind=kind or ("transfer" if plan.on_public else attack.kind),
-            config=plan.config, threat={"norm": attack.norm, "eps": attack.eps}, series=plan.series,
+            config={**plan.config, "crafted_on": "surrogate"} if transferred else plan.config,
+            threat={"norm": attack.norm, "eps": attack.eps}, series=plan.series,
             outcome=self.clean & Outcome(rules, heads), head_loss=losses.mean(1),
             seconds=sum(r["seconds"].item() for r in records), passes=_passes(records), attacked=len(todo),
             perturbation=_perturbation(records),
             adversarial=_examples(records, self.x) if self.keep_adversarial else None,
         )
 
+    def make(self, plan: AttackPlan) -> Attack:
+        """The plan's attack on the model it crafts on, set for the protocol's draws.
+
+        The static adversary crafts on the public backbone. With a surrogate, a gradient attack outside the
+        sanity probes (which check the attacked model's own gradients) crafts on it instead, and asks the
+        attacked model whether a sample is fooled (:class:`~auxsurgery.attacks.Transfer` with
+        ``query_target``).
+        """
+        p = self.protocol
+        attack = plan.make(self.model.public_model() if plan.on_public else self.model)
+        gradient = getattr(attack, "kind", None) == "white-box"
+        if p.surrogate is not None and gradient and not plan.on_public and plan.suite != SANITY_SUITE:
+            crafting = plan.make(p.surrogate).with_draws(p.surrogate_eot, p.judge_draws)
+            return Transfer(self.model, crafting, rule=crafting.rule, query_target=True)
+        return attack.with_draws(p.eot if gradient else 1, p.judge_draws) if p.drawn else attack
+
     def run_curve(self, curve: MinimumNormCurve) -> list[AttackRow]:
         """One minimum-norm run on every active point, read at each eps of the curve (one row each)."""
-        attack = curve.attack.make(self.model)
+        attack = self.make(curve.attack)
         key = f"{self.planned:03d}"
         self.planned += 1
         records = self.craft(attack, key, self.active, curve.name)
@@ -304,6 +362,9 @@ def run_suite(
     precision: str = "fp32",
     progress: bool = True,
     keep_adversarial: bool = False,
+    eot: int | None = None,
+    judge_draws: int | None = None,
+    transfer_from: nn.Module | None = None,
 ) -> SuiteResult:
     """Attack ``model`` with the chosen suites and judge every result by its real decision rules.
 
@@ -334,6 +395,17 @@ def run_suite(
             ETA), periodic lines in a log file; and what a resumed evaluation found in ``state_dir``.
         keep_adversarial: keep every attack's adversarial examples (in memory, and in ``state_dir``), for
             :meth:`SuiteResult.adversarial_examples`.
+        eot: draws of a randomised model's randomness averaged per gradient step (expectation over
+            transformation). Default: :data:`DEFAULT_EOT` where the ``randomness`` check finds two forwards
+            that differ, else 1 (a deterministic model costs nothing more).
+        judge_draws: forwards (odd) whose majority is every verdict, clean included, and every attack's
+            early stop. Default: :data:`DEFAULT_JUDGE_DRAWS` on a randomised model (or where ``eot`` > 1 is
+            asked), else 1.
+        transfer_from: a surrogate model (same classes and heads) on which the suites' gradient attacks craft
+            their examples, for a model whose own gradients are useless (a hidden non-differentiable
+            aggregation); the attacked model still judges every example, answers the black-box attacks and
+            the sanity probes, and decides when an attack stops working on a point. Its eot follows its own
+            randomness check unless ``eot`` is given.
 
     Under ``torchrun`` (or inside an initialised process group) the batches of every attack are
     shared out over the processes (gloo on CPU, nccl on CUDA: each process evaluates on its own
@@ -348,10 +420,11 @@ def run_suite(
     aux.check_input(x, "the evaluation data")
     classes = _num_classes(aux, x)
     check_labels(y, len(x), classes)
-    eval_rules = applicable_rules(len(aux.head_names))
     targets = tuple(dict.fromkeys(check_rule(r) for r in rules))
-    if any(r not in eval_rules for r in targets):
-        raise ValueError(f"a model with {len(aux.head_names)} head(s) has rules {', '.join(eval_rules)}; got {targets}")
+    for rule in targets:
+        get_rule(rule).check_heads(len(aux.head_names))
+    # Every evaluation judges the standard rules; an attacked rule outside them is judged too.
+    eval_rules = tuple(dict.fromkeys([*applicable_rules(len(aux.head_names)), *targets]))
     preset, budget = get_preset(dataset, eps, step_size, steps), budget or Budget()
     context = SuiteContext(preset, budget, targets, seed, tuple(aux.head_names), standalone)
     if len(aux.head_names) < 2:
@@ -368,17 +441,26 @@ def run_suite(
     if precision not in PRECISIONS:
         raise ValueError(f"unknown attack precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     plans = [with_precision(pl, precision) for pl in plans]
+    for name, count in (("eot", eot), ("judge_draws", judge_draws)):
+        if count is not None:
+            check_draws(count, name, odd=name == "judge_draws")
+    surrogate = _surrogate(transfer_from, aux, x, classes)
 
     began = time.perf_counter()
     with distributed_context(str(next(aux.parameters()).device)) as ctx:
+        preflight = model_checks(aux, x, y, targets, {r: get_rule(r).surrogate for r in targets}, batch_size)
+        protocol = _protocol(preflight, eot, judge_draws, surrogate, x, y, batch_size)
+        preflight += _protocol_findings(protocol, _randomised(preflight), type(transfer_from).__name__)
         state = None
         if state_dir is not None:
             state = EvaluationState(state_dir, {
                 "model": fingerprint_model(aux), "data": fingerprint_data(x, y), "suites": names,
                 "plans": [_describe(pl) for pl in plans], "rules": list(targets), "eval_rules": list(eval_rules),
                 "seed": seed, "batch_size": batch_size, "preset": preset.to_dict(), "budget": budget.to_dict(),
-                # Only when kept: folders of runs without examples keep matching.
-                **({"keep_adversarial": True} if keep_adversarial else {})})
+                # Only where kept, drawn or transferred: the folders of runs without them keep matching.
+                **({"keep_adversarial": True} if keep_adversarial else {}),
+                **({"draws": _draws(protocol)} if protocol.drawn else {}),
+                **({"transfer_from": fingerprint_model(surrogate)} if surrogate is not None else {})})
             if state.resumed and progress and ctx.is_main:
                 attacks_planned = sum(len(pl.stages) if isinstance(pl, Cascade) else 1 for pl in plans)
                 OutputConsole(stderr=True).print(state.resume_summary(attacks_planned), markup=False)
@@ -388,17 +470,84 @@ def run_suite(
         else:
             devices = [str(ctx.device)]
         result = _run(aux, x, y, plans, eval_rules, targets, preset, batch_size, state, ctx, progress and ctx.is_main,
-                      keep_adversarial)
+                      keep_adversarial, preflight, protocol)
     result.suites, result.budget = names, budget
     result.settings = {"suites": names, "rules": list(targets), "seed": seed, "batch_size": batch_size,
                        "standalone": standalone, "precision": precision, "dataset": dataset,
                        "preset": preset.to_dict(), "budget": budget.to_dict(), "processes": len(devices),
-                       "devices": devices, "state_dir": str(state_dir) if state_dir is not None else None}
+                       "devices": devices, "state_dir": str(state_dir) if state_dir is not None else None,
+                       "protocol": {"randomised": _randomised(preflight), **_draws(protocol)},
+                       "transfer_from": _describe_surrogate(transfer_from, surrogate)}
     result.model_info = {"head_names": list(aux.head_names), "alpha": aux.alpha.tolist(), "num_classes": classes,
                          "spec": getattr(aux, "spec", None), "class": type(model).__name__}
     result.data_info = {"source": source, "dataset": dataset, "n": len(x), "shape": list(x.shape[1:])}
     result.seconds = time.perf_counter() - began
     return result
+
+
+def _surrogate(model: nn.Module | None, aux: AuxModel, x: torch.Tensor, classes: int) -> AuxModel | None:
+    """``transfer_from`` as an AuxModel, once it fits the attacked model (device, heads, classes)."""
+    if model is None:
+        return None
+    surrogate = as_aux_model(model)
+    device, param = next(aux.parameters()).device, next(surrogate.parameters(), None)
+    if param is None:
+        raise ValueError("transfer_from has no parameters: a surrogate's gradients must come from a network")
+    if param.device != device:
+        raise ValueError(f"transfer_from is on {param.device}, the attacked model on {device}: move it there")
+    if len(surrogate.head_names) != len(aux.head_names):
+        raise ValueError(f"transfer_from has {len(surrogate.head_names)} head(s), the attacked model "
+                         f"{len(aux.head_names)}: the gradient attacks' objectives need a surrogate with as many heads")
+    scored = _num_classes(surrogate, x)
+    if scored != classes:
+        raise ValueError(f"transfer_from scores {scored} classes, the attacked model {classes}: a surrogate must "
+                         "score the same classes")
+    return surrogate
+
+
+def _randomised(preflight: list[Finding]) -> bool:
+    return any(f.check == "randomness" for f in preflight)
+
+
+def _protocol(preflight: list[Finding], eot: int | None, judge_draws: int | None, surrogate: AuxModel | None,
+              x: torch.Tensor, y: torch.Tensor, batch_size: int) -> _Protocol:
+    """The draws of this evaluation: the defaults where the model (and the surrogate) is randomised, else 1."""
+    randomised = _randomised(preflight)
+    surrogate_eot = 1
+    if surrogate is not None:
+        noisy = _randomised(model_checks(surrogate, x, y, (), {}, batch_size))
+        surrogate_eot = eot or (DEFAULT_EOT if noisy else 1)
+    eot = eot or (DEFAULT_EOT if randomised else 1)
+    drawn = randomised or eot > 1 or surrogate_eot > 1
+    return _Protocol(eot, judge_draws or (DEFAULT_JUDGE_DRAWS if drawn else 1), surrogate, surrogate_eot)
+
+
+def _draws(protocol: _Protocol) -> dict:
+    return {"eot": protocol.eot, "judge_draws": protocol.judge_draws, "surrogate_eot": protocol.surrogate_eot}
+
+
+def _protocol_findings(protocol: _Protocol, randomised: bool, surrogate_name: str) -> list[Finding]:
+    """What the report must say about the draws and the surrogate: a note where the draws answer the model's
+    randomness, a warning where a randomised model is attacked or judged with single draws."""
+    transfer = [] if protocol.surrogate is None else [Finding("transfer", "note", (
+        f"the suites' gradient attacks crafted on the surrogate {surrogate_name}; the attacked "
+        "model judged every example, decided when an attack stopped on a point and answered the black-box attacks "
+        "and the sanity probes"))]
+    if not protocol.drawn:
+        return transfer
+    single = protocol.eot == 1 or protocol.judge_draws == 1
+    return transfer + [Finding("protocol", "warning" if randomised and single else "note", (
+        f"every verdict, clean included, is the majority of {protocol.judge_draws} forward(s); gradient steps "
+        f"average loss and gradient over {protocol.eot} draw(s) of the model (expectation over transformation)"
+        + (f", {protocol.surrogate_eot} on the surrogate" if protocol.surrogate is not None else "")
+        + ("; single draws leave these numbers resting on luck" if randomised and single else "")))]
+
+
+def _describe_surrogate(model: nn.Module | None, surrogate: AuxModel | None) -> dict | None:
+    """The surrogate as the report names it: its class and the sha256 of its weights and buffers."""
+    if surrogate is None:
+        return None
+    return {"class": type(model).__name__, "sha256": fingerprint_model(surrogate)}
 
 
 def _describe(plan: AttackPlan | Cascade) -> dict:
@@ -413,14 +562,13 @@ def _describe(plan: AttackPlan | Cascade) -> dict:
 
 def _run(aux: AuxModel, x: torch.Tensor, y: torch.Tensor, plans: list, eval_rules: Sequence[str],
          targets: Sequence[str], preset: Preset, batch_size: int, state: EvaluationState | None, ctx: DistContext,
-         progress: bool, keep_adversarial: bool) -> SuiteResult:
+         progress: bool, keep_adversarial: bool, preflight: list[Finding], protocol: _Protocol) -> SuiteResult:
     """Run every plan in order and judge the results (the body of :func:`run_suite`)."""
-    preflight = model_checks(aux, x, y, targets, RULE_OBJECTIVE, batch_size)
     stages = sum(len(pl.stages) + (pl.escalation is not None) if isinstance(pl, Cascade) else
                  len(pl.eps_values) if isinstance(pl, MinimumNormCurve) else 1 for pl in plans)
     with _progress(progress) as bar:
         overall = bar.add_task("attacks done", total=stages, overall=True)
-        runner = _Runner(aux, x, y, eval_rules, batch_size, bar, state, ctx, keep_adversarial)
+        runner = _Runner(aux, x, y, eval_rules, batch_size, bar, state, ctx, keep_adversarial, protocol)
         result = SuiteResult(
             suites=[], rules=list(targets), eval_rules=list(eval_rules), head_names=list(aux.head_names),
             preset=preset, budget=None, settings={}, model_info={}, data_info={}, labels=y, clean=runner.clean,

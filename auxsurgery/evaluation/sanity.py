@@ -15,8 +15,9 @@ Before any attack, :func:`model_checks` probes the model itself (AutoAttack's an
 
 * ``zero-gradient``: inputs whose gradient of an attack surrogate is exactly zero give gradient
   attacks nothing to climb (saturated or quantised outputs): their robustness is not measured.
-* ``randomness``: two forward passes on the same inputs differ, so the defence is randomised and
-  every attack needs expectation over transformation (EOT); these attacks do not average.
+* ``randomness``: two forward passes on the same inputs differ, so the defence is randomised: the
+  evaluation then averages every gradient step over many draws (expectation over transformation, EOT)
+  and judges by the majority of several forwards (the ``protocol`` finding states the draws).
 * ``non-finite``: NaN or infinite logits break both the attacks and the decision rules.
 
 During a strong cascade, indicators of attack failure (Pintor et al. 2022, arXiv 2106.09947) are read on
@@ -38,7 +39,8 @@ from torch import nn
 
 from ..attacks import get_objective
 from ..attacks.base import frozen, head_weights
-from ..model import as_stacked, rule_predict
+from ..model import as_stacked
+from ..rules import rule_predict
 
 __all__ = ["Finding", "LARGE_EPS", "LARGE_EPS_MAX_ACCURACY", "blind_gradients", "model_checks", "probe_findings",
            "sanity_checks"]
@@ -207,8 +209,8 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rules: Sequ
         if not torch.allclose(first, second, rtol=0.0, atol=0.0, equal_nan=True):
             findings.append(Finding("randomness", "warning", (
                 f"two forward passes on the same inputs differ (by up to {(first - second).abs().max().item():.3g}): "
-                "the model is randomised; gradient attacks need EOT (averaging over the randomness), which these "
-                "attacks do not do, so their numbers overstate robustness")))
+                "the model is randomised; attacks need EOT (averaging their steps over the randomness) and every "
+                "verdict a majority of several forwards, or the numbers rest on the luck of single draws")))
         for rule in rules:
             logits, grad = _input_gradient(model, xb, yb, surrogates[rule])
             # Only inputs the rule gets right matter: the others are not robust anyway.

@@ -249,7 +249,7 @@ def attack_models(recipe: Recipe, models: dict[str, nn.Module], data: RunData, o
     """``{model: {reading or "curve": results.json document}}`` for every trained model."""
     a = recipe["attack"]
     common = dict(dataset=_preset_name(recipe), n=min(a["n"], len(data.test)), seed=recipe["recipe"]["seed"],
-                  batch_size=a["batch_size"], budget=_budget(recipe))
+                  batch_size=a["batch_size"], budget=_budget(recipe), eot=a["eot"], judge_draws=a["judge_draws"])
     documents: dict[str, dict] = {name: {} for name in models}
     plans = {}  # name -> (rules, suites)
     for name, model in models.items():

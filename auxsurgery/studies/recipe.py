@@ -28,7 +28,7 @@ from ..data import SOURCES, SYNTHETIC_NAMES
 from ..evaluation import Budget, list_suites
 from ..evaluation.presets import PRESETS as ATTACK_PRESETS
 from ..heads import list_heads
-from ..model import RULES
+from ..rules import get_rule
 from ..train import AdversarialConfig, TrainConfig, adversarial_preset, get_training_method
 from ..train.adversarial import PRESETS as ADVERSARIAL_PRESETS
 from ..train.config import PAPER_PRESETS
@@ -38,7 +38,7 @@ __all__ = ["AUX_ADVERSARIAL_PREFIX", "Recipe", "RecipeError", "load_recipe", "pa
 REQUIRED = object()
 INITS = ("undefended", "scratch")
 # The rules the rule-aware attacks target by default: the defended system's own decisions. Every rule
-# of auxsurgery.model.RULES is judged on every attack anyway.
+# of auxsurgery.rules.default_rules() is judged on every attack anyway; any registered rule may be attacked.
 ATTACKED_RULES = ["vote", "score"]
 PAPER_SETTINGS = (*ATTACK_PRESETS, "none")
 # The accuracy-vs-eps run's name beside the eps readings' (its folder <model>/eval/curve, its report key).
@@ -111,7 +111,9 @@ SCHEMA: dict[str, dict] = {
     "attack": {"suites": Key("str-list", ["static", "adaptive", "strong"]), "n": Key("int", 1000),
                "rules": Key("str-list", ATTACKED_RULES), "batch_size": Key("int", 128),
                "preset": Key("str", None, tuple(ATTACK_PRESETS)), "readings": [READING_KEYS],
-               "budget": BUDGET_KEYS, "curve": CURVE_KEYS},
+               "budget": BUDGET_KEYS, "curve": CURVE_KEYS,
+               # run_suite's draws of a randomised model (unset: its defaults where the randomness check fires)
+               "eot": Key("int", None), "judge_draws": Key("int", None)},
 }
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
                "str-list": "a list of strings", "float-list": "a list of numbers", "int-list": "a list of integers",
@@ -321,9 +323,12 @@ def _check_names(r: Recipe) -> None:
     """Names the schema cannot check: models, heads, datasets, suites, rules, folder names, cross-key rules."""
     # Both become folder names: the default run folder runs/<name>, and <model>/eval/<reading name>.
     _check_folder_name(r, "[recipe] name", r.name)
-    for key in ("n", "batch_size"):
-        if r["attack"][key] < 1:
+    for key in ("n", "batch_size", "eot", "judge_draws"):
+        if r["attack"][key] is not None and r["attack"][key] < 1:
             raise r.error(f"[attack] {key}", f"must be >= 1, got {r['attack'][key]}")
+    if (r["attack"]["judge_draws"] or 1) % 2 == 0:
+        raise r.error("[attack] judge_draws", f"must be odd (a majority of an even count can tie), got "
+                                              f"{r['attack']['judge_draws']}")
     _check_backbone(r)
     data = r["data"]["name"]
     known_data = [*SOURCES, *SYNTHETIC_NAMES]
@@ -340,8 +345,10 @@ def _check_names(r: Recipe) -> None:
         if suite not in list_suites():
             raise r.error("[attack] suites", f"unknown suite {suite!r}; valid: {', '.join(list_suites())}")
     for rule in r["attack"]["rules"]:
-        if rule not in RULES:
-            raise r.error("[attack] rules", f"unknown rule {rule!r}; valid: {', '.join(RULES)}.{did_you_mean(rule, RULES)}")
+        try:
+            get_rule(rule)
+        except ValueError as error:
+            raise r.error("[attack] rules", str(error)) from None
     names = [reading["name"] for reading in r["attack"]["readings"]]
     if len(set(names)) != len(names):
         raise r.error("[attack.readings] name", f"reading names must differ, got {names}")
