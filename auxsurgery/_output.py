@@ -4,25 +4,30 @@
   columns) and as plain Markdown elsewhere (``| tee log``, ``> log``, ``nohup``, CI); lines never wrap.
 - :func:`progress_display` shows rich progress bars on a terminal; elsewhere it prints one plain line
   per unfinished task every :func:`log_interval` seconds (a long attack phase included, even when no
-  batch has finished since the last line) and one line when a task finishes.
+  batch has finished since the last line) and one line when a task finishes. Its :class:`TimeLeft`
+  column gives every task an ETA, however far apart its updates.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 
 from rich.console import Console
 from rich.measure import Measurement
-from rich.progress import BarColumn, Progress, ProgressColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from ._utils import markdown_table
 
-__all__ = ["OutputConsole", "log_interval", "progress_display", "table_markdown"]
+__all__ = ["COUNTED_AT_START", "OutputConsole", "TimeLeft", "log_interval", "progress_display", "table_markdown"]
 
 INTERVAL_VARIABLE = "AUXSURGERY_PROGRESS_SECONDS"
 DEFAULT_INTERVAL = 30.0
+# A task field: how much of ``completed`` was done before the task started (points an earlier stage decided, the
+# steps of a resumed epoch), which says nothing about its pace.
+COUNTED_AT_START = "counted_at_start"
 
 
 def _plain(cell) -> str:
@@ -84,6 +89,32 @@ def log_interval() -> float:
     return seconds
 
 
+class TimeLeft(ProgressColumn):
+    """The time a task has left: at the pace of its updates of the last 30 s (rich's estimate), or where it has
+    fewer than two there, at its pace from its start to its last update. Rich's own column showed none for a
+    phase whose updates are minutes apart (a Boundary attack's batches, an epoch), nor before a second update."""
+
+    def render(self, task) -> Text:
+        if task.total is None:
+            return Text("")
+        seconds = task.time_remaining
+        if seconds is None:
+            seconds = _time_left_from_start(task)
+        if seconds is None:
+            return Text("-:--:--", style="progress.remaining")
+        minutes, seconds = divmod(math.ceil(seconds), 60)
+        return Text(f"{minutes // 60:d}:{minutes % 60:02d}:{seconds:02d}", style="progress.remaining")
+
+
+def _time_left_from_start(task) -> float | None:
+    done = task.completed - task.fields.get(COUNTED_AT_START, 0)
+    updates = task._progress  # rich's (timestamp, amount) of each update that advanced the task
+    if not updates or done <= 0 or task.start_time is None:
+        return None
+    span = updates[-1].timestamp - task.start_time
+    return (task.total - task.completed) * span / done if span > 0 else None
+
+
 class _LineProgress(Progress):
     """Rich's task bookkeeping without its live display: plain progress lines for a log file."""
 
@@ -140,7 +171,7 @@ class _LineProgress(Progress):
             text = _plain(column.render(task)).strip()
             if isinstance(column, TimeElapsedColumn):
                 text = f"elapsed {text}"
-            elif isinstance(column, TimeRemainingColumn):
+            elif isinstance(column, TimeLeft):
                 text = "done" if task.finished else f"left {text}"
             if text:
                 parts.append(text)

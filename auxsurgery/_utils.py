@@ -3,7 +3,8 @@ folders that stay inside the folder the user named, close-match suggestions, see
 digests, the memory available (and a size checked against it), device resolution, the one context manager
 that restores a model's state, and the one way a renamed keyword argument stays accepted for a release.
 
-This module imports nothing from the package (it sits at the bottom of the layer order).
+This module imports nothing from the package (it sits at the bottom of the layer order), and torch only
+where a helper needs it: the CLI's ``--help`` and ``--version`` import this module and answer without torch.
 """
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = [
     "RunFolderBusy", "UnsafePath", "atomic_write", "available_memory", "check_memory", "check_name",
@@ -217,6 +219,8 @@ def check_memory(needed: int, what: str, fix: str) -> None:
 
 def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
     """``auto``: this process's GPU when CUDA is available, else the CPU; otherwise as given."""
+    import torch
+
     if str(device) != "auto":
         return torch.device(device)
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -232,6 +236,8 @@ def preserved_state(model: nn.Module, *, training: bool = True, requires_grad: b
     frozen-backbone training switch them off); ``buffers``: every buffer's values (a probe forward
     in train mode would silently update BatchNorm running statistics).
     """
+    import torch
+
     modes = [(m, m.training) for m in model.modules()] if training else []
     grads = [(p, p.requires_grad) for p in model.parameters()] if requires_grad else []
     saved = {name: b.detach().clone() for name, b in model.named_buffers()} if buffers else {}

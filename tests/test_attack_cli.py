@@ -1,4 +1,5 @@
 """`auxsurgery attack`: end to end on a tiny saved checkpoint, and its user errors."""
+import inspect
 import json
 import re
 
@@ -84,7 +85,19 @@ def test_eps_takes_the_fraction_every_report_prints(checkpoint, tmp_path):
     assert json.loads(result.stdout)["settings"]["preset"]["eps"] == 8 / 255
 
 
+def test_the_default_suite_is_the_strong_one(checkpoint, tmp_path):
+    """The default answers "how robust is this model?": the strong suite, not the paper's static baseline (whose
+    Boundary attack took tens of minutes at 1,000 points); --suite static,adaptive,strong keeps the paper's rows."""
+    from auxsurgery.evaluation.checkpoint_eval import evaluate_checkpoint
+
+    assert inspect.signature(evaluate_checkpoint).parameters["suite"].default == "strong"
+    result = invoke(checkpoint, write_data(tmp_path / "test.pt"), "--points", "4", "--json")
+    assert result.exit_code == 0, result.output
+    assert {a["suite"] for a in json.loads(result.stdout)["attacks"]} == {"strong", "sanity"}  # sanity: the checks' probe attacks
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--steps", "3"], "steps and step_size must be unset with the strong suite alone"),
     (["--suite", "static,bogus"], "unknown suite 'bogus'. Valid suites: static, adaptive, strong, sweep, curve, heads"),
     (["--rules", "majority"], "unknown prediction rule 'majority'"),
     (["--threat-preset", "mnsit"], "unknown preset 'mnsit'; valid presets: mnist, cifar10, mini-imagenet"),

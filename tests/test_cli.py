@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from auxsurgery import attach_aux_blocks, load, save
 from auxsurgery.cli import app
-from auxsurgery.cli import attach as attach_commands
 from auxsurgery.train import TrainingInterrupted
 
 runner = CliRunner()
@@ -181,7 +180,7 @@ def test_unknown_device_is_a_usage_error(args):
 def _models_raises(monkeypatch, error: BaseException) -> None:
     def fail():
         raise error
-    monkeypatch.setattr(attach_commands, "available_backbones", fail)
+    monkeypatch.setattr("auxsurgery.backbones.available_backbones", fail)  # `models` imports it when it runs
 
 
 @pytest.mark.parametrize("raised, line", [(KeyboardInterrupt(), "interrupted"),
@@ -252,3 +251,92 @@ def test_a_command_without_data_names_the_choices_instead_of_guessing(command, t
     assert line == ("error: name the data with --data: mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic, or "
                     "an ImageFolder path")
     assert not (tmp_path / "out").exists()
+
+
+# Help texts name their choices without importing the registries (which load torch; see test_layers):
+# each list must still name every registered choice.
+def _registered(option: str) -> list[str]:
+    from auxsurgery.evaluation import PRESETS, list_suites
+    from auxsurgery.rules import list_rules
+    from auxsurgery.studies.defend import list_defences
+    from auxsurgery.train import list_training_methods
+    from auxsurgery.train.config import CRAFTING_OBJECTIVES
+
+    return {"--suite": list_suites(), "--method": list_defences(), "--adversarial-method": list_training_methods(),
+            "--objective": CRAFTING_OBJECTIVES, "--rule": [*list_rules(), "all"], "--rules": list_rules(),
+            "--threat-preset": PRESETS}[option]
+
+
+@pytest.mark.parametrize("command, flag", [("attack", "--suite"), ("defend", "--method"),
+                                           ("defend", "--adversarial-method"), ("defend", "--objective"),
+                                           ("export", "--rule"), ("attack", "--rules"), ("attack", "--threat-preset")])
+def test_help_names_every_registered_choice(command, flag):
+    named = set(re.findall(r"[\w-]+", _option(command, flag).help))
+    assert [name for name in _registered(flag) if name not in named] == []
+
+
+def test_help_states_the_defaults_it_does_not_import():
+    from auxsurgery.evaluation.runner import DEFAULT_EOT, DEFAULT_JUDGE_DRAWS
+
+    assert f"default {DEFAULT_EOT} " in _option("attack", "--eot").help
+    assert f"default {DEFAULT_JUDGE_DRAWS} " in _option("attack", "--judge-draws").help
+
+
+@pytest.mark.parametrize("args, line", [
+    (["attack", "CKPT", "--data", "synthetic", "--points", "0"],
+     "error: --points and --batch-size must be >= 1, got 0 and 128"),
+    (["attack", "CKPT", "--data", "synthetic", "-n", "4", "--steps", "3"],
+     "error: --steps and --step-size must be unset with the strong suite alone"),
+])
+def test_messages_name_options_as_typed_not_python_arguments(tmp_path, args, line):
+    checkpoint = tmp_path / "never-read.safetensors"
+    checkpoint.write_bytes(b"")
+    result = runner.invoke(app, [str(checkpoint) if arg == "CKPT" else arg for arg in args])
+    assert result.exit_code == 2 and result.stderr.startswith(line), result.output
+
+
+def test_only_arguments_in_argument_position_become_options():
+    from auxsurgery.cli.app import _as_typed
+
+    train = COMMANDS["train"]
+    assert _as_typed("epochs, batch_size and log_every must be >= 1 and save_every >= 0", train) == \
+        "--epochs, --batch-size and log_every must be >= 1 and --save-every >= 0"
+    assert _as_typed("needs 0 < eps <= 1", COMMANDS["defend"]) == "needs 0 < --eps <= 1"
+    prose = "the data at layer1 has no head layout, and the seed of epoch 2 is derived"
+    assert _as_typed(prose, train) == prose
+
+
+def _stops(where: str):
+    def stop(*args, **kwargs):
+        raise TrainingInterrupted(where, "runs/x") if where else KeyboardInterrupt
+    return stop
+
+
+@pytest.mark.parametrize("command, stopped, args, line", [
+    ("attack", "auxsurgery.evaluation.checkpoint_eval.evaluate_checkpoint", ["CKPT", "--data", "synthetic", "--out", "R"],
+     "interrupted; rerun the same command to resume (the progress is in R/state)"),
+    ("attack", "auxsurgery.evaluation.checkpoint_eval.evaluate_checkpoint", ["CKPT", "--data", "synthetic"],
+     "interrupted; nothing was kept: with --out FOLDER an interrupted attack resumes where it stopped"),
+    ("train", "auxsurgery.train.finetune", ["small_cnn", "--data", "synthetic", "--train-subset", "8", "--out", "R"],
+     "stopped at epoch 2, step 3; rerun the same command with --resume to continue"),
+    ("run", "auxsurgery.studies.experiment.run_recipe", ["recipes/demo.toml", "--out", "R"],
+     "stopped at epoch 2, step 3; rerun the same command to resume"),
+])
+def test_an_interrupted_command_says_how_to_resume(monkeypatch, tmp_path, command, stopped, args, line):
+    monkeypatch.setattr(stopped, _stops("" if command == "attack" else "stopped at epoch 2, step 3"))
+    (tmp_path / "CKPT").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "demo.toml").write_text((REPO / "recipes" / "demo.toml").read_text())
+    result = runner.invoke(app, [command, *args])
+    assert result.exit_code == 130 and result.output.strip().splitlines() == [line]
+
+
+def test_run_prints_the_comparison_table_of_each_reading(monkeypatch):
+    report = json.loads((REPO / "benchmarks/results/cifar10-resnet9-adversarial-cpu/report.json").read_text())
+    monkeypatch.setattr("auxsurgery.studies.experiment.run_recipe", lambda *args, **kwargs: report)
+    result = runner.invoke(app, ["run", str(REPO / "recipes/cifar10-resnet9-adversarial-cpu.toml")])
+    assert result.exit_code == 0, result.output
+    for reading in report["readings"]:  # a log file (not a terminal) gets each table as Markdown
+        assert f"eps reading '{reading['name']}'" in result.stdout
+    assert "| model | clean | PGD |" in result.stdout and "| NA (undefended) | 88.5" in result.stdout

@@ -2,6 +2,7 @@
 exactly one JSON document; progress, logs and messages go to stderr."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,9 @@ def test_attack_output_in_a_log_file_keeps_every_number_and_marks_the_budget(tmp
     assert cells[:2] == ["all", "worst case"] and all(float(cell) >= 0 for cell in cells[4:6])  # vote, score
     assert "budget quick (--quick" in done.stdout
     assert "Cascade [vote] 1: APGD" in done.stderr and " done" in done.stderr  # a finished attack's progress line
+    # Each stage counts done-of-n (the points earlier stages decided are done), not the points still standing.
+    stages = [line for line in done.stderr.splitlines() if line.startswith("Cascade [")]
+    assert stages and all(re.search(r" \d+/32 ", line) for line in stages), stages
     report = (tmp_path / "report" / "report.md").read_text()
     assert "- budget: quick (--quick: a smoke test that proves nothing)" in report
     (tmp_path / "report" / "results.json").unlink()
@@ -68,16 +72,16 @@ def test_progress_in_a_log_file_prints_periodic_lines_during_a_long_phase():
     import time
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from auxsurgery._output import progress_display
+    from auxsurgery._output import TimeLeft, progress_display
 
     stream = io.StringIO()
     console = Console(file=stream, force_terminal=False, soft_wrap=True)
     os.environ["AUXSURGERY_PROGRESS_SECONDS"] = "0.05"
     try:
         bars = progress_display(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+                                TimeElapsedColumn(), TimeLeft(), console=console)
     finally:
         del os.environ["AUXSURGERY_PROGRESS_SECONDS"]
     with bars:
@@ -87,6 +91,8 @@ def test_progress_in_a_log_file_prints_periodic_lines_during_a_long_phase():
         bars.advance(task, 3)
     lines = stream.getvalue().splitlines()
     assert len([line for line in lines if line.startswith("Square 1/4 elapsed")]) >= 2
+    # An ETA from the first update on, at the pace since the start (rich's own needs two updates 30 s apart at most)
+    assert all(re.search(r" left \d:\d\d:\d\d$", line) for line in lines if line.startswith("Square 1/4"))
     assert lines[-1].startswith("Square 4/4 elapsed") and lines[-1].endswith("done")
     assert all("━" not in line for line in lines)  # no bars in a log file
 
@@ -110,3 +116,35 @@ def test_a_table_keeps_every_cell_on_a_narrow_terminal_and_is_markdown_in_a_log(
     OutputConsole(file=log, force_terminal=False, width=40).print(table)
     assert log.getvalue().splitlines() == ["accuracy (%)", "", "| attack | threat | vote | score |",
                                            "|---|---|---|---|", "| " + " | ".join(cells) + " |"]
+
+
+def test_every_task_has_an_eta_however_far_apart_its_updates():
+    """A Boundary attack's batches are minutes apart: rich's own estimate (from the updates of the last 30 s)
+    had none, nor had any task before its second update."""
+    import io
+
+    from rich.console import Console
+
+    from auxsurgery._output import COUNTED_AT_START, TimeLeft, progress_display
+
+    now = [0.0]
+    bars = progress_display(TimeLeft(), console=Console(file=io.StringIO(), force_terminal=True))
+    bars.get_time = lambda: now[0]
+
+    def left(task) -> str:
+        return TimeLeft().render(next(t for t in bars.tasks if t.id == task)).plain
+
+    task = bars.add_task("Boundary", total=10)
+    assert left(task) == "-:--:--"
+    now[0] = 100.0
+    bars.advance(task, 1)
+    assert left(task) == "0:15:00"  # 9 points left at 100 s each
+    now[0] = 300.0
+    bars.advance(task, 2)
+    assert left(task) == "0:11:40"  # 7 left at 3 per 300 s
+    # A stage whose first 6 points an earlier one decided: its pace counts only what it did.
+    stage = bars.add_task("stage 2", total=10, **{COUNTED_AT_START: 6})
+    bars.update(stage, completed=6)
+    now[0] = 340.0
+    bars.advance(stage, 2)
+    assert left(stage) == "0:00:40"  # 2 left at 2 per 40 s

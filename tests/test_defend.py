@@ -150,14 +150,12 @@ def test_bad_defend_settings_fail_in_one_line():
 
 
 def test_defend_passes_model_kwargs_to_the_constructor(monkeypatch, tmp_path):
-    import auxsurgery.cli.defend as defend_cli
-
     built = {}
 
     def capture(backbone, *args, **kwargs):
         built["backbone"] = backbone
         raise KeyboardInterrupt  # stop before any training: the backbone is all this test checks
-    monkeypatch.setattr(defend_cli, "run_defence", capture)
+    monkeypatch.setattr("auxsurgery.studies.defend.defend", capture)  # the command imports it when it runs
     args = ["small_cnn", "--data", "synthetic", "--out", str(tmp_path / "d")]
     CliRunner().invoke(_cli(), [*args, "--model-kwargs", "width=16"])
     assert built["backbone"].net.stage1[0].out_channels == 16

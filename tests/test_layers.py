@@ -495,3 +495,30 @@ def test_attacks_and_model_need_none_of_the_optional_stack(probe):
 def test_every_public_name_resolves(probe):
     detail = phase_detail(probe, "public_names")
     assert detail["names"] > 1 and detail["failures"] == {}
+
+
+# The CLI's declarations import no torch: `auxsurgery --help`, `--version` and every `COMMAND --help` answer
+# in a fraction of a second (torch and timm cost seconds). One interpreter, checked after each answer.
+CLI_PROBE = r'''
+import contextlib, io, json, sys
+
+HEAVY = {"torch", "torchvision", "timm", "numpy"}
+from auxsurgery.cli.app import app, click_command
+
+loaded = {}
+for args in (["--version"], ["--help"], *([name, "--help"] for name in click_command.commands)):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        app(args, prog_name="auxsurgery")
+    loaded[" ".join(args)] = sorted({m.partition(".")[0] for m in sys.modules} & HEAVY)
+print(json.dumps(loaded))
+'''
+
+
+def test_cli_help_and_version_import_neither_torch_nor_timm():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", CLI_PROBE], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(loaded) > 3 and "attack --help" in loaded
+    assert {args: heavy for args, heavy in loaded.items() if heavy} == {}

@@ -249,6 +249,20 @@ def test_input_size_the_model_cannot_take():
         attach_aux_blocks("resnet18", at="layer1", num_classes=10, input_size=(1, 32, 32))
 
 
+def test_a_vit_at_another_input_size_names_img_size():
+    """timm's ViT asserts deep in its forward; the message says how to build it for the data's size."""
+    from auxsurgery.evaluation.checkpoint_eval import evaluate_checkpoint
+
+    hint = r"takes 224x224 images only, and these are 32x32: build it for them with --model-kwargs img_size=32"
+    vit = build_backbone("timm:vit_tiny_patch16_224", num_classes=10, model_kwargs={"depth": 1})
+    with pytest.raises(ValueError, match=hint):
+        attach_aux_blocks(vit, at="blocks.0", num_classes=10, input_size=(3, 32, 32))
+    with pytest.raises(ValueError, match=hint):  # `attack --weights`: the plain model meets the data in the suite
+        evaluate_checkpoint(vit, "synthetic", n=2)
+    vit = build_backbone("timm:vit_tiny_patch16_224", num_classes=10, model_kwargs={"depth": 1, "img_size": 32})
+    assert attach_aux_blocks(vit, at="blocks.0", num_classes=10, input_size=(3, 32, 32)).attach_points == ["blocks.0"]
+
+
 @pytest.mark.parametrize("size", ["3x32", "ax32x32", (3, 0, 32)])
 def test_malformed_input_size(size):
     with pytest.raises(ValueError, match="input size"):

@@ -13,6 +13,7 @@ One error convention for every command:
 """
 from __future__ import annotations
 
+import re
 import traceback
 from contextlib import contextmanager
 from typing import Iterator
@@ -53,7 +54,7 @@ def _one_line_errors(ctx: typer.Context) -> Iterator[None]:
         hint = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
         _fail(ctx, err, err.format_message() + hint, 2)
     except (ValueError, *_PATH_ERRORS) as err:
-        _fail(ctx, err, _os_message(err) if isinstance(err, OSError) else str(err), 2)
+        _fail(ctx, err, _os_message(err) if isinstance(err, OSError) else _as_typed(str(err), _invoked(ctx)), 2)
     except BrokenPipeError:
         raise  # stdout closed by its reader (`| head`): click ends quietly
     except OSError as err:
@@ -62,6 +63,27 @@ def _one_line_errors(ctx: typer.Context) -> Iterator[None]:
         # Typer would exit 130 silently; a stopped training run's message says how to resume it.
         typer.secho(str(stop) or "interrupted", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
+
+
+def _invoked(ctx: typer.Context):
+    """The command being run under the app's context ``ctx``, or None before one is resolved."""
+    name = ctx.invoked_subcommand
+    return ctx.command.get_command(ctx, name) if name else None
+
+
+def _as_typed(message: str, command) -> str:
+    """``message`` with the Python argument names of ``command``'s options spelled as the user types them:
+    ``n and batch_size must be >= 1`` -> ``--points and --batch-size must be >= 1``.
+
+    The API's messages name its arguments; the CLI's name options. Only names in argument position change
+    (subjects of a constraint: before ``must`` or a comparison), so prose such as "the model at layer1" stays.
+    """
+    options = {p.name: max(p.opts, key=len) for p in getattr(command, "params", ()) if p.param_type_name == "option"}
+    if not options:
+        return message
+    names = "|".join(sorted(map(re.escape, options), key=len, reverse=True))
+    subject = re.compile(rf"(?<![\w-])({names})(?=(?:(?:, | and )\w+)*(?: must\b| [<>]=? ))")
+    return subject.sub(lambda match: options[match[1]], message)
 
 
 def _os_message(err: OSError) -> str:

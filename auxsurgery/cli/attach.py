@@ -7,12 +7,6 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..backbones import available_backbones
-from ..checkpoint import save
-from ..cost import head_costs
-from ..graph import list_attach_points
-from ..heads import list_heads
-from ..surgery import attach_aux_blocks, auto_picks, parse_input_size
 from .backbone_options import (
     At,
     Head,
@@ -68,6 +62,8 @@ def models(
 
     Example: auxsurgery models convnext
     """
+    from ..backbones import available_backbones
+
     found = {src: [n for n in names if pattern in n] for src, names in available_backbones().items()}
     if as_json:
         print_json(found)
@@ -93,6 +89,9 @@ def layers(
 
     Example: auxsurgery layers resnet18 --input-size 3x32x32
     """
+    from ..graph import list_attach_points
+    from ..surgery import auto_picks, parse_input_size
+
     size = parse_input_size(input_size) if input_size else None
     backbone = backbone_from_options(model, num_classes=num_classes, model_factory=model_factory, mean=mean, std=std,
                                      in_chans=size[0] if size else None, model_kwargs=model_kwargs)
@@ -143,6 +142,10 @@ def attach(
     """
     import torch
 
+    from ..checkpoint import save
+    from ..cost import head_costs
+    from ..surgery import attach_aux_blocks, parse_input_size
+
     size = parse_input_size(input_size) if input_size else None
     torch.manual_seed(seed)  # the backbone's new weights (without --weights), then the heads'
     backbone = backbone_from_options(model, num_classes=num_classes, weights=weights, model_factory=model_factory,
@@ -161,6 +164,8 @@ def attach(
 
 def _print_costs(model: str, aux, costs) -> None:
     """The heads and their cost as a table, then each head's layers."""
+    from ..heads import list_heads
+
     table = Table(title=f"{model} + {len(aux.heads)} Aux Blocks at input {_fmt_shape(aux.spec['input_size'])}")
     for column in ("head", "feature", "layout", "params", "% params", "FLOPs", "% FLOPs"):
         table.add_column(column, justify="right" if column != "head" else "left")

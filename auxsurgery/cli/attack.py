@@ -6,9 +6,6 @@ from typing import Optional
 
 import typer
 
-from ..evaluation import Budget, list_suites, load_eval_data, print_table, results_document
-from ..evaluation.checkpoint_eval import evaluate_checkpoint
-from ..evaluation.runner import DEFAULT_EOT, DEFAULT_JUDGE_DRAWS
 from .backbone_options import (
     Mean,
     ModelFactory,
@@ -27,24 +24,26 @@ from .options import (
     Json,
     Out,
     Points,
+    Rules,
     Seed,
     ThreatPreset,
     messages,
     print_json,
     require_data,
     results,
+    resume_hint,
 )
-
-DEFAULT_SUITES = "static,adaptive,strong"
-
 
 def attack(
     model: Optional[str] = typer.Argument(None, help="A checkpoint (from `auxsurgery attach`, `train`, `defend` or "
                                           "auxsurgery.save), or with --weights the name of your plain model's "
                                           "network (resnet18, timm:convnext_atto, ...; omit it with --model-factory)."),
     data: Data = None,
-    suite: str = typer.Option(DEFAULT_SUITES, help=f"Suites, comma-separated: {', '.join(list_suites())}. The "
-                                                   "worst case counts every attack of the suites run."),
+    suite: str = typer.Option("strong", help="Suites, comma-separated: strong (the default: the strongest attacks on "
+                                             "each decision rule, the number to quote), static and adaptive (the "
+                                             "paper's Tables II and VII; --suite static,adaptive,strong adds their "
+                                             "rows), sweep, curve, heads. The worst case counts every attack of the "
+                                             "suites run."),
     weights: Weights = None,
     model_factory: ModelFactory = None,
     model_kwargs: ModelKwargs = None,
@@ -54,12 +53,11 @@ def attack(
     data_root: DataRoot = None,
     n: Points = 1000,
     eps: Eps = None,
-    step_size: Optional[float] = typer.Option(None, help="PGD step (default: the preset's, scaled with --eps)."),
-    steps: Optional[int] = typer.Option(None, help="PGD iterations of the paper-faithful rows (default 5)."),
+    step_size: Optional[float] = typer.Option(None, help="PGD step of the paper's suites (static, adaptive, sweep, "
+                                                         "curve, heads; default: the preset's, scaled with --eps)."),
+    steps: Optional[int] = typer.Option(None, help="PGD iterations of the paper's suites (default 5)."),
     threat_preset: ThreatPreset = None,
-    rules: str = typer.Option("vote,score", help="Decision rules to attack, comma-separated: any registered rule "
-                                                     "(vote, score, public, private, crossmax, crossmax:k=2, "
-                                                     "mean-logits, or your own: auxsurgery.register_rule)."),
+    rules: Rules = "vote,score",
     seed: Seed = 0,
     batch_size: int = typer.Option(128, help="Samples per attack batch."),
     device: Device = "auto",
@@ -73,10 +71,10 @@ def attack(
                                                       "clean and worst-case outcome per rule, the attack that "
                                                       "broke it, and that adversarial example."),
     eot: Optional[int] = typer.Option(None, help="Draws of a randomised model averaged per gradient step "
-                                                 f"(expectation over transformation; default {DEFAULT_EOT} where two "
+                                                 "(expectation over transformation; default 20 where two "
                                                  "forwards differ, else 1)."),
     judge_draws: Optional[int] = typer.Option(None, help="Forwards (odd) whose majority is every verdict, clean "
-                                                         f"included (default {DEFAULT_JUDGE_DRAWS} on a randomised "
+                                                         "included (default 9 on a randomised "
                                                          "model, else 1)."),
     transfer_from: Optional[Path] = typer.Option(None, help="A checkpoint of a surrogate (same classes and heads): "
                                                             "the gradient attacks craft on it, the attacked model "
@@ -88,7 +86,8 @@ def attack(
     """Attack a checkpoint, or your own model, with the evaluation suites; judge by its own decision rules; report.
 
     MODEL is a checkpoint file, or with --weights (or --model-factory) the network your plain weights belong to:
-    a one-head model, attacked through its only head. Prints every attack's accuracy, the worst case over all
+    a one-head model, attacked through its only head. Runs the strong suite (--suite static,adaptive,strong adds
+    the paper's static and adaptive rows beside it). Prints every attack's accuracy, the worst case over all
     of them, and each cascade's accuracy after each stage. With --out, writes results.json, report.md and PNG
     plots there and keeps the evaluation's progress in OUT/state: the same command after an interruption
     continues where it stopped. Under `torchrun --nproc_per_node N -m auxsurgery attack ...` the processes share
@@ -98,6 +97,10 @@ def attack(
 
     Example: auxsurgery attack model.safetensors --data mnist --suite static,adaptive,strong --points 1000 --out report
     """
+    from ..evaluation import Budget, load_eval_data, print_table, results_document
+    from ..evaluation.checkpoint_eval import evaluate_checkpoint
+    from ..evaluation.state import STATE_FOLDER
+
     data = require_data(data)
     checkpoint = model is not None and Path(model).is_file() and not weights
     if checkpoint and (mean or std or num_classes or model_kwargs):
@@ -118,12 +121,14 @@ def attack(
     else:
         raise ValueError(f"checkpoint not found: {model} (to attack the network {model!r} with your weights, pass "
                          "--weights FILE)")
-    result, written = evaluate_checkpoint(
-        target, data, suite, data_root=data_root, n=n, eps=eps, step_size=step_size, steps=steps,
-        preset=threat_preset, rules=[r.strip() for r in rules.split(",") if r.strip()], seed=seed,
-        batch_size=batch_size, device=device, budget=Budget.quick() if quick else None, standalone=standalone,
-        precision=precision, out=out, save_adversarial=save_adversarial, eot=eot, judge_draws=judge_draws,
-        transfer_from=transfer_from)
+    with resume_hint(f"rerun the same command to resume (the progress is in {out / STATE_FOLDER})" if out is not None else
+                     "nothing was kept: with --out FOLDER an interrupted attack resumes where it stopped"):
+        result, written = evaluate_checkpoint(
+            target, data, suite, data_root=data_root, n=n, eps=eps, step_size=step_size, steps=steps,
+            preset=threat_preset, rules=[r.strip() for r in rules.split(",") if r.strip()], seed=seed,
+            batch_size=batch_size, device=device, budget=Budget.quick() if quick else None, standalone=standalone,
+            precision=precision, out=out, save_adversarial=save_adversarial, eot=eot, judge_draws=judge_draws,
+            transfer_from=transfer_from)
     if not written and out is not None:
         return  # a torchrun process other than rank 0: rank 0 prints and writes
     if as_json:

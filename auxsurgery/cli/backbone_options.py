@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ..backbones import FACTORY_PREFIX, NormalizedBackbone, backbone_from_spec, build_backbone
-from ..checkpoint import load, read_spec
+if TYPE_CHECKING:  # imported where used: declaring these options loads no torch (see .options)
+    from ..backbones import NormalizedBackbone
 
 __all__ = ["At", "Head", "InputSize", "Mean", "ModelFactory", "ModelKwargs", "ModelName", "NumClasses", "Pretrained",
            "Std", "Weights", "backbone_from_options",
@@ -102,6 +102,7 @@ def _check_size(model: str, num_classes: int | None, in_chans: int | None, kwarg
     import torch
 
     from .._utils import check_memory
+    from ..backbones import build_backbone
 
     built = f"{model}" + (f" with {num_classes:,} classes" if num_classes is not None else "") + (
         f" and --model-kwargs {model_kwargs!r}" if kwargs else "")
@@ -130,6 +131,8 @@ def backbone_from_options(
 ) -> NormalizedBackbone:
     """The backbone the options describe: ``model`` by name, or ``--model-factory``, with ``--weights`` and
     ``--model-kwargs``."""
+    from ..backbones import FACTORY_PREFIX, build_backbone
+
     if model_factory:
         if model and model != FACTORY_PREFIX + model_factory:
             raise ValueError(f"give a model name ({model!r}) or --model-factory ({model_factory!r}), not both")
@@ -163,6 +166,9 @@ def load_checkpoint(path: str | Path, model_factory: str | None = None, map_loca
     The factory is never imported because the checkpoint names it: the user has to name it (it may
     differ from the recorded one, e.g. after a move; the weights must still fit exactly).
     """
+    from ..backbones import backbone_from_spec
+    from ..checkpoint import load, read_spec
+
     spec = read_spec(path)
     backbone_spec = spec.get("backbone") or {}
     if backbone_spec.get("source") != "factory":

@@ -7,10 +7,6 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from ..studies.defend import DefendConfig, list_defences
-from ..studies.defend import defend as run_defence
-from ..train import list_training_methods
-from ..train.config import CRAFTING_OBJECTIVES
 from .backbone_options import (
     At,
     Head,
@@ -31,6 +27,7 @@ from .options import (
     Json,
     Out,
     Points,
+    Rules,
     Resume,
     Seed,
     ThreatPreset,
@@ -40,6 +37,7 @@ from .options import (
     messages,
     print_json,
     results,
+    resume_hint,
 )
 
 
@@ -53,18 +51,16 @@ def defend(
     pretrained: Pretrained = False,
     model_kwargs: ModelKwargs = None,
     method: str = typer.Option("heads", help="Defences to apply and compare, comma-separated: "
-                                             f"{', '.join(list_defences())}."),
+                                             "heads, heads-adversarial, adversarial, aux-adversarial."),
     adversarial_method: str = typer.Option("fgsm", help="Adversarial-training method of the adversarial defences: "
-                                                 f"{', '.join(list_training_methods())}."),
+                                                 "fgsm, pgd, trades."),
     objective: Optional[str] = typer.Option(None, help="What the adversarial training's attack climbs: "
-                                                       f"{', '.join(CRAFTING_OBJECTIVES)} (default: joint with "
+                                                       "joint, max-head, ensemble, vote-margin, public (default: joint with "
                                                        "heads, public without; TRADES climbs its own KL)."),
     train_eps: TrainEps = None,
     attack_steps: Optional[int] = typer.Option(None, help="Attack steps per training batch (pgd, trades; default "
                                                           "the method's: 10 for both)."),
-    rules: str = typer.Option("vote,score", help="Decision rules of the defences with heads, each attacked and "
-                                                 "compared, comma-separated: any registered rule (vote, score, "
-                                                 "crossmax, mean-logits, ...)."),
+    rules: Rules = "vote,score",
     min_clean: Optional[float] = typer.Option(None, help="Clean-accuracy floor of the verdict, a fraction in [0, 1]: "
                                                          "the best model is the most robust one at or above it."),
     at: At = "auto:3",
@@ -94,6 +90,9 @@ def defend(
     Example: auxsurgery defend resnet18 --weights my.pth --data cifar10 --method heads,aux-adversarial --points 1000 \
         --out defence
     """
+    from ..studies.defend import DefendConfig
+    from ..studies.defend import defend as run_defence
+
     # Unset options keep the method's defaults; the training eps defaults to the evaluation's.
     training = {"method": adversarial_method, "objective": objective, "eps": train_eps,
                 "steps": attack_steps}
@@ -105,8 +104,10 @@ def defend(
     backbone = backbone_from_options(model, num_classes=None if model_factory else _classes(data, data_root),
                                      weights=weights, model_factory=model_factory, mean=mean, std=std,
                                      pretrained=pretrained, model_kwargs=model_kwargs)
-    result = run_defence(backbone, data, out, config, data_root=data_root, image_size=image_size,
-                         name=model or model_factory)
+    with resume_hint("rerun the same command to continue" if resume else
+                     "rerun the same command with --resume to continue"):
+        result = run_defence(backbone, data, out, config, data_root=data_root, image_size=image_size,
+                             name=model or model_factory)
     if as_json:
         print_json({**result.to_dict(), "headline": result.headline()})
     else:

@@ -5,11 +5,8 @@ from pathlib import Path
 
 import typer
 
-from ..studies.comparison import reading_table
-from ..studies.demo import demo_recipe
-from ..studies.experiment import run_recipe
-from ..train import TrainingInterrupted
-from .options import Device, Json, Out, Points, Seed, messages, print_json, results
+from .options import Device, Json, Out, Points, Seed, print_json, resume_hint
+from .run import print_readings
 
 
 def demo(
@@ -29,13 +26,11 @@ def demo(
 
     Example: auxsurgery demo --out demo-out
     """
-    try:
+    from ..studies.demo import demo_recipe
+    from ..studies.experiment import run_recipe
+    with resume_hint("rerun the same command to resume"):
         report = run_recipe(demo_recipe(quick=quick, seed=seed, n=n), out, device=device)
-    except TrainingInterrupted as stop:
-        messages.print(f"[yellow]{stop}[/yellow]; run the same command again to resume")
-        raise typer.Exit(130) from None
     if as_json:
         print_json(report)
-        return
-    for reading in report["readings"]:
-        results.print("\n".join(reading_table(report, reading["name"])), markup=False, highlight=False)
+    else:
+        print_readings(report)

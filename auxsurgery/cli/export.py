@@ -6,8 +6,6 @@ from typing import Optional
 
 import typer
 
-from ..evaluation import check_compatible, collect, load_eval_data
-from ..export import check_export_rule, check_parity, export_model
 from .backbone_options import ModelFactory, load_checkpoint
 from .options import DataRoot, Json, Out, Points, messages, print_json, results
 
@@ -39,6 +37,9 @@ def export(
 
     Example: auxsurgery export runs/demo/best.safetensors --format both --out deploy --check synthetic --points 256
     """
+    from ..evaluation import check_compatible, collect, load_eval_data
+    from ..export import check_export_rule, check_parity, export_model
+
     rule = check_export_rule(rule)
     if format not in ("pt2", "onnx", "both"):
         raise ValueError(f"unknown --format {format!r}; valid: pt2, onnx, both")

@@ -7,20 +7,21 @@ text, one validation and one behaviour in every command that takes it.
 Output: a command's result (its final table, or its ``--json`` document) goes to stdout
 through :data:`results` or :func:`print_json`; progress, logs and messages ("wrote ...")
 go to stderr through :data:`messages`. So ``--json`` output can be piped as it is.
+
+Declarations import no torch (nor the registries that load it): ``auxsurgery --help`` and ``--version``
+build every command's options and answer without it; a command imports what it runs when it runs.
 """
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
-import torch
 import typer
 
 from .._output import OutputConsole
 from .._utils import resolve_device
-from ..data import dataset_names
-from ..evaluation.presets import PRESETS, parse_eps
 
 results = OutputConsole()  # tables keep every number: full width on a terminal, Markdown in a log file
 messages = OutputConsole(stderr=True)
@@ -28,6 +29,8 @@ messages = OutputConsole(stderr=True)
 
 def _check_device(value: str) -> str:
     """Reject a device torch cannot parse or this machine lacks while parsing, not after loading data."""
+    import torch
+
     try:
         device = resolve_device(value)
     except RuntimeError:
@@ -49,23 +52,32 @@ DataRoot = Annotated[Optional[Path], typer.Option(
 Json = Annotated[bool, typer.Option(
     "--json", help="Print machine-readable JSON on stdout; progress and messages go to stderr.")]
 Out = Annotated[Optional[Path], typer.Option(help="Folder for the command's files (created if missing).")]
+Rules = Annotated[str, typer.Option(
+    help="Decision rules to attack and judge, comma-separated: any registered rule (vote, score, public, private, "
+         "crossmax, crossmax:k=2, mean-logits, or your own: auxsurgery.register_rule).")]
 Data = Annotated[Optional[str], typer.Option(
     help="The data: mnist, fashion-mnist, cifar10, cifar100, svhn, synthetic (built-in shapes, no files), or an "
          "ImageFolder path; attack also takes a .pt file of {'x': images in [0, 1], 'y': labels[, 'classes': "
          "names]}.")]
 TrainSubset = Annotated[Optional[int], typer.Option(min=1, help="Train on the first N training images (default: all).")]
 Eps = Annotated[Optional[float], typer.Option(
-    parser=lambda text: _user_value(parse_eps, text), metavar="EPS",
+    parser=lambda text: _user_value(_parse_eps, text), metavar="EPS",
     help="L-inf radius in [0, 1] pixels: 8/255, 0.031, 0.3 (default: the threat preset's).")]
 TrainEps = Annotated[Optional[float], typer.Option(
-    parser=lambda text: _user_value(parse_eps, text), metavar="EPS",
+    parser=lambda text: _user_value(_parse_eps, text), metavar="EPS",
     help="L-inf radius of adversarial training: 8/255, 0.031 (default: --eps).")]
 ThreatPreset = Annotated[Optional[str], typer.Option(
-    help=f"The paper's threat model of a dataset (L-inf eps and PGD step): {', '.join(PRESETS)} (default: the "
-         "one of --data, else cifar10's).")]
+    help="The paper's threat model of a dataset (L-inf eps and PGD step): mnist, cifar10, mini-imagenet (default: "
+         "the one of --data, else cifar10's).")]
 # Not --n: torchrun's parser would claim it as an ambiguous prefix of its --nnodes, --nproc-per-node, ...
 Points = Annotated[Optional[int], typer.Option(
     "--points", "-n", help="Test images to use: the first N of the test data.")]
+
+
+def _parse_eps(text: str) -> float:
+    from ..evaluation.presets import parse_eps
+
+    return parse_eps(text)
 
 
 def _user_value(parse, text: str):
@@ -79,6 +91,8 @@ def _user_value(parse, text: str):
 def require_data(data: str | None) -> str:
     """``--data``, which no command guesses (training on the synthetic shapes by default hid a forgotten option)."""
     if data is None:
+        from ..data import dataset_names
+
         raise ValueError(f"name the data with --data: {', '.join(dataset_names())}, or an ImageFolder path")
     return data
 
@@ -86,6 +100,17 @@ def require_data(data: str | None) -> str:
 def head_choice(head: str) -> str | list[str]:
     """A ``--head`` value: one preset for every attach point, or one per point (comma-separated)."""
     return head.split(",") if "," in head else head
+
+
+@contextmanager
+def resume_hint(how: str) -> Iterator[None]:
+    """A stop (Ctrl-C, SIGTERM) in the block ends in one line that says where it stopped and ``how`` to resume,
+    e.g. ``interrupted; rerun the same command to resume`` (printed by the app, which exits 130)."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        where = getattr(stop, "where", None) or "interrupted"  # a TrainingInterrupted says where training stopped
+        raise KeyboardInterrupt(f"{where}; {how}") from None
 
 
 def print_json(document) -> None:

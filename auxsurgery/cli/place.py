@@ -4,12 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 
-from .._utils import run_folder_lock
-from ..data import dataset_classes, load_dataset
-from ..studies.placement import place_study, trained_backbone
 from .backbone_options import (
     Head,
     Mean,
@@ -74,6 +70,12 @@ def place(
 
     Example: auxsurgery place resnet9_cifar --weights runs/r9/last.safetensors --candidates layer1,layer2 --data cifar10
     """
+    import torch
+
+    from .._utils import run_folder_lock
+    from ..data import dataset_classes, load_dataset
+    from ..studies.placement import place_study, trained_backbone
+
     data = require_data(data)
     with run_folder_lock(out, "auxsurgery place"):  # first: a busy or unwritable folder fails before training
         torch.manual_seed(seed)

@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ..data import dataset_classes, load_dataset
-from ..train import TrainConfig, adversarial_preset, finetune, paper_config, starting_model
-from ..train.distributed import launched_rank
-from ..train.run_files import written_files
 from .backbone_options import (
     At,
     Head,
@@ -36,7 +32,11 @@ from .options import (
     print_json,
     require_data,
     results,
+    resume_hint,
 )
+
+if TYPE_CHECKING:
+    from ..train import TrainConfig
 
 
 def _summary(result, config: TrainConfig, files: list[str]) -> dict:
@@ -97,6 +97,11 @@ def train(
 
     Example: auxsurgery train small_cnn --at auto:3 --data synthetic --epochs 10 --schedule cosine --out runs/demo
     """
+    from ..data import dataset_classes, load_dataset
+    from ..train import TrainConfig, adversarial_preset, finetune, paper_config, starting_model
+    from ..train.distributed import launched_rank
+    from ..train.run_files import written_files
+
     chosen = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
                   weight_decay=weight_decay, schedule=schedule, mode=mode, backbone_lr_scale=backbone_lr_scale,
                   amp=amp, channels_last=channels_last, grad_clip=grad_clip, seed=seed, save_every=save_every,
@@ -127,7 +132,9 @@ def train(
                                          pretrained=pretrained, in_chans=train_data[0][0].shape[0],
                                          model_kwargs=model_kwargs)
         aux = starting_model(backbone, train_data, at=at, head=head_choice(head), seed=None)
-    result = finetune(aux, train_data, val_data, config)
+    with resume_hint("rerun the same command to continue" if resume else
+                     "rerun the same command with --resume to continue"):
+        result = finetune(aux, train_data, val_data, config)
     if launched_rank() != 0:  # under torchrun, rank 0 reports
         return
     files = [str(path) for path in written_files(out)]

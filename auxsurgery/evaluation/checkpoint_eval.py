@@ -17,6 +17,7 @@ from torch import nn
 
 from .._utils import check_output_folder, renamed_kwargs, resolve_device, run_folder_lock
 from ..checkpoint import load, read_spec
+from ..graph.discovery import check_input_size
 from ..rules import check_rule
 from ..train.distributed import launched_rank
 from .inputs import check_compatible, load_eval_data
@@ -34,7 +35,7 @@ ADVERSARIAL_FILE = "adversarial.safetensors"
 
 @renamed_kwargs(attack_dtype="precision")
 def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
-                        suite: str = "static,adaptive,strong", *,
+                        suite: str = "strong", *,
                         data_root: str | os.PathLike | None = None, n: int = 1000, eps: float | None = None,
                         step_size: float | None = None, steps: int | None = None, preset: str | None = None,
                         rules: Sequence[str] = ("vote", "score"), seed: int = 0, batch_size: int = 128,
@@ -58,6 +59,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
     if standalone and "strong" not in suites:
         raise ValueError(f"--standalone runs the strong suite's attacks alone on every point, but the suites are "
                          f"{', '.join(suites)}; add strong to --suite, or drop --standalone")
+    if (steps is not None or step_size is not None) and suites == ["strong"]:
+        raise ValueError("steps and step_size must be unset with the strong suite alone, which sets its own (they set "
+                         "the PGD of the static, adaptive, sweep, curve and heads suites): add one of those suites, or "
+                         "drop them")
     if preset is not None and get_preset(preset).name == "default":
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     get_preset(preset or data, eps, step_size, steps)
@@ -78,6 +83,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
     samples, classes, shape = load_eval_data(data, data_root, n)
     if spec is not None:
         check_compatible(spec, classes, shape, data)
+    else:  # a model built here: its spec has no input size to compare
+        check_input_size(checkpoint, shape, (getattr(checkpoint, "spec", None) or {}).get("name", "the model"))
     # Under torchrun each process evaluates on its own GPU.
     where = str(resolve_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
     model = checkpoint.to(where) if built else load(checkpoint, map_location=where)

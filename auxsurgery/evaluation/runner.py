@@ -25,12 +25,11 @@ from rich.progress import (
     ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
 from torch import nn
 
-from .._output import OutputConsole, progress_display
+from .._output import COUNTED_AT_START, OutputConsole, TimeLeft, progress_display
 from .._utils import renamed_kwargs
 from ..attacks import KINDS, Attack, Transfer
 from ..attacks.base import PRECISIONS, PassCounter, Passes, check_draws, frozen
@@ -73,13 +72,14 @@ class _ImagesPerSecond(ProgressColumn):
     def render(self, task) -> Text:
         if task.fields.get("overall"):
             return Text("")
-        speed = task.completed / task.elapsed if task.elapsed else None
+        done = task.completed - task.fields.get(COUNTED_AT_START, 0)
+        speed = done / task.elapsed if task.elapsed else None
         return Text(f"{speed:,.1f} img/s" if speed else "- img/s", style="progress.data.speed")
 
 
 def _progress(enabled: bool) -> Progress:
     return progress_display(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
-                            TimeElapsedColumn(), TimeRemainingColumn(), enabled=enabled)
+                            TimeElapsedColumn(), TimeLeft(), enabled=enabled)
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,11 @@ class _Runner:
         """The records of every batch of ``todo``: this process's computed or read back, the others gathered."""
         batches = [todo[start:start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
         mine = range(self.ctx.rank, len(batches), self.ctx.world_size)
-        task = self.progress.add_task(escape(label), total=sum(len(batches[b]) for b in mine))
+        # The bar counts every point of the evaluation: those this stage does not attack (decided by an earlier
+        # one, or another process's) are done before it starts; a stage left nothing to attack is finished.
+        decided = len(self.x) - sum(len(batches[b]) for b in mine)
+        task = self.progress.add_task(escape(label), total=len(self.x), **{COUNTED_AT_START: decided})
+        self.progress.update(task, completed=decided)
         seed, records = attack.seed, {}
         # What each kept record belongs to, beside the plan key and the points (see EvaluationState.get).
         owner = {"attack": label, "class": type(attack).__name__, "rule": getattr(attack, "rule", None)}

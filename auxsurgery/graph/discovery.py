@@ -6,6 +6,7 @@ untraceable networks, forward hooks on named modules record the same description
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -14,7 +15,8 @@ from .._utils import preserved_state
 from .layouts import Layout, first_tensor, infer_layout
 from .tracing import build_trunk, node_names, resolve_node
 
-__all__ = ["AttachPoint", "list_attach_points", "list_module_points_by_hooks", "probe_input"]
+__all__ = ["AttachPoint", "check_input_size", "fixed_input_size", "list_attach_points", "list_module_points_by_hooks",
+           "probe_input"]
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,32 @@ def probe_input(net: nn.Module, input_size: tuple[int, int, int]) -> torch.Tenso
     return torch.rand(1, *input_size, generator=generator).to(device=device, dtype=dtype)
 
 
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The height and width ``model`` only takes where it fixes them (timm's patch embedding of a ViT, built for its
+    ``img_size``, refuses any other), else None."""
+    for module in model.modules():
+        if getattr(module, "strict_img_size", False) and getattr(module, "img_size", None):
+            return tuple(module.img_size)
+    return None
+
+
+def check_input_size(model: nn.Module, input_size: Sequence[int], name: str = "the model") -> None:
+    """Refuse images of ``input_size`` (C x H x W) that ``model`` cannot take, saying how to build it for them:
+    timm fails deep inside its forward, with an assertion that names no fix."""
+    fixed, size = fixed_input_size(model), tuple(input_size[-2:])
+    if fixed is None or fixed == size:
+        return
+    value = str(size[0]) if size[0] == size[1] else f"[{size[0]},{size[1]}]"
+    raise ValueError(f"{name} takes {fixed[0]}x{fixed[1]} images only, and these are {size[0]}x{size[1]}: build it "
+                     f"for them with --model-kwargs img_size={value} (model_kwargs={{'img_size': {value}}} in Python)")
+
+
 def probe_features(trunk: nn.Module, net: nn.Module, input_size: tuple[int, int, int], name: str = "model") -> dict:
     """Run one eval-mode, no-grad pass of ``trunk`` and return its outputs.
 
     Raises a ValueError naming the input size when the network cannot take it.
     """
+    check_input_size(net, input_size, name)
     x = probe_input(net, input_size)
     with preserved_state(net, buffers=True), torch.no_grad():
         trunk.eval()

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from rich.table import Table
+from rich.text import Text
 
 from .._utils import atomic_write, markdown_table
 from ..evaluation.confidence import (
@@ -24,7 +26,8 @@ from ..evaluation.report import fmt_eps
 from ..rules import default_rules
 from .paper import paper_value
 
-__all__ = ["COLUMNS", "ROWS", "SCHEMA", "build_report", "plot_curves", "plot_heads", "reading_table", "report_markdown"]
+__all__ = ["COLUMNS", "ROWS", "SCHEMA", "build_report", "plot_curves", "plot_heads", "reading_table",
+           "reading_tables", "report_markdown"]
 
 SCHEMA = "auxsurgery.recipe-report/1"
 # The paper's method name of the Aux Block rules it reports ("all" is Algorithm 1's vote).
@@ -189,13 +192,36 @@ def _with_paper(report: dict) -> bool:
     return report["recipe"]["paper_setting"] != "none"
 
 
-def reading_table(report: dict, reading: str) -> list[str]:
-    """The Markdown table of one eps reading: a row per model and rule, cells *ours / the paper's*
+def _reading_rows(report: dict, reading: str) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of one eps reading's table: a row per model and rule, cells *ours / the paper's*
     (ours alone without a paper setting, and in the worst case column, which the paper lacks)."""
     with_paper = _with_paper(report)
-    return markdown_table(["model", *COLUMNS], [
+    return ["model", *COLUMNS], [
         [row["label"], *(_cell_text(row["cells"][c], with_paper and c != "worst case") for c in COLUMNS)]
-        for row in report["tables"][reading]])
+        for row in report["tables"][reading]]
+
+
+def _reading_title(reading: dict) -> str:
+    return f"eps reading '{reading['name']}': L-inf eps = {fmt_eps(reading['eps'])}"
+
+
+def reading_table(report: dict, reading: str) -> list[str]:
+    """The Markdown table of one eps reading (see :func:`_reading_rows`)."""
+    return markdown_table(*_reading_rows(report, reading))
+
+
+def reading_tables(report: dict) -> list[Table]:
+    """Every eps reading's table as a rich Table titled with its eps: what a run prints when it ends."""
+    tables = []
+    for reading in report["readings"]:
+        header, rows = _reading_rows(report, reading["name"])
+        table = Table(title=_reading_title(reading))
+        for column in header:
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for row in rows:
+            table.add_row(*map(Text, row))  # Text: a cell's brackets are values, not rich markup
+        tables.append(table)
+    return tables
 
 
 def report_markdown(report: dict, plots: list[str]) -> str:
@@ -242,8 +268,7 @@ def report_markdown(report: dict, plots: list[str]) -> str:
             for model, seconds in report["eval_seconds"].items()])
         lines.append("")
     for reading in report["readings"]:
-        lines += [f"## eps reading '{reading['name']}': L-inf eps = {fmt_eps(reading['eps'])}"
-                  + (f" ({reading['note']})" if reading["note"] else ""), ""]
+        lines += [f"## {_reading_title(reading)}" + (f" ({reading['note']})" if reading["note"] else ""), ""]
         lines += reading_table(report, reading["name"])
         if any(c["from_reading"] for row in report["tables"][reading["name"]] for c in row["cells"].values()):
             lines.append("")

@@ -239,8 +239,7 @@ class _Run:
                 bars.step(step, self.meter.joint_loss_sum(aux.alpha))
                 if stop_now or ctx.any(stop.requested):
                     self._save_state(epoch, step)
-                    raise TrainingInterrupted(f"stopped at epoch {epoch + 1}, step {step}; "
-                                              f"continue with resume=True (--resume) in {config.out_dir}")
+                    raise TrainingInterrupted(f"stopped at epoch {epoch + 1}, step {step}", config.out_dir)
             if config.save_every and (global_step + 1) % config.save_every == 0 and step < self.steps_per_epoch:
                 self._save_state(epoch, step)
             if on_step is not None:

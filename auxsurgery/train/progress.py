@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from .._output import progress_display
+from .._output import COUNTED_AT_START, TimeLeft, progress_display
 
 
 class ProgressBars:
@@ -21,10 +21,11 @@ class ProgressBars:
         self.enabled, self.batch_size = enabled, batch_size
         self.bars = progress_display(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), enabled=enabled,
+            TimeElapsedColumn(), TimeLeft(), enabled=enabled,
         )
         self.epochs = self.bars.add_task("epoch", total=epochs, info="")
         self.steps = self.bars.add_task("step", total=steps_per_epoch, info="")
+        self._first_epoch: int | None = None  # where this run started (a resumed run's epochs before say nothing)
 
     def __enter__(self) -> "ProgressBars":
         self.bars.start()
@@ -35,8 +36,10 @@ class ProgressBars:
 
     def start_epoch(self, epoch: int, done_steps: int, loss_sum: torch.Tensor) -> None:
         """``loss_sum``: the epoch's joint loss summed so far (nonzero in a resumed epoch)."""
-        self.bars.update(self.epochs, completed=epoch)
-        self.bars.reset(self.steps, completed=done_steps)
+        self._first_epoch = epoch if self._first_epoch is None else self._first_epoch
+        self.bars.update(self.epochs, completed=epoch, **{COUNTED_AT_START: self._first_epoch})
+        self.bars.reset(self.steps, completed=done_steps)  # (fields given to reset would replace the others)
+        self.bars.update(self.steps, **{COUNTED_AT_START: done_steps})
         self._previous = done_steps, time.perf_counter(), loss_sum
 
     def step(self, done_steps: int, loss_sum: torch.Tensor) -> None:

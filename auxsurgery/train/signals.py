@@ -6,7 +6,12 @@ import threading
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """A stop signal (SIGINT, SIGTERM) ended the run after its state was saved."""
+    """A stop signal (SIGINT, SIGTERM) ended the run after its state was saved: ``where`` it stopped, and the
+    folder where ``resume=True`` continues it (the CLI says how its command resumes instead)."""
+
+    def __init__(self, where: str, out_dir: str | None = None):
+        super().__init__(where if out_dir is None else f"{where}; continue with resume=True (--resume) in {out_dir}")
+        self.where = where
 
 
 class StopSignals:
