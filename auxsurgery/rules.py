@@ -177,8 +177,6 @@ def get_rule(name: str) -> Rule:
 
     Unknown names and parameters raise a ValueError naming the close matches and the valid ones.
     """
-    if isinstance(name, Rule):
-        return name
     if not isinstance(name, str):
         raise ValueError(f"a decision rule is named by a string, got {type(name).__name__}")
     base, *assignments = name.split(":")
