@@ -32,7 +32,7 @@ a parameter left out takes its registered default, and the canonical name leaves
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -97,19 +97,8 @@ class Rule:
         return scores.log_softmax(-1)
 
 
-@dataclass(frozen=True)
-class _Entry:
-    scores: Scores
-    surrogate: str
-    square: str
-    defaults: dict[str, Any]
-    min_heads: int
-    probabilities: bool
-    judged: bool
-    label: str
-
-
-_RULES: dict[str, _Entry] = {}
+# name -> the rule as registered: its parameters' defaults, ``{rule}`` unformatted in its objectives.
+_RULES: dict[str, Rule] = {}
 _BUILT_IN: set[str] = set()
 
 
@@ -141,8 +130,8 @@ def register_rule(name: str, scores: Scores | None = None, *, surrogate: str, sq
         raise ValueError(f"min_heads must be >= 1, got {min_heads}")
 
     def decorate(fn: Scores) -> Scores:
-        _RULES[name] = _Entry(fn, surrogate, square or surrogate, dict(params or {}), min_heads, probabilities,
-                              judged, label or name)
+        _RULES[name] = Rule(name, fn, surrogate, square or surrogate, dict(params or {}), min_heads, probabilities,
+                            judged, label or name)
         return fn
 
     return decorate if scores is None else decorate(scores)
@@ -155,8 +144,8 @@ def list_rules() -> list[str]:
 
 def default_rules(num_heads: int | None = None) -> tuple[str, ...]:
     """The rules every evaluation judges (registered ``judged``), those defined on ``num_heads`` heads if given."""
-    return tuple(name for name, entry in _RULES.items()
-                 if entry.judged and (num_heads is None or entry.min_heads <= num_heads))
+    return tuple(name for name, rule in _RULES.items()
+                 if rule.judged and (num_heads is None or rule.min_heads <= num_heads))
 
 
 def _parse_value(rule: str, key: str, text: str, default: Any) -> Any:
@@ -177,27 +166,26 @@ def get_rule(name: str) -> Rule:
 
     Unknown names and parameters raise a ValueError naming the close matches and the valid ones.
     """
-    if isinstance(name, Rule):
-        return name
     if not isinstance(name, str):
         raise ValueError(f"a decision rule is named by a string, got {type(name).__name__}")
     base, *assignments = name.split(":")
     if base not in _RULES:
         raise ValueError(f"unknown prediction rule {name!r}; valid rules: {', '.join(_RULES)}."
                          f"{did_you_mean(base, _RULES)}")
-    entry = _RULES[base]
-    params = dict(entry.defaults)
+    registered = _RULES[base]
+    defaults, params = registered.params, dict(registered.params)
     for assignment in assignments:
         key, equals, text = assignment.partition("=")
         if not equals or key not in params:
-            valid = ", ".join(f"{k}={v!r}" for k, v in entry.defaults.items()) or "none"
+            valid = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "none"
             raise ValueError(f"rule {name!r}: unknown parameter {assignment!r} (write {base}:KEY=VALUE)."
-                             f"{did_you_mean(key, entry.defaults)} Its parameters: {valid}")
-        params[key] = _parse_value(name, key, text, entry.defaults[key])
-    canonical = base + "".join(f":{k}={v}" for k, v in params.items() if v != entry.defaults[k])
-    return Rule(canonical, entry.scores, entry.surrogate.format(rule=canonical),
-                entry.square.format(rule=canonical), params, entry.min_heads, entry.probabilities, entry.judged,
-                entry.label + "".join(f" ({k}={v})" for k, v in params.items() if v != entry.defaults[k]))
+                             f"{did_you_mean(key, defaults)} Its parameters: {valid}")
+        params[key] = _parse_value(name, key, text, defaults[key])
+    changed = [(k, v) for k, v in params.items() if v != defaults[k]]
+    canonical = base + "".join(f":{k}={v}" for k, v in changed)
+    return replace(registered, name=canonical, params=params, surrogate=registered.surrogate.format(rule=canonical),
+                   square=registered.square.format(rule=canonical),
+                   label=registered.label + "".join(f" ({k}={v})" for k, v in changed))
 
 
 def check_rule(rule: str) -> str:

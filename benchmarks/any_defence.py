@@ -47,7 +47,7 @@ from auxsurgery.attacks import PassCounter, Passes, is_adversarial
 from auxsurgery.data import load_dataset
 from auxsurgery.evaluation import collect, run_suite
 from auxsurgery.evaluation.autoattack import autoattack
-from auxsurgery.model import AuxModel, rule_predict
+from auxsurgery.model import AuxModel
 from auxsurgery.evaluation.runner import DEFAULT_EOT, DEFAULT_JUDGE_DRAWS
 from auxsurgery.provenance import command_line, machine, source_commit, versions
 from judge_agreement import GaussianNoise  # one home for the noise of issue 29's randomised model

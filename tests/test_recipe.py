@@ -457,3 +457,17 @@ def test_a_changed_or_added_aux_adversarial_table_redoes_only_its_own_stage(tmp_
     (tmp_path / "aux_adversarial_max").mkdir()
     # [aux] gives the aux_adversarial stages their heads: changing it redoes them too.
     assert experiment._redone_by("aux.at", tmp_path, new.stages()) == [tmp_path / "aux", tmp_path / "aux_adversarial_max"]
+
+
+def test_report_rows_add_the_rules_a_recipe_attacked_beyond_the_papers():
+    """[attack] rules = ["vote", "crossmax"]: each Aux Block model gets a crossmax row, which the paper lacks."""
+    from auxsurgery.studies.comparison import _rows
+
+    reading = {"settings": {"rules": ["vote", "crossmax"]}}
+    documents = {"undefended": {"wide": {"settings": {"rules": ["vote"]}}}, "aux": {"wide": reading},
+                 "aux_adversarial_joint": {"wide": reading}}
+    labels = [row[0] for row in _rows(documents)]
+    assert labels == ["NA (undefended)", "Aux Block: vote", "Aux Block: score", "Aux Block: public",
+                      "Aux Block: private", "Aux Block: crossmax", *(f"Aux Block, adversarial joint: {rule}" for rule in
+                                                                     ("vote", "score", "public", "private", "crossmax"))]
+    assert ("Aux Block: crossmax", "aux", "crossmax", None) in _rows(documents)

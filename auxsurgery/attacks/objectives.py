@@ -29,7 +29,7 @@ Names, by loss family (``get_objective`` builds them; ``<k>`` is a head index):
   ``rule-margin:<rule>`` (on the rule's log-probabilities),
   and ``vote-margin``, the unweighted sum over heads: a smooth stand-in for fooling a
   majority vote (Algorithm 1); ``vote-tie``, the vote margin plus the ensemble's capped lead (targeted: of the
-  target over the true class, the vote's tie-break when the heads split evenly; needs the true label);
+  target over the true class where the two tie in votes, the vote's tie-break; needs the true label);
 * DLR (Croce & Hein 2020, untargeted only): ``dlr-public``, ``dlr-ensemble``, ``dlr-mean-logits``,
   ``dlr-joint`` (alpha-weighted sum over heads), ``dlr-head:<k>``;
 * targeted DLR (Croce & Hein 2020, AutoAttack's APGD-T loss)
@@ -234,11 +234,13 @@ def _dlr_objective(name: str, objective: Objective, targeted: bool) -> Objective
 
 
 def _vote_tie_objective(kappa: float, targeted: bool) -> Objective:
-    """``vote-tie``: the vote margin of every head plus the ensemble's lead, each capped at ``kappa``.
+    """``vote-tie``: the vote margin of every head plus, at a tie, the ensemble's lead, each capped at ``kappa``.
 
-    Targeted, the ensemble term is the target's lead over the TRUE class in Algorithm 2's log-probabilities:
-    where the heads split evenly between the two, that lead is the vote's tie-break, which the capped vote
-    margin alone stops pushing once half the heads have flipped. Untargeted: ``vote-margin`` + ``margin-ensemble``.
+    Targeted, the ensemble term is the target's lead over the TRUE class in Algorithm 2's log-probabilities, counted
+    where the target has at least as many votes as the true class: there that lead is the vote's tie-break, which
+    the capped vote margin alone stops pushing once those heads have flipped. Elsewhere it is the targeted
+    ``vote-margin`` itself, so an attack climbing it takes the same steps until the heads tie. Untargeted:
+    ``vote-margin`` + ``margin-ensemble``.
     """
     votes = _head_sum(_margin(kappa, targeted), weighted=False)
     if not targeted:
@@ -247,8 +249,12 @@ def _vote_tie_objective(kappa: float, targeted: bool) -> Objective:
 
     def objective(logits, target, alpha, y_true):
         _require_true_label("vote-tie", y_true)
-        log_probs = ensemble_log_probs(as_stacked(logits), alpha)
-        return votes(logits, target, alpha) + (_score(log_probs, target) - _score(log_probs, y_true)).clamp(max=kappa)
+        logits = as_stacked(logits)
+        log_probs = ensemble_log_probs(logits, alpha)
+        lead = (_score(log_probs, target) - _score(log_probs, y_true)).clamp(max=kappa)
+        ballots = logits.argmax(-1)  # [H, B]
+        tied = (ballots == target).sum(0) >= (ballots == y_true).sum(0)
+        return votes(logits, target, alpha) + torch.where(tied, lead, torch.zeros_like(lead))
 
     return needs_true_label(objective)
 

@@ -18,20 +18,14 @@ from torch import nn
 
 from ..attacks.base import check_draws, frozen, head_weights, majority
 from ..model import as_stacked
-from ..rules import default_rules, rule_predict
+from ..rules import rule_predict
 
-__all__ = ["SANITY_SUITE", "Outcome", "WorstCase", "applicable_rules", "evaluate", "worst_case"]
+__all__ = ["SANITY_SUITE", "Outcome", "WorstCase", "evaluate", "worst_case"]
 
 # The suite of the sanity probes (plans.sanity_probes): they check the attacks, so they are costed apart
 # and stay out of the worst case's attacks; a point one of them breaks that every attack missed still
 # counts as broken (:func:`worst_case`), so a probe never leaves a wrong number standing.
 SANITY_SUITE = "sanity"
-
-
-def applicable_rules(num_heads: int) -> tuple[str, ...]:
-    """The decision rules every evaluation of a model with ``num_heads`` heads judges (the registered ``judged``
-    ones it has: ``private`` needs an aux head); an attacked rule outside them is judged too."""
-    return default_rules(num_heads)
 
 
 @dataclass

@@ -17,9 +17,9 @@ and reports list suites from this registry (:func:`list_suites`). The built-in s
   (``ensemble``, Algorithm 2's cross-entropy, and ``mean-logits``, the mean logits' cross-entropy)
   where the surrogate is not already one of them; APGD-T on the targeted DLR over the top-k target
   classes (every candidate screened by a short run, full runs at the closest, a longer run where one
-  came close); for the vote then APGD-T on ``vote-tie``, which pulls every head toward one target and
-  the ensemble's score of the target above the true class's, so that a tie between the two is broken
-  toward the target; then Square on the rule's registered margin, escalated where the indicators fire.
+  came close); for the vote then APGD-T on ``vote-tie``, which pulls every head toward one target and,
+  once the target ties the true class in votes, the ensemble's score of the target above the true
+  class's, so that the tie is broken toward the target; then Square on the rule's registered margin, escalated where the indicators fire.
   A one-head model's cascade is AutoAttack's on its logits (APGD-CE, APGD-T, Square).
 * ``sweep`` (Fig. 4): Adp-PGD accuracy against eps (multiples of the preset, up to 1)
   and against the number of steps (Madry's step ``2.5 * eps / steps``), and each attacked
@@ -256,7 +256,7 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     ensemble cross-entropy and the mean logits'). Against a vote an untargeted loss can scatter the heads over
     several wrong classes so that no majority forms; the targeted stages then pull the heads toward one class:
     the targeted DLR on the ensemble (which also decides the vote's ties) and ``vote-tie`` (every head's
-    targeted margin plus the ensemble's lead of the target over the true class). Against the other rules the
+    targeted margin plus, at a tie in votes, the ensemble's lead of the target over the true class). Against the other rules the
     targeted stage climbs the targeted DLR loss. A one-head model has
     one decision whatever the rule: its cascade is AutoAttack's on the logits (APGD-CE, APGD-T on the
     targeted DLR, Square on the margin).
@@ -299,9 +299,9 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     plans.append(plan(f"APGD-T [dlr-t-ensemble, {reach}]", "strong", APGDT, objective="dlr-t-ensemble", **screened,
                       **apgd))
     if on_vote:
-        # Every head pulled toward one target AND the ensemble's lead of the target over the true class, the
-        # tie-break: the capped vote margin alone stops once half the heads flip, and a 2-2 split the ensemble
-        # breaks toward the true class stays robust (one of 200 CIFAR-10 points at 2/255, issue 29).
+        # Every head pulled toward one target AND, at a tie in votes, the ensemble's lead of the target over the
+        # true class, the tie-break: the capped vote margin alone stops once those heads flip, and a 2-2 split the
+        # ensemble breaks toward the true class stays robust (one of 200 CIFAR-10 points at 2/255, issue 29).
         plans.append(plan(f"APGD-T [vote-tie, {b.target_classes} nearest of top-{targets['target_candidates']}]",
                           "strong", APGDT, objective="vote-tie", **targets, **apgd))
     plans.append(plan("Square", "strong", Square, objective=square_objective, queries=b.square_queries, **square))

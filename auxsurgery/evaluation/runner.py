@@ -34,10 +34,10 @@ from .._utils import renamed_kwargs
 from ..attacks import KINDS, Attack, Transfer
 from ..attacks.base import PRECISIONS, PassCounter, Passes, check_draws, frozen
 from ..model import AuxModel, as_aux_model, as_stacked, check_labels
-from ..rules import check_rule, get_rule
+from ..rules import check_rule, default_rules, get_rule
 from ..train.distributed import DistContext, distributed_context
 from .inputs import collect
-from .judging import SANITY_SUITE, Outcome, applicable_rules, evaluate
+from .judging import SANITY_SUITE, Outcome, evaluate
 from .plans import (
     AttackPlan,
     Cascade,
@@ -426,7 +426,7 @@ def run_suite(
     for rule in targets:
         get_rule(rule).check_heads(len(aux.head_names))
     # Every evaluation judges the standard rules; an attacked rule outside them is judged too.
-    eval_rules = tuple(dict.fromkeys([*applicable_rules(len(aux.head_names)), *targets]))
+    eval_rules = tuple(dict.fromkeys([*default_rules(len(aux.head_names)), *targets]))
     preset, budget = get_preset(dataset, eps, step_size, steps), budget or Budget()
     context = SuiteContext(preset, budget, targets, seed, tuple(aux.head_names), standalone)
     if len(aux.head_names) < 2:

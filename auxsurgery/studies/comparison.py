@@ -40,12 +40,23 @@ ROWS = (
 )
 
 
-def _rows(models) -> list[tuple]:
-    """:data:`ROWS` of the models a run has, then every rule of each other (Aux Block) model, which the paper
-    lacks: an ``aux_adversarial_<name>`` stage reads as ``Aux Block, adversarial <name>: <rule>``."""
+def _attacked_beyond_defaults(documents: dict, model: str) -> list[str]:
+    """The rules other than the paper's four that ``model``'s evaluations attacked (``[attack] rules``, e.g.
+    ``crossmax``), in order: the paper has none of them."""
+    attacked = (rule for doc in documents[model].values() for rule in doc["settings"]["rules"])
+    return [rule for rule in dict.fromkeys(attacked) if rule not in default_rules()]
+
+
+def _rows(documents: dict) -> list[tuple]:
+    """:data:`ROWS` of the models a run has and any other rule its Aux Block model was attacked under, then every
+    rule of each other (Aux Block) model, which the paper lacks: an ``aux_adversarial_<name>`` stage reads as
+    ``Aux Block, adversarial <name>: <rule>``."""
+    aux = [(f"Aux Block: {rule}", "aux", rule, None)
+           for rule in (_attacked_beyond_defaults(documents, "aux") if "aux" in documents else [])]
     extra = [(f"Aux Block, adversarial {model.removeprefix('aux_adversarial_')}: {rule}", model, rule, None)
-             for model in models if model.startswith("aux_adversarial_") for rule in default_rules()]
-    return [row for row in ROWS if row[1] in models] + extra
+             for model in documents if model.startswith("aux_adversarial_")
+             for rule in (*default_rules(), *_attacked_beyond_defaults(documents, model))]
+    return [row for row in ROWS if row[1] in documents] + aux + extra
 # column -> the attack row it reads (None: clean accuracy; "worst case": the per-sample worst case)
 COLUMNS = {"clean": None, "PGD": "PGD", "CW": "CW-L2", "Boundary": "Boundary", "Adp-PGD": "Adp-PGD",
            "worst case": "worst case"}
