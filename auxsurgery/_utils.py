@@ -177,6 +177,8 @@ def derive_seed(*parts: int, bits: int = 64) -> int:
 
 def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:
     """sha256 of ``tensors``: each one's dtype, shape and values, in order."""
+    import torch
+
     h = hashlib.sha256()
     for t in tensors:
         t = t.detach().cpu().contiguous()
