@@ -130,3 +130,12 @@ def test_train_resume_with_another_train_subset_is_one_line(tmp_path):
         f"error: cannot resume {tmp_path} with other training data (it trained on 64 images, this run has 32): resume "
         "with the data and --train-subset the run started with, or choose another --out"]
     assert (tmp_path / "metrics.jsonl").read_text() == metrics
+
+
+def test_the_data_digest_tells_dtype_shape_and_values_apart():
+    from auxsurgery._utils import tensor_digest
+
+    zeros = torch.zeros(4, dtype=torch.uint8)
+    assert tensor_digest([zeros]) == tensor_digest([zeros.clone()])
+    assert len({tensor_digest([zeros]), tensor_digest([zeros.reshape(2, 2)]), tensor_digest([zeros.to(torch.int8)]),
+                tensor_digest([zeros + 1])}) == 4

@@ -91,6 +91,27 @@ def test_a_hidden_vote_falls_to_attacks_crafted_on_its_smooth_twin(models, data,
     assert json.loads((tmp_path / "results.json").read_text())["settings"]["transfer_from"]["sha256"]
 
 
+class Decision(nn.Module):
+    """The hidden vote as a deployed model may return it: one-hot, with no autograd graph behind it."""
+
+    def __init__(self, voting: Voting):
+        super().__init__()
+        self.voting = voting
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.voting(x)
+
+
+def test_a_decision_with_no_graph_is_a_zero_gradient_not_an_error(models, data):
+    voting, twin = models
+    decision = Decision(voting).eval()
+    alone = run_suite(decision, data, **RUN)
+    assert any(f.check == "zero-gradient" for f in alone.warnings)
+    transferred = run_suite(decision, data, transfer_from=twin, **RUN)
+    assert transferred.worst_case().outcome.accuracy("vote") < alone.worst_case().outcome.accuracy("vote") - 0.2
+
+
 def test_a_resume_with_another_surrogate_is_refused(models, data, tmp_path):
     voting, twin = models
     state = tmp_path / "state"

@@ -31,7 +31,7 @@ PRECISIONS = ("fp32", "bf16")
 
 __all__ = [
     "NORMS", "PRECISIONS", "Attack", "Ball", "PassCounter", "Passes", "Survivors", "ascent_direction", "check_draws",
-    "enforce_bounds", "frozen", "head_weights", "is_adversarial", "l2_norms", "majority", "majority_fooled",
+    "enforce_bounds", "frozen", "head_weights", "input_gradient", "is_adversarial", "l2_norms", "majority", "majority_fooled",
     "per_sample", "perturbation_norms", "robust_accuracy_curve", "take",
 ]
 
@@ -49,6 +49,18 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
     with preserved_state(model, requires_grad=True):
         model.eval().requires_grad_(False)
         yield model
+
+
+def input_gradient(loss: torch.Tensor, x: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
+    """``d loss.sum() / d x``; zeros where the loss does not depend on ``x`` through autograd.
+
+    A plain model may return a hard decision with no graph behind it (an argmax turned one-hot, a forward under
+    ``no_grad``): its gradient is zero, which the sanity checks and the indicators report, not an error.
+    """
+    if not loss.requires_grad:
+        return torch.zeros_like(x)
+    (grad,) = torch.autograd.grad(loss.sum(), x, retain_graph=retain_graph, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
 
 
 # ---- what an attack costs, in image-passes -----------------------------------------------
@@ -545,7 +557,7 @@ class Attack:
                     logits = logits.to(x_adv.dtype)
                 loss = self.loss(logits, y, target)
                 # One backward per draw: memory stays that of a single pass.
-                (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+                grad = input_gradient(loss, x_adv)
             draw = (loss.detach(), grad, logits.detach())
             total = draw if total is None else tuple(a + b for a, b in zip(total, draw))
         return total if self.eot == 1 else tuple(part / self.eot for part in total)

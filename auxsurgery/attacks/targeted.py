@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import head_weights
+from .base import head_weights, input_gradient
 from .objectives import ensemble_log_probs
 
 __all__ = ["TopKTargeted", "boundary_distances", "top_k_targets"]
@@ -61,7 +61,7 @@ def boundary_distances(scores: torch.Tensor, x: torch.Tensor, y: torch.Tensor, c
     distances = []
     for k in range(candidates.shape[1]):
         gap = (true - scores.gather(1, candidates[:, k:k + 1])).squeeze(1)
-        (grad,) = torch.autograd.grad(gap.sum(), x, retain_graph=k + 1 < candidates.shape[1])
+        grad = input_gradient(gap, x, retain_graph=k + 1 < candidates.shape[1])
         dual = grad.flatten(1).abs().sum(1) if norm == "linf" else grad.flatten(1).norm(dim=1)
         distance = gap.detach() / dual
         distances.append(torch.where(torch.isfinite(distance) & (dual > 0), distance, torch.inf))

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..attacks import get_objective
-from ..attacks.base import frozen, head_weights
+from ..attacks.base import frozen, head_weights, input_gradient
 from ..model import as_stacked
 from ..rules import rule_predict
 
@@ -176,7 +176,7 @@ def _input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objectiv
     with torch.enable_grad():
         logits = as_stacked(model(xg))
         loss = get_objective(objective)(logits, y, head_weights(model, logits))
-        (grad,) = torch.autograd.grad(loss.sum(), xg)
+        grad = input_gradient(loss, xg)
     return logits.detach(), grad
 
 
