@@ -24,6 +24,7 @@ from .options import (
     Device,
     Eps,
     Json,
+    Norm,
     Out,
     Points,
     Seed,
@@ -53,6 +54,7 @@ def attack(
     data_root: DataRoot = None,
     n: Points = 1000,
     eps: Eps = None,
+    norm: Norm = "linf",
     step_size: Optional[float] = typer.Option(None, help="PGD step (default: the preset's, scaled with --eps)."),
     steps: Optional[int] = typer.Option(None, help="PGD iterations of the paper-faithful rows (default 5)."),
     threat_preset: ThreatPreset = None,
@@ -84,6 +86,8 @@ def attack(
     Example: auxsurgery attack resnet18 --weights my_resnet18.pth --data cifar10 --points 1000 --out report
 
     Example: auxsurgery attack model.safetensors --data mnist --suite static,adaptive,strong --points 1000 --out report
+
+    Example: auxsurgery attack model.safetensors --data cifar10 --norm l2 --eps 0.5 --suite strong --out report-l2
     """
     data = require_data(data)
     checkpoint = model is not None and Path(model).is_file() and not weights
@@ -109,7 +113,7 @@ def attack(
         target, data, suite, data_root=data_root, n=n, eps=eps, step_size=step_size, steps=steps,
         preset=threat_preset, rules=[r.strip() for r in rules.split(",") if r.strip()], seed=seed,
         batch_size=batch_size, device=device, budget=Budget.quick() if quick else None, standalone=standalone,
-        precision=precision, out=out, save_adversarial=save_adversarial)
+        precision=precision, out=out, save_adversarial=save_adversarial, norm=norm)
     if not written and out is not None:
         return  # a torchrun process other than rank 0: rank 0 prints and writes
     if as_json:

@@ -20,7 +20,7 @@ import typer
 from .._output import OutputConsole
 from .._utils import resolve_device
 from ..data import dataset_names
-from ..evaluation.presets import PRESETS, parse_eps
+from ..evaluation.presets import NORMS, PRESETS, check_norm, parse_eps
 
 results = OutputConsole()  # tables keep every number: full width on a terminal, Markdown in a log file
 messages = OutputConsole(stderr=True)
@@ -54,14 +54,20 @@ Data = Annotated[Optional[str], typer.Option(
          "ImageFolder path; attack also takes a .pt file of {'x': images in [0, 1], 'y': labels[, 'classes': "
          "names]}.")]
 TrainSubset = Annotated[Optional[int], typer.Option(help="Train on the first N training images (default: all).")]
+# An eps is read before --norm is known: the norm's range is checked once both are (get_preset).
 Eps = Annotated[Optional[float], typer.Option(
-    parser=lambda text: _user_value(parse_eps, text), metavar="EPS",
-    help="L-inf radius in [0, 1] pixels: 8/255, 0.031, 0.3 (default: the threat preset's).")]
+    parser=lambda text: _user_value(lambda value: parse_eps(value, None), text), metavar="EPS",
+    help="Radius of the --norm ball in [0, 1] pixels: 8/255, 0.031, 0.3 (L-inf), 0.5 (L2) (default: the threat "
+         "preset's).")]
 TrainEps = Annotated[Optional[float], typer.Option(
-    parser=lambda text: _user_value(parse_eps, text), metavar="EPS",
-    help="L-inf radius of adversarial training: 8/255, 0.031 (default: --eps).")]
+    parser=lambda text: _user_value(lambda value: parse_eps(value, None), text), metavar="EPS",
+    help="Radius of adversarial training in --norm: 8/255, 0.031 (L-inf), 0.5 (L2) (default: --eps).")]
+Norm = Annotated[str, typer.Option(
+    parser=lambda text: _user_value(check_norm, text.strip().lower()), metavar="NORM",
+    help=f"The threat model's norm: {' or '.join(NORMS)}. Every eps and preset is a radius in it (L2: CIFAR-10 0.5 "
+         "as RobustBench, MNIST 2.0, Mini-ImageNet 3.0).")]
 ThreatPreset = Annotated[Optional[str], typer.Option(
-    help=f"The paper's threat model of a dataset (L-inf eps and PGD step): {', '.join(PRESETS)} (default: the "
+    help=f"The threat model of a dataset (eps and PGD step in --norm): {', '.join(PRESETS)} (default: the "
          "one of --data, else cifar10's).")]
 # Not --n: torchrun's parser would claim it as an ambiguous prefix of its --nnodes, --nproc-per-node, ...
 Points = Annotated[Optional[int], typer.Option(

@@ -43,7 +43,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
                         rules: Sequence[str] = ("vote", "score"), seed: int = 0, batch_size: int = 128,
                         device: str = "auto", budget: Budget | None = None, standalone: bool = False,
                         precision: str = "fp32", out: str | os.PathLike | None = None, progress: bool = True,
-                        save_adversarial: bool = False) -> tuple[SuiteResult, list[Path]]:
+                        save_adversarial: bool = False, norm: str = "linf") -> tuple[SuiteResult, list[Path]]:
     """Attack ``checkpoint`` on the first ``n`` test samples of ``data``; returns the result and the files written.
 
     ``checkpoint`` is a checkpoint file, or a model already built (a plain classifier such as
@@ -60,7 +60,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
                          f"{', '.join(suites)}; add strong to --suite, or drop --standalone")
     if preset is not None and get_preset(preset).name == "default":
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    get_preset(preset or data, eps, step_size, steps)
+    get_preset(preset or data, eps, step_size, steps, norm)
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
     if out is not None:
@@ -82,7 +82,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
                            dataset=preset or data, seed=seed, rules=rules, batch_size=batch_size, budget=budget,
                            standalone=standalone, precision=precision, progress=progress,
                            state_dir=Path(out) / STATE_FOLDER if out is not None else None,
-                           keep_adversarial=save_adversarial)
+                           keep_adversarial=save_adversarial, norm=norm)
         if built:  # where a plain model's weights came from (a backbone's spec: name, weights file, sha256)
             result.model_info["backbone"] = getattr(checkpoint, "spec", None)
         else:
