@@ -29,6 +29,7 @@ from .options import (
     Points,
     Seed,
     ThreatPreset,
+    eps_in_norm,
     messages,
     print_json,
     require_data,
@@ -89,7 +90,7 @@ def attack(
 
     Example: auxsurgery attack model.safetensors --data cifar10 --norm l2 --eps 0.5 --suite strong --out report-l2
     """
-    data = require_data(data)
+    data, eps = require_data(data), eps_in_norm(eps, norm)
     checkpoint = model is not None and Path(model).is_file() and not weights
     if checkpoint and (mean or std or num_classes or model_kwargs):
         raise ValueError(f"{model} is a checkpoint, which carries its own normalisation and classes: --mean, --std, "

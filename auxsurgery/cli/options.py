@@ -20,7 +20,8 @@ import typer
 from .._output import OutputConsole
 from .._utils import resolve_device
 from ..data import dataset_names
-from ..evaluation.presets import NORMS, PRESETS, check_norm, parse_eps
+from ..attacks.base import NORMS
+from ..evaluation.presets import PRESETS, check_norm, parse_eps
 
 results = OutputConsole()  # tables keep every number: full width on a terminal, Markdown in a log file
 messages = OutputConsole(stderr=True)
@@ -80,6 +81,16 @@ def _user_value(parse, text: str):
         return parse(text)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
+
+
+def eps_in_norm(eps: float | None, norm: str, option: str = "--eps") -> float | None:
+    """``eps`` (read before ``--norm``), now checked against the norm: a bad value is a usage error of ``option``."""
+    if eps is None:
+        return None
+    try:
+        return parse_eps(eps, norm)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint=f"'{option}'") from None
 
 
 def require_data(data: str | None) -> str:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from .._utils import did_you_mean
 from ..attacks.base import NORMS
 
-__all__ = ["Budget", "L2_PRESETS", "NORMS", "PRESETS", "Preset", "check_norm", "fmt_eps", "fmt_norm", "fmt_threat",
+__all__ = ["Budget", "L2_PRESETS", "PRESETS", "Preset", "check_norm", "fmt_eps", "fmt_norm", "fmt_threat",
            "get_preset", "parse_eps"]
 
 

@@ -20,6 +20,7 @@ from ..evaluation.confidence import (
     points_with_interval,
     wilson_interval,
 )
+from ..evaluation.presets import fmt_norm
 from ..evaluation.report import fmt_eps
 from ..model import RULES
 from .paper import paper_value
@@ -153,6 +154,7 @@ def build_report(recipe, documents: dict, readings: list[dict]) -> dict:
         "recipe": {"name": recipe.name, "path": recipe.path, "description": recipe["recipe"]["description"],
                    "paper_setting": setting},
         "readings": readings,
+        "norm": recipe["attack"]["norm"],
         "n": {model: next(iter(docs.values()))["data"]["n"] for model, docs in documents.items()},
         "tables": {r["name"]: _table(documents, r["name"], setting) for r in readings},
         "gains": {r["name"]: _gains(documents, r["name"]) for r in readings},
@@ -202,6 +204,7 @@ def report_markdown(report: dict, plots: list[str]) -> str:
     """The comparison report as Markdown."""
     setting = report["recipe"]["paper_setting"]
     description = [report["recipe"]["description"], ""] if report["recipe"]["description"] else []
+    norm = fmt_norm(report.get("norm", "linf"))  # reports before the L2 threat model were L-inf
     paper_note = (f", ours / the paper's ({setting} column of Tables II and VII; its 'Aux Block (all)' is our vote "
                   "rule)" if _with_paper(report) else "")
     lines = [f"# Recipe report: {report['recipe']['name']}", "", *description,
@@ -213,7 +216,7 @@ def report_markdown(report: dict, plots: list[str]) -> str:
              "Accuracy in %" + paper_note
              + ". PGD, CW and Boundary are the static adversary (crafted on the backbone alone, then judged by "
              "each model's own decision): a baseline, not an evaluation of the defence. Adp-PGD is the paper's "
-             "adaptive attack on the joint loss. *worst case* is per sample over every L-inf attack run within the "
+             f"adaptive attack on the joint loss. *worst case* is per sample over every {norm} attack run within the "
              "reading's eps (with the strong suite: its cascades of APGD, targeted APGD and Square on each attacked "
              "rule); the paper has no such column, and it is the number to quote. In brackets: the 95% Wilson "
              "interval of each of our accuracies over the attacked test points.", ""]
@@ -242,7 +245,7 @@ def report_markdown(report: dict, plots: list[str]) -> str:
             for model, seconds in report["eval_seconds"].items()])
         lines.append("")
     for reading in report["readings"]:
-        lines += [f"## eps reading '{reading['name']}': L-inf eps = {fmt_eps(reading['eps'])}"
+        lines += [f"## eps reading '{reading['name']}': {norm} eps = {fmt_eps(reading['eps'])}"
                   + (f" ({reading['note']})" if reading["note"] else ""), ""]
         lines += reading_table(report, reading["name"])
         if any(c["from_reading"] for row in report["tables"][reading["name"]] for c in row["cells"].values()):
@@ -311,7 +314,7 @@ def plot_curves(report: dict, path: str | Path) -> Path | None:
         ax.axvline(reading["eps"], color="grey", linestyle=":")
         ax.annotate(f"reading '{reading['name']}'", (reading["eps"], 50), rotation=90, va="center", ha="right",
                     fontsize=8, color="grey")
-    ax.set_xlabel("eps (L-inf, pixels in [0, 1])")
+    ax.set_xlabel(f"eps ({fmt_norm(report.get('norm', 'linf'))}, pixels in [0, 1])")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=7, loc="lower left")
