@@ -129,6 +129,6 @@ def test_pareto_front_keeps_only_undominated_rows():
 
 def test_a_placement_study_names_its_threat_model():
     l2 = PlacementResult([], eps=0.5, step_size=0.125, steps=2, n=10, mode="heads", epochs=1, norm="l2")
-    assert "L2 0.5, step 0.125" in l2._title() and l2.to_dict()["norm"] == "l2"
+    assert "L2 eps 0.5, step 0.125" in l2._title() and l2.to_dict()["norm"] == "l2"
     linf = PlacementResult([], eps=8 / 255, step_size=2 / 255, steps=2, n=10, mode="heads", epochs=1)
-    assert "Linf 8/255, step 2/255" in linf._title() and linf.to_dict()["norm"] == "linf"
+    assert "L-inf eps 8/255, step 2/255" in linf._title() and linf.to_dict()["norm"] == "linf"

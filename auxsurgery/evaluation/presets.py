@@ -196,9 +196,9 @@ def fmt_eps(eps: float | None) -> str:
     return f"{eps:.4g}"
 
 
-def fmt_norm(norm: str) -> str:
-    """``Linf`` or ``L2``: the norm as reports print it."""
-    return "Linf" if norm == "linf" else "L2"
+def fmt_norm(norm: str, prose: bool = False) -> str:
+    """``Linf`` or ``L2``: the norm as report tables print it (``prose``: ``L-inf`` or ``L2``, as sentences do)."""
+    return ("L-inf" if prose else "Linf") if norm == "linf" else "L2"
 
 
 def fmt_threat(threat: dict) -> str:

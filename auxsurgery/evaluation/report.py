@@ -282,7 +282,7 @@ def plot_sweep(result, path: str | Path) -> Path | None:
                 ax.plot([row.series[2] for row in line], [100 * row.outcome.accuracy(rule) for row in line],
                         marker="o", label=label)
         xs = sorted({row.series[2] for row in members})
-        ax.set_xlabel(f"eps ({fmt_norm(result.preset.norm)}, pixels)" if axis == "eps" else "PGD steps")
+        ax.set_xlabel(f"eps ({fmt_norm(result.preset.norm, prose=True)}, pixels)" if axis == "eps" else "PGD steps")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
         ax.set_title(members[0].series[0] if len(series_names) == 1 else f"accuracy vs {axis}")

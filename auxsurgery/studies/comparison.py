@@ -204,7 +204,7 @@ def report_markdown(report: dict, plots: list[str]) -> str:
     """The comparison report as Markdown."""
     setting = report["recipe"]["paper_setting"]
     description = [report["recipe"]["description"], ""] if report["recipe"]["description"] else []
-    norm = fmt_norm(report.get("norm", "linf"))  # reports before the L2 threat model were L-inf
+    norm = fmt_norm(report.get("norm", "linf"), prose=True)  # reports before the L2 threat model were L-inf
     paper_note = (f", ours / the paper's ({setting} column of Tables II and VII; its 'Aux Block (all)' is our vote "
                   "rule)" if _with_paper(report) else "")
     lines = [f"# Recipe report: {report['recipe']['name']}", "", *description,
@@ -314,7 +314,7 @@ def plot_curves(report: dict, path: str | Path) -> Path | None:
         ax.axvline(reading["eps"], color="grey", linestyle=":")
         ax.annotate(f"reading '{reading['name']}'", (reading["eps"], 50), rotation=90, va="center", ha="right",
                     fontsize=8, color="grey")
-    ax.set_xlabel(f"eps ({fmt_norm(report.get('norm', 'linf'))}, pixels in [0, 1])")
+    ax.set_xlabel(f"eps ({fmt_norm(report.get('norm', 'linf'), prose=True)}, pixels in [0, 1])")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=7, loc="lower left")

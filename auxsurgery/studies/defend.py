@@ -215,7 +215,7 @@ class DefenceResult:
     def headline(self) -> str:
         """The answer, in one sentence."""
         undefended = self.models[UNDEFENDED]["rules"]["vote"]
-        where = f"at {fmt_norm(self.norm)} eps {fmt_eps(self.eps)} on {self.n} test images"
+        where = f"at {fmt_norm(self.norm, prose=True)} eps {fmt_eps(self.eps)} on {self.n} test images"
         if self.best is None:
             return (f"No defence kept clean accuracy at or above the floor of {100 * self.min_clean:.1f}%; the "
                     f"undefended model's worst case is {100 * undefended['worst_case']:.1f}% {where}.")
@@ -237,7 +237,7 @@ class DefenceResult:
         n = self.n
         floor = "none" if self.min_clean is None else f"{100 * self.min_clean:.1f}%"
         lines += [f"Accuracy in % on {n} test images (with its 95% Wilson interval); worst case = per image over "
-                  f"every attack of the strong suite within {fmt_norm(self.norm)} eps {fmt_eps(self.eps)} (APGD on "
+                  f"every attack of the strong suite within {fmt_norm(self.norm, prose=True)} eps {fmt_eps(self.eps)} (APGD on "
                   "the rule's own "
                   "objective and on the ensemble, targeted APGD, Square, run as a cascade on each rule): an image "
                   "counts as robust only if no attack fooled it. Gain = worst case minus the undefended model's, "

@@ -33,7 +33,7 @@ from ..backbones import PROVENANCE_KEYS, build_backbone
 from ..cost import head_costs
 from ..evaluation import collect, run_suite
 from ..evaluation.plans import HEADS_SUITE
-from ..evaluation.presets import fmt_eps, fmt_threat
+from ..evaluation.presets import fmt_eps, fmt_norm
 from ..provenance import release
 from ..surgery import attach_aux_blocks, parse_points
 from ..train import TrainConfig, finetune
@@ -100,7 +100,7 @@ class PlacementResult:
 
     def _title(self) -> str:
         return (f"Placement study: accuracy (%) on {self.n} test images, PGD-{self.steps} crafted on the public model, "
-                f"{fmt_threat({'norm': self.norm, 'eps': self.eps})}, step {fmt_eps(self.step_size)}")
+                f"{fmt_norm(self.norm, prose=True)} eps {fmt_eps(self.eps)}, step {fmt_eps(self.step_size)}")
 
     # Short headers: the table must fit an 80-column terminal; the Markdown report says more.
     _COLUMNS = ("placement", "+params %", "+FLOPs %", "clean vote", "PGD public", "PGD aux", "PGD vote",
@@ -162,7 +162,8 @@ class PlacementResult:
             ax.annotate(row.name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel("FLOP overhead of the heads (% of backbone)")
         ax.set_ylabel("accuracy under PGD, vote rule (%)")
-        ax.set_title(f"Placement: robustness vs cost (n={self.n}, {fmt_threat({'norm': self.norm, 'eps': self.eps})})")
+        ax.set_title(f"Placement: robustness vs cost (n={self.n}, {fmt_norm(self.norm, prose=True)} eps "
+                     f"{fmt_eps(self.eps)})")
         ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
