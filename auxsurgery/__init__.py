@@ -14,8 +14,11 @@ from .version import __version__
 _API = {
     "attach_aux_blocks": "surgery",
     "AuxModel": "model",
-    "rule_predict": "model",
-    "rule_scores": "model",
+    "rule_predict": "rules",
+    "rule_scores": "rules",
+    "register_rule": "rules",
+    "get_rule": "rules",
+    "list_rules": "rules",
     "build_backbone": "backbones",
     "available_backbones": "backbones",
     "NormalizedBackbone": "backbones",

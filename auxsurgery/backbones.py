@@ -795,6 +795,8 @@ def build_backbone(
         if chans != size[0]:
             norm_mean, norm_std = (0.5,) * chans, (0.5,) * chans
         size = (chans, *size[1:])
+        # Kept in the spec as for timm and torchvision: a checkpoint of small_cnn width=8 rebuilds at width 8.
+        extra = {"kwargs": dict(kwargs)} if kwargs else {}
     elif source == "torchvision":
         net, norm_mean, norm_std, size, extra = _build_torchvision(bare, num_classes, pretrained, in_chans or 3, kwargs)
     else:

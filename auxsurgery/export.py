@@ -8,8 +8,9 @@ batch of [0, 1] pixels of any batch size and whose outputs are the rule's decisi
     paths = export_model(aux, "deploy/model", format="both", rule="vote")
     print(check_parity(aux, paths["onnx"], x).to_dict())   # labels agree? largest score difference?
 
-Outputs per ``rule``: ``vote`` / ``score`` give ``label`` ``[B]`` (int64) and ``scores`` ``[B, C]``
-(:func:`auxsurgery.model.rule_scores`); ``all`` gives ``label_vote, scores_vote, label_score,
+Outputs per ``rule``: any registered decision rule (:mod:`auxsurgery.rules`: ``vote``, ``score``,
+``crossmax``, ``crossmax:k=2``, your own...) gives ``label`` ``[B]`` (int64) and ``scores`` ``[B, C]``
+(:func:`auxsurgery.rules.rule_scores`, computed inside the exported program); ``all`` gives ``label_vote, scores_vote, label_score,
 scores_score`` and every head's ``logits`` ``[H, B, C]`` (head 0 the backbone's). Normalisation is
 inside, as in the PyTorch model. An image with a non-finite pixel or one outside [0, 1], which the
 PyTorch model refuses with an error, gets label ``-1`` (``invalid_label`` in the stored metadata;
@@ -38,15 +39,17 @@ import torch
 from torch import nn
 
 from ._utils import atomic_write, check_output_folder, preserved_state, refuse_link
-from .model import AuxModel, rule_scores
+from .model import AuxModel
+from .rules import check_rule, get_rule, rule_scores
 from .provenance import release
 
 __all__ = [
-    "EXPORT_RULES", "FORMATS", "ExportError", "ExportedModel", "MissingExportExtra", "OnnxClassifier",
-    "ParityReport", "RuleOutputs", "check_parity", "export_model", "load_exported", "output_names",
+    "FORMATS", "ExportError", "ExportedModel", "MissingExportExtra", "OnnxClassifier", "ParityReport",
+    "RuleOutputs", "check_export_rule", "check_parity", "export_model", "load_exported", "output_names",
 ]
 
-EXPORT_RULES = ("vote", "score", "all")
+# Besides the registered rules: the vote's and the score's outputs together, plus every head's logits.
+ALL_RULES = "all"
 FORMATS = ("pt2", "onnx")
 SUFFIXES = {"pt2": ".pt2", "onnx": ".onnx"}
 INPUT_NAME = "pixels"
@@ -84,15 +87,20 @@ def require_onnx(*modules: str) -> None:
 
 def output_names(rule: str) -> list[str]:
     """The exported model's output names for ``rule``."""
-    if rule == "all":
+    if rule == ALL_RULES:
         return ["label_vote", "scores_vote", "label_score", "scores_score", "logits"]
     return ["label", "scores"]
 
 
-def _check_rule(rule: str) -> str:
-    if rule not in EXPORT_RULES:
-        raise ValueError(f"unknown export rule {rule!r}; valid: {', '.join(EXPORT_RULES)}")
-    return rule
+def check_export_rule(rule: str) -> str:
+    """The canonical name of an export rule: a registered decision rule, or ``all``; else a ValueError."""
+    if rule == ALL_RULES:
+        return rule
+    try:
+        return check_rule(rule)
+    except ValueError as error:
+        raise ValueError(f"{error} An export also takes {ALL_RULES!r} (the vote's and the score's outputs and "
+                         "every head's logits).") from None
 
 
 def _formats(format: str | Sequence[str]) -> list[str]:
@@ -113,7 +121,7 @@ class RuleOutputs(nn.Module):
     def __init__(self, aux_model: AuxModel, rule: str = "vote"):
         super().__init__()
         self.aux_model = aux_model
-        self.rule = _check_rule(rule)
+        self.rule = check_export_rule(rule)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = self.aux_model(pixels)
@@ -124,7 +132,7 @@ class RuleOutputs(nn.Module):
         def label(scores: torch.Tensor) -> torch.Tensor:
             return torch.where(in_box, scores.argmax(-1), INVALID_LABEL)
 
-        if self.rule != "all":
+        if self.rule != ALL_RULES:
             scores = rule_scores(logits, self.rule, alpha)
             return label(scores), scores
         vote, score = rule_scores(logits, "vote", alpha), rule_scores(logits, "score", alpha)
@@ -247,7 +255,8 @@ def export_model(
     if not isinstance(aux, AuxModel):
         raise TypeError(f"export_model takes an AuxModel (attach_aux_blocks or auxsurgery.load), "
                         f"got {type(aux).__name__}")
-    _check_rule(rule)
+    rule = check_export_rule(rule)
+    get_rule("vote" if rule == ALL_RULES else rule).check_heads(aux.num_heads)
     formats = _formats(format)
     if batch_size < (2 if dynamic_batch else 1):
         raise ValueError(f"batch_size must be >= 2 for a dynamic batch (torch.export specialises a batch of 1), "
@@ -409,7 +418,7 @@ def check_parity(
     stored = model.meta.get("rule")
     if rule is not None and stored is not None and rule != stored:
         raise ValueError(f"{model.path} was exported with rule {stored!r}, not {rule!r}")
-    rule = _check_rule(rule or stored or "vote")
+    rule = check_export_rule(rule or stored or "vote")
     if len(model.outputs) != len(output_names(rule)):
         raise ValueError(f"{model.path} has outputs {model.outputs}; rule {rule!r} exports {output_names(rule)}")
     aux.check_input(x)
@@ -434,8 +443,8 @@ def check_parity(
     batch_dim = {name: 1 if name == "logits" else 0 for name in output_names(rule)}  # logits: [H, B, C]
     outs = {name: (torch.cat([g[i] for g in got], batch_dim[name]), torch.cat([w[i] for w in want], batch_dim[name]))
             for i, name in enumerate(output_names(rule))}
-    rules = ["vote", "score"] if rule == "all" else [rule]
-    suffix = {r: (f"_{r}" if rule == "all" else "") for r in rules}
+    rules = ["vote", "score"] if rule == ALL_RULES else [rule]
+    suffix = {r: (f"_{r}" if rule == ALL_RULES else "") for r in rules}
     agreement = {r: (outs["label" + suffix[r]][0] == outs["label" + suffix[r]][1]).float().mean().item() for r in rules}
     score_diff = {r: (outs["scores" + suffix[r]][0].float() - outs["scores" + suffix[r]][1].float()).abs().max().item()
                   for r in rules}

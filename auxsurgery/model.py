@@ -1,4 +1,4 @@
-"""AuxModel: a backbone plus Aux Block heads, and the paper's prediction rules.
+"""AuxModel: a backbone plus Aux Block heads (their decision rules: :mod:`auxsurgery.rules`).
 
 One call of the trunk yields the backbone's own logits and the feature maps at
 every attach point; each head turns its feature map into logits. ``forward``
@@ -9,14 +9,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ._utils import did_you_mean
 from .graph.layouts import first_tensor
 from .graph.tracing import OUTPUT, match_graph_to_mode
+from .rules import check_rule, get_rule, rule_predict, rule_scores
 
-RULES = ("vote", "score", "public", "private")
 PUBLIC_HEAD = "public"
 
 
@@ -60,45 +58,6 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int | None, what: str = "
                          f"(valid labels 0..{num_classes - 1})")
     if low < 0:
         raise ValueError(f"{what} span {low}..{high}, but a label is a class index, 0 or more")
-
-
-def check_rule(rule: str) -> str:
-    """Return ``rule`` if it names a prediction rule, else raise a ValueError listing them."""
-    if rule not in RULES:
-        raise ValueError(f"unknown prediction rule {rule!r}; valid rules: {', '.join(RULES)}.{did_you_mean(rule, RULES)}")
-    return rule
-
-
-def rule_scores(logits: torch.Tensor, rule: str, alpha: torch.Tensor) -> torch.Tensor:
-    """Per-class scores ``[B, C]`` of a decision rule over stacked head logits ``[H, B, C]``.
-
-    ``score`` is Algorithm 2 (alpha-weighted sum of softmaxes); ``vote`` is Algorithm 1:
-    the number of heads voting for each class, plus the normalised summed softmax as a
-    tie-break strictly below one vote, so ``argmax`` of these scores is the vote decision.
-    ``public`` is head 0 alone, ``private`` the aux heads' alpha-weighted softmax sum.
-    """
-    check_rule(rule)
-    # At least float32: in bfloat16 the spacing near 2 votes (1/64) swallows the tie-break.
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    if rule == "public":
-        return logits[0].softmax(-1)
-    if rule == "private":
-        if logits.shape[0] < 2:
-            raise ValueError("rule 'private' needs at least one aux head")
-        logits, alpha = logits[1:], alpha[1:]
-    probs = logits.softmax(-1)
-    weighted = (alpha.to(probs.dtype).view(-1, 1, 1) * probs).sum(0)
-    if rule in ("score", "private"):
-        return weighted
-    votes = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(probs.dtype).sum(0)
-    # The tie-break lies in [0, 0.5]: it orders classes with equal votes but never outranks a vote.
-    tie_break = 0.5 * weighted / weighted.sum(-1, keepdim=True).clamp_min(1e-12)
-    return votes + tie_break
-
-
-def rule_predict(logits: torch.Tensor, rule: str, alpha: torch.Tensor) -> torch.Tensor:
-    """Predicted labels ``[B]`` of a decision rule over stacked head logits ``[H, B, C]``."""
-    return rule_scores(logits, rule, alpha).argmax(-1)
 
 
 class AuxModel(nn.Module):
@@ -195,7 +154,8 @@ class AuxModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, rule: str = "vote") -> torch.Tensor:
-        """Predicted labels ``[B]`` under ``rule``: vote (Algorithm 1), score (Algorithm 2), public, private."""
+        """Predicted labels ``[B]`` under ``rule``, any registered decision rule (:mod:`auxsurgery.rules`): vote
+        (Algorithm 1), score (Algorithm 2), public, private, crossmax, mean-logits, or your own."""
         self.check_input(x)
         return rule_predict(self(x), rule, self.alpha)
 
@@ -211,7 +171,8 @@ class AuxModel(nn.Module):
 class RuleClassifier(nn.Module):
     """An AuxModel seen through one decision rule, as a ``[B, C]`` classifier.
 
-    Its output is the log of the rule's normalised scores, so libraries that apply
+    Its output is the rule's scores as log-probabilities (:meth:`auxsurgery.rules.Rule.log_probs`: the log of
+    normalised class weights, or the log-softmax of logit-like scores), so libraries that apply
     softmax or cross-entropy to "logits" get the rule's own probabilities back and
     ``argmax`` is the rule's decision. For ``vote`` the scores are vote counts plus a
     sub-vote tie-break: piecewise constant in the input, so gradient attacks on it get
@@ -227,8 +188,7 @@ class RuleClassifier(nn.Module):
         self.training = aux_model.training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = self.aux_model.scores(x, self.rule)
-        return (scores / scores.sum(-1, keepdim=True)).clamp_min(1e-12).log()
+        return get_rule(self.rule).log_probs(self.aux_model(x), self.aux_model.alpha)
 
 
 

@@ -31,8 +31,8 @@ from suite_vs_autoattack import benchmark_model
 from auxsurgery._utils import markdown_table, resolve_device
 from auxsurgery.attacks import APGD, APGDT, PassCounter, is_adversarial
 from auxsurgery.evaluation import collect
-from auxsurgery.evaluation.plans import RULE_OBJECTIVE
 from auxsurgery.evaluation.presets import Budget, parse_eps
+from auxsurgery.rules import get_rule, list_rules
 
 
 def variants(budget: Budget) -> dict[str, dict]:
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="RUN_FOLDER:STAGE (a trained stage of a recipe run)")
     parser.add_argument("--n", type=int, default=1000, help="first N test points")
     parser.add_argument("--eps", default="8/255")
-    parser.add_argument("--rule", default="vote", choices=sorted(RULE_OBJECTIVE))
+    parser.add_argument("--rule", default="vote", choices=list_rules())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="where the model and attacks run (auto: cuda if available)")
     args = parser.parse_args()
@@ -66,7 +66,7 @@ def main() -> None:
     x, y = x.to(device), y.to(device)
     eps, budget = parse_eps(args.eps), Budget()
     survivors = ~is_adversarial(model, x, y, args.rule)
-    untargeted = [RULE_OBJECTIVE[args.rule]] + (["ensemble"] if args.rule == "vote" else [])
+    untargeted = [get_rule(args.rule).surrogate] + (["ensemble"] if args.rule == "vote" else [])
     for objective in untargeted:
         todo = survivors.nonzero().squeeze(1)
         attack = APGD(model, objective, eps=eps, steps=budget.apgd_steps, rule=args.rule, seed=args.seed)

@@ -219,3 +219,45 @@ def test_boundary_ranking_picks_the_nearest_boundary_not_the_likeliest_class():
         logits = model(x).unsqueeze(0)
     assert attack.targets(logits, y).tolist() == [[1]]  # by score: the likeliest
     assert attack.targets(model(xg).unsqueeze(0), y, xg).tolist() == [[2]]  # by distance: the nearest
+
+
+class _TieModel(torch.nn.Module):
+    """Four heads over classes (true 0, target 1, other 2), read from two groups of pixels: the mean ``a`` of the
+    first 8 flips heads 0 and 1 to the target (above 0.55); the mean ``b`` of the last 8 dilutes their confidence
+    with class 2 as it rises, and leans heads 2 and 3, which never flip within eps 0.1, slightly toward the target.
+    Pulling every head toward the target (the targeted vote margin) drives both up: a 2-2 split whose tie-break,
+    the summed softmax, stays with the true class. Fooling the vote takes ``b`` down as well."""
+
+    num_heads = 4
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("alpha", torch.ones(4))
+
+    def forward(self, x):
+        pixels = x.flatten(1)
+        a, b = pixels[:, :8].mean(1), pixels[:, 8:].mean(1)
+        zero = torch.zeros_like(a)
+        flip = 40 * (a - 0.55)
+        target_heads = torch.stack([zero, flip, flip - 10 * (0.6 - b) - 0.05], -1)
+        true_heads = torch.stack([zero, -1.2 + 0.5 * (b - 0.5), zero - 4], -1)
+        return torch.stack([target_heads, target_heads, true_heads, true_heads])
+
+
+def test_vote_tie_breaks_the_two_two_split_the_targeted_vote_margin_leaves():
+    """The strong suite's targeted stage on the vote: the targeted vote margin leaves every point at a 2-2 tie
+    broken toward the true class; vote-tie, which also raises the ensemble's score of the target over the true
+    class's (the tie-break), fools the vote on every one."""
+    model = _TieModel()
+    x, y = torch.full((16, 1, 4, 4), 0.5), torch.zeros(16, dtype=torch.long)
+    assert torch.equal(rule_predict(model(x), "vote", model.alpha), y)
+
+    def attack(objective):
+        return APGDT(model, objective, eps=0.1, steps=100, target_classes=1, rule="vote", seed=0)(x, y)
+
+    tied = attack("vote-margin")
+    assert not is_adversarial(model, tied, y, "vote").any()
+    votes = model(tied).argmax(-1)  # [heads, points]
+    assert (votes[:2] == 1).all() and (votes[2:] == 0).all()  # split 2-2 between target and true class
+    broken = attack("vote-tie")
+    assert (broken - x).abs().max() <= 0.1 + 1e-6 and is_adversarial(model, broken, y, "vote").all()

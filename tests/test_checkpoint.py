@@ -148,3 +148,16 @@ def test_predict_checks_the_input_contract(aux):
     with pytest.raises(ValueError, match=r"finite pixels in \[0, 1\]"):
         aux.predict(torch.rand(2, 3, 32, 32) * 255)
     assert aux.predict(torch.rand(2, 3, 32, 32)).shape == (2,)
+
+
+def test_a_built_in_backbone_keeps_its_constructor_arguments(tmp_path):
+    # A small_cnn of width 8 once came back at the default width 32 and failed to load its own weights.
+    from auxsurgery import build_backbone
+
+    backbone = build_backbone("small_cnn", num_classes=10, model_kwargs={"width": 8})
+    aux = attach_aux_blocks(backbone, at="stage1", input_size=(3, 32, 32)).eval()
+    save(aux, tmp_path / "narrow.safetensors")
+    back = load(tmp_path / "narrow.safetensors").eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert back.spec["backbone"]["kwargs"] == {"width": 8}
+    assert torch.equal(back(x), aux(x))

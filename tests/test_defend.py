@@ -88,10 +88,14 @@ def test_defend_compares_two_methods_and_honours_the_clean_floor(weights, tmp_pa
     result = CliRunner().invoke(_cli(), [
         "small_cnn", "--weights", str(weights), "--data", "synthetic", "--quick", "--points", "24", "--train-subset", "200",
         "--method", "heads,aux-adversarial", "--adversarial-method", "trades", "--attack-steps", "1", "--min-clean", "1.0",
-        "--out", str(out), "--json"])
+        "--rules", "vote,crossmax", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert list(document["models"]) == ["undefended", "heads", "aux-adversarial"]
+    # --rules: each defence with heads is attacked and compared under each rule named.
+    assert [(c["model"], c["rule"]) for c in document["candidates"]] == [
+        ("undefended", "vote"), ("heads", "vote"), ("heads", "crossmax"), ("aux-adversarial", "vote"),
+        ("aux-adversarial", "crossmax")]
     assert document["training"]["aux-adversarial"]["adversarial"]["method"] == "trades"
     assert document["training"]["aux-adversarial"]["adversarial"]["eps"] == pytest.approx(document["eps"])
     assert "adversarial" not in document["training"]["heads"]
@@ -128,6 +132,9 @@ def test_bad_defend_settings_fail_in_one_line():
         DefendConfig(methods=["adversarial"], adversarial={"method": "trade"})
     with pytest.raises(ValueError, match="floor is a fraction"):
         DefendConfig(min_clean=80)
+    with pytest.raises(ValueError, match="unknown prediction rule 'crosmax'.*Did you mean 'crossmax'"):
+        DefendConfig(rules=["crosmax"])
+    assert DefendConfig(rules=["vote", "crossmax:k=3"]).rules == ("vote", "crossmax")
 
 
 def test_defend_passes_model_kwargs_to_the_constructor(monkeypatch, tmp_path):

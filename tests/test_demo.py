@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from auxsurgery.cli import app
-from auxsurgery.model import RULES
+from auxsurgery.rules import default_rules
 from auxsurgery.studies.demo import QUICK, demo_recipe
 from auxsurgery.studies.recipe import load_recipe, parse_recipe
 
@@ -47,7 +47,7 @@ def test_quick_demo_writes_the_recipe_report(quick_run):
         assert (out / name).is_file(), name
     assert not (out / "adversarial").exists()
     table = report["tables"]["default"]
-    assert [row["label"] for row in table] == ["NA (undefended)", *(f"Aux Block: {rule}" for rule in RULES)]
+    assert [row["label"] for row in table] == ["NA (undefended)", *(f"Aux Block: {rule}" for rule in default_rules())]
     for row in table:
         cells = row["cells"]
         assert all(cell["paper"] is None for cell in cells.values())

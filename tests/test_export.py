@@ -121,10 +121,23 @@ def test_single_rule_export(trained, tmp_path):
         check_parity(aux, paths["pt2"], x, rule="all")
 
 
+@pytest.mark.parametrize("rule", ["crossmax", "crossmax:k=2", "mean-logits"])
+def test_registered_rules_export_with_the_rule_inside(trained, tmp_path, rule):
+    """Any registered rule goes inside the program: both formats agree with predict at another batch size."""
+    aux, x, _ = trained
+    paths = export_model(aux, tmp_path / "m", format="both", rule=rule, batch_size=2)
+    for fmt, path in paths.items():
+        report = check_parity(aux, path, x, batch_size=5)
+        assert report.label_agreement == {rule: 1.0} and report.max_diff <= 1e-4, fmt
+        model = load_exported(path)
+        assert model.meta["rule"] == rule
+        assert torch.equal(model(x[:7])["label"], aux.predict(x[:7], rule)), fmt
+
+
 def test_export_refuses_bad_arguments(trained, tmp_path):
     aux, _, _ = trained
-    with pytest.raises(ValueError, match="unknown export rule 'public'"):
-        export_model(aux, tmp_path / "m", rule="public")
+    with pytest.raises(ValueError, match="unknown prediction rule 'majority'.*also takes 'all'"):
+        export_model(aux, tmp_path / "m", rule="majority")
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         export_model(aux, tmp_path / "m", format="tflite")
     with pytest.raises(TypeError, match="takes an AuxModel"):
@@ -223,8 +236,8 @@ def test_export_command_with_parity_check(trained, tmp_path):
     assert document["files"] == {"pt2": str(tmp_path / "deploy" / "model.pt2")} and document["ok"] is True
     (parity,) = document["parity"]
     assert parity["n"] == 24 and parity["label_agreement"] == {"score": 1.0} and parity["max_diff"] <= 1e-4
-    bad = CliRunner().invoke(_cli(), [str(checkpoint), "--rule", "public"])
-    assert bad.exit_code != 0 and "unknown --rule 'public'" in str(bad.exception)
+    bad = CliRunner().invoke(_cli(), [str(checkpoint), "--rule", "crosmax"])
+    assert bad.exit_code != 0 and "Did you mean 'crossmax'?" in str(bad.exception)
 
 
 def test_export_out_names_the_file_with_one_format_and_never_makes_a_folder_of_it(trained, tmp_path):

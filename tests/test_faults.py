@@ -531,12 +531,11 @@ def test_a_rule_typo_gets_a_suggestion():
 def test_nan_weights_are_reported_as_such_not_as_randomness():
     from attack_helpers import dataset, trained_aux_model
 
-    from auxsurgery.evaluation.plans import RULE_OBJECTIVE
     from auxsurgery.evaluation.sanity import model_checks
 
     model = copy.deepcopy(trained_aux_model())
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))
     x, y = dataset(8, seed=3)
-    kinds = [finding.check for finding in model_checks(model, x, y, ["vote"], RULE_OBJECTIVE)]
+    kinds = [finding.check for finding in model_checks(model, x, y, ["vote"], {"vote": "vote-margin"})]
     assert "non-finite" in kinds and "randomness" not in kinds

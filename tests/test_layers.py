@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("auxsurgery.backbones", "auxsurgery.synthetic", "auxsurgery.data"),
     ("auxsurgery.graph",),
     ("auxsurgery.heads",),
+    ("auxsurgery.rules",),
     ("auxsurgery.model",),
     ("auxsurgery.surgery",),
     ("auxsurgery.checkpoint", "auxsurgery.cost"),

@@ -175,7 +175,7 @@ def test_unknown_name_lists_the_valid_ones(name):
 
 def test_every_listed_objective_builds_and_returns_one_loss_per_sample(logits, y, alpha):
     for name in list_objectives():
-        objective = get_objective(name.replace("<k>", "1"))
+        objective = get_objective(name.replace("<k>", "1").replace("<rule>", "crossmax"))
         loss = objective(logits, y, alpha)
         assert loss.shape == (B,) and loss.dtype == logits.dtype and torch.isfinite(loss).all(), name
 
@@ -261,3 +261,45 @@ def test_targeted_ensemble_ce_is_the_log_probability_of_the_target(logits, y, al
     target = (y + 3) % C
     expected = ensemble_log_probs(logits, alpha).gather(1, target[:, None]).squeeze(1)
     torch.testing.assert_close(get_objective("ensemble", targeted=True)(logits, target, alpha), expected, **tolerance)
+
+
+# ---- vote-tie: the vote's majority and its tie-break (issue 29) ------------------------------------------------
+
+
+def _two_two_split(confidence: float) -> torch.Tensor:
+    """Four heads over classes (true 0, target 1, other 2): heads 0 and 1 vote for the target with logit lead
+    ``confidence``, heads 2 and 3 for the true class with lead 1: a 2-2 tie the summed softmax breaks."""
+    target_heads = torch.tensor([[0.0, confidence, -4.0]] * 2)
+    true_heads = torch.tensor([[1.0, 0.0, -4.0]] * 2)
+    return torch.cat([target_heads, true_heads]).unsqueeze(1)  # [4, 1, 3]
+
+
+def test_vote_tie_rewards_the_tie_broken_toward_the_target_where_the_vote_margin_cannot_tell():
+    ones, y_true, target = torch.ones(4), torch.tensor([0]), torch.tensor([1])
+    robust, fooled = _two_two_split(0.1), _two_two_split(3.0)
+    assert rule_predict(robust, "vote", ones).item() == 0 and rule_predict(fooled, "vote", ones).item() == 1
+    vote_margin = get_objective("vote-margin", targeted=True)
+    # The capped vote margin is the same at both: the flipped heads are capped, the others unchanged.
+    assert vote_margin(robust, target, ones) == vote_margin(fooled, target, ones)
+    vote_tie = get_objective("vote-tie", targeted=True)
+    assert evaluate(vote_tie, fooled, target, ones, y_true) > evaluate(vote_tie, robust, target, ones, y_true)
+    # And at the robust tie it still pulls the flipped heads toward the target, where the vote margin does not.
+    logits = robust.clone().requires_grad_(True)
+    vote_margin(logits, target, ones).sum().backward()
+    assert logits.grad[:2].abs().sum() == 0
+    logits.grad = None
+    evaluate(vote_tie, logits, target, ones, y_true).sum().backward()
+    assert (logits.grad[:2, 0, 1] > 0).all() and (logits.grad[:2, 0, 0] < 0).all()
+
+
+def test_vote_tie_is_the_vote_margin_plus_the_ensembles_capped_lead(logits, y, alpha):
+    target = (y + 1) % C
+    ensemble = ensemble_log_probs(logits, alpha)
+    lead = (ensemble.gather(1, target[:, None]) - ensemble.gather(1, y[:, None])).squeeze(1).clamp(max=0.5)
+    expected = get_objective("vote-margin", targeted=True, kappa=0.5)(logits, target, alpha) + lead
+    got = evaluate(get_objective("vote-tie", targeted=True, kappa=0.5), logits, target, alpha, y)
+    torch.testing.assert_close(got, expected)
+    untargeted = get_objective("vote-margin")(logits, y, alpha) + get_objective("margin-ensemble")(logits, y, alpha)
+    torch.testing.assert_close(get_objective("vote-tie")(logits, y, alpha), untargeted)
+    with pytest.raises(ValueError, match="'vote-tie' needs the true labels"):
+        evaluate(get_objective("vote-tie", targeted=True), logits, target, alpha)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 import auxsurgery.studies.placement as placement
 from auxsurgery.cli.place import place
 from auxsurgery.data import load_dataset
-from auxsurgery.model import RULES
+from auxsurgery.rules import default_rules
 from auxsurgery.studies.placement import (
     PlacementResult,
     PlacementRow,
@@ -40,7 +40,7 @@ def _check_rows(rows: list[dict], names: list[str]) -> None:
         assert list(row["clean_heads"]) == list(row["robust_heads"]) == ["public", *row["points"]]
         accuracies = [*row["clean_heads"].values(), *row["robust_heads"].values(),
                       *row["clean_rules"].values(), *row["robust_rules"].values()]
-        assert list(row["clean_rules"]) == list(row["robust_rules"]) == list(RULES)
+        assert list(row["clean_rules"]) == list(row["robust_rules"]) == list(default_rules())
         assert all(0.0 <= a <= 1.0 for a in accuracies)
         assert row["params"] > 0 and row["flops"] > 0
         assert row["params_overhead"] > 0 and row["flops_overhead"] > 0

@@ -96,7 +96,7 @@ def test_paper_recipes_use_table_iii_and_section_iv_settings():
     ("[aux]\nhead = \"paper-mnst\"", ["[aux] head", "paper-mnist"]),
     ("[aux]\ninit = \"pretrained\"", ["[aux] init", "valid: undefended, scratch"]),
     ("[attack]\nsuites = [\"statc\"]", ["[attack] suites", "valid: static, adaptive, strong"]),
-    ("[attack]\nrules = [\"majority\"]", ["[attack] rules", "valid: vote, score, public, private"]),
+    ("[attack]\nrules = [\"majority\"]", ["[attack] rules", "valid rules: vote, score, public, private"]),
     ("[train]\noptimizer = \"adam\"", ["[train]", "unknown optimizer 'adam'", "valid: sgd, adamw"]),
     ("[[attack.readings]]\nname = \"a\"", ["[attack.readings[0]] eps is required"]),
     ("[[attack.readings]]\nname = \"a\"\neps = 2", ["[attack.readings[0]] eps", "(0, 1]", "for linf"]),

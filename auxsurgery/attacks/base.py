@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from .._utils import preserved_state, renamed_kwargs
-from ..model import as_stacked, check_labels, check_pixels, check_rule, rule_predict
+from ..model import as_stacked, check_labels, check_pixels
+from ..rules import check_rule, get_rule, rule_predict
 from .objectives import Objective, evaluate, get_objective, wants_true_label
 
 NORMS = ("linf", "l2")
@@ -393,11 +394,10 @@ class Attack:
             raise ValueError(f"linf eps must lie in [0, 1] (pixels are in [0, 1]), got {eps}")
         elif norm == "l2" and not eps > 0:
             raise ValueError(f"l2 eps must be > 0, got {eps}")
-        check_rule(rule)
+        rule = check_rule(rule)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if rule == "private" and getattr(model, "num_heads", 1) < 2:
-            raise ValueError("rule 'private' needs a model with at least one aux head")
+        get_rule(rule).check_heads(getattr(model, "num_heads", 1))
         self.model = model
         self.eps = eps
         self.norm = norm

@@ -20,17 +20,22 @@ Names, by loss family (``get_objective`` builds them; ``<k>`` is a head index):
   (sum of alpha_h * CE over all heads, the paper's Adp-FGSM/Adp-PGD), ``private``
   (the same sum over the aux heads only), ``max-head`` (the largest CE of any head: the
   worst head, Triple Wins' max over exits), ``ensemble`` (CE of the log alpha-weighted
-  mean softmax, i.e. Algorithm 2 itself), ``head:<k>``;
+  mean softmax, i.e. Algorithm 2 itself), ``mean-logits`` (CE of the alpha-weighted mean logits, the
+  ``mean-logits`` rule), ``head:<k>``, and ``rule-ce:<rule>``: CE of any registered decision rule's scores
+  read as log-probabilities (:meth:`auxsurgery.rules.Rule.log_probs`), e.g. ``rule-ce:crossmax`` or
+  ``rule-ce:crossmax:k=2``, the surrogate of CrossMax, whose scores are differentiable almost everywhere;
 * clipped margin (Carlini-Wagner's f6, capped at ``kappa`` so a head already fooled by
-  that margin stops pulling): ``margin-public``, ``margin-ensemble``, ``margin-head:<k>``,
+  that margin stops pulling): ``margin-public``, ``margin-ensemble``, ``margin-mean-logits``, ``margin-head:<k>``,
+  ``rule-margin:<rule>`` (on the rule's log-probabilities),
   and ``vote-margin``, the unweighted sum over heads: a smooth stand-in for fooling a
-  majority vote (Algorithm 1);
-* DLR (Croce & Hein 2020, untargeted only): ``dlr-public``, ``dlr-ensemble``,
+  majority vote (Algorithm 1); ``vote-tie``, the vote margin plus the ensemble's capped lead (targeted: of the
+  target over the true class, the vote's tie-break when the heads split evenly; needs the true label);
+* DLR (Croce & Hein 2020, untargeted only): ``dlr-public``, ``dlr-ensemble``, ``dlr-mean-logits``,
   ``dlr-joint`` (alpha-weighted sum over heads), ``dlr-head:<k>``;
 * targeted DLR (Croce & Hein 2020, AutoAttack's APGD-T loss)
   ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` for true label ``y``, target ``t`` and
   scores sorted ``z_pi1 >= z_pi2 >= ...``: ``dlr-t-public``, ``dlr-t-ensemble`` (on
-  Algorithm 2's log-probabilities), ``dlr-t-joint``, ``dlr-t-head:<k>``. Targeted, they
+  Algorithm 2's log-probabilities), ``dlr-t-mean-logits``, ``dlr-t-joint``, ``dlr-t-head:<k>``. Targeted, they
   need the true label (see above); built untargeted they aim at each sample's runner-up
   class (``t`` = the best class other than ``y``), which needs nothing more than ``y``.
 
@@ -47,6 +52,7 @@ import torch
 
 from .._utils import did_you_mean
 from ..model import as_stacked
+from ..rules import Rule, get_rule, mean_logits
 
 Objective = Callable[..., torch.Tensor]
 
@@ -150,11 +156,15 @@ def _dlr_t_scale(z: torch.Tensor) -> torch.Tensor:
     return top[..., 0] - (top[..., 2] + top[..., 3]) / 2 + 1e-12
 
 
+def _require_true_label(name: str, y_true: torch.Tensor | None) -> None:
+    if y_true is None:
+        raise ValueError(f"targeted objective {name!r} needs the true labels besides the targets; "
+                         "attacks given only target labels (targeted=True) do not know them: use APGDT or PGDT")
+
+
 def _dlr_targeted(name: str):
     def loss(z: torch.Tensor, target: torch.Tensor, y_true: torch.Tensor | None) -> torch.Tensor:
-        if y_true is None:
-            raise ValueError(f"targeted objective {name!r} needs the true labels besides the targets; "
-                             "attacks given only target labels (targeted=True) do not know them: use APGDT or PGDT")
+        _require_true_label(name, y_true)
         scale = _dlr_t_scale(z)
         return (_score(z, target) - _score(z, y_true)) / scale
 
@@ -223,6 +233,26 @@ def _dlr_objective(name: str, objective: Objective, targeted: bool) -> Objective
     return objective
 
 
+def _vote_tie_objective(kappa: float, targeted: bool) -> Objective:
+    """``vote-tie``: the vote margin of every head plus the ensemble's lead, each capped at ``kappa``.
+
+    Targeted, the ensemble term is the target's lead over the TRUE class in Algorithm 2's log-probabilities:
+    where the heads split evenly between the two, that lead is the vote's tie-break, which the capped vote
+    margin alone stops pushing once half the heads have flipped. Untargeted: ``vote-margin`` + ``margin-ensemble``.
+    """
+    votes = _head_sum(_margin(kappa, targeted), weighted=False)
+    if not targeted:
+        ensemble = _on_view(_margin(kappa, False), ensemble_log_probs)
+        return lambda logits, y, alpha: votes(logits, y, alpha) + ensemble(logits, y, alpha)
+
+    def objective(logits, target, alpha, y_true):
+        _require_true_label("vote-tie", y_true)
+        log_probs = ensemble_log_probs(as_stacked(logits), alpha)
+        return votes(logits, target, alpha) + (_score(log_probs, target) - _score(log_probs, y_true)).clamp(max=kappa)
+
+    return needs_true_label(objective)
+
+
 def _dlr_t_objective(name: str, view_or_sum, targeted: bool) -> Objective:
     """``dlr-t-*``: the targeted DLR (needs the true label) or, untargeted, aimed at the runner-up class."""
     if targeted:
@@ -232,26 +262,29 @@ def _dlr_t_objective(name: str, view_or_sum, targeted: bool) -> Objective:
 
 _OBJECTIVES: dict[str, Callable[[bool, float], Objective]] = {}
 _PER_HEAD: dict[str, Callable[[int, bool, float], Objective]] = {}
+_PER_RULE: dict[str, Callable[[Rule, bool, float], Objective]] = {}
 
 
-def register_objective(name: str, per_head: bool = False):
+def register_objective(name: str, per_head: bool = False, per_rule: bool = False):
     """Decorator registering an objective builder under ``name``.
 
     A builder takes ``(targeted, kappa)`` and returns ``(logits [H,B,C], y [B], alpha [H]) -> loss [B]``
     (or, marked :func:`needs_true_label`, ``(logits, target, alpha, y_true) -> loss [B]``);
     with ``per_head``, ``name`` is a prefix such as ``head:`` and the builder takes ``(k, targeted, kappa)``
-    for the names ``<prefix><k>``. Adding an objective is one decorated function.
+    for the names ``<prefix><k>``; with ``per_rule``, a prefix such as ``rule-ce:`` whose builder takes
+    ``(rule, targeted, kappa)`` (a bound :class:`auxsurgery.rules.Rule`) for the names ``<prefix><rule>``.
+    Adding an objective is one decorated function.
     """
     def decorate(builder):
-        (_PER_HEAD if per_head else _OBJECTIVES)[name] = builder
+        (_PER_HEAD if per_head else _PER_RULE if per_rule else _OBJECTIVES)[name] = builder
         return builder
 
     return decorate
 
 
 def list_objectives() -> list[str]:
-    """Names of the registered objectives (per-head forms as ``<prefix><k>``)."""
-    return [*_OBJECTIVES, *(prefix + "<k>" for prefix in _PER_HEAD)]
+    """Names of the registered objectives (per-head forms as ``<prefix><k>``, per-rule ones as ``<prefix><rule>``)."""
+    return [*_OBJECTIVES, *(prefix + "<k>" for prefix in _PER_HEAD), *(prefix + "<rule>" for prefix in _PER_RULE)]
 
 
 for _name, _builder in {
@@ -262,14 +295,20 @@ for _name, _builder in {
     "max-head": lambda t, kappa: _max_head_objective(t),
     "margin-public": lambda t, kappa: _on_view(_margin(kappa, t), _head(0)),
     "margin-ensemble": lambda t, kappa: _on_view(_margin(kappa, t), ensemble_log_probs),
+    "mean-logits": lambda t, kappa: _ce_objective(_on_view(_ce, mean_logits), t),
+    "margin-mean-logits": lambda t, kappa: _on_view(_margin(kappa, t), mean_logits),
     # Unweighted: Algorithm 1 counts every head's vote the same, whatever its alpha.
     "vote-margin": lambda t, kappa: _head_sum(_margin(kappa, t), weighted=False),
+    "vote-tie": lambda t, kappa: _vote_tie_objective(kappa, t),
     "dlr-public": lambda t, kappa: _dlr_objective("dlr-public", _on_view(_dlr, _head(0)), t),
     "dlr-ensemble": lambda t, kappa: _dlr_objective("dlr-ensemble", _on_view(_dlr, ensemble_log_probs), t),
+    "dlr-mean-logits": lambda t, kappa: _dlr_objective("dlr-mean-logits", _on_view(_dlr, mean_logits), t),
     "dlr-joint": lambda t, kappa: _dlr_objective("dlr-joint", _head_sum(_dlr), t),
     "dlr-t-public": lambda t, kappa: _dlr_t_objective("dlr-t-public", lambda loss: _on_view(loss, _head(0)), t),
     "dlr-t-ensemble": lambda t, kappa: _dlr_t_objective(
         "dlr-t-ensemble", lambda loss: _on_view(loss, ensemble_log_probs), t),
+    "dlr-t-mean-logits": lambda t, kappa: _dlr_t_objective(
+        "dlr-t-mean-logits", lambda loss: _on_view(loss, mean_logits), t),
     "dlr-t-joint": lambda t, kappa: _dlr_t_objective("dlr-t-joint", _head_sum, t),
 }.items():
     register_objective(_name)(_builder)
@@ -283,12 +322,24 @@ for _prefix, _builder in {
 }.items():
     register_objective(_prefix, per_head=True)(_builder)
 
+def _rule_view(rule: Rule):
+    """A rule's scores as log-probabilities ``[B, C]``, in the logits' dtype (rules score in float32 or wider)."""
+    return lambda logits, alpha: rule.log_probs(logits, alpha).to(logits.dtype)
+
+
+for _prefix, _builder in {
+    "rule-ce:": lambda rule, t, kappa: _ce_objective(_on_view(_ce, _rule_view(rule)), t),
+    "rule-margin:": lambda rule, t, kappa: _on_view(_margin(kappa, t), _rule_view(rule)),
+}.items():
+    register_objective(_prefix, per_rule=True)(_builder)
+
 
 def get_objective(name: str, targeted: bool = False, kappa: float = 0.0) -> Objective:
     """Build the objective called ``name`` (listed in the module docstring and by :func:`list_objectives`).
 
     Args:
-        name: an objective name; the ``...head:<k>`` forms take a head index (0 = public).
+        name: an objective name; the ``...head:<k>`` forms take a head index (0 = public), the ``rule-...:<rule>``
+            forms a registered decision rule (``rule-ce:crossmax:k=2``).
         targeted: build the form that rewards reaching the target label ``y``.
         kappa: cap of the margin objectives; ignored by the others.
     """
@@ -297,5 +348,7 @@ def get_objective(name: str, targeted: bool = False, kappa: float = 0.0) -> Obje
     prefix, colon, index = name.partition(":")
     if colon and prefix + colon in _PER_HEAD and index.isdigit():
         return _PER_HEAD[prefix + colon](int(index), targeted, kappa)
+    if colon and prefix + colon in _PER_RULE and index:
+        return _PER_RULE[prefix + colon](get_rule(index), targeted, kappa)
     raise ValueError(f"unknown objective {name!r}.{did_you_mean(name, list_objectives())} "
                      f"Valid objectives: {', '.join(list_objectives())}")

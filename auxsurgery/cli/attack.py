@@ -59,7 +59,9 @@ def attack(
     step_size: Optional[float] = typer.Option(None, help="PGD step (default: the preset's, scaled with --eps)."),
     steps: Optional[int] = typer.Option(None, help="PGD iterations of the paper-faithful rows (default 5)."),
     threat_preset: ThreatPreset = None,
-    rules: str = typer.Option("vote,score", help="Decision rules to attack: vote, score, public, private."),
+    rules: str = typer.Option("vote,score", help="Decision rules to attack, comma-separated: any registered rule "
+                                                     "(vote, score, public, private, crossmax, crossmax:k=2, "
+                                                     "mean-logits, or your own: auxsurgery.register_rule)."),
     seed: Seed = 0,
     batch_size: int = typer.Option(128, help="Samples per attack batch."),
     device: Device = "auto",

@@ -63,6 +63,9 @@ def defend(
     train_eps: TrainEps = None,
     attack_steps: Optional[int] = typer.Option(None, help="Attack steps per training batch (pgd, trades; default "
                                                           "the method's: 10 for both)."),
+    rules: str = typer.Option("vote,score", help="Decision rules of the defences with heads, each attacked and "
+                                                 "compared, comma-separated: any registered rule (vote, score, "
+                                                 "crossmax, mean-logits, ...)."),
     min_clean: Optional[float] = typer.Option(None, help="Clean-accuracy floor of the verdict, a fraction in [0, 1]: "
                                                          "the best model is the most robust one at or above it."),
     at: At = "auto:3",
@@ -100,7 +103,8 @@ def defend(
     config = DefendConfig(methods=[m.strip() for m in method.split(",") if m.strip()], at=at, head=head_choice(head),
                           epochs=epochs or (1 if quick else 5), n=n, train_subset=train_subset, eps=eps, norm=norm,
                           adversarial={k: v for k, v in training.items() if v is not None}, min_clean=min_clean,
-                          dataset=threat_preset, quick=quick, resume=resume, seed=seed, device=device)
+                          dataset=threat_preset, rules=[r.strip() for r in rules.split(",") if r.strip()],
+                          quick=quick, resume=resume, seed=seed, device=device)
     backbone = backbone_from_options(model, num_classes=None if model_factory else _classes(data, data_root),
                                      weights=weights, model_factory=model_factory, mean=mean, std=std,
                                      pretrained=pretrained, model_kwargs=model_kwargs)

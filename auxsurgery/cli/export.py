@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from ..evaluation import check_compatible, collect, load_eval_data
-from ..export import EXPORT_RULES, check_parity, export_model
+from ..export import check_export_rule, check_parity, export_model
 from .backbone_options import ModelFactory, load_checkpoint
 from .options import DataRoot, Json, Out, Points, messages, print_json, results
 
@@ -16,8 +16,9 @@ def export(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `auxsurgery attach`, `train`, `defend` or "
                                                 "auxsurgery.save."),
     format: str = typer.Option("pt2", "--format", help="pt2 (torch.export program), onnx (opset 18), or both."),
-    rule: str = typer.Option("vote", help=f"Decision rule inside the model: {', '.join(EXPORT_RULES)} (all: both "
-                                          "rules' labels and scores, plus every head's logits)."),
+    rule: str = typer.Option("vote", help="Decision rule inside the model: any registered rule (vote, score, public, "
+                                          "private, crossmax, crossmax:k=2, mean-logits, ...), or all (the vote's "
+                                          "and the score's labels and scores, plus every head's logits)."),
     out: Out = None,
     check: Optional[str] = typer.Option(None, help="Check parity with the PyTorch model on this data: a dataset name, "
                                                    "an ImageFolder path or a .pt file of {'x', 'y'}."),
@@ -38,8 +39,7 @@ def export(
 
     Example: auxsurgery export runs/demo/best.safetensors --format both --out deploy --check synthetic --points 256
     """
-    if rule not in EXPORT_RULES:
-        raise ValueError(f"unknown --rule {rule!r}; valid: {', '.join(EXPORT_RULES)}")
+    rule = check_export_rule(rule)
     if format not in ("pt2", "onnx", "both"):
         raise ValueError(f"unknown --format {format!r}; valid: pt2, onnx, both")
     if n < 1:

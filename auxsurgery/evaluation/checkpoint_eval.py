@@ -20,7 +20,7 @@ from torch import nn
 
 from .._utils import check_output_folder, renamed_kwargs, resolve_device, run_folder_lock
 from ..checkpoint import CheckpointError, load, read_spec
-from ..model import check_rule
+from ..rules import check_rule
 from ..train.distributed import launched_rank
 from .inputs import check_compatible, load_eval_data
 from .plans import list_suites, parse_suites

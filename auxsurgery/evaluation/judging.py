@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.base import frozen, head_weights
-from ..model import RULES, as_stacked, rule_predict
+from ..model import as_stacked
+from ..rules import default_rules, rule_predict
 
 __all__ = ["SANITY_SUITE", "Outcome", "WorstCase", "applicable_rules", "evaluate", "worst_case"]
 
@@ -28,8 +29,9 @@ SANITY_SUITE = "sanity"
 
 
 def applicable_rules(num_heads: int) -> tuple[str, ...]:
-    """The decision rules a model with ``num_heads`` heads has (``private`` needs an aux head)."""
-    return RULES if num_heads > 1 else tuple(r for r in RULES if r != "private")
+    """The decision rules every evaluation of a model with ``num_heads`` heads judges (the registered ``judged``
+    ones it has: ``private`` needs an aux head); an attacked rule outside them is judged too."""
+    return default_rules(num_heads)
 
 
 @dataclass

@@ -9,12 +9,18 @@ and reports list suites from this registry (:func:`list_suites`). The built-in s
   judged on those inputs. The paper ran CW targeted; untargeted is the stronger test
   of a defence (any wrong class counts), so it is used here.
 * ``adaptive`` (Table VII): Adp-FGSM and Adp-PGD climbing the joint loss of all heads.
-* ``strong``: per attacked rule, a cascade (AutoAttack's protocol; Tramer et al. 2020) in which
-  each attack runs only on the points still robust under that rule: APGD on the rule's
-  surrogate (``vote-margin`` for the vote, ``ensemble`` for the score), APGD-CE on the ensemble
-  or APGD-DLR, APGD-T on the targeted DLR over the top-k target classes (every candidate screened
-  by a short run, full runs at the closest, a longer run where one came close; for the vote then
-  on a targeted vote margin that pulls every head toward one class), then Square.
+* ``strong``: per attacked rule (any registered one, :mod:`auxsurgery.rules`), a cascade (AutoAttack's
+  protocol; Tramer et al. 2020) in which each attack runs only on the points still robust under that
+  rule, every example judged by the rule itself: APGD on the rule's registered surrogate
+  (``vote-margin`` for the vote, ``ensemble`` for the score, ``rule-ce:crossmax`` for CrossMax), for the
+  score APGD-DLR on the ensemble; then the transfer stages, APGD-CE on the heads' smooth ensembles
+  (``ensemble``, Algorithm 2's cross-entropy, and ``mean-logits``, the mean logits' cross-entropy)
+  where the surrogate is not already one of them; APGD-T on the targeted DLR over the top-k target
+  classes (every candidate screened by a short run, full runs at the closest, a longer run where one
+  came close); for the vote then APGD-T on ``vote-tie``, which pulls every head toward one target and
+  the ensemble's score of the target above the true class's, so that a tie between the two is broken
+  toward the target; then Square on the rule's registered margin, escalated where the indicators fire.
+  A one-head model's cascade is AutoAttack's on its logits (APGD-CE, APGD-T, Square).
 * ``sweep`` (Fig. 4): Adp-PGD accuracy against eps (multiples of the preset, up to 1)
   and against the number of steps (Madry's step ``2.5 * eps / steps``), and each attacked
   rule's accuracy at every eps from one minimum-norm (FMN) run.
@@ -36,20 +42,16 @@ from torch import nn
 
 from .._utils import did_you_mean
 from ..attacks import APGD, APGDT, CW, FGSM, FMN, PGD, Attack, Boundary, Square
+from ..rules import get_rule
 from .judging import SANITY_SUITE
 from .presets import Budget, Preset
 from .sanity import LARGE_EPS
 
 __all__ = [
-    "HEADS_SUITE", "RULE_OBJECTIVE", "AttackPlan", "Cascade", "MinimumNormCurve", "Suite", "SuiteContext",
+    "HEADS_SUITE", "AttackPlan", "Cascade", "MinimumNormCurve", "Suite", "SuiteContext",
     "get_suite", "list_suites", "parse_suites", "plan", "plan_suites", "register_suite", "sanity_probes",
     "with_precision",
 ]
-
-# The differentiable stand-in that gradient attacks climb to fool each decision rule.
-RULE_OBJECTIVE = {"vote": "vote-margin", "score": "ensemble", "public": "public", "private": "private"}
-# Square's objective per rule: a margin where one exists (random search wants a bounded signal).
-SQUARE_OBJECTIVE = {"vote": "vote-margin", "score": "margin-ensemble", "public": "margin-public", "private": "private"}
 
 
 @dataclass(frozen=True)
@@ -250,9 +252,11 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     """The strong attacks on one rule, strongest per cost first (AutoAttack's order: untargeted
     APGD, targeted APGD over the nearest target classes, then the gradient-free Square).
 
-    Against a vote an untargeted loss can scatter the heads over several wrong classes so that no
-    majority forms; the targeted stages then pull the heads toward one class: the targeted DLR on the
-    ensemble (which also decides the vote's ties) and the targeted vote margin. Against the score the
+    Every rule's cascade climbs its own surrogate, then transfers from the heads' smooth ensembles (the
+    ensemble cross-entropy and the mean logits'). Against a vote an untargeted loss can scatter the heads over
+    several wrong classes so that no majority forms; the targeted stages then pull the heads toward one class:
+    the targeted DLR on the ensemble (which also decides the vote's ties) and ``vote-tie`` (every head's
+    targeted margin plus the ensemble's lead of the target over the true class). Against the other rules the
     targeted stage climbs the targeted DLR loss. A one-head model has
     one decision whatever the rule: its cascade is AutoAttack's on the logits (APGD-CE, APGD-T on the
     targeted DLR, Square on the margin).
@@ -277,11 +281,17 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
                 plan(f"APGD-T [dlr-t, {reach}]", "strong", APGDT, objective="dlr-t-public", **screened, **apgd),
                 plan("Square", "strong", Square, objective="margin-public", queries=b.square_queries, **square)]
     on_vote = rule == "vote"
-    plans = [plan(f"APGD [{RULE_OBJECTIVE[rule]}]", "strong", APGD, objective=RULE_OBJECTIVE[rule], **apgd)]
-    if on_vote:
-        plans.append(plan("APGD-CE [ensemble]", "strong", APGD, objective="ensemble", **apgd))
-    elif rule == "score":
+    # The rule's own differentiable stand-in (its registered surrogate) first; Square reads its registered margin.
+    surrogate, square_objective = get_rule(rule).surrogate, get_rule(rule).square
+    plans = [plan(f"APGD [{surrogate}]", "strong", APGD, objective=surrogate, **apgd)]
+    if rule == "score":
         plans.append(plan("APGD-DLR [dlr-ensemble]", "strong", APGD, objective="dlr-ensemble", **apgd))
+    # Transfer from the heads' smooth ensembles, judged by the real rule: a rule whose own surrogate is flat or
+    # misleading (the vote's, CrossMax's) falls to examples crafted on the plain ensembles (Zhang et al. 2024,
+    # arXiv 2411.14834, broke CrossMax with APGD on the mean logits; so did issue 29 where the rest of this cascade
+    # did not). They run only on the points still robust.
+    plans += [plan(f"APGD-CE [{objective}]", "strong", APGD, objective=objective, **apgd)
+              for objective in ("ensemble", "mean-logits") if objective != surrogate]
     # The targeted DLR on the ensemble runs for the vote too: the vote's tie-break is the ensemble's score, and where
     # half the heads reach the target only that score decides. The capped targeted vote margin stops pushing once
     # those heads flip (a point of the adversarial study's AutoAttack check fell to AutoAttack's APGD-T with the
@@ -289,10 +299,12 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     plans.append(plan(f"APGD-T [dlr-t-ensemble, {reach}]", "strong", APGDT, objective="dlr-t-ensemble", **screened,
                       **apgd))
     if on_vote:
-        plans.append(plan(f"APGD-T [vote-margin, {b.target_classes} nearest of top-{targets['target_candidates']}]",
-                          "strong", APGDT, objective="vote-margin", **targets, **apgd))
-    plans.append(plan("Square", "strong", Square, objective=SQUARE_OBJECTIVE[rule], queries=b.square_queries,
-                      **square))
+        # Every head pulled toward one target AND the ensemble's lead of the target over the true class, the
+        # tie-break: the capped vote margin alone stops once half the heads flip, and a 2-2 split the ensemble
+        # breaks toward the true class stays robust (one of 200 CIFAR-10 points at 2/255, issue 29).
+        plans.append(plan(f"APGD-T [vote-tie, {b.target_classes} nearest of top-{targets['target_candidates']}]",
+                          "strong", APGDT, objective="vote-tie", **targets, **apgd))
+    plans.append(plan("Square", "strong", Square, objective=square_objective, queries=b.square_queries, **square))
     return plans
 
 

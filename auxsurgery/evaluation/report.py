@@ -22,13 +22,14 @@ from safetensors.torch import save_file
 from .._output import OutputConsole
 from .._utils import atomic_write, markdown_table
 from ..provenance import release
+from ..rules import get_rule
 from .plans import Suite, get_suite
 from .presets import fmt_eps, fmt_norm, fmt_threat
 from .results import stage_line
 
 __all__ = [
     "ROW_FIELDS", "SCHEMA", "TOP_LEVEL_FIELDS", "markdown_report", "plot_sweep", "plot_transfer", "print_table",
-    "results_document", "validate_results", "write_adversarial", "write_report",
+    "results_document", "rule_label", "validate_results", "write_adversarial", "write_report",
 ]
 
 SCHEMA = "auxsurgery.results/1"
@@ -42,9 +43,16 @@ ROW_FIELDS = {
     "name": str, "suite": str, "kind": str, "config": dict, "threat": dict, "rules": dict, "heads": dict,
     "head_loss": dict, "seconds": (int, float), "passes": dict, "attacked": int, "perturbation": dict,
 }
-RULE_LABELS = {"vote": "vote (Alg. 1, all heads)", "score": "score (Alg. 2, all heads)",
-               "private": "private (aux heads only)", "public": "public (backbone alone)"}
 SWEEP_PLOT, TRANSFER_PLOT = "accuracy_vs_eps.png", "transfer_heatmap.png"
+
+
+def rule_label(rule: str) -> str:
+    """How reports name ``rule``: its registered label, or the name itself for a rule this process has not
+    registered (a report rebuilt from a results.json of another session's rule)."""
+    try:
+        return get_rule(rule).label
+    except ValueError:
+        return rule
 
 
 def _pct(accuracy: float) -> str:
@@ -169,7 +177,7 @@ def _suite(name: str) -> Suite:
 def _paper_layout(result, rows) -> list[str]:
     """Rows: decision rules then heads; columns: clean, then one per attack (Tables II and VII)."""
     header = ["Model decision", "Clean", *(row.name for row in rows)]
-    body = [[RULE_LABELS[r], _pct(result.clean.accuracy(r)), *(_pct(row.outcome.accuracy(r)) for row in rows)]
+    body = [[rule_label(r), _pct(result.clean.accuracy(r)), *(_pct(row.outcome.accuracy(r)) for row in rows)]
             for r in result.eval_rules]
     heads = [[f"head {name}", _pct(clean), *(_pct(row.outcome.head_accuracy()[k]) for row in rows)]
              for k, (name, clean) in enumerate(zip(result.head_names, result.clean.head_accuracy()))]
@@ -190,7 +198,7 @@ def _worst_case_section(result) -> list[str]:
     lines = [f"## Worst case per sample ({fmt_threat({'norm': worst.norm, 'eps': worst.eps})})", "",
              "A sample counts as robust only if no attack within the budget fooled it "
              f"({len(worst.attacks)} attacks: {', '.join(worst.attacks) or 'none'}).", ""]
-    body = [[RULE_LABELS[r], _pct(result.clean.accuracy(r)), _pct(worst.outcome.accuracy(r))]
+    body = [[rule_label(r), _pct(result.clean.accuracy(r)), _pct(worst.outcome.accuracy(r))]
             for r in result.eval_rules]
     return lines + markdown_table(["Model decision", "Clean", "Worst case"], body)
 

@@ -28,12 +28,12 @@ from .._output import OutputConsole, progress_display
 from .._utils import renamed_kwargs
 from ..attacks import KINDS, Attack
 from ..attacks.base import PRECISIONS, PassCounter, Passes, frozen
-from ..model import AuxModel, as_aux_model, as_stacked, check_labels, check_rule
+from ..model import AuxModel, as_aux_model, as_stacked, check_labels
+from ..rules import check_rule, get_rule
 from ..train.distributed import DistContext, distributed_context
 from .inputs import collect
 from .judging import Outcome, applicable_rules, evaluate
 from .plans import (
-    RULE_OBJECTIVE,
     AttackPlan,
     Cascade,
     MinimumNormCurve,
@@ -347,10 +347,11 @@ def run_suite(
     aux.check_input(x, "the evaluation data")
     classes = _num_classes(aux, x)
     check_labels(y, len(x), classes)
-    eval_rules = applicable_rules(len(aux.head_names))
     targets = tuple(dict.fromkeys(check_rule(r) for r in rules))
-    if any(r not in eval_rules for r in targets):
-        raise ValueError(f"a model with {len(aux.head_names)} head(s) has rules {', '.join(eval_rules)}; got {targets}")
+    for rule in targets:
+        get_rule(rule).check_heads(len(aux.head_names))
+    # Every evaluation judges the standard rules; an attacked rule outside them is judged too.
+    eval_rules = tuple(dict.fromkeys([*applicable_rules(len(aux.head_names)), *targets]))
     preset, budget = get_preset(dataset, eps, step_size, steps, norm), budget or Budget()
     context = SuiteContext(preset, budget, targets, seed, tuple(aux.head_names), standalone)
     if len(aux.head_names) < 2:
@@ -414,7 +415,7 @@ def _run(aux: AuxModel, x: torch.Tensor, y: torch.Tensor, plans: list, eval_rule
          targets: Sequence[str], preset: Preset, batch_size: int, state: EvaluationState | None, ctx: DistContext,
          progress: bool, keep_adversarial: bool) -> SuiteResult:
     """Run every plan in order and judge the results (the body of :func:`run_suite`)."""
-    preflight = model_checks(aux, x, y, targets, RULE_OBJECTIVE, batch_size)
+    preflight = model_checks(aux, x, y, targets, {r: get_rule(r).surrogate for r in targets}, batch_size)
     stages = sum(len(pl.stages) + (pl.escalation is not None) if isinstance(pl, Cascade) else
                  len(pl.eps_values) if isinstance(pl, MinimumNormCurve) else 1 for pl in plans)
     with _progress(progress) as bar:

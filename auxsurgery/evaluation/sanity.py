@@ -38,7 +38,8 @@ from torch import nn
 
 from ..attacks import get_objective
 from ..attacks.base import frozen, head_weights
-from ..model import as_stacked, rule_predict
+from ..model import as_stacked
+from ..rules import rule_predict
 
 __all__ = ["Finding", "LARGE_EPS", "LARGE_EPS_MAX_ACCURACY", "blind_gradients", "model_checks", "probe_findings",
            "sanity_checks"]

@@ -22,7 +22,7 @@ from ..evaluation.confidence import (
 )
 from ..evaluation.presets import fmt_norm
 from ..evaluation.report import fmt_eps
-from ..model import RULES
+from ..rules import default_rules
 from .paper import paper_value
 
 __all__ = ["COLUMNS", "ROWS", "SCHEMA", "build_report", "plot_curves", "plot_heads", "reading_table", "report_markdown"]
@@ -34,7 +34,7 @@ _AUX_PAPER_METHODS = {"vote": "Aux Block (all)", "private": "Aux Block (private)
 ROWS = (
     ("NA (undefended)", "undefended", "vote", "NA"),
     ("Adversarial Training", "adversarial", "vote", "Adversarial Training"),
-    *((f"Aux Block: {rule}", "aux", rule, _AUX_PAPER_METHODS.get(rule)) for rule in RULES),
+    *((f"Aux Block: {rule}", "aux", rule, _AUX_PAPER_METHODS.get(rule)) for rule in default_rules()),
 )
 
 
@@ -42,7 +42,7 @@ def _rows(models) -> list[tuple]:
     """:data:`ROWS` of the models a run has, then every rule of each other (Aux Block) model, which the paper
     lacks: an ``aux_adversarial_<name>`` stage reads as ``Aux Block, adversarial <name>: <rule>``."""
     extra = [(f"Aux Block, adversarial {model.removeprefix('aux_adversarial_')}: {rule}", model, rule, None)
-             for model in models if model.startswith("aux_adversarial_") for rule in RULES]
+             for model in models if model.startswith("aux_adversarial_") for rule in default_rules()]
     return [row for row in ROWS if row[1] in models] + extra
 # column -> the attack row it reads (None: clean accuracy; "worst case": the per-sample worst case)
 COLUMNS = {"clean": None, "PGD": "PGD", "CW": "CW-L2", "Boundary": "Boundary", "Adp-PGD": "Adp-PGD",

@@ -37,6 +37,7 @@ from ..evaluation.confidence import paired_difference_interval, percent_with_int
 from ..evaluation.presets import check_norm, fmt_eps, fmt_norm
 from ..evaluation.state import STATE_FOLDER
 from ..provenance import release
+from ..rules import check_rule
 from ..surgery import attach_aux_blocks
 from ..train import AdversarialConfig, TrainConfig, finetune, get_training_method
 from ..train.run_files import LAST_FILE, STATE_FILE
@@ -116,6 +117,8 @@ class DefendConfig:
         min_clean: the clean-accuracy floor of the verdict, a fraction (None: no floor): the best model is the
             one with the highest worst-case accuracy among those at or above it.
         dataset: preset name when ``data`` is not a dataset name (mnist, cifar10, ...).
+        rules: the decision rules of every defence with heads, each attacked with its own cascade and compared with
+            the undefended model (any registered rule: :mod:`auxsurgery.rules`); a model without heads has one.
         quick: smoke test: tiny attack budget, at most 100 test and 1000 training images.
         resume: continue the run in the output folder (training from its saved state, evaluations from theirs).
         seed, device: as everywhere.
@@ -135,6 +138,7 @@ class DefendConfig:
     adversarial: AdversarialConfig | dict | None = None
     min_clean: float | None = None
     dataset: str | None = None
+    rules: Sequence[str] = ("vote", "score")
     quick: bool = False
     resume: bool = False
     seed: int = 0
@@ -153,6 +157,9 @@ class DefendConfig:
             raise ValueError(f"name one or more different defences, got {list(self.methods)}")
         for name in self.methods:
             get_defence(name)
+        self.rules = tuple(dict.fromkeys(check_rule(rule) for rule in self.rules))
+        if not self.rules:
+            raise ValueError("name one or more decision rules to attack the defences with heads under")
         if self.adversarial is not None:
             get_training_method(self.training_config(self.eps or 8 / 255).method)  # a bad setting fails here
 
@@ -396,7 +403,7 @@ def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, i
             attach_points = list(model.attach_points)
         if out:
             files[f"{method} model"] = str(out / method / (MODEL_FILE if defence.heads else f"train/{LAST_FILE}"))
-        rules = ("vote", "score") if defence.heads else ("vote",)
+        rules = config.rules if defence.heads else ("vote",)
         evaluated = _evaluate(model, test_data, method, out, settings, rules)
         accuracies, outcomes[method] = _summary(evaluated, rules)
         models[method] = {"description": defence.description, "rules": accuracies}

@@ -23,13 +23,13 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from .._utils import UnsafePath, check_name, did_you_mean
+from ..attacks.base import NORMS
 from ..backbones import FACTORY_PREFIX, is_weights_file, resolve_name, weights_file
 from ..data import SOURCES, SYNTHETIC_NAMES
 from ..evaluation import Budget, list_suites
-from ..attacks.base import NORMS
 from ..evaluation.presets import PRESETS as ATTACK_PRESETS
 from ..heads import list_heads
-from ..model import RULES
+from ..rules import get_rule
 from ..train import AdversarialConfig, TrainConfig, adversarial_preset, get_training_method
 from ..train.adversarial import PRESETS as ADVERSARIAL_PRESETS
 from ..train.config import PAPER_PRESETS
@@ -39,7 +39,7 @@ __all__ = ["AUX_ADVERSARIAL_PREFIX", "Recipe", "RecipeError", "load_recipe", "pa
 REQUIRED = object()
 INITS = ("undefended", "scratch")
 # The rules the rule-aware attacks target by default: the defended system's own decisions. Every rule
-# of auxsurgery.model.RULES is judged on every attack anyway.
+# of auxsurgery.rules.default_rules() is judged on every attack anyway; any registered rule may be attacked.
 ATTACKED_RULES = ["vote", "score"]
 PAPER_SETTINGS = (*ATTACK_PRESETS, "none")
 # The accuracy-vs-eps run's name beside the eps readings' (its folder <model>/eval/curve, its report key).
@@ -352,8 +352,10 @@ def _check_names(r: Recipe) -> None:
         if suite not in list_suites():
             raise r.error("[attack] suites", f"unknown suite {suite!r}; valid: {', '.join(list_suites())}")
     for rule in r["attack"]["rules"]:
-        if rule not in RULES:
-            raise r.error("[attack] rules", f"unknown rule {rule!r}; valid: {', '.join(RULES)}.{did_you_mean(rule, RULES)}")
+        try:
+            get_rule(rule)
+        except ValueError as error:
+            raise r.error("[attack] rules", str(error)) from None
     if r["attack"]["norm"] != "linf" and r["recipe"]["paper"] != "none":
         raise r.error("[attack] norm", f"the paper's tables ([recipe] paper = {r['recipe']['paper']!r}) are L-inf "
                                        f"numbers, not comparable with {r['attack']['norm']}: set paper = \"none\"")

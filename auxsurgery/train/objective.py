@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from auxsurgery.model import rule_predict
+from auxsurgery.rules import rule_predict
 
 RULES_REPORTED = ("vote", "score", "private")
 
