@@ -135,6 +135,20 @@ def test_bad_defend_settings_fail_in_one_line():
     with pytest.raises(ValueError, match="unknown prediction rule 'crosmax'.*Did you mean 'crossmax'"):
         DefendConfig(rules=["crosmax"])
     assert DefendConfig(rules=["vote", "crossmax:k=3"]).rules == ("vote", "crossmax")
+    with pytest.raises(ValueError, match="unknown norm 'L2'.*Valid norms: linf, l2"):
+        DefendConfig(norm="L2")
+
+
+def test_an_l2_defence_trains_and_evaluates_in_l2():
+    from auxsurgery.studies.defend import DefenceResult, DefendConfig
+
+    config = DefendConfig(methods=["adversarial"], norm="l2", adversarial={"method": "pgd"})
+    assert config.training_config(0.5) == config.training_config(0.5) and config.training_config(0.5).norm == "l2"
+    assert config.training_config(1.5).eps == 1.5  # an L2 radius above 1
+    result = DefenceResult(model="m", data="d", n=10, eps=0.5, quick=True, attach_points=[], min_clean=0.5,
+                           models={"undefended": {"rules": {"vote": {"clean": 0.9, "worst_case": 0.2}}}},
+                           candidates=[], best=None, norm="l2")
+    assert "at L2 eps 0.5 on 10 test images" in result.headline() and result.to_dict()["norm"] == "l2"
 
 
 def test_defend_passes_model_kwargs_to_the_constructor(monkeypatch, tmp_path):
