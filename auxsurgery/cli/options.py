@@ -55,7 +55,7 @@ Data = Annotated[Optional[str], typer.Option(
          "ImageFolder path; attack also takes a .pt file of {'x': images in [0, 1], 'y': labels[, 'classes': "
          "names]}.")]
 TrainSubset = Annotated[Optional[int], typer.Option(help="Train on the first N training images (default: all).")]
-# An eps is read before --norm is known: the norm's range is checked once both are (get_preset).
+# An eps is read before --norm is known: the command checks it against the norm (eps_in_norm).
 Eps = Annotated[Optional[float], typer.Option(
     parser=lambda text: _user_value(lambda value: parse_eps(value, None), text), metavar="EPS",
     help="Radius of the --norm ball in [0, 1] pixels: 8/255, 0.031, 0.3 (L-inf), 0.5 (L2) (default: the threat "

@@ -17,7 +17,6 @@ __all__ = ["Budget", "L2_PRESETS", "PRESETS", "Preset", "check_norm", "fmt_eps",
            "get_preset", "parse_eps"]
 
 
-
 @dataclass(frozen=True)
 class Preset:
     """The threat model and the paper-faithful PGD of one dataset.
