@@ -100,7 +100,7 @@ def trained_model(name: str, data_root: str | None, folder: Path):
     return load(path)
 
 
-def benchmark_model(name: str, data_root: str | None, cache: Path, norm: str):
+def benchmark_model(name: str, data_root: str | None, cache: Path, norm: str = "linf"):
     """``(record name, model, test set, default eps values)`` of a built-in model or of a trained stage of a recipe
     run (``RUN_FOLDER:STAGE``, e.g. the converged CIFAR-10 study's ``runs/cifar10-resnet9-cpu:adversarial``,
     recorded as ``cifar10-resnet9-cpu/adversarial``; its eps readings are the defaults in L-inf, its dataset's
