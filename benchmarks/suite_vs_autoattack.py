@@ -2,12 +2,13 @@
 
 For each model (MNIST LeNet-5 + Table IX heads; a CIFAR-10 small_cnn with default heads at auto:3; or a
 trained stage of a recipe run, ``--models RUN_FOLDER:STAGE``, such as the converged CIFAR-10 study's models),
-each eps (in [0, 1] pixels), each decision rule and the first N test points, measured in one run:
+each eps (in [0, 1] pixels; a radius in ``--norm``, L-inf or L2), each decision rule and the first N test points,
+measured in one run:
 
 * the strong suite's worst case for the rule (``run_suite(..., suite="strong", rules=(rule,))``),
 * AutoAttack's standard protocol (APGD-CE, APGD-T and FAB-T with 100 steps and 9 targets, Square with 5,000
-  queries; :mod:`auxsurgery.evaluation.autoattack`) on the ensemble's log-probabilities (a plain model's
-  logits), every example re-judged by the rule,
+  queries, each in the norm's form; :mod:`auxsurgery.evaluation.autoattack`) on the ensemble's log-probabilities
+  (a plain model's logits), every example re-judged by the rule,
 * the per-point union (robust only if neither broke it) and ``misses``: the points the suite calls robust
   that AutoAttack fooled (must be 0),
 * the cost of each in image-passes, counted by the same counter around the model (the headline:
@@ -35,6 +36,8 @@ Usage:
       --write-results [--bf16]
   OMP_NUM_THREADS=1 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 50 \\
       --models mnist-lenet5 --eps 0.1    # a small check: prints the records, writes nothing
+  OMP_NUM_THREADS=1 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 50 \\
+      --models mnist-lenet5 --norm l2    # the same in L2, at the model's L2 eps
   OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data --n 1000 --write-results \\
       --models runs/cifar10-resnet9-cpu:undefended,runs/cifar10-resnet9-cpu:adversarial,runs/cifar10-resnet9-cpu:aux
   OMP_NUM_THREADS=2 python benchmarks/suite_vs_autoattack.py --data-root ../shared/data \\
@@ -55,14 +58,19 @@ from auxsurgery.attacks import Passes
 from auxsurgery.data import dataset_classes, load_dataset
 from auxsurgery.evaluation import collect, run_suite
 from auxsurgery.evaluation.autoattack import autoattack
+from auxsurgery.evaluation.presets import fmt_threat, get_preset
 from auxsurgery.provenance import command_line, machine, source_commit, versions
 from auxsurgery.studies import experiment
 from auxsurgery.train import TrainConfig, finetune, paper_config
 
-# name -> (dataset, eps values in pixels, how to build and train it)
+# name -> (dataset, eps values in pixels per norm). The L-inf radii leave part of these lightly trained models
+# robust (the presets' 0.3 and 8/255 break an undefended model's every point). In L2 the LeNet-5 takes the MNIST
+# preset's 2.0 (the published radius, presets.L2_PRESETS), which leaves about half of its points robust as L-inf
+# 0.15 does (vote accuracy from one FMN run on the first 200 test points: 51% at L2 2.0, 53.5% at L-inf 0.15);
+# the small_cnn takes CIFAR-10's RobustBench radius 0.5 and a fifth of it, as 2/255 is a quarter of 8/255.
 MODELS = {
-    "mnist-lenet5": ("mnist", (0.1, 0.15)),
-    "cifar10-small_cnn": ("cifar10", (2 / 255, 8 / 255)),
+    "mnist-lenet5": ("mnist", {"linf": (0.1, 0.15), "l2": (get_preset("mnist", norm="l2").eps,)}),
+    "cifar10-small_cnn": ("cifar10", {"linf": (2 / 255, 8 / 255), "l2": (0.1, 0.5)}),
 }
 
 
@@ -91,10 +99,11 @@ def trained_model(name: str, data_root: str | None, folder: Path):
     return load(path)
 
 
-def benchmark_model(name: str, data_root: str | None, cache: Path):
+def benchmark_model(name: str, data_root: str | None, cache: Path, norm: str = "linf"):
     """``(record name, model, test set, default eps values)`` of a built-in model or of a trained stage of a recipe
     run (``RUN_FOLDER:STAGE``, e.g. the converged CIFAR-10 study's ``runs/cifar10-resnet9-cpu:adversarial``,
-    recorded as ``cifar10-resnet9-cpu/adversarial``; its eps readings are the defaults)."""
+    recorded as ``cifar10-resnet9-cpu/adversarial``; its eps readings are the defaults in L-inf, its dataset's
+    L2 preset in L2)."""
     if ":" in name:
         run, stage = name.rsplit(":", 1)
         if not (Path(run) / "recipe.json").is_file():
@@ -106,14 +115,17 @@ def benchmark_model(name: str, data_root: str | None, cache: Path):
             model = experiment.trained_model(run, stage, len(dataset_classes(test)))
         except FileNotFoundError as error:
             raise SystemExit(f"model {name!r}: {error}") from None
-        return f"{Path(run).name}/{stage}", model, test, tuple(r["eps"] for r in recipe["attack"]["readings"])
+        eps_values = (tuple(r["eps"] for r in recipe["attack"]["readings"]) if norm == recipe["attack"]["norm"]
+                      else (get_preset(recipe["data"]["name"], norm=norm).eps,))
+        return f"{Path(run).name}/{stage}", model, test, eps_values
     if name not in MODELS:
         raise SystemExit(f"unknown model {name!r}; valid: {', '.join(MODELS)}, or RUN_FOLDER:STAGE")
     dataset, eps_values = MODELS[name]
-    return name, trained_model(name, data_root, cache), load_dataset(dataset, root=data_root, train=False), eps_values
+    return (name, trained_model(name, data_root, cache), load_dataset(dataset, root=data_root, train=False),
+            eps_values[norm])
 
 
-def _run_check_verdicts(name: str, eps: float, rule: str, n: int) -> dict | None:
+def _run_check_verdicts(name: str, eps: float, rule: str, n: int, norm: str = "linf") -> dict | None:
     """AutoAttack's side of a record from the recipe run's own AutoAttack check (``--run``), where the stage
     ``RUN_FOLDER:STAGE`` was checked on exactly these ``n`` points at this eps and rule: the same model file and points,
     so the same verdicts (AutoAttack's side does not depend on the suite)."""
@@ -122,7 +134,8 @@ def _run_check_verdicts(name: str, eps: float, rule: str, n: int) -> dict | None
     run, stage = name.rsplit(":", 1)
     path = Path(run) / f"{RUN_CHECK}.json"
     checked = [r for r in json.loads(path.read_text())["records"].values() if r["model"] == stage
-               and r["rule"] == rule and r["n"] == n and abs(r["eps"] - eps) < 1e-9] if path.exists() else []
+               and r["rule"] == rule and r["n"] == n and abs(r["eps"] - eps) < 1e-9
+               and r.get("norm", "linf") == norm] if path.exists() else []
     if not checked:
         return None
     reference, commands = checked[0]["autoattack"], checked[0].get("commands", [checked[0]["command"]])
@@ -144,30 +157,31 @@ def _ratio(suite: dict, reference: dict) -> float | None:
     return (suite["forward"] + suite["backward"]) / total if total else None
 
 
-def _autoattack_side(model, x, y, eps: float, rule: str, previous: dict | None) -> dict:
+def _autoattack_side(model, x, y, eps: float, rule: str, previous: dict | None, norm: str = "linf") -> dict:
     """AutoAttack's standard protocol on these points, or the per-point verdicts a previous record of them kept
     (they do not depend on the suite, so a newer suite is compared with them without running AutoAttack again)."""
     if previous and len(previous.get("autoattack_robust_points", [])) == len(x):
         return {key: value for key, value in previous.items() if key.startswith("autoattack_")}
-    standard = autoattack(model, x, y, eps, rule=rule, protocol="standard")
+    standard = autoattack(model, x, y, eps, rule=rule, protocol="standard", norm=norm)
     return _reference(standard.robust.tolist(), standard.accuracy, standard.passes.to_dict(), standard.seconds,
                       standard.stages, standard.settings, command_line())
 
 
-def measure(model, x, y, eps: float, rule: str, bf16: bool, previous: dict | None = None) -> dict:
+def measure(model, x, y, eps: float, rule: str, bf16: bool, previous: dict | None = None, norm: str = "linf") -> dict:
     """One (model, eps, rule) record: the suite and AutoAttack's standard protocol on the same points (AutoAttack's
     verdicts taken from ``previous`` where it kept them), the per-point union and misses, and each one's cost in
     image-passes (the headline) beside wall time."""
     began = time.perf_counter()
-    suite = run_suite(model, (x, y), suite="strong", eps=eps, rules=(rule,), progress=True)
+    suite = run_suite(model, (x, y), suite="strong", eps=eps, rules=(rule,), progress=True, norm=norm)
     suite_seconds = time.perf_counter() - began
     suite_robust = suite.worst_case().outcome.rules[rule]
-    reference = _autoattack_side(model, x, y, eps, rule, previous)
+    reference = _autoattack_side(model, x, y, eps, rule, previous, norm)
     robust = torch.tensor(reference["autoattack_robust_points"], dtype=torch.bool)
     missed = suite_robust & ~robust
     suite_passes = suite.passes().to_dict()
     record = {
-        "command": command_line(), "machine": machine(), "suite_commit": source_commit(), "eps": eps, "rule": rule,
+        "command": command_line(), "machine": machine(), "suite_commit": source_commit(), "norm": norm, "eps": eps,
+        "rule": rule,
         "n": len(x),
         "clean": suite.clean.accuracy(rule), "suite_robust": suite_robust.float().mean().item(),
         "union_robust": (suite_robust & robust).float().mean().item(),
@@ -184,7 +198,7 @@ def measure(model, x, y, eps: float, rule: str, bf16: bool, previous: dict | Non
     }
     if bf16:
         began = time.perf_counter()
-        half = run_suite(model, (x, y), suite="strong", eps=eps, rules=(rule,), precision="bf16")
+        half = run_suite(model, (x, y), suite="strong", eps=eps, rules=(rule,), precision="bf16", norm=norm)
         seconds = time.perf_counter() - began
         record["suite_bf16"] = {"robust": half.worst_case().outcome.accuracy(rule), "seconds": seconds,
                                 "passes": half.passes().to_dict(), "speedup_vs_fp32": suite_seconds / seconds}
@@ -201,7 +215,9 @@ def report(doc: dict) -> str:
               "suite passes", "AA passes", "suite / AA passes", "suite s", "AA s", "suite / AA time"]
     rows = []
     for key, r in doc["records"].items():
-        rows.append([key.split("@")[0], f"{r['eps']:.4g}", r["rule"], str(r["n"]), f"{100 * r['clean']:.1f}",
+        # An L2 record names its norm; L-inf ones print as they did before the L2 threat model.
+        eps = f"{r['eps']:.4g}" if r.get("norm", "linf") == "linf" else fmt_threat({"norm": r["norm"], "eps": r["eps"]})
+        rows.append([key.split("@")[0], eps, r["rule"], str(r["n"]), f"{100 * r['clean']:.1f}",
                      f"{100 * r['suite_robust']:.1f}", f"{100 * r['autoattack_robust']:.1f}",
                      f"{100 * r['union_robust']:.1f}", str(r["misses"]), _passes(r["suite_passes"]),
                      _passes(r["autoattack_passes"]), f"{r['pass_ratio']:.3f}" if r["pass_ratio"] else "-",
@@ -224,7 +240,7 @@ def report(doc: dict) -> str:
 
 
 def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, reading: str, rule: str,
-           eps: float) -> dict:
+           eps: float, norm: str = "linf") -> dict:
     """``record`` (None: a new one) extended by the AutoAttack result ``chunk`` on the points that follow it."""
     previous = record["autoattack"] if record else {"robust": [], "seconds": 0.0, "stages": [],
                                                      "passes": Passes().to_dict()}
@@ -245,7 +261,7 @@ def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, re
     commands = record.get("commands", [record["command"]]) if record else []
     return {
         "command": command_line(), "commands": commands + [command_line()] * (command_line() not in commands),
-        "model": name, "reading": reading, "rule": rule, "eps": eps, "n": len(robust),
+        "model": name, "reading": reading, "rule": rule, "norm": norm, "eps": eps, "n": len(robust),
         "autoattack": {"accuracy": robust.float().mean().item(), "seconds": previous["seconds"] + chunk.seconds,
                        "passes": (Passes(**previous["passes"]) + chunk.passes).to_dict(), "settings": settings,
                        "stages": list(stages.values()), "robust": robust.tolist()},
@@ -290,7 +306,7 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                 continue  # not attacked yet: the recipe run continues there
             results = json.loads(evaluated.read_text())
             n = min(results["data"]["n"], limits.get(name, results["data"]["n"]))
-            eps = results["worst_case"]["threat"]["eps"]
+            eps, norm = results["worst_case"]["threat"]["eps"], results["worst_case"]["threat"]["norm"]
             x, y, _ = collect(test, n)
             for rule in results["settings"]["rules"]:
                 if rules and rule not in rules:
@@ -308,9 +324,10 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                     stop = min(n, done + RUN_CHUNK)
                     model = model or experiment.trained_model(run, name, len(dataset_classes(test))).to(device)
                     print(f"== {key} (points {done}-{stop} of {n})", flush=True)
-                    chunk = autoattack(model, x[done:stop], y[done:stop], eps, rule=rule, protocol="standard")
+                    chunk = autoattack(model, x[done:stop], y[done:stop], eps, rule=rule, protocol="standard",
+                                       norm=norm)
                     doc["records"][key] = _grown(doc["records"].get(key), chunk, suite_robust[:stop], name, reading,
-                                                 rule, eps)
+                                                 rule, eps, norm)
                     _write_run_check(run, path, doc)
                 record = doc["records"][key]
                 # AutoAttack's verdicts do not depend on the suite: a run re-evaluated by a newer suite is compared
@@ -335,7 +352,7 @@ def cross_check_run(run: Path, data_root: str | None, readings: list[str] | None
                     # steps and target count) on the points it missed says whether the budget or the suite fell short.
                     model = model or experiment.trained_model(run, name, len(dataset_classes(test))).to(device)
                     full = run_suite(model, (x[unchecked], y[unchecked]), suite="strong", eps=eps, rules=(rule,),
-                                     seed=results["settings"]["seed"])
+                                     seed=results["settings"]["seed"], norm=norm)
                     still = full.worst_case().outcome.rules[rule]
                     record["missed_at_default_budget"] = record.get("missed_at_default_budget", []) + [
                         i for i, robust in zip(unchecked, still.tolist()) if robust]
@@ -413,7 +430,9 @@ def main() -> None:
     parser.add_argument("--write-results", action="store_true", help=f"--out {COMMITTED} (the committed results)")
     parser.add_argument("--model-cache", default="benchmarks/results/suite_vs_autoattack",
                         help="without --out: where the trained models are cached (models/<name>.safetensors)")
-    parser.add_argument("--eps", help="comma-separated eps values in pixels (default: the model's)")
+    parser.add_argument("--eps", help="comma-separated eps values in pixels, radii in --norm (default: the model's)")
+    parser.add_argument("--norm", default="linf", choices=("linf", "l2"),
+                        help="the threat model's norm, of the suite and of AutoAttack (default: linf)")
     parser.add_argument("--rules", help="comma-separated decision rules to attack (default: vote; with --run: every "
                                         "rule the run attacked)")
     parser.add_argument("--bf16", action="store_true", help="also run the suite with bf16 attack steps")
@@ -441,19 +460,21 @@ def main() -> None:
     doc.update(command=command_line(), machine=machine(), versions=versions())
     cache = out or Path(args.model_cache)
     for model_name in args.models.split(","):
-        name, model, test, eps_values = benchmark_model(model_name, args.data_root, cache)
+        name, model, test, eps_values = benchmark_model(model_name, args.data_root, cache, args.norm)
         model.to(device)
         x, y, _ = collect(test, args.n)
         for eps in [float(e) for e in args.eps.split(",")] if args.eps else eps_values:
             for rule in (args.rules or "vote").split(","):
-                key = f"{name}@{eps:.4g}@{rule}"
+                # L-inf records keep the keys they had before the L2 threat model.
+                key = f"{name}@{eps:.4g}@{rule}" if args.norm == "linf" else f"{name}@{args.norm}={eps:.4g}@{rule}"
                 previous = doc["records"].get(key) if not args.rerun else None
                 if previous and previous["n"] == args.n and (previous.get("suite_commit") == source_commit()
                                                              or "autoattack_robust_points" not in previous):
                     continue  # measured by this suite, or by an older one whose AutoAttack verdicts were not kept
-                previous = previous or (None if args.rerun else _run_check_verdicts(model_name, eps, rule, args.n))
+                previous = previous or (None if args.rerun else _run_check_verdicts(model_name, eps, rule, args.n,
+                                                                                   args.norm))
                 print(f"== {key} (n={args.n})", flush=True)
-                doc["records"][key] = measure(model, x, y, eps, rule, args.bf16, previous)
+                doc["records"][key] = measure(model, x, y, eps, rule, args.bf16, previous, args.norm)
                 if path:
                     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
                     atomic_write(path.with_suffix(".md"), lambda tmp: Path(tmp).write_text(report(doc)))

@@ -144,6 +144,22 @@ def test_crafted_examples_raise_their_objective(name):
     assert after > before and after - before > 2 * (noise - before).abs()
 
 
+@pytest.mark.parametrize("method", ["pgd", "fgsm", "trades"])
+def test_every_method_crafts_in_the_l2_ball_where_asked(method):
+    # An L2 radius above 1 (3x8x8 images: sqrt(192) ~ 13.9 is the box's diameter), out of the L-inf range.
+    config = AdversarialConfig(eps=1.5, method=method, steps=2, norm="l2")
+    crafting = get_training_method(method)(tiny_aux_model(seed=3), config, seed=0)
+    assert crafting.attack.norm == "l2"
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    x_adv = crafting.craft(x, y, step=0)
+    l2 = (x_adv.double() - x.double()).flatten(1).norm(dim=1)
+    assert l2.max() <= 1.5 and (x_adv - x).abs().max() > 0.1 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with pytest.raises(ValueError, match="<= 1 for linf"):
+        AdversarialConfig(eps=1.5)
+    with pytest.raises(ValueError, match="unknown norm 'l1'"):
+        AdversarialConfig(eps=0.1, norm="l1")
+
+
 def test_crafting_is_reproducible_per_step_and_restores_the_model():
     aux = tiny_aux_model().train()
     aux.trunk.eval()  # the mixed modes of mode="heads"

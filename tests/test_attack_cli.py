@@ -70,12 +70,33 @@ def test_json_output_is_the_results_document(checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("eps, message", [
-    ("-0.1", r"eps must lie in \[0, 1\]"), ("1.5", r"eps must lie in \[0, 1\]"), ("8/0", "fraction such as 8/255"),
+    ("-0.1", r"eps must be a finite number >= 0"), ("1.5", r"eps must lie in \[0, 1\] for linf"),
+    ("8/0", "fraction such as 8/255"),
     ("eight", "fraction such as 8/255"),
 ])
 def test_bad_eps_is_a_usage_error(checkpoint, tmp_path, eps, message):
     result = invoke(checkpoint, write_data(tmp_path / "test.pt"), "--eps", eps)
     assert result.exit_code == 2 and re.search(message, result.output)
+
+
+def test_the_strong_suite_in_l2_reports_its_norm(checkpoint, tmp_path):
+    out = tmp_path / "report"
+    result = invoke(checkpoint, write_data(tmp_path / "test.pt"), "--norm", "l2", "--eps", "1.5", "--suite", "strong",
+                    "--points", "6", "--rules", "vote", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "L2 1.5" in result.output and "- threat model: L2 eps=1.5" in (out / "report.md").read_text()
+    doc = json.loads((out / "results.json").read_text())
+    validate_results(doc)
+    assert doc["settings"]["preset"]["norm"] == "l2" and doc["worst_case"]["threat"] == {"norm": "l2", "eps": 1.5}
+    cascade = [a for a in doc["attacks"] if a["suite"] == "strong"]
+    assert cascade and all(a["threat"] == {"norm": "l2", "eps": 1.5} for a in cascade)
+    resumed = invoke(checkpoint, write_data(tmp_path / "test.pt"), "--norm", "linf", "--eps", "0.1", "--suite",
+                     "strong", "--points", "6", "--rules", "vote", "--out", str(out))
+    # A ValueError: the command line prints its one line and exits 2 (this test app calls the command bare).
+    assert isinstance(resumed.exception, ValueError)
+    assert "under the l2 threat model, not linf: rerun with --norm l2" in str(resumed.exception)
+    bad = invoke(checkpoint, write_data(tmp_path / "test.pt"), "--norm", "l3")
+    assert bad.exit_code == 2 and "Valid norms: linf, l2" in bad.output
 
 
 def test_eps_takes_the_fraction_every_report_prints(checkpoint, tmp_path):

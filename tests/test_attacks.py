@@ -29,7 +29,8 @@ ATTACKS = {
     "APGD": (("linf", "l2"), lambda m, eps, norm, seed: APGD(m, "dlr-ensemble", eps=eps, norm=norm, steps=5,
                                                             restarts=2, seed=seed)),
     "CW": (("l2",), lambda m, eps, norm, seed: CW(m, "vote-margin", eps=eps, steps=5, search_steps=2, lr=0.1)),
-    "Square": (("linf",), lambda m, eps, norm, seed: Square(m, "vote-margin", eps=eps, queries=20, seed=seed)),
+    "Square": (("linf", "l2"), lambda m, eps, norm, seed: Square(m, "vote-margin", eps=eps, norm=norm, queries=20,
+                                                                seed=seed)),
     "Boundary": (("l2",), lambda m, eps, norm, seed: Boundary(m, eps=eps, steps=10, init_trials=5, seed=seed)),
     "Transfer": (("linf", "l2"), lambda m, eps, norm, seed: Transfer(
         m, PGD(plain_model(seed=1), eps=eps, norm=norm, steps=2, seed=seed))),
@@ -56,7 +57,9 @@ def assert_in_threat_model(x_adv, x, eps, norm):
         assert (x_adv - x).abs().max() <= eps
         assert delta.abs().max() <= eps
     else:
-        assert delta.flatten(1).norm(dim=1).max() <= eps + 1e-6
+        # Exact too: the norm computed in the input's dtype and in float64.
+        assert (x_adv - x).flatten(1).norm(dim=1).max() <= eps
+        assert delta.flatten(1).norm(dim=1).max() <= eps
 
 
 @settings(max_examples=60, deadline=None)
@@ -86,6 +89,24 @@ def test_outputs_stay_in_threat_model_and_leave_model_and_inputs_untouched(
     assert_in_threat_model(x_adv, x, eps, norm)
     assert torch.equal(x, x_before)
     assert _state(model) == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("name", sorted(name for name, (norms, _) in ATTACKS.items() if "l2" in norms))
+def test_every_l2_attack_stays_inside_the_ball_and_the_box_exactly(name, dtype):
+    # Budgets from a sliver of the box's diameter to most of it: the large ones push many pixels onto the box's
+    # faces, where a rescaled perturbation is clipped; the small ones stay on the sphere.
+    model = aux_model(seed=1).to(dtype)
+    x, y = dataset(6, seed=4)
+    x = x.to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # models a factory builds itself (Transfer's source) in dtype too
+    try:
+        for eps in (0.05, 0.5, 0.5 * math.sqrt(NUMEL)):
+            x_adv = ATTACKS[name][1](model, eps, "l2", 0)(x, y)
+            assert_in_threat_model(x_adv, x, eps, "l2")
+    finally:
+        torch.set_default_dtype(default)
 
 
 def test_state_is_restored_when_the_attack_raises():

@@ -36,10 +36,22 @@ def test_every_stage_runs_only_on_points_still_robust_and_results_are_judged_by_
     assert result.passes.backward == sum(s["passes"]["backward"] for s in result.stages) > 0
 
 
+def test_the_l2_protocol_runs_every_stage_in_the_l2_ball(setting):
+    model, x, y = setting
+    result = autoattack(model, x, y, eps=1.0, rule="vote", protocol={"steps": 3, "square_queries": 20}, norm="l2")
+    assert result.settings["norm"] == "l2"
+    assert (result.x_adv - x).flatten(1).norm(dim=1).max() <= 1.0 + 1e-5
+    assert (result.x_adv - x).abs().max() > 0.2  # an L2 step, far outside an L-inf ball of this size
+    stages = dict(reference._stages(nn.Linear(2, 10), 0.5, 10, 0, PROTOCOLS["standard"], "l2"))
+    assert {attack.norm for attack in stages.values()} == {"L2"}
+    with pytest.raises(ValueError, match="unknown norm 'l1'"):
+        autoattack(model, x, y, eps=1.0, norm="l1")
+
+
 def test_the_standard_protocol_is_autoattacks_whatever_the_class_count():
     assert PROTOCOLS["standard"] == {"steps": 100, "square_queries": 5000}
     for classes, targets in ((4, 3), (10, 9), (100, 9)):
-        stages = dict(reference._stages(nn.Linear(2, classes), 8 / 255, classes, 0, PROTOCOLS["standard"]))
+        stages = dict(reference._stages(nn.Linear(2, classes), 8 / 255, classes, 0, PROTOCOLS["standard"], "linf"))
         apgd, apgdt, fab, square = stages["APGD-CE"], stages["APGD-T"], stages["FAB-T"], stages["Square"]
         assert apgd.steps == apgdt.steps == fab.steps == 100 and apgd.loss == "ce"
         assert apgdt.n_target_classes == fab.n_target_classes == targets and fab.multi_targeted

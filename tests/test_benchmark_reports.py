@@ -179,3 +179,29 @@ def test_a_recipe_stage_reuses_the_verdicts_of_its_runs_autoattack_check(tmp_pat
     assert bench._run_check_verdicts(f"{tmp_path}:adv", 0.03137, "score", 3) is None
     assert bench._run_check_verdicts(f"{tmp_path}:other", 0.03137, "vote", 3) is None
     assert bench._run_check_verdicts("mnist-lenet5", 0.1, "vote", 3) is None
+    # ...and the same norm: an L-inf check says nothing of the L2 ball.
+    assert bench._run_check_verdicts(f"{tmp_path}:adv", 0.03137, "vote", 3, "l2") is None
+    check["records"]["adv@8-255@vote"]["norm"] = "l2"
+    (tmp_path / "autoattack_check.json").write_text(json.dumps(check))
+    assert bench._run_check_verdicts(f"{tmp_path}:adv", 0.03137, "vote", 3, "l2")["autoattack_robust_points"] == robust
+    assert bench._run_check_verdicts(f"{tmp_path}:adv", 0.03137, "vote", 3) is None
+
+
+def test_an_l2_record_runs_both_sides_in_l2_and_its_report_says_so(monkeypatch):
+    from attack_helpers import dataset, trained_plain_model
+    from auxsurgery.evaluation.autoattack import autoattack
+
+    bench = _benchmark("suite_vs_autoattack")
+    model, (x, y) = trained_plain_model(), dataset(6, seed=4)
+    seen = {}
+
+    def reference(model, x, y, eps, rule, protocol, norm):
+        seen.update(eps=eps, norm=norm)
+        return autoattack(model, x, y, eps, rule=rule, protocol={"steps": 2, "square_queries": 5}, norm=norm)
+
+    monkeypatch.setattr(bench, "autoattack", reference)
+    record = bench.measure(model, x, y, 0.5, "vote", bf16=False, norm="l2")
+    assert seen == {"eps": 0.5, "norm": "l2"} and record["norm"] == "l2"
+    assert record["autoattack_settings"]["norm"] == "l2" and record["misses"] >= 0
+    assert "| m | L2 0.5 | vote |" in bench.report({"records": {"m@l2=0.5@vote": record}, "command": "c",
+                                                     "machine": "here"})

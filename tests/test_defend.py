@@ -147,6 +147,20 @@ def test_bad_defend_settings_fail_in_one_line():
     assert DefendConfig(rules=["vote", "crossmax:k=3"]).rules == ("vote", "crossmax")
     with pytest.raises(ValueError, match=r"train_subset \(--train-subset\) must be >= 1, got -5"):
         DefendConfig(train_subset=-5)
+    with pytest.raises(ValueError, match="unknown norm 'L2'.*Valid norms: linf, l2"):
+        DefendConfig(norm="L2")
+
+
+def test_an_l2_defence_trains_and_evaluates_in_l2():
+    from auxsurgery.studies.defend import DefenceResult, DefendConfig
+
+    config = DefendConfig(methods=["adversarial"], norm="l2", adversarial={"method": "pgd"})
+    assert config.training_config(0.5) == config.training_config(0.5) and config.training_config(0.5).norm == "l2"
+    assert config.training_config(1.5).eps == 1.5  # an L2 radius above 1
+    result = DefenceResult(model="m", data="d", n=10, eps=0.5, quick=True, attach_points=[], min_clean=0.5,
+                           models={"undefended": {"rules": {"vote": {"clean": 0.9, "worst_case": 0.2}}}},
+                           candidates=[], best=None, norm="l2")
+    assert "at L2 eps 0.5 on 10 test images" in result.headline() and result.to_dict()["norm"] == "l2"
 
 
 def test_defend_passes_model_kwargs_to_the_constructor(monkeypatch, tmp_path):
@@ -166,7 +180,7 @@ def test_defend_passes_model_kwargs_to_the_constructor(monkeypatch, tmp_path):
 
 def test_defend_prints_each_warning_once_with_its_rule_tag(monkeypatch, tmp_path):
     """A warning's [rule] tag is text, not console markup: two rules' warnings stay two different lines."""
-    import auxsurgery.cli.defend as defend_cli
+    import auxsurgery.studies.defend as defend_study
 
     class Result:
         warnings = ["heads: [vote] accuracy stays at 9.0%", "heads: [score] accuracy stays at 9.0%"]
@@ -175,7 +189,8 @@ def test_defend_prints_each_warning_once_with_its_rule_tag(monkeypatch, tmp_path
         def headline(self):
             return "No measurable gain"
 
-    monkeypatch.setattr(defend_cli, "run_defence", lambda *args, **kwargs: Result())
+    # The command imports the study when it runs (its module loads no torch for --help).
+    monkeypatch.setattr(defend_study, "defend", lambda *args, **kwargs: Result())
     result = CliRunner().invoke(_cli(), ["small_cnn", "--data", "synthetic", "--out", str(tmp_path / "d")])
     assert result.exit_code == 0, result.output
     printed = [line for line in result.output.splitlines() if line.startswith("warning: ")]

@@ -69,6 +69,8 @@ def test_a_state_folder_of_another_evaluation_is_refused(tmp_path):
         run_suite(model, (x.flip(0), y.flip(0)), **kwargs)
     with pytest.raises(StateError, match=r"another setting \(plans, preset changed\)"):
         run_suite(model, (x, y), **{**kwargs, "eps": 0.2})
+    with pytest.raises(StateError, match=r"under the linf threat model, not l2: rerun with --norm linf"):
+        run_suite(model, (x, y), **{**kwargs, "norm": "l2"})
     other_weights = copy.deepcopy(model)
     with torch.no_grad():
         next(other_weights.parameters()).add_(0.01)

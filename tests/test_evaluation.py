@@ -112,6 +112,49 @@ def test_presets_follow_the_paper_and_overrides_keep_the_step_ratio():
             get_preset("mnist", eps=bad)
 
 
+def test_every_dataset_has_an_l2_preset_and_eps_is_checked_in_its_norm():
+    assert (get_preset("cifar10", norm="l2").eps, get_preset("cifar10", norm="l2").norm) == (0.5, "l2")
+    assert get_preset("mnist", norm="l2").eps == 2.0 and get_preset("mini-imagenet", norm="l2").eps == 3.0
+    assert get_preset(None, norm="l2").eps == 0.5 and get_preset("mnist").norm == "linf"
+    # The L-inf preset's step-to-eps ratio, and an eps above 1 is an L2 radius.
+    assert get_preset("mnist", norm="l2").step_size == pytest.approx(2.0 / 3)
+    assert get_preset("mnist", eps=3.0, norm="l2").step_size == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="an L2 radius needs norm l2"):
+        get_preset("mnist", eps=2.0)
+    with pytest.raises(ValueError, match=r"eps must be > 0 for l2"):
+        get_preset("mnist", eps=0.0, norm="l2")
+    with pytest.raises(ValueError, match=r"unknown norm 'L2'.*Valid norms: linf, l2"):
+        get_preset("mnist", norm="L2")
+
+
+def test_the_strong_cascade_in_l2_runs_every_stage_in_l2_inside_the_ball(aux, test_data):
+    result = run_suite(aux, test_data, suite="strong", eps=0.5, norm="l2", rules=("vote",), budget=QUICK,
+                       batch_size=32, progress=False)
+    cascade = result.rows_of("strong")
+    stages = [row.name.split(": ", 1)[1] for row in cascade]
+    assert stages[0] == "APGD [vote-margin]" and stages[-2:] == ["Square", "Square x200 (escalated)"]
+    assert any(stage.startswith("APGD-T [dlr-t-ensemble") for stage in stages)
+    for row in cascade:
+        assert row.threat == {"norm": "l2", "eps": 0.5} and row.config["norm"] == "l2"
+        assert row.perturbation["l2_max"] <= 0.5
+    assert cascade[0].outcome.accuracy("vote") < result.clean.accuracy("vote")
+    assert result.preset.norm == "l2" and result.worst_case().norm == "l2"
+    assert result.worst_case().attacks == [row.name for row in cascade]
+
+
+def test_the_l2_curve_reads_one_l2_minimum_norm_run(aux, test_data):
+    result = run_suite(aux, test_data, suite="curve", eps=0.5, norm="l2", rules=("vote",), batch_size=32,
+                       progress=False, budget=Budget(fmn_steps=30, curve_eps=(0.1, 0.5, 2.0)))
+    fmn = [row for row in result.rows_of("curve") if row.name.startswith("FMN")]
+    assert [row.threat for row in fmn] == [{"norm": "l2", "eps": eps} for eps in (0.1, 0.5, 2.0)]
+    assert fmn[0].config["norm"] == "l2"
+    accuracies = [row.outcome.accuracy("vote") for row in fmn]
+    assert accuracies == sorted(accuracies, reverse=True) and accuracies[0] > accuracies[-1]
+    for row in fmn:  # every example that counts lies in that row's L2 ball, whatever its L-inf size
+        assert row.perturbation["l2_max"] <= row.threat["eps"] + 1e-6
+    assert "FMN [vote] eps=0.5" in result.worst_case().attacks and "FMN [vote] eps=2" not in result.worst_case().attacks
+
+
 def test_unknown_suite_raises_listing_the_valid_ones(aux, test_data):
     assert parse_suites(" static, adaptive,static ") == ["static", "adaptive"]
     with pytest.raises(ValueError, match="unknown suite 'strnog'. Did you mean 'strong'.*static, adaptive, strong, sweep, curve, heads"):

@@ -265,6 +265,8 @@ def test_export_of_a_torch_save_file_names_what_it_holds(tmp_path, saved, messag
     assert isinstance(result.exception, ValueError) and "corrupt" not in str(result.exception)
     assert str(result.exception).startswith(f"{path} {message}")
     assert list(tmp_path.iterdir()) == [path]
+
+
 @pytest.mark.parametrize("meta, message", [
     ('{"rule": "all", "outputs": ["scores_vote", "label_vote", "label_score", "scores_score", "logits"]}',
      "names the outputs \\['scores_vote', 'label_vote'"),  # swapped: m(x)["label_vote"] would be the scores

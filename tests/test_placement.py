@@ -11,6 +11,7 @@ from auxsurgery.cli.place import place
 from auxsurgery.data import load_dataset
 from auxsurgery.rules import default_rules
 from auxsurgery.studies.placement import (
+    PlacementResult,
     PlacementRow,
     pareto_front,
     place_study,
@@ -124,3 +125,10 @@ def test_pareto_front_keeps_only_undominated_rows():
         return PlacementRow(name, [name], 1, 1, 0.1, flops, {}, {}, {}, {"vote": vote})
     rows = [row("cheap", 0.2, 0.1), row("dominated", 0.2, 0.3), row("strong", 0.5, 0.3), row("tie", 0.5, 0.3)]
     assert pareto_front(rows) == [0, 2, 3]
+
+
+def test_a_placement_study_names_its_threat_model():
+    l2 = PlacementResult([], eps=0.5, step_size=0.125, steps=2, n=10, mode="heads", epochs=1, norm="l2")
+    assert "L2 eps 0.5, step 0.125" in l2._title() and l2.to_dict()["norm"] == "l2"
+    linf = PlacementResult([], eps=8 / 255, step_size=2 / 255, steps=2, n=10, mode="heads", epochs=1)
+    assert "L-inf eps 8/255, step 2/255" in linf._title() and linf.to_dict()["norm"] == "linf"

@@ -102,7 +102,9 @@ def test_paper_recipes_use_table_iii_and_section_iv_settings():
     ("[attack]\nrules = [\"majority\"]", ["[attack] rules", "valid rules: vote, score, public, private"]),
     ("[train]\noptimizer = \"adam\"", ["[train]", "unknown optimizer 'adam'", "valid: sgd, adamw"]),
     ("[[attack.readings]]\nname = \"a\"", ["[attack.readings[0]] eps is required"]),
-    ("[[attack.readings]]\nname = \"a\"\neps = 2", ["[attack.readings[0]] eps", "(0, 1]"]),
+    ("[[attack.readings]]\nname = \"a\"\neps = 2", ["[attack.readings[0]] eps", "(0, 1]", "for linf"]),
+    ("[attack]\nnorm = \"l1\"", ["[attack] norm", "valid: linf, l2"]),
+    ("[[aux_adversarial]]\nname = \"a\"\neps = 1.5", ["[[aux_adversarial]] name = \"a\"", "<= 1 for linf"]),
     ("[undefended]\nenabled = false", ["[aux] init", "[undefended] enabled"]),
     ("[adversarial]\nenabled = true", ["[adversarial]", "set preset"]),
     ("[adversarial]\nenabled = true\neps = 0.03\nmethod = \"trade\"", ["[adversarial]", "'trade'", "trades"]),
@@ -168,6 +170,8 @@ def test_a_run_made_before_held_out_still_reads_as_it_ran():
         load_recipe(run / "recipe.toml")
     recipe = experiment.recorded_recipe(run)
     assert recipe["data"]["val_subset"] == 1000 and "aux_adversarial_joint" in recipe.stages()
+
+
 @pytest.mark.parametrize("old, new, expected", [
     ('name = "synthetic"', 'name = "synthetic"\ntrain_subset = -5', "[data] train_subset: must be >= 1, got -5"),
     ('name = "synthetic"', 'name = "synthetic"\ntrain_subset = 100000000000',
@@ -189,6 +193,18 @@ def test_a_recipe_that_is_not_utf8_is_named(tmp_path):
     with pytest.raises(RecipeError, match=f"^{path}: not UTF-8 text \\(byte 21 is b'\\\\xe9'\\): save the recipe as "
                                           "UTF-8$"):
         load_recipe(path)
+
+
+def test_an_l2_recipe_takes_l2_radii_and_no_paper_column():
+    base = BASE.replace('paper = "mnist"', 'paper = "none"') + '[attack]\nnorm = "l2"\n'
+    recipe = parse_recipe(base + '[[attack.readings]]\nname = "robustbench"\neps = 2.0\n'
+                                 '[[aux_adversarial]]\nname = "l2"\neps = 1.5\nnorm = "l2"\nmethod = "fgsm"\n')
+    assert recipe["attack"]["norm"] == "l2" and recipe["attack"]["readings"][0]["eps"] == 2.0
+    assert recipe.adversarial_config("aux_adversarial_l2").norm == "l2"
+    with pytest.raises(RecipeError, match=r"\[attack.curve\] eps: every eps must lie in \(0, inf\) for l2"):
+        parse_recipe(base + "[attack.curve]\neps = [0.5, -1]\n")
+    with pytest.raises(RecipeError, match=r"\[attack\] norm: the paper's tables .* set paper = \"none\""):
+        parse_recipe(BASE + '[attack]\nnorm = "l2"\n')
 
 
 def test_unknown_model_gets_close_matches():

@@ -328,6 +328,7 @@ for _prefix, _builder in {
 }.items():
     register_objective(_prefix, per_head=True)(_builder)
 
+
 def _rule_view(rule: Rule):
     """A rule's scores as log-probabilities ``[B, C]``, in the logits' dtype (rules score in float32 or wider)."""
     return lambda logits, alpha: rule.log_probs(logits, alpha).to(logits.dtype)

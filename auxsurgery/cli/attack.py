@@ -22,17 +22,20 @@ from .options import (
     Device,
     Eps,
     Json,
+    Norm,
     Out,
     Points,
     Rules,
     Seed,
     ThreatPreset,
+    eps_in_norm,
     messages,
     print_json,
     require_data,
     results,
     resume_hint,
 )
+
 
 def attack(
     model: Optional[str] = typer.Argument(None, help="A checkpoint (from `auxsurgery attach`, `train`, `defend` or "
@@ -53,6 +56,7 @@ def attack(
     data_root: DataRoot = None,
     n: Points = 1000,
     eps: Eps = None,
+    norm: Norm = "linf",
     step_size: Optional[float] = typer.Option(None, help="PGD step of the paper's suites (static, adaptive, sweep, "
                                                          "curve, heads; default: the preset's, scaled with --eps)."),
     steps: Optional[int] = typer.Option(None, help="PGD iterations of the paper's suites (default 5)."),
@@ -96,12 +100,14 @@ def attack(
     Example: auxsurgery attack resnet18 --weights my_resnet18.pth --data cifar10 --points 1000 --out report
 
     Example: auxsurgery attack model.safetensors --data mnist --suite static,adaptive,strong --points 1000 --out report
+
+    Example: auxsurgery attack model.safetensors --data cifar10 --norm l2 --eps 0.5 --suite strong --out report-l2
     """
     from ..evaluation import Budget, load_eval_data, print_table, results_document
     from ..evaluation.checkpoint_eval import evaluate_checkpoint
     from ..evaluation.state import STATE_FOLDER
 
-    data = require_data(data)
+    data, eps = require_data(data), eps_in_norm(eps, norm)
     checkpoint = model is not None and Path(model).is_file() and not weights
     if checkpoint and (mean or std or num_classes or model_kwargs):
         raise ValueError(f"{model} is a checkpoint, which carries its own normalisation and classes: --mean, --std, "
@@ -128,7 +134,7 @@ def attack(
             preset=threat_preset, rules=[r.strip() for r in rules.split(",") if r.strip()], seed=seed,
             batch_size=batch_size, device=device, budget=Budget.quick() if quick else None, standalone=standalone,
             precision=precision, out=out, save_adversarial=save_adversarial, eot=eot, judge_draws=judge_draws,
-            transfer_from=transfer_from)
+            transfer_from=transfer_from, norm=norm)
     if not written and out is not None:
         return  # a torchrun process other than rank 0: rank 0 prints and writes
     if as_json:

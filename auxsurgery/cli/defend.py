@@ -25,6 +25,7 @@ from .options import (
     Device,
     Eps,
     Json,
+    Norm,
     Out,
     Points,
     Rules,
@@ -33,6 +34,7 @@ from .options import (
     ThreatPreset,
     TrainEps,
     TrainSubset,
+    eps_in_norm,
     head_choice,
     messages,
     print_json,
@@ -69,6 +71,7 @@ def defend(
     n: Points = 1000,  # at most 100 with --quick
     train_subset: TrainSubset = None,
     eps: Eps = None,
+    norm: Norm = "linf",
     threat_preset: ThreatPreset = None,
     image_size: Optional[int] = typer.Option(None, help="ImageFolder: resize and crop images to this size."),
     data_root: DataRoot = None,
@@ -94,10 +97,11 @@ def defend(
     from ..studies.defend import defend as run_defence
 
     # Unset options keep the method's defaults; the training eps defaults to the evaluation's.
-    training = {"method": adversarial_method, "objective": objective, "eps": train_eps,
+    eps, train_eps = eps_in_norm(eps, norm), eps_in_norm(train_eps, norm, "--train-eps")
+    training = {"method": adversarial_method, "objective": objective, "eps": train_eps, "norm": norm,
                 "steps": attack_steps}
     config = DefendConfig(methods=[m.strip() for m in method.split(",") if m.strip()], at=at, head=head_choice(head),
-                          epochs=epochs or (1 if quick else 5), n=n, train_subset=train_subset, eps=eps,
+                          epochs=epochs or (1 if quick else 5), n=n, train_subset=train_subset, eps=eps, norm=norm,
                           adversarial={k: v for k, v in training.items() if v is not None}, min_clean=min_clean,
                           dataset=threat_preset, rules=[r.strip() for r in rules.split(",") if r.strip()],
                           quick=quick, resume=resume, seed=seed, device=device)

@@ -60,15 +60,21 @@ Data = Annotated[Optional[str], typer.Option(
          "ImageFolder path; attack also takes a .pt file of {'x': images in [0, 1], 'y': labels[, 'classes': "
          "names]}.")]
 TrainSubset = Annotated[Optional[int], typer.Option(min=1, help="Train on the first N training images (default: all).")]
+# An eps is read before --norm is known: the command checks it against the norm (eps_in_norm).
 Eps = Annotated[Optional[float], typer.Option(
     parser=lambda text: _user_value(_parse_eps, text), metavar="EPS",
-    help="L-inf radius in [0, 1] pixels: 8/255, 0.031, 0.3 (default: the threat preset's).")]
+    help="Radius of the --norm ball in [0, 1] pixels: 8/255, 0.031, 0.3 (L-inf), 0.5 (L2) (default: the threat "
+         "preset's).")]
 TrainEps = Annotated[Optional[float], typer.Option(
     parser=lambda text: _user_value(_parse_eps, text), metavar="EPS",
-    help="L-inf radius of adversarial training: 8/255, 0.031 (default: --eps).")]
+    help="Radius of adversarial training in --norm: 8/255, 0.031 (L-inf), 0.5 (L2) (default: --eps).")]
+Norm = Annotated[str, typer.Option(
+    parser=lambda text: _user_value(_check_norm, text.strip().lower()), metavar="NORM",
+    help="The threat model's norm: linf or l2. Every eps and preset is a radius in it (L2: CIFAR-10 0.5 as "
+         "RobustBench, MNIST 2.0, Mini-ImageNet 3.0).")]
 ThreatPreset = Annotated[Optional[str], typer.Option(
-    help="The paper's threat model of a dataset (L-inf eps and PGD step): mnist, cifar10, mini-imagenet (default: "
-         "the one of --data, else cifar10's).")]
+    help="The threat model of a dataset (eps and PGD step in --norm): mnist, cifar10, mini-imagenet (default: the "
+         "one of --data, else cifar10's).")]
 # Not --n: torchrun's parser would claim it as an ambiguous prefix of its --nnodes, --nproc-per-node, ...
 Points = Annotated[Optional[int], typer.Option(
     "--points", "-n", help="Test images to use: the first N of the test data.")]
@@ -77,7 +83,13 @@ Points = Annotated[Optional[int], typer.Option(
 def _parse_eps(text: str) -> float:
     from ..evaluation.presets import parse_eps
 
-    return parse_eps(text)
+    return parse_eps(text, None)
+
+
+def _check_norm(text: str) -> str:
+    from ..evaluation.presets import check_norm
+
+    return check_norm(text)
 
 
 def _user_value(parse, text: str):
@@ -86,6 +98,18 @@ def _user_value(parse, text: str):
         return parse(text)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
+
+
+def eps_in_norm(eps: float | None, norm: str, option: str = "--eps") -> float | None:
+    """``eps`` (read before ``--norm``), now checked against the norm: a bad value is a usage error of ``option``."""
+    from ..evaluation.presets import parse_eps
+
+    if eps is None:
+        return None
+    try:
+        return parse_eps(eps, norm)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint=f"'{option}'") from None
 
 
 def require_data(data: str | None) -> str:

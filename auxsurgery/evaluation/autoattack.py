@@ -74,29 +74,35 @@ class _HeadView(nn.Module):
         return as_stacked(self.aux(x))[self.head]
 
 
-def _stages(surrogate: nn.Module, eps: float, n_classes: int, seed: int, settings: dict) -> list[tuple[str, object]]:
+# Our norms as torchattacks names them.
+_TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
+
+
+def _stages(surrogate: nn.Module, eps: float, n_classes: int, seed: int, settings: dict,
+            norm: str) -> list[tuple[str, object]]:
     try:
         import torchattacks
     except ImportError:
         raise ImportError("the AutoAttack reference needs torchattacks: pip install 'auxsurgery[test]'") from None
     steps, queries = settings["steps"], settings["square_queries"]
-    n_classes = min(n_classes, TARGETS + 1)
+    n_classes, norm = min(n_classes, TARGETS + 1), _TORCHATTACKS_NORMS[norm]
     return [
-        ("APGD-CE", torchattacks.APGD(surrogate, eps=eps, norm="Linf", steps=steps, n_restarts=1, loss="ce",
+        ("APGD-CE", torchattacks.APGD(surrogate, eps=eps, norm=norm, steps=steps, n_restarts=1, loss="ce",
                                       seed=seed)),
-        ("APGD-T", torchattacks.APGDT(surrogate, eps=eps, norm="Linf", steps=steps, n_restarts=1,
+        ("APGD-T", torchattacks.APGDT(surrogate, eps=eps, norm=norm, steps=steps, n_restarts=1,
                                       n_classes=n_classes, seed=seed)),
-        ("FAB-T", torchattacks.FAB(surrogate, eps=eps, norm="Linf", steps=steps, n_restarts=1, multi_targeted=True,
+        ("FAB-T", torchattacks.FAB(surrogate, eps=eps, norm=norm, steps=steps, n_restarts=1, multi_targeted=True,
                                    n_classes=n_classes, seed=seed)),
-        ("Square", torchattacks.Square(surrogate, eps=eps, norm="Linf", n_queries=queries, n_restarts=1,
+        ("Square", torchattacks.Square(surrogate, eps=eps, norm=norm, n_queries=queries, n_restarts=1,
                                        seed=seed)),
     ]
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, rule: str = "vote",
                protocol: str | dict = "standard", surrogate: nn.Module | None = None, seed: int = 0,
-               batch_size: int = 256) -> AutoAttackResult:
-    """Run AutoAttack's ``protocol`` against ``rule`` of ``model`` on ``(x, y)`` at L-inf ``eps``.
+               batch_size: int = 256, norm: str = "linf") -> AutoAttackResult:
+    """Run AutoAttack's ``protocol`` against ``rule`` of ``model`` on ``(x, y)`` within the ``norm`` ball of
+    radius ``eps`` (``linf`` or ``l2``: AutoAttack's standard version runs the same four attacks in either).
 
     Args:
         model: an AuxModel or a plain ``[B, C]`` classifier.
@@ -104,6 +110,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, r
         protocol: ``standard`` (the original AutoAttack), ``torchattacks`` (its library defaults), or
             ``{"steps": ..., "square_queries": ...}`` (a reduced run, for tests).
     """
+    if norm not in _TORCHATTACKS_NORMS:
+        raise ValueError(f"unknown norm {norm!r}; AutoAttack runs in {', '.join(_TORCHATTACKS_NORMS)}")
     if isinstance(protocol, dict):
         settings, protocol = protocol, "custom"
     elif protocol in PROTOCOLS:
@@ -134,7 +142,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, r
         unseen &= ~sees
         if view_name.startswith("head") and not aimed.any():
             continue
-        for name, attack in _stages(view, eps, n_classes, seed, settings):
+        for name, attack in _stages(view, eps, n_classes, seed, settings, norm):
             todo = (robust & aimed).nonzero().flatten()
             stage_began = time.perf_counter()
             with PassCounter(*counted) as passes:
@@ -149,6 +157,6 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, r
             total = total + passes
             stages.append({"name": name, "view": view_name, "attacked": len(todo), "robust_after": int(robust.sum()),
                            "seconds": time.perf_counter() - stage_began, "passes": passes.to_dict()})
-    chosen = {**settings, "target_classes": min(n_classes, TARGETS + 1) - 1,
+    chosen = {**settings, "norm": norm, "target_classes": min(n_classes, TARGETS + 1) - 1,
               "unattacked": int((robust & unseen).sum())}
     return AutoAttackResult(rule, protocol, robust, x_adv, time.perf_counter() - began, stages, total, chosen)

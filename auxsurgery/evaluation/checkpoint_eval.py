@@ -42,7 +42,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
                         device: str = "auto", budget: Budget | None = None, standalone: bool = False,
                         precision: str = "fp32", out: str | os.PathLike | None = None, progress: bool = True,
                         save_adversarial: bool = False, eot: int | None = None, judge_draws: int | None = None,
-                        transfer_from: str | os.PathLike | nn.Module | None = None,
+                        transfer_from: str | os.PathLike | nn.Module | None = None, norm: str = "linf",
                         ) -> tuple[SuiteResult, list[Path]]:
     """Attack ``checkpoint`` on the first ``n`` test samples of ``data``; returns the result and the files written.
 
@@ -65,7 +65,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
                          "drop them")
     if preset is not None and get_preset(preset).name == "default":
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    get_preset(preset or data, eps, step_size, steps)
+    get_preset(preset or data, eps, step_size, steps, norm)
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
     if out is not None:
@@ -97,7 +97,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | nn.Module, data: str,
                            standalone=standalone, precision=precision, progress=progress,
                            state_dir=Path(out) / STATE_FOLDER if out is not None else None,
                            keep_adversarial=save_adversarial, eot=eot, judge_draws=judge_draws,
-                           transfer_from=transfer_from)
+                           transfer_from=transfer_from, norm=norm)
         if built:  # where a plain model's weights came from (a backbone's spec: name, weights file, sha256)
             result.model_info["backbone"] = getattr(checkpoint, "spec", None)
         else:

@@ -217,7 +217,7 @@ def plan_suites(names: Sequence[str], context: SuiteContext) -> list:
 # and its 5 preset steps add up to more than eps, so every coordinate can reach the corner.
 # Every sample takes every step: the paper judges one set of examples by every head and rule.
 def _paper_pgd(c: SuiteContext, steps: int) -> dict:
-    return dict(eps=c.preset.eps, steps=steps, step_size=c.preset.step_size, random_start=False,
+    return dict(eps=c.preset.eps, norm=c.preset.norm, steps=steps, step_size=c.preset.step_size, random_start=False,
                 early_stop=False)
 
 
@@ -242,7 +242,7 @@ def _adaptive(c: SuiteContext) -> list[AttackPlan]:
     p = c.preset
     series = "Adp-FGSM/Adp-PGD vs steps"
     return [
-        plan("Adp-FGSM", "adaptive", FGSM, objective="joint", eps=p.eps, series=(series, "steps", 1)),
+        plan("Adp-FGSM", "adaptive", FGSM, objective="joint", eps=p.eps, norm=p.norm, series=(series, "steps", 1)),
         plan("Adp-PGD", "adaptive", PGD, objective="joint", **_paper_pgd(c, p.steps),
              series=(series, "steps", p.steps)),
     ]
@@ -262,7 +262,7 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     targeted DLR, Square on the margin).
     """
     p, b = c.preset, c.budget
-    apgd = dict(eps=p.eps, steps=b.apgd_steps, restarts=b.apgd_restarts, rule=rule, seed=c.seed)
+    apgd = dict(eps=p.eps, norm=p.norm, steps=b.apgd_steps, restarts=b.apgd_restarts, rule=rule, seed=c.seed)
     targets = dict(target_classes=b.target_classes, target_candidates=max(b.target_candidates, b.target_classes))
     # AutoAttack's APGD-T (the targeted DLR) aims at every candidate, but briefly: a short run at each, full runs
     # only at the few that came closest. Ranking by the linearised distance at the clean input instead (3 nearest of
@@ -275,7 +275,7 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
                     screen_steps=b.screen_steps, close_steps=b.close_steps, close_margin=b.close_margin)
     reach = (f"{screened['target_classes']} screened of " if screened["target_classes"] < targets["target_candidates"]
              else "") + f"top-{targets['target_candidates']}"
-    square = dict(eps=p.eps, rule=rule, seed=c.seed)
+    square = dict(eps=p.eps, norm=p.norm, rule=rule, seed=c.seed)
     if len(c.head_names) == 1:
         return [plan("APGD-CE", "strong", APGD, objective="public", **apgd),
                 plan(f"APGD-T [dlr-t, {reach}]", "strong", APGDT, objective="dlr-t-public", **screened, **apgd),
@@ -334,24 +334,30 @@ def _strong(c: SuiteContext) -> list[AttackPlan | Cascade]:
     return plans
 
 
+def _eps_multiples(p: Preset, multiples: Sequence[float]) -> set[float]:
+    """The preset's eps times each multiple; L-inf radii capped at 1, where the ball holds the whole box."""
+    return {min(1.0, m * p.eps) if p.norm == "linf" else m * p.eps for m in multiples}
+
+
 @register_suite("sweep", "Sweep attacks", plots_series=True)
 def _sweep(c: SuiteContext) -> list[AttackPlan]:
     p, b = c.preset, c.budget
-    eps_values = sorted({min(1.0, m * p.eps) for m in b.sweep_multiples} | {LARGE_EPS})
-    by_eps = [plan(f"Adp-PGD eps={eps:.4g}", "sweep", PGD, objective="joint", eps=eps, steps=p.steps, seed=c.seed,
-                   early_stop=False,
+    # L-inf's sweep reaches the large-eps probe's radius (any image); no L2 radius does that on every image size.
+    eps_values = sorted(_eps_multiples(p, b.sweep_multiples) | ({LARGE_EPS} if p.norm == "linf" else set()))
+    by_eps = [plan(f"Adp-PGD eps={eps:.4g}", "sweep", PGD, objective="joint", eps=eps, norm=p.norm, steps=p.steps,
+                   seed=c.seed, early_stop=False,
                    series=("Adp-PGD vs eps", "eps", eps)) for eps in eps_values]
-    by_steps = [plan(f"Adp-PGD steps={steps}", "sweep", PGD, objective="joint", eps=p.eps, steps=steps, seed=c.seed,
-                     early_stop=False,
+    by_steps = [plan(f"Adp-PGD steps={steps}", "sweep", PGD, objective="joint", eps=p.eps, norm=p.norm, steps=steps,
+                     seed=c.seed, early_stop=False,
                      series=("Adp-PGD vs steps", "steps", steps)) for steps in b.sweep_steps]
     return by_eps + by_steps + [minimum_norm_curve(c, rule, "sweep", eps_values) for rule in c.rules]
 
 
 def minimum_norm_curve(c: SuiteContext, rule: str, suite: str, eps_values) -> MinimumNormCurve:
-    """FMN (L-inf, unbounded) on the rule's margin surrogate, read at every eps of ``eps_values``."""
+    """FMN (unbounded, in the preset's norm) on the rule's margin surrogate, read at every eps of ``eps_values``."""
     objective = "vote-margin" if rule == "vote" and len(c.head_names) > 1 else "margin-ensemble"
-    fmn = plan(f"FMN [{rule}]", suite, FMN, objective=objective, norm="linf", eps=None, steps=c.budget.fmn_steps,
-               rule=rule)
+    fmn = plan(f"FMN [{rule}]", suite, FMN, objective=objective, norm=c.preset.norm, eps=None,
+               steps=c.budget.fmn_steps, rule=rule)
     return MinimumNormCurve(f"FMN [{rule}]", suite, fmn, tuple(sorted(eps_values)), f"FMN on {objective} [{rule}]")
 
 
@@ -360,8 +366,8 @@ def _curve(c: SuiteContext) -> list:
     """The paper's Adp-PGD at every eps of the curve, and one minimum-norm run per attacked rule,
     which gives that rule's accuracy at every eps at once."""
     p, b = c.preset, c.budget
-    eps_values = b.curve_eps or tuple(sorted({min(1.0, m * p.eps) for m in b.sweep_multiples}))
-    plans: list = [plan(f"Adp-PGD eps={eps:.4g}", "curve", PGD, objective="joint", eps=eps, steps=p.steps,
+    eps_values = b.curve_eps or tuple(sorted(_eps_multiples(p, b.sweep_multiples)))
+    plans: list = [plan(f"Adp-PGD eps={eps:.4g}", "curve", PGD, objective="joint", eps=eps, norm=p.norm, steps=p.steps,
                         step_size=eps * p.step_size / p.eps, random_start=False, early_stop=False,
                         series=("Adp-PGD (paper's steps)", "eps", eps)) for eps in eps_values]
     return plans + [minimum_norm_curve(c, rule, "curve", eps_values) for rule in c.rules]
@@ -382,12 +388,14 @@ def sanity_probes(c: SuiteContext, plans: Sequence[AttackPlan | Cascade]) -> lis
     p, probes = c.preset, []
     # The probes stop spending on a point once it is fooled (its first fooling iterate counts): the accuracy
     # they read is the same or lower, at a fraction of the passes.
-    if not any(axis == "eps" and x >= LARGE_EPS for _, axis, x in series):
+    # The large-eps probe is L-inf in either threat model: an L-inf ball of radius 1 holds every image.
+    if p.norm != "linf" or not any(axis == "eps" and x >= LARGE_EPS for _, axis, x in series):
         probes.append(plan(f"PGD eps={LARGE_EPS:g} (probe)", SANITY_SUITE, PGD, objective="joint", eps=LARGE_EPS,
-                           steps=c.budget.probe_steps, seed=c.seed, series=("probe vs eps", "eps", LARGE_EPS)))
+                           norm="linf", steps=c.budget.probe_steps, seed=c.seed,
+                           series=("probe vs eps", "eps", LARGE_EPS)))
     if len({x for _, axis, x in series if axis == "steps"}) < 2:
-        probes += [plan(f"PGD steps={steps} (probe)", SANITY_SUITE, PGD, objective="joint", eps=p.eps, steps=steps,
-                        step_size=p.step_size, seed=c.seed, series=("probe vs steps", "steps", steps))
+        probes += [plan(f"PGD steps={steps} (probe)", SANITY_SUITE, PGD, objective="joint", eps=p.eps, norm=p.norm,
+                        steps=steps, step_size=p.step_size, seed=c.seed, series=("probe vs steps", "steps", steps))
                    for steps in (p.steps, 4 * p.steps)]
     return probes
 

@@ -1,14 +1,20 @@
-"""Attack budgets: the paper's per-dataset eps and step size, and how hard the other attacks try.
+"""Attack budgets: the threat model (a norm and an eps) of each dataset, and how hard the other attacks try.
 
 The paper (Section IV-A.3) runs PGD for 5 iterations with ``eps=0.3, step=0.1`` on MNIST,
 ``8/255, 2/255`` on CIFAR-10 and ``10/255, 3/255`` on Mini-ImageNet; Table VI's per-head
-study uses a two-iteration PGD. All budgets are L-inf, in [0, 1] pixel units.
+study uses a two-iteration PGD. Those are the L-inf presets; each dataset also has an L2 preset
+from published L2 evaluations (:data:`L2_PRESETS`). All budgets are in [0, 1] pixel units.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
-__all__ = ["Budget", "PRESETS", "Preset", "fmt_eps", "fmt_threat", "get_preset", "parse_eps"]
+from .._utils import did_you_mean
+from ..attacks.base import NORMS
+
+__all__ = ["Budget", "L2_PRESETS", "PRESETS", "Preset", "check_norm", "fmt_eps", "fmt_norm", "fmt_threat",
+           "get_preset", "parse_eps"]
 
 
 @dataclass(frozen=True)
@@ -17,10 +23,11 @@ class Preset:
 
     Args:
         name: the preset's name (a dataset name, or ``default``).
-        eps: L-inf radius in pixels.
-        step_size: PGD step in pixels.
+        eps: radius of the ``norm`` ball in pixels.
+        step_size: PGD step in pixels (in ``norm``).
         steps: PGD iterations of the paper-faithful rows (Tables II and VII).
         heads_steps: PGD iterations of the per-head study (Table VI).
+        norm: ``linf`` or ``l2``.
     """
 
     name: str
@@ -28,6 +35,7 @@ class Preset:
     step_size: float
     steps: int = 5
     heads_steps: int = 2
+    norm: str = "linf"
 
     def to_dict(self) -> dict:
         """The preset as JSON-able values."""
@@ -39,24 +47,46 @@ PRESETS = {
     "cifar10": Preset("cifar10", 8 / 255, 2 / 255),
     "mini-imagenet": Preset("mini-imagenet", 10 / 255, 3 / 255),
 }
-# Datasets the paper did not use get CIFAR-10's budget, the most common L-inf benchmark.
+# L2 radii of published evaluations; the PGD step keeps the L-inf preset's step-to-eps ratio (5 steps of eps/3 or
+# eps/4 reach the sphere from the clean input, as they reach the L-inf ball's corners).
+L2_PRESETS = {
+    # Rony et al. 2019 (DDN, CVPR) train and evaluate MNIST at L2 2.0; Croce & Hein 2020 (FAB, ICML) report MNIST L2
+    # robust accuracy at 2.0 among their radii.
+    "mnist": Preset("mnist", 2.0, 2.0 / 3, norm="l2"),
+    # RobustBench's CIFAR-10 L2 leaderboard (Croce et al. 2021) and AutoAttack's L2 evaluation (Croce & Hein 2020).
+    "cifar10": Preset("cifar10", 0.5, 0.5 / 4, norm="l2"),
+    # The ImageNet L2 radius of Engstrom et al.'s robustness library and Salman et al. 2020 (NeurIPS), on 224 x 224
+    # images, of which Mini-ImageNet is a subset. An L2 budget grows with the square root of the pixel count: on
+    # images of side s the same per-pixel budget is 3.0 * s / 224 (pass --eps for that).
+    "mini-imagenet": Preset("mini-imagenet", 3.0, 3.0 * 3 / 10, norm="l2"),
+}
+# Datasets the paper did not use get CIFAR-10's budget, the most common benchmark in either norm.
 DEFAULT = replace(PRESETS["cifar10"], name="default")
+L2_DEFAULT = replace(L2_PRESETS["cifar10"], name="default")
 _ALIASES = {"cifar-10": "cifar10", "miniimagenet": "mini-imagenet", "mini_imagenet": "mini-imagenet"}
 
 
+def check_norm(norm: str) -> str:
+    """``norm`` if it names a threat model's norm (``linf``, ``l2``); else a ValueError naming the valid ones."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}.{did_you_mean(str(norm), NORMS)} Valid norms: {', '.join(NORMS)}")
+    return norm
+
+
 def get_preset(
-    dataset: str | None = None, eps: float | None = None, step_size: float | None = None, steps: int | None = None
+    dataset: str | None = None, eps: float | None = None, step_size: float | None = None, steps: int | None = None,
+    norm: str = "linf",
 ) -> Preset:
-    """The preset of ``dataset`` (``default`` for unknown or None) with any overrides applied.
+    """The ``norm`` preset of ``dataset`` (``default`` for unknown or None) with any overrides applied.
 
     Overriding ``eps`` alone keeps the preset's step-to-eps ratio (1/3 on MNIST, 1/4 on
     CIFAR-10), so a larger budget gets proportionally larger steps.
     """
     key = str(dataset).lower() if dataset is not None else ""
-    preset = PRESETS.get(_ALIASES.get(key, key), DEFAULT)
+    presets, default = (PRESETS, DEFAULT) if check_norm(norm) == "linf" else (L2_PRESETS, L2_DEFAULT)
+    preset = presets.get(_ALIASES.get(key, key), default)
     if eps is not None:
-        if not 0 <= eps <= 1:
-            raise ValueError(f"eps must lie in [0, 1] (L-inf, pixels in [0, 1]), got {eps}")
+        _check_eps(eps, norm, eps)
         if step_size is None:
             step_size = eps * preset.step_size / preset.eps
         preset = replace(preset, eps=eps)
@@ -165,13 +195,29 @@ def fmt_eps(eps: float | None) -> str:
     return f"{eps:.4g}"
 
 
+def fmt_norm(norm: str, prose: bool = False) -> str:
+    """``Linf`` or ``L2``: the norm as report tables print it (``prose``: ``L-inf`` or ``L2``, as sentences do)."""
+    return ("L-inf" if prose else "Linf") if norm == "linf" else "L2"
+
+
 def fmt_threat(threat: dict) -> str:
     """``Linf 8/255`` or ``L2 min``."""
-    return f"{'Linf' if threat['norm'] == 'linf' else 'L2'} {fmt_eps(threat['eps'])}"
+    return f"{fmt_norm(threat['norm'])} {fmt_eps(threat['eps'])}"
 
 
-def parse_eps(value: str | float) -> float:
-    """An L-inf radius in pixel units from ``8/255``, ``0.031`` or ``0.3`` (the form every report prints)."""
+def _check_eps(eps: float, norm: str | None, text) -> None:
+    """A ValueError unless ``eps`` is a radius of ``norm`` (``None``: of either norm, checked again once known)."""
+    if norm == "linf" and not 0 <= eps <= 1:
+        raise ValueError(f"eps must lie in [0, 1] for linf (pixels in [0, 1]), got {text}; an L2 radius needs norm l2")
+    if norm == "l2" and not eps > 0:
+        raise ValueError(f"eps must be > 0 for l2, got {text}")
+    if not (eps >= 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be a finite number >= 0, got {text}")
+
+
+def parse_eps(value: str | float, norm: str | None = "linf") -> float:
+    """A radius in pixel units from ``8/255``, ``0.031``, ``0.3`` or ``0.5`` (the form every report prints), checked
+    against ``norm`` (``None``: any finite radius >= 0, for an option read before the norm is known)."""
     text = str(value).strip()
     try:
         if "/" in text:
@@ -181,6 +227,5 @@ def parse_eps(value: str | float) -> float:
             eps = float(text)
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"eps must be a number or a fraction such as 8/255, got {text!r}") from None
-    if not 0 <= eps <= 1:
-        raise ValueError(f"eps must lie in [0, 1] (L-inf, pixels in [0, 1]), got {text}")
+    _check_eps(eps, norm, text)
     return eps

@@ -24,7 +24,7 @@ from .._utils import atomic_write, markdown_table
 from ..provenance import release
 from ..rules import get_rule
 from .plans import Suite, get_suite
-from .presets import fmt_eps, fmt_threat
+from .presets import fmt_eps, fmt_norm, fmt_threat
 from .results import protocol_lines, stage_line
 
 __all__ = [
@@ -237,8 +237,8 @@ def markdown_report(result, plots: Sequence[str] = ()) -> str:
         f"alpha {result.model_info['alpha']}",
         f"- data: {result.data_info['source']}, n={result.n}, "
         f"shape {'x'.join(map(str, result.data_info['shape']))}",
-        f"- threat model: Linf eps={fmt_eps(p.eps)} (preset {p.name}); PGD step {fmt_eps(p.step_size)}, "
-        f"{p.steps} steps; seed {result.settings['seed']}",
+        f"- threat model: {fmt_norm(p.norm)} eps={fmt_eps(p.eps)} (preset {p.name}); PGD step "
+        f"{fmt_eps(p.step_size)}, {p.steps} steps; seed {result.settings['seed']}",
         f"- budget: {result.budget.describe()}",
         f"- suites: {', '.join(result.suites)}; attacked rules: {', '.join(result.rules)}; "
         f"{result.seconds:.1f} s in all",
@@ -291,7 +291,7 @@ def plot_sweep(result, path: str | Path) -> Path | None:
                 ax.plot([row.series[2] for row in line], [100 * row.outcome.accuracy(rule) for row in line],
                         marker="o", label=label)
         xs = sorted({row.series[2] for row in members})
-        ax.set_xlabel("eps (L-inf, pixels)" if axis == "eps" else "PGD steps")
+        ax.set_xlabel(f"eps ({fmt_norm(result.preset.norm, prose=True)}, pixels)" if axis == "eps" else "PGD steps")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
         ax.set_title(members[0].series[0] if len(series_names) == 1 else f"accuracy vs {axis}")

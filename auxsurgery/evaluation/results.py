@@ -169,8 +169,8 @@ class SuiteResult:
         return total
 
     def worst_case(self) -> WorstCase:
-        """Per-sample worst case over every attack within the preset's L-inf budget."""
-        return worst_case(self.clean, self.rows, self.preset.eps, "linf")
+        """Per-sample worst case over every attack within the preset's threat model (its norm and eps)."""
+        return worst_case(self.clean, self.rows, self.preset.eps, self.preset.norm)
 
     def cascade_stages(self) -> list[dict]:
         """Each cascade's accuracy under its rule before it and after each stage, as AutoAttack logs it.
@@ -185,7 +185,7 @@ class SuiteResult:
                 continue
             name, rule = row.cascade["name"], row.cascade["rule"]
             if name not in cascades:
-                before = worst_case(self.clean, self.rows[:i], self.preset.eps, "linf")
+                before = worst_case(self.clean, self.rows[:i], self.preset.eps, self.preset.norm)
                 cascades[name] = {"cascade": name, "rule": rule,
                                   "start": "earlier attacks" if before.attacks else "clean",
                                   "start_accuracy": before.outcome.accuracy(rule), "stages": []}

@@ -242,7 +242,7 @@ class _Runner:
             heads, losses = self.clean.heads.clone(), self.clean.losses.clone()
             used = []  # the examples that count at this eps: those in its ball (with float32 rounding)
             for record in records:
-                inside = record["linf"] <= eps + 1e-7
+                inside = record[attack.norm] <= eps + 1e-7
                 used.append({k: v[inside] if k == "x_adv" else v[..., inside] if v.dim() else v
                              for k, v in record.items()})
             for record in used:
@@ -252,7 +252,7 @@ class _Runner:
                 heads[:, index], losses[:, index] = record["heads"], record["losses"]
             rows.append(AttackRow(
                 name=f"{curve.name} eps={eps:.4g}", suite=curve.suite, kind=attack.kind,
-                config={**curve.attack.config, "read_at_eps": eps}, threat={"norm": "linf", "eps": eps},
+                config={**curve.attack.config, "read_at_eps": eps}, threat={"norm": attack.norm, "eps": eps},
                 series=(curve.series, "eps", eps), outcome=self.clean & Outcome(rules, heads),
                 head_loss=losses.mean(1),
                 # One run serves every eps: its time is counted once, on the first row.
@@ -367,6 +367,7 @@ def run_suite(
     eot: int | None = None,
     judge_draws: int | None = None,
     transfer_from: nn.Module | None = None,
+    norm: str = "linf",
 ) -> SuiteResult:
     """Attack ``model`` with the chosen suites and judge every result by its real decision rules.
 
@@ -374,7 +375,7 @@ def run_suite(
         model: an AuxModel, or a plain ``[B, C]`` classifier (the undefended baseline).
         data: ``(x, y)`` tensors, a Dataset or a DataLoader of [0, 1] pixels and labels.
         suite: comma-separated suite names (see :func:`~auxsurgery.evaluation.plans.list_suites`).
-        eps, step_size, steps: override the preset's L-inf budget, PGD step and PGD iterations.
+        eps, step_size, steps: override the preset's budget (a radius in ``norm``), PGD step and PGD iterations.
         dataset: picks the preset (``mnist``, ``cifar10``, ``mini-imagenet``; others: default).
         n: evaluate the first ``n`` samples only.
         seed: seed of every attack's randomness (batch ``i`` of an attack uses ``seed + i * batch_size``).
@@ -408,6 +409,8 @@ def run_suite(
             aggregation); the attacked model still judges every example, answers the black-box attacks and
             the sanity probes, and decides when an attack stops working on a point. Its eot follows its own
             randomness check unless ``eot`` is given.
+        norm: the threat model's norm, ``linf`` or ``l2``: picks the dataset's preset of that norm, which every
+            bounded attack of the suites runs in (the sanity probe at eps 1 stays L-inf, where it holds any image).
 
     Under ``torchrun`` (or inside an initialised process group) the batches of every attack are
     shared out over the processes (gloo on CPU, nccl on CUDA: each process evaluates on its own
@@ -427,7 +430,7 @@ def run_suite(
         get_rule(rule).check_heads(len(aux.head_names))
     # Every evaluation judges the standard rules; an attacked rule outside them is judged too.
     eval_rules = tuple(dict.fromkeys([*default_rules(len(aux.head_names)), *targets]))
-    preset, budget = get_preset(dataset, eps, step_size, steps), budget or Budget()
+    preset, budget = get_preset(dataset, eps, step_size, steps, norm), budget or Budget()
     context = SuiteContext(preset, budget, targets, seed, tuple(aux.head_names), standalone)
     if len(aux.head_names) < 2:
         skipped = [name for name in names if get_suite(name).needs_heads]

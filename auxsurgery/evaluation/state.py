@@ -88,6 +88,11 @@ class EvaluationState:
                                  "manifest); choose another output folder")
             changed = [key for key in sorted(set(stored) | set(self.fingerprint))
                        if stored.get(key) != self.fingerprint.get(key)]
+            stored_norm, norm = ((fp.get("preset") or {}).get("norm", "linf") for fp in (stored, self.fingerprint))
+            if stored_norm != norm:
+                raise StateError(f"{self.folder} holds an evaluation under the {stored_norm} threat model, not "
+                                 f"{norm}: rerun with --norm {stored_norm}, or choose another folder to evaluate "
+                                 f"under {norm}")
             if changed:
                 raise StateError(f"{self.folder} holds an evaluation of another setting ({', '.join(changed)} "
                                  "changed); rerun with what it was made for, or delete the folder (or choose "

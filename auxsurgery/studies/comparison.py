@@ -22,6 +22,7 @@ from ..evaluation.confidence import (
     points_with_interval,
     wilson_interval,
 )
+from ..evaluation.presets import fmt_norm
 from ..evaluation.report import fmt_eps
 from ..rules import default_rules
 from .paper import paper_value
@@ -167,6 +168,7 @@ def build_report(recipe, documents: dict, readings: list[dict]) -> dict:
         "recipe": {"name": recipe.name, "path": recipe.path, "description": recipe["recipe"]["description"],
                    "paper_setting": setting},
         "readings": readings,
+        "norm": recipe["attack"]["norm"],
         "n": {model: next(iter(docs.values()))["data"]["n"] for model, docs in documents.items()},
         "tables": {r["name"]: _table(documents, r["name"], setting) for r in readings},
         "gains": {r["name"]: _gains(documents, r["name"]) for r in readings},
@@ -212,8 +214,10 @@ def _reading_rows(report: dict, reading: str) -> tuple[list[str], list[list[str]
         for row in report["tables"][reading]]
 
 
-def _reading_title(reading: dict) -> str:
-    return f"eps reading '{reading['name']}': L-inf eps = {fmt_eps(reading['eps'])}"
+def _reading_title(report: dict, reading: dict) -> str:
+    # Reports from before the L2 threat model carry no norm: they were L-inf.
+    norm = fmt_norm(report.get("norm", "linf"), prose=True)
+    return f"eps reading '{reading['name']}': {norm} eps = {fmt_eps(reading['eps'])}"
 
 
 def reading_table(report: dict, reading: str) -> list[str]:
@@ -226,7 +230,7 @@ def reading_tables(report: dict) -> list[Table]:
     tables = []
     for reading in report["readings"]:
         header, rows = _reading_rows(report, reading["name"])
-        table = Table(title=_reading_title(reading))
+        table = Table(title=_reading_title(report, reading))
         for column in header:
             table.add_column(column, justify="left" if column == "model" else "right")
         for row in rows:
@@ -239,6 +243,7 @@ def report_markdown(report: dict, plots: list[str]) -> str:
     """The comparison report as Markdown."""
     setting = report["recipe"]["paper_setting"]
     description = [report["recipe"]["description"], ""] if report["recipe"]["description"] else []
+    norm = fmt_norm(report.get("norm", "linf"), prose=True)  # reports before the L2 threat model were L-inf
     paper_note = (f", ours / the paper's ({setting} column of Tables II and VII; its 'Aux Block (all)' is our vote "
                   "rule)" if _with_paper(report) else "")
     lines = [f"# Recipe report: {report['recipe']['name']}", "", *description,
@@ -250,7 +255,7 @@ def report_markdown(report: dict, plots: list[str]) -> str:
              "Accuracy in %" + paper_note
              + ". PGD, CW and Boundary are the static adversary (crafted on the backbone alone, then judged by "
              "each model's own decision): a baseline, not an evaluation of the defence. Adp-PGD is the paper's "
-             "adaptive attack on the joint loss. *worst case* is per sample over every L-inf attack run within the "
+             f"adaptive attack on the joint loss. *worst case* is per sample over every {norm} attack run within the "
              "reading's eps (with the strong suite: its cascades of APGD, targeted APGD and Square on each attacked "
              "rule); the paper has no such column, and it is the number to quote. In brackets: the 95% Wilson "
              "interval of each of our accuracies over the attacked test points.", ""]
@@ -279,7 +284,7 @@ def report_markdown(report: dict, plots: list[str]) -> str:
             for model, seconds in report["eval_seconds"].items()])
         lines.append("")
     for reading in report["readings"]:
-        lines += [f"## {_reading_title(reading)}" + (f" ({reading['note']})" if reading["note"] else ""), ""]
+        lines += [f"## {_reading_title(report, reading)}" + (f" ({reading['note']})" if reading["note"] else ""), ""]
         lines += reading_table(report, reading["name"])
         if any(c["from_reading"] for row in report["tables"][reading["name"]] for c in row["cells"].values()):
             lines.append("")
@@ -347,7 +352,7 @@ def plot_curves(report: dict, path: str | Path) -> Path | None:
         ax.axvline(reading["eps"], color="grey", linestyle=":")
         ax.annotate(f"reading '{reading['name']}'", (reading["eps"], 50), rotation=90, va="center", ha="right",
                     fontsize=8, color="grey")
-    ax.set_xlabel("eps (L-inf, pixels in [0, 1])")
+    ax.set_xlabel(f"eps ({fmt_norm(report.get('norm', 'linf'), prose=True)}, pixels in [0, 1])")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=7, loc="lower left")

@@ -34,7 +34,7 @@ from ..checkpoint import save
 from ..data import dataset_classes, held_out_split, load_dataset
 from ..evaluation import Budget, run_suite, write_report
 from ..evaluation.confidence import paired_difference_interval, percent_with_interval, points_with_interval
-from ..evaluation.report import fmt_eps
+from ..evaluation.presets import check_norm, fmt_eps, fmt_norm
 from ..evaluation.state import STATE_FOLDER
 from ..provenance import release
 from ..rules import check_rule
@@ -108,7 +108,9 @@ class DefendConfig:
         n: test images evaluated (the first ``n``).
         train_subset: train on the first N training images (None: all).
         val_fraction: share of the training images held out (un-augmented) to validate each epoch.
-        eps: L-inf budget of the evaluation (default: the dataset's preset, 8/255 for unknown datasets).
+        eps: budget of the evaluation, a radius in ``norm`` (default: the dataset's preset of that norm; for unknown
+            datasets CIFAR-10's, 8/255 or L2 0.5).
+        norm: the threat model's norm, ``linf`` or ``l2``, of the evaluation and of the adversarial training.
         adversarial: the adversarial-training method of the adversarial defences: an AdversarialConfig, or its
             settings as a dict whose eps defaults to the evaluation's (default: FGSM with a random start at the
             evaluation's eps, on the joint loss of all heads).
@@ -132,6 +134,7 @@ class DefendConfig:
     train_subset: int | None = None
     val_fraction: float = 0.1
     eps: float | None = None
+    norm: str = "linf"
     adversarial: AdversarialConfig | dict | None = None
     min_clean: float | None = None
     dataset: str | None = None
@@ -142,6 +145,7 @@ class DefendConfig:
     device: str = "auto"
 
     def __post_init__(self):
+        check_norm(self.norm)
         if self.epochs < 1 or self.n < 1 or self.batch_size < 1:
             raise ValueError("epochs, n and batch_size must be >= 1")
         if self.train_subset is not None and self.train_subset < 1:
@@ -165,7 +169,7 @@ class DefendConfig:
         """The adversarial training of the adversarial defences, for an evaluation at ``eps``."""
         if isinstance(self.adversarial, AdversarialConfig):
             return self.adversarial
-        return AdversarialConfig(**{"eps": eps, "method": "fgsm", **(self.adversarial or {})})
+        return AdversarialConfig(**{"eps": eps, "method": "fgsm", "norm": self.norm, **(self.adversarial or {})})
 
 
 def verdict(before: dict, after: dict) -> dict:
@@ -212,6 +216,7 @@ class DefenceResult:
     warnings: list[str] = field(default_factory=list)
     training: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
+    norm: str = "linf"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -219,7 +224,7 @@ class DefenceResult:
     def headline(self) -> str:
         """The answer, in one sentence."""
         undefended = self.models[UNDEFENDED]["rules"]["vote"]
-        where = f"at L-inf eps {fmt_eps(self.eps)} on {self.n} test images"
+        where = f"at {fmt_norm(self.norm, prose=True)} eps {fmt_eps(self.eps)} on {self.n} test images"
         if self.best is None:
             return (f"No defence kept clean accuracy at or above the floor of {100 * self.min_clean:.1f}%; the "
                     f"undefended model's worst case is {100 * undefended['worst_case']:.1f}% {where}.")
@@ -241,7 +246,8 @@ class DefenceResult:
         n = self.n
         floor = "none" if self.min_clean is None else f"{100 * self.min_clean:.1f}%"
         lines += [f"Accuracy in % on {n} test images (with its 95% Wilson interval); worst case = per image over "
-                  f"every attack of the strong suite within L-inf eps {fmt_eps(self.eps)} (APGD on the rule's own "
+                  f"every attack of the strong suite within {fmt_norm(self.norm, prose=True)} eps {fmt_eps(self.eps)} (APGD on "
+                  "the rule's own "
                   "objective and on the ensemble, targeted APGD, Square, run as a cascade on each rule): an image "
                   "counts as robust only if no attack fooled it. Gain = worst case minus the undefended model's, "
                   f"with a 95% interval. Clean-accuracy floor: {floor}.", ""]
@@ -378,7 +384,7 @@ def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, i
 
     budget = Budget.quick() if quick else None
     preset = config.dataset or (data_name if isinstance(data, str) else None)
-    settings = dict(n=n, seed=config.seed, budget=budget, dataset=preset, eps=config.eps)
+    settings = dict(n=n, seed=config.seed, budget=budget, dataset=preset, eps=config.eps, norm=config.norm)
     steps = len(config.methods) + 1
     # The user's module stays where it is: the undefended model is evaluated as a copy, where the defences train.
     reference = copy.deepcopy(backbone).eval().to(resolve_device(config.device))
@@ -416,7 +422,7 @@ def _defend(backbone, data, out: Path | None, config: DefendConfig, data_root, i
     result = DefenceResult(
         model=name, data=data_name, n=n_points, eps=eps, quick=quick, attach_points=attach_points,
         min_clean=config.min_clean, models=models, candidates=candidates, best=best, warnings=warnings,
-        training=training, files=files)
+        training=training, files=files, norm=config.norm)
     if out:
         result.files.update({"report": str(out / REPORT_MD), "json": str(out / REPORT_JSON)})
         document = {**release(), **result.to_dict(), "headline": result.headline(),

@@ -231,7 +231,7 @@ def readings(recipe: Recipe) -> list[dict]:
     """The eps readings to evaluate: the recipe's, or the one of its attack preset."""
     if recipe["attack"]["readings"]:
         return recipe["attack"]["readings"]
-    preset = get_preset(_preset_name(recipe))
+    preset = get_preset(_preset_name(recipe), norm=recipe["attack"]["norm"])
     return [{"name": preset.name, "eps": preset.eps, "step_size": None, "exclude": [], "note": "the preset's eps"}]
 
 
@@ -265,7 +265,8 @@ def attack_models(recipe: Recipe, models: dict[str, nn.Module], data: RunData, o
     """``{model: {reading or "curve": results.json document}}`` for every trained model."""
     a = recipe["attack"]
     common = dict(dataset=_preset_name(recipe), n=min(a["n"], len(data.test)), seed=recipe["recipe"]["seed"],
-                  batch_size=a["batch_size"], budget=_budget(recipe), eot=a["eot"], judge_draws=a["judge_draws"])
+                  batch_size=a["batch_size"], budget=_budget(recipe), eot=a["eot"], judge_draws=a["judge_draws"],
+                  norm=a["norm"])
     documents: dict[str, dict] = {name: {} for name in models}
     plans = {}  # name -> (rules, suites)
     for name, model in models.items():

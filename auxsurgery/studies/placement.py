@@ -33,6 +33,7 @@ from ..backbones import PROVENANCE_KEYS, build_backbone
 from ..cost import head_costs
 from ..evaluation import collect, run_suite
 from ..evaluation.plans import HEADS_SUITE
+from ..evaluation.presets import fmt_eps, fmt_norm
 from ..provenance import release
 from ..surgery import attach_aux_blocks, parse_points
 from ..train import TrainConfig, finetune
@@ -90,15 +91,16 @@ class PlacementResult:
     n: int
     mode: str
     epochs: int
+    norm: str = "linf"
 
     def to_dict(self) -> dict:
         """JSON-able values: the settings and one dict per row."""
-        return {"eps": self.eps, "step_size": self.step_size, "steps": self.steps, "n": self.n,
+        return {"eps": self.eps, "norm": self.norm, "step_size": self.step_size, "steps": self.steps, "n": self.n,
                 "mode": self.mode, "epochs": self.epochs, "rows": [asdict(row) for row in self.rows]}
 
     def _title(self) -> str:
         return (f"Placement study: accuracy (%) on {self.n} test images, PGD-{self.steps} crafted on the public model, "
-                f"L-inf eps {self.eps * 255:g}/255, step {self.step_size * 255:g}/255")
+                f"{fmt_norm(self.norm, prose=True)} eps {fmt_eps(self.eps)}, step {fmt_eps(self.step_size)}")
 
     # Short headers: the table must fit an 80-column terminal; the Markdown report says more.
     _COLUMNS = ("placement", "+params %", "+FLOPs %", "clean vote", "PGD public", "PGD aux", "PGD vote",
@@ -160,7 +162,8 @@ class PlacementResult:
             ax.annotate(row.name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel("FLOP overhead of the heads (% of backbone)")
         ax.set_ylabel("accuracy under PGD, vote rule (%)")
-        ax.set_title(f"Placement: robustness vs cost (n={self.n}, eps {self.eps * 255:g}/255)")
+        ax.set_title(f"Placement: robustness vs cost (n={self.n}, {fmt_norm(self.norm, prose=True)} eps "
+                     f"{fmt_eps(self.eps)})")
         ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
@@ -226,6 +229,7 @@ def place_study(
     lr: float = 3e-3,
     batch_size: int = 128,
     device: str = "auto",
+    norm: str = "linf",
 ) -> PlacementResult:
     """Compare Aux Block placements on a trained ``backbone``: one row per candidate point and per set.
 
@@ -239,6 +243,7 @@ def place_study(
         mode: fine-tuning mode: ``heads`` (backbone frozen) or ``full``.
         epochs, lr, batch_size: fine-tuning of each placement (:meth:`TrainConfig.quick`: AdamW, one-cycle).
         eps, step_size: the ``heads`` suite's PGD (its preset's two steps, Table VI; default: CIFAR-10's budget).
+        norm: the ball of ``eps`` and ``step_size``, ``linf`` or ``l2``.
         n: test images measured (the first ``n``).
         seed: seeds the heads' initial weights, the data order and the attacks.
         input_size: ``(C, H, W)`` (default: the backbone's design size).
@@ -266,7 +271,7 @@ def place_study(
         # The heads suite's PGD has a deterministic start (as in the paper): every placement faces the
         # same attack, and with a frozen backbone the very same adversarial images.
         result = run_suite(aux.eval(), (x, y), suite=HEADS_SUITE, eps=eps, step_size=step_size, seed=seed,
-                           batch_size=_BATCH, progress=False)
+                           batch_size=_BATCH, progress=False, norm=norm)
         clean, study = result.clean.summary(aux.head_names), result.heads_study()
         costs = head_costs(aux, input_size)[1:]
         rows.append(PlacementRow(
@@ -278,4 +283,4 @@ def place_study(
     for i in pareto_front(rows):
         rows[i].best = True
     return PlacementResult(rows, eps=eps, step_size=step_size, steps=result.preset.heads_steps, n=n, mode=mode,
-                           epochs=epochs)
+                           epochs=epochs, norm=norm)

@@ -26,6 +26,7 @@ import torch
 
 from .. import synthetic
 from .._utils import UnsafePath, check_name, did_you_mean
+from ..attacks.base import NORMS
 from ..backbones import FACTORY_PREFIX, build_backbone, is_weights_file, resolve_name, weights_file
 from ..data import SOURCES, SYNTHETIC_NAMES
 from ..evaluation import Budget, list_suites
@@ -87,7 +88,8 @@ CURVE_KEYS = {"eps": Key("float-list", REQUIRED), "apgd_steps": Key("int", 50)}
 # An adversarial-training method and its settings (auxsurgery.train.AdversarialConfig); unset keys keep the
 # preset's (when one is named) or the method's defaults.
 ADVERSARIAL_KEYS = {"preset": Key("str", None, tuple(ADVERSARIAL_PRESETS)), "method": Key("str"), "eps": Key("float"),
-                    "step_size": Key("float"), "steps": Key("int"), "objective": Key("str"), "beta": Key("float")}
+                    "step_size": Key("float"), "steps": Key("int"), "objective": Key("str"), "beta": Key("float"),
+                    "norm": Key("str", None, NORMS)}
 AUX_ADVERSARIAL_PREFIX = "aux_adversarial_"
 
 # section -> key -> Key; a dict value is a sub-table; a list of one dict is an array of tables.
@@ -117,7 +119,8 @@ SCHEMA: dict[str, dict] = {
                          "train": TRAIN_KEYS}],
     "attack": {"suites": Key("str-list", ["static", "adaptive", "strong"]), "n": Key("int", 1000),
                "rules": Key("str-list", ATTACKED_RULES), "batch_size": Key("int", 128),
-               "preset": Key("str", None, tuple(ATTACK_PRESETS)), "readings": [READING_KEYS],
+               "preset": Key("str", None, tuple(ATTACK_PRESETS)), "norm": Key("str", "linf", NORMS),
+               "readings": [READING_KEYS],
                "budget": BUDGET_KEYS, "curve": CURVE_KEYS,
                # run_suite's draws of a randomised model (unset: its defaults where the randomness check fires)
                "eot": Key("int", None), "judge_draws": Key("int", None)},
@@ -324,6 +327,15 @@ def _fill(section: str, table, schema: dict) -> dict:
     return filled
 
 
+# The eps readings' range in each norm: an L-inf ball of radius 1 holds the whole box; an L2 radius has no such cap
+# short of the image's diagonal.
+_RADII = {"linf": "(0, 1] (pixels in [0, 1])", "l2": "(0, inf)"}
+
+
+def _is_radius(eps: float, norm: str) -> bool:
+    return 0 < eps <= 1 if norm == "linf" else 0 < eps < float("inf")
+
+
 def _check_folder_name(r: Recipe, where: str, name: str) -> None:
     try:
         check_name(name, "the name")
@@ -380,6 +392,9 @@ def _check_names(r: Recipe) -> None:
             get_rule(rule)
         except ValueError as error:
             raise r.error("[attack] rules", str(error)) from None
+    if r["attack"]["norm"] != "linf" and r["recipe"]["paper"] != "none":
+        raise r.error("[attack] norm", f"the paper's tables ([recipe] paper = {r['recipe']['paper']!r}) are L-inf "
+                                       f"numbers, not comparable with {r['attack']['norm']}: set paper = \"none\"")
     names = [reading["name"] for reading in r["attack"]["readings"]]
     if len(set(names)) != len(names):
         raise r.error("[attack.readings] name", f"reading names must differ, got {names}")
@@ -388,11 +403,13 @@ def _check_names(r: Recipe) -> None:
         if reading["name"] == CURVE:
             raise r.error(f"[attack.readings[{i}]] name", f"{CURVE!r} is the accuracy-vs-eps run's own name; "
                                                            "choose another")
-        if not 0 < reading["eps"] <= 1:
-            raise r.error(f"[attack.readings[{i}]] eps", f"must lie in (0, 1] (pixels in [0, 1]), got {reading['eps']}")
+        if not _is_radius(reading["eps"], r["attack"]["norm"]):
+            raise r.error(f"[attack.readings[{i}]] eps", f"must lie in {_RADII[r['attack']['norm']]} for "
+                                                         f"{r['attack']['norm']}, got {reading['eps']}")
     for eps in r["attack"]["curve"]["eps"] if r["attack"]["curve"] else []:
-        if not 0 < eps <= 1:
-            raise r.error("[attack.curve] eps", f"every eps must lie in (0, 1], got {eps}")
+        if not _is_radius(eps, r["attack"]["norm"]):
+            raise r.error("[attack.curve] eps", f"every eps must lie in {_RADII[r['attack']['norm']]} for "
+                                                f"{r['attack']['norm']}, got {eps}")
     names = [table["name"] for table in r["aux_adversarial"]]
     for name in names:  # the stage aux_adversarial_<name> and its folder
         _check_folder_name(r, "[[aux_adversarial]] name", name)

@@ -11,6 +11,9 @@ examples of the batch and returns the per-head losses the engine minimises. Regi
 * ``trades``: Zhang et al. (2019) on every head: ``CE(f_h(x), y) + beta * KL(f_h(x) || f_h(x'))`` per head,
   with ``x'`` climbing the alpha-weighted sum of the heads' KL terms.
 
+Each crafts in the L-inf ball or, with ``AdversarialConfig(norm="l2")``, in the L2 ball (steps along the
+normalised gradient, the random start uniform in the L2 ball).
+
 Every head's loss is weighted by the model's ``alpha`` in the engine (the per-head weights). The
 crafting attack runs with the model frozen (eval mode, no parameter gradients; both restored), so
 crafting never touches BatchNorm statistics, and its random start at step k depends only on
@@ -110,7 +113,7 @@ class TrainingMethod:
         self.steps, self.step_size = crafting["steps"], crafting["step_size"]
         objective = self.crafting_objective(model, config)
         self.attack = PGD(model, objective=objective, eps=config.eps, step_size=self.step_size, steps=self.steps,
-                          norm="linf", random_start=True, early_stop=False,
+                          norm=config.norm, random_start=True, early_stop=False,
                           precision="bf16" if dtype is torch.bfloat16 else "fp32")
 
     @classmethod

@@ -25,7 +25,7 @@ class AdversarialConfig:
     projected into the ball exactly either way).
 
     Args:
-        eps: L-inf radius in pixel units ([0, 1] images).
+        eps: radius of the ``norm`` ball in pixel units ([0, 1] images).
         method: a registered method (:func:`auxsurgery.train.adversarial.list_training_methods`, checked when
             training starts): ``pgd`` (Madry et al.), ``fgsm`` (one step from a random start, Wong et al. 2020)
             or ``trades`` (Zhang et al. 2019, on every head).
@@ -39,6 +39,9 @@ class AdversarialConfig:
             backbone's head); None picks ``joint`` for a model with aux heads and ``public`` for a plain one.
             TRADES climbs its own KL term.
         beta: TRADES' weight of the KL term (Zhang et al. use 6).
+        norm: the ball the crafting attack stays in, ``linf`` or ``l2``: every method has both forms (PGD's
+            steps along the normalised gradient in L2, FGSM's one such step from a random point of the L2 ball,
+            TRADES' L2 branch).
     """
 
     eps: float
@@ -47,12 +50,18 @@ class AdversarialConfig:
     steps: int | None = None
     objective: str | None = None
     beta: float = 6.0
+    norm: str = "linf"
 
     def __post_init__(self):
+        from ..attacks.base import NORMS  # deferred: a config is made without loading the attacks
+
+        _check_choice("norm", self.norm, NORMS)
         step_ok = self.step_size is None or (math.isfinite(self.step_size) and self.step_size > 0)
         steps_ok = self.steps is None or self.steps >= 1
-        if not (math.isfinite(self.eps) and 0 < self.eps <= 1) or not step_ok or not steps_ok:
-            raise ValueError(f"adversarial training needs 0 < eps <= 1, step_size > 0, steps >= 1; got {self}")
+        eps_ok = math.isfinite(self.eps) and 0 < self.eps and (self.eps <= 1 or self.norm == "l2")
+        if not eps_ok or not step_ok or not steps_ok:
+            raise ValueError(f"adversarial training needs 0 < eps (<= 1 for linf), step_size > 0, steps >= 1; "
+                             f"got {self}")
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"TRADES beta must be a finite number >= 0, got {self.beta}")
         _check_choice("crafting objective", self.objective, (*CRAFTING_OBJECTIVES, None))
