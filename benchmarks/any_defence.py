@@ -12,10 +12,10 @@ trained on clean data (``--model``, a checkpoint of ``auxsurgery train``). Recor
   every example judged by the crossmax rule.
 * ``noisy-<rule>@<eps>`` (b): the same model with Gaussian noise (std 0.05) on its input, inside the model before
   its normalisation, at 2/255. External side: torchattacks' APGD-CE and APGD-DLR with ``eot_iter=20`` (AutoAttack's
-  rand version) on the rule's differentiable view. Every example of both sides, and the clean inputs, are judged by
-  the suite's own majority-of-draws judge; the record states how often two runs of that judge agree (it must be
-  >= 99% for a miss to mean anything).
-* ``hidden-crossmax@<eps>`` (c): a plain ``[B, C]`` classifier whose output is CrossMax over the heads, which the
+  rand version) crafted on the noisy model's mean logits. Every example of both sides, and the clean inputs, are
+  judged by the suite's own majority-of-draws judge with 101 forwards (``NOISY_JUDGE_DRAWS``); the record states how
+  often two runs of that judge agree (it must be >= 99% for a miss to mean anything).
+* ``hidden-crossmax@<eps>`` (c), at 8/255 and 2/255: a plain ``[B, C]`` classifier whose output is CrossMax over the heads, which the
   suite cannot see into, attacked with ``transfer_from=`` its mean-logit twin. External side: AutoAttack's standard
   protocol on the plain classifier, and APGD-CE and APGD-DLR crafted on the twin.
 
@@ -152,9 +152,10 @@ def records(aux: AuxModel, steps: int) -> dict[str, dict]:
         draws=NOISY_JUDGE_DRAWS,
         external=dict(view=noisy.as_classifier("crossmax"), twin=RuleView(noisy, "mean-logits"), eot=DEFAULT_EOT,
                       autoattack=False))
-    plans[f"hidden-crossmax@{8 / 255:.4g}"] = dict(
-        kind="c", model=hidden, rule="vote", eps=8 / 255, suite={"transfer_from": twin},
-        external=dict(view=hidden, twin=twin, eot=1, autoattack=True))
+    for eps in (8 / 255, 2 / 255):
+        plans[f"hidden-crossmax@{eps:.4g}"] = dict(
+            kind="c", model=hidden, rule="vote", eps=eps, suite={"transfer_from": twin},
+            external=dict(view=hidden, twin=twin, eot=1, autoattack=True))
     return plans
 
 
