@@ -16,8 +16,8 @@ trained on clean data (``--model``, a checkpoint of ``auxsurgery train``). Recor
   judged by the suite's own majority-of-draws judge with 101 forwards (``NOISY_JUDGE_DRAWS``); the record states how
   often two runs of that judge agree (it must be >= 99% for a miss to mean anything).
 * ``hidden-crossmax@<eps>`` (c), at 8/255 and 2/255: a plain ``[B, C]`` classifier whose output is CrossMax over
-  the heads, which the suite cannot see into, attacked with ``transfer_from=`` its mean-logit twin. External side: AutoAttack's standard
-  protocol on the plain classifier, and APGD-CE and APGD-DLR crafted on the twin.
+  the heads, which the suite cannot see into, attacked with ``transfer_from=`` its mean-logit twin. External side:
+  AutoAttack's standard protocol on the plain classifier, and APGD-CE and APGD-DLR crafted on the twin.
 
 Per record: the suite's and the external side's per-point verdicts, their union, the *misses* (points the suite
 calls robust that an external attack fooled: must be 0), and the cost of each side in forward + backward
