@@ -58,6 +58,10 @@ CHUNK = 100  # points per external-side call, kept as each lands
 # few here: on 100 points' EOT-20 APGD-CE examples (mean logits, 2/255, 50 steps) two runs of the judge agreed on 93%
 # of the points with 9 forwards, 98% with 31 and 100% with 101 (each record keeps its own agreement).
 NOISY_JUDGE_DRAWS = 101
+# How the committed model was made: its last epoch's weights, so the validation on test images selected nothing.
+MODEL_ORIGIN = ("a CIFAR-10 small_cnn of width 8 with default Aux Blocks at auto:3, trained on clean data by `auxsurgery "
+                "train small_cnn --model-kwargs width=8 --at auto:3 --data cifar10 --epochs 10 --schedule cosine "
+                "--lr 0.05 --val-subset 1000 --seed 0 --out runs/crossmax-w8` (its last.safetensors)")
 # The code this process runs, read once: the checkout may move on while a long run goes.
 SUITE_COMMIT = source_commit()
 NOISE_STD = 0.05
@@ -221,24 +225,32 @@ def _k(p: dict) -> str:
 
 def report(doc: dict) -> str:
     """The records as Markdown."""
-    header = ["record", "rule", "eps", "n", "clean", "suite robust", "external robust", "union", "misses",
-              "suite passes", "external passes", "suite / external passes"]
-    rows = [[key, r["rule"], f"{r['eps']:.4g}", str(r["n"]), f"{100 * r['clean']:.1f}",
+    header = ["record", "rule", "eps", "n", "judge (forwards)", "clean", "suite robust", "external robust", "union",
+              "misses", "suite passes", "external passes", "suite / external passes", "suite commit"]
+    rows = [[key, r["rule"], f"{r['eps']:.4g}", str(r["n"]), str(r.get("judge_draws", 1)), f"{100 * r['clean']:.1f}",
              f"{100 * r['suite_robust']:.1f}", f"{100 * r['external_robust']:.1f}", f"{100 * r['union_robust']:.1f}",
              str(r["misses"]), _k(r["suite_passes"]), _k(r["external_passes"]),
-             f"{r['pass_ratio']:.3f}" if r["pass_ratio"] else "-"] for key, r in doc["records"].items()]
+             f"{r['pass_ratio']:.3f}" if r["pass_ratio"] else "-", str(r["suite_commit"])[:7]]
+            for key, r in doc["records"].items()]
     per_attack = [[key, name, f"{100 * acc:.1f}"] for key, r in doc["records"].items()
                   for name, acc in r["external_per_attack"].items()]
+    agreement = [[key, name, f"{100 * share:.1f}"] for key, r in doc["records"].items()
+                 for name, share in r.get("judge_agreement", {}).items()]
     lines = ["# Another intermediate-head defence: the strong suite against external attacks", "",
              f"Last run: `{doc['command']}`", "", f"Machine: {doc['machine']}", "",
-             "Robust accuracy in % on the first n CIFAR-10 test points, judged by the rule (on the noisy model by "
-             "the suite's majority-of-draws judge, both sides). *external*: every external attack of the record "
-             "together (a point is robust only if none fooled it); *misses*: points the suite calls robust that an "
-             "external attack fooled (must be 0). Passes: forward + backward image-passes, draws included, counted by "
-             "the same counter around every model involved.", ""]
+             f"Model: `{doc['model']}`, {MODEL_ORIGIN}", "",
+             "Robust accuracy in % on the first n CIFAR-10 test points, judged by the rule; on the noisy model by the "
+             "majority of the judge's forwards, both sides. *external*: every external attack of the record together "
+             "(a point is robust only if none fooled it); *misses*: points the suite calls robust that an external "
+             "attack fooled (must be 0). Passes: forward + backward image-passes, draws included, counted by the "
+             "same counter around every model involved. *suite commit*: the code that measured the suite's side.", ""]
     lines += markdown_table(header, rows)
     lines += ["", "Each external attack alone:", ""]
     lines += markdown_table(["record", "attack", "robust"], per_attack)
+    if agreement:
+        lines += ["", "Two runs of the judge, how often they agree (% of points), on the clean points and on each "
+                      "external attack's examples:", ""]
+        lines += markdown_table(["record", "inputs", "agreement"], agreement)
     return "\n".join(lines) + "\n"
 
 
