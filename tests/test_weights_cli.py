@@ -198,7 +198,7 @@ def test_a_network_that_cannot_be_built_is_one_line_before_anything_is_allocated
 
 def test_a_model_factory_that_is_no_network_is_one_line_in_run(tmp_path):
     recipe = tmp_path / "factory.toml"
-    recipe.write_text('[recipe]\nname = "f"\n[data]\nname = "synthetic"\ntrain_subset = 64\nval_subset = 16\n'
+    recipe.write_text('[recipe]\nname = "f"\n[data]\nname = "synthetic"\ntrain_subset = 64\nheld_out = 16\n'
                       '[backbone]\nmodel_factory = "os:getcwd"\nmean = [0.5]\nstd = [0.5]\n')
     line = _one_error_line(runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run")]))
     assert "the model factory 'os:getcwd' returned str, not a torch nn.Module" in line
