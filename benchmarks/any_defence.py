@@ -143,7 +143,7 @@ def _grow(partial: dict | None, chunk: dict) -> dict:
             "seconds": partial["seconds"] + chunk["seconds"]}
 
 
-def records(aux: AuxModel, steps: int) -> dict[str, dict]:
+def records(aux: AuxModel) -> dict[str, dict]:
     """The benchmark's records: key -> what is attacked, how, and by which external attacks."""
     noisy, hidden, twin = noisy_copy(aux), RuleView(aux, "crossmax"), RuleView(aux, "mean-logits")
     plans = {}
@@ -163,12 +163,11 @@ def records(aux: AuxModel, steps: int) -> dict[str, dict]:
     return plans
 
 
-def measure(key: str, spec: dict, x: torch.Tensor, y: torch.Tensor, out: Path | None, previous: dict | None,
+def measure(key: str, spec: dict, x: torch.Tensor, y: torch.Tensor, out: Path | None, partial: dict | None,
             steps: int) -> dict:
     """One record: the suite and the external attacks on the same points, their union, misses and passes."""
     model, rule, eps, external = spec["model"], spec["rule"], spec["eps"], spec["external"]
     counted = [m for m in (model, external["view"], external["twin"]) if m is not None]
-    partial = (previous or {}).get("external")
     while len((partial or {}).get("robust", [])) < len(x):
         done = len((partial or {}).get("robust", []))
         stop = min(len(x), done + CHUNK)
@@ -216,7 +215,7 @@ def _save_partial(out: Path, key: str, partial: dict) -> None:
 
 def _load_partial(out: Path | None, key: str) -> dict | None:
     path = out / "partial" / f"{key.replace('@', '-')}.json" if out else None
-    return {"external": json.loads(path.read_text())} if path and path.exists() else None
+    return json.loads(path.read_text()) if path and path.exists() else None
 
 
 def _k(p: dict) -> str:
@@ -270,7 +269,7 @@ def main() -> None:
     path = out / "any_defence.json" if out else None
     doc = json.loads(path.read_text()) if path and path.exists() else {"records": {}}
     doc.update(command=command_line(), machine=machine(), versions=versions(), model=args.model)
-    for key, spec in records(aux, args.steps).items():
+    for key, spec in records(aux).items():
         if args.records and key not in args.records.split(","):
             continue
         if doc["records"].get(key, {}).get("n") == args.n and doc["records"][key]["suite_commit"] == SUITE_COMMIT:
