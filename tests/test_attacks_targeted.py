@@ -195,6 +195,29 @@ def test_a_longer_run_goes_only_where_the_best_target_came_close():
     assert chosen.config()["close_steps"] == "7" and "close_steps" not in APGDT(model).config()
 
 
+def test_close_restarts_run_the_longer_run_again_from_new_starts_and_keep_each_samples_best():
+    model = trained_aux_model()
+    x, y = dataset(8, seed=6)
+    # Every sample close (margin 10), nothing fooled at this eps: each of the 3 longer runs sees every sample.
+    chosen = RecordedAPGDT(model, eps=1e-3, steps=4, target_classes=2, target_candidates=5, screen_steps=2,
+                           close_steps=7, close_margin=10.0, close_restarts=3, seed=0)
+    x_adv = chosen(x, y)
+    full = chosen.runs[CLASSES - 1:CLASSES + 1]
+    retries = chosen.runs[CLASSES + 1:]
+    assert [steps for _, steps, _, _ in retries] == [7] * 3
+    assert all(torch.equal(target, retries[0][0]) for target, _, _, _ in retries)  # one aim per sample, 3 starts
+    assert not torch.equal(retries[0][2], retries[1][2])  # new random starts
+    reached = torch.stack([loss for _, _, _, loss in retries], 1)
+    best_retry = torch.stack([x_run for _, _, x_run, _ in retries], 1)[torch.arange(len(x)), reached.argmax(1)]
+    before = torch.stack([loss for _, _, _, loss in full], 1).max(1).values
+    better = reached.max(1).values > before
+    assert better.any()
+    assert (x_adv[better] - best_retry[better]).abs().max() < 1e-6 and not chosen.success(x_adv, y).any()
+    assert chosen.config()["close_restarts"] == "3" and "close_restarts" not in APGDT(model, close_steps=7).config()
+    with pytest.raises(ValueError, match="close_restarts must be >= 1"):
+        APGDT(model, close_steps=7, close_restarts=0)
+
+
 def test_boundary_ranking_picks_the_nearest_boundary_not_the_likeliest_class():
     """On a linear model the linearised distance is the exact L-inf distance to each class's boundary,
     (z_y - z_t) / ||w_y - w_t||_1: a likely class behind a steep boundary ranks after an unlikely near one."""

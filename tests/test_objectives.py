@@ -292,16 +292,39 @@ def test_vote_tie_rewards_the_tie_broken_toward_the_target_where_the_vote_margin
     assert (logits.grad[:2, 0, 1] > 0).all() and (logits.grad[:2, 0, 0] < 0).all()
 
 
-def test_vote_tie_is_the_vote_margin_plus_the_ensembles_capped_lead_where_the_target_ties(logits, y, alpha):
-    """The lead counts where the target has as many votes as the true class or more; elsewhere vote-tie is the
-    targeted vote margin, so an attack takes the same steps until the heads tie."""
+def test_at_a_tie_vote_tie_climbs_the_tie_break_not_the_heads_that_have_not_flipped():
+    """Two heads hold a 2-2 tie for the target, the other two vote for the true class far from the target (margin
+    -10): the objective is the lead alone (the holding heads' capped margins are 0), and the steps it gives the
+    far heads are the lead's only, not their own margins' pull toward the target."""
+    ones, y_true, target = torch.ones(4), torch.tensor([0]), torch.tensor([1])
+    logits = _two_two_split(0.1)
+    logits[2:, 0, 1] = -10.0  # the true-class heads: far from the target
+    ensemble = ensemble_log_probs(logits, ones)
+    lead = (ensemble[0, 1] - ensemble[0, 0]).clamp(max=0)
+    vote_tie = get_objective("vote-tie", targeted=True)
+    torch.testing.assert_close(evaluate(vote_tie, logits, target, ones, y_true), lead.view(1))
+    logits.requires_grad_(True)
+    evaluate(vote_tie, logits, target, ones, y_true).sum().backward()
+    from_lead = torch.autograd.grad(ensemble_log_probs(logits, ones)[0, 1] - ensemble_log_probs(logits, ones)[0, 0],
+                                    logits)[0]
+    torch.testing.assert_close(logits.grad, from_lead)
+
+
+def test_vote_tie_is_the_vote_margin_until_the_target_ties_then_the_lead_and_the_heads_holding_it(logits, y, alpha):
+    """Where the target has as many votes as the true class or more: the ensemble's capped lead plus the capped
+    margins of the heads voting for the target; elsewhere the targeted vote margin, so an attack takes the same
+    steps until the heads tie."""
     target = (y + 1) % C
     ensemble = ensemble_log_probs(logits, alpha)
     lead = (ensemble.gather(1, target[:, None]) - ensemble.gather(1, y[:, None])).squeeze(1).clamp(max=0.5)
     ballots = logits.argmax(-1)
     tied = (ballots == target).sum(0) >= (ballots == y).sum(0)
     assert tied.any() and not tied.all()  # both cases on this batch
-    expected = get_objective("vote-margin", targeted=True, kappa=0.5)(logits, target, alpha) + lead * tied
+    margins = logits.gather(-1, target.expand(logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    others = logits.scatter(-1, target.expand(logits.shape[:-1]).unsqueeze(-1), float("-inf")).amax(-1)
+    margins = (margins - others).clamp(max=0.5)  # [H, B]: each head's targeted margin
+    held = (margins * (ballots == target)).sum(0)
+    expected = torch.where(tied, lead + held, margins.sum(0))
     got = evaluate(get_objective("vote-tie", targeted=True, kappa=0.5), logits, target, alpha, y)
     torch.testing.assert_close(got, expected)
     untargeted = get_objective("vote-margin")(logits, y, alpha) + get_objective("margin-ensemble")(logits, y, alpha)

@@ -26,7 +26,8 @@ class APGDT(TopKTargeted, APGD):
     backward passes on the samples still robust, plus one forward per run and one on the
     clean inputs (and, with ``target_candidates``, one backward per candidate there; with
     ``screen_steps``, instead a short run of ``screen_steps + 1`` passes and a forward per candidate; with
-    ``close_steps``, one forward on the samples still robust and a run of ``close_steps + 1`` passes on the close ones).
+    ``close_steps``, one forward on the samples still robust and up to ``close_restarts`` runs of ``close_steps + 1``
+    passes, and a forward each, on the close ones).
 
     Args:
         target_classes: targets tried per sample (AutoAttack: 9 for 10 classes; capped at
@@ -40,6 +41,7 @@ class APGDT(TopKTargeted, APGD):
         close_steps: one more run of this many steps, from a new random start, at the best target of the samples
             still robust whose objective there ended above ``-close_margin`` (in the objective's units; the
             targeted DLR's are scale-free, success near 0). 0: none.
+        close_restarts: up to this many such runs, each on the close samples the earlier ones left robust.
         (others: see :class:`~auxsurgery.attacks.apgd.APGD`)
     """
 
@@ -64,6 +66,7 @@ class APGDT(TopKTargeted, APGD):
         screen_steps: int | None = None,
         close_steps: int = 0,
         close_margin: float = 0.05,
+        close_restarts: int = 1,
     ):
         super().__init__(model, objective, eps, norm, steps, restarts, rho, rule, seed, kappa, precision)
-        self._init_targets(target_classes, target_candidates, screen_steps, close_steps, close_margin)
+        self._init_targets(target_classes, target_candidates, screen_steps, close_steps, close_margin, close_restarts)

@@ -22,12 +22,16 @@ input, sees what the decision rule does along the way: against a vote whose ties
 breaks, the target that wins a tie need not be the nearest one at the clean input.
 
 And where it is close: with ``close_steps`` a sample still robust after the runs whose objective at its best
-target ended within ``close_margin`` of success gets one more run there, of that many steps from a new random start
-(A3's idea of spending more only where the margin is close). A targeted DLR run of 100 steps that ends a hair short
-of success may cross from about half of its random starts, and then the verdict on the point is a coin flip; a
-longer run crosses from nearly all (see ``Budget.close_steps``).
+target ended within ``close_margin`` of success gets more runs there, up to ``close_restarts`` of that many steps,
+each from a new random start and only while it stays robust (A3's idea of spending more only where the margin is
+close). A targeted DLR run of 100 steps that ends a hair short of success may cross from about half of its random
+starts, and then the verdict on the point is a coin flip; a longer run crosses from nearly all, and a point that
+needs the whole radius (an L2 example pinned to the sphere) from most starts, so a few of them settle it (see
+``Budget.close_steps`` and ``Budget.close_restarts``).
 """
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 
@@ -94,9 +98,11 @@ class TopKTargeted:
     screen_steps: int | None
     close_steps: int
     close_margin: float
+    close_restarts: int
 
     def _init_targets(self, target_classes: int, target_candidates: int | None = None,
-                      screen_steps: int | None = None, close_steps: int = 0, close_margin: float = 0.05) -> None:
+                      screen_steps: int | None = None, close_steps: int = 0, close_margin: float = 0.05,
+                      close_restarts: int = 1) -> None:
         if target_classes < 1:
             raise ValueError(f"target_classes must be >= 1, got {target_classes}")
         if target_candidates is not None and target_candidates < target_classes:
@@ -108,16 +114,20 @@ class TopKTargeted:
             raise ValueError("screen_steps needs target_candidates: the short runs pick the targets among them")
         if close_steps < 0 or close_margin < 0:
             raise ValueError(f"close_steps and close_margin must be >= 0, got {close_steps} and {close_margin}")
+        if close_restarts < 1:
+            raise ValueError(f"close_restarts must be >= 1, got {close_restarts}")
         self.target_classes = target_classes
         self.target_candidates = target_candidates
         self.screen_steps = screen_steps
         self.close_steps = close_steps
         self.close_margin = close_margin
+        self.close_restarts = close_restarts
 
     def config(self) -> dict[str, str]:
         ranked = {} if self.target_candidates is None else {"target_candidates": str(self.target_candidates)}
         screened = {} if self.screen_steps is None else {"screen_steps": str(self.screen_steps)}
-        close = {"close_steps": str(self.close_steps), "close_margin": f"{self.close_margin:g}"} \
+        close = {"close_steps": str(self.close_steps), "close_margin": f"{self.close_margin:g}",
+                 **({"close_restarts": str(self.close_restarts)} if self.close_restarts > 1 else {})} \
             if self.close_steps else {}
         return {**super().config(), "target_classes": str(self.target_classes), **ranked, **screened, **close}
 
@@ -159,9 +169,10 @@ class TopKTargeted:
 
     def _retried_where_close(self, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
                              targets: torch.Tensor) -> torch.Tensor:
-        """``x_adv`` after a run of ``close_steps`` steps at the best of its ``targets`` ``[B, K]`` on the samples
-        still robust whose objective there is above ``-close_margin``; the run's result replaces ``x_adv`` where it
-        fools the rule or reaches a higher objective."""
+        """``x_adv`` after up to ``close_restarts`` runs of ``close_steps`` steps at the best of its ``targets``
+        ``[B, K]`` on the samples still robust whose objective there is above ``-close_margin`` (each run on those
+        the earlier ones left robust); their best replaces ``x_adv`` where it fools the rule or reaches a higher
+        objective."""
         with torch.no_grad():
             logits = self.logits(x_adv)
             reached = torch.stack([self.loss(logits, y, target) for target in targets.unbind(1)], 1)
@@ -170,7 +181,8 @@ class TopKTargeted:
         if not close.numel():
             return x_adv
         aim = targets[close].gather(1, best_target[close].unsqueeze(1)).squeeze(1)
-        x_retry = self._run(x[close], y[close], aim, steps=self.close_steps)
+        x_retry = self.best_of_restarts(x[close], y[close], self.close_restarts,
+                                        partial(self._run, steps=self.close_steps), targets=aim.unsqueeze(1))
         with torch.no_grad():
             logits = self.logits(x_retry)
             better = (self.fooled(logits, y[close], x_retry, fp32_logits=True)

@@ -272,7 +272,8 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
     # AutoAttack check). About the passes of the 3 nearest, all 9 targets tried; Budget.close_steps says why a
     # point left close to success gets a longer run.
     screened = dict(targets, target_classes=min(b.screened_targets, targets["target_candidates"]),
-                    screen_steps=b.screen_steps, close_steps=b.close_steps, close_margin=b.close_margin)
+                    screen_steps=b.screen_steps, close_steps=b.close_steps, close_margin=b.close_margin,
+                    close_restarts=b.close_restarts)
     reach = (f"{screened['target_classes']} screened of " if screened["target_classes"] < targets["target_candidates"]
              else "") + f"top-{targets['target_candidates']}"
     square = dict(eps=p.eps, norm=p.norm, rule=rule, seed=c.seed)
@@ -302,8 +303,9 @@ def _strong_attacks(c: SuiteContext, rule: str) -> list[AttackPlan]:
         # Every head pulled toward one target AND, at a tie in votes, the ensemble's lead of the target over the
         # true class, the tie-break: the capped vote margin alone stops once those heads flip, and a 2-2 split the
         # ensemble breaks toward the true class stays robust (one of 200 CIFAR-10 points at 2/255, issue 29).
+        close = {k: v for k, v in screened.items() if k.startswith("close_")}
         plans.append(plan(f"APGD-T [vote-tie, {b.target_classes} nearest of top-{targets['target_candidates']}]",
-                          "strong", APGDT, objective="vote-tie", **targets, **apgd))
+                          "strong", APGDT, objective="vote-tie", **targets, **close, **apgd))
     plans.append(plan("Square", "strong", Square, objective=square_objective, queries=b.square_queries, **square))
     return plans
 
