@@ -22,7 +22,8 @@ this checkout's suite made; a record another suite made is measured again by thi
 per-point verdicts of AutoAttack it kept (AutoAttack's side does not depend on the suite and is not re-run); a
 recipe run's stage takes them from the run's own AutoAttack check (``--run``, below) where that checked the same
 points, eps and rule. ``--rerun`` redoes the records an invocation measures (AutoAttack included) and keeps the
-others.
+others. With ``--out``, AutoAttack runs first, in chunks of 100 points kept in ``OUT/partial/`` as they land: an
+interrupted record continues where it stopped when the same command is run again.
 
 With ``--run FOLDER`` it cross-checks a recipe run instead (``auxsurgery run``): for each trained model and
 eps reading of the run, AutoAttack's standard protocol on the first N points the recipe attacked, against the
@@ -75,6 +76,8 @@ MODELS = {
 
 
 COMMITTED = "benchmarks/results/suite_vs_autoattack"
+# Points per AutoAttack call with --out, each chunk kept as it lands (a rerun continues after the last).
+AUTOATTACK_CHUNK = 100
 RUN_CHECK = "autoattack_check"  # a recipe run's check: RUN_FOLDER/autoattack_check.json and .md
 RUN_CHUNK = 250  # points per AutoAttack call of a run check, written as each lands
 
@@ -157,25 +160,55 @@ def _ratio(suite: dict, reference: dict) -> float | None:
     return (suite["forward"] + suite["backward"]) / total if total else None
 
 
-def _autoattack_side(model, x, y, eps: float, rule: str, previous: dict | None, norm: str = "linf") -> dict:
+def _autoattack_side(model, x, y, eps: float, rule: str, previous: dict | None, norm: str = "linf",
+                     partial: Path | None = None) -> dict:
     """AutoAttack's standard protocol on these points, or the per-point verdicts a previous record of them kept
-    (they do not depend on the suite, so a newer suite is compared with them without running AutoAttack again)."""
+    (they do not depend on the suite, so a newer suite is compared with them without running AutoAttack again).
+
+    With ``partial`` (a JSON file), AutoAttack runs in chunks of ``AUTOATTACK_CHUNK`` points, each kept there as it
+    lands, and a rerun continues after the last kept chunk: on a CPU one record can take hours."""
     if previous and len(previous.get("autoattack_robust_points", [])) == len(x):
         return {key: value for key, value in previous.items() if key.startswith("autoattack_")}
-    standard = autoattack(model, x, y, eps, rule=rule, protocol="standard", norm=norm)
-    return _reference(standard.robust.tolist(), standard.accuracy, standard.passes.to_dict(), standard.seconds,
-                      standard.stages, standard.settings, command_line())
+    kept = json.loads(partial.read_text()) if partial and partial.exists() else None
+    while kept is None or len(kept["autoattack_robust_points"]) < len(x):
+        done = len(kept["autoattack_robust_points"]) if kept else 0
+        stop = len(x) if partial is None else min(len(x), done + AUTOATTACK_CHUNK)
+        print(f"AutoAttack on points {done}-{stop} of {len(x)}", flush=True)
+        standard = autoattack(model, x[done:stop], y[done:stop], eps, rule=rule, protocol="standard", norm=norm)
+        kept = _joined(kept, _reference(standard.robust.tolist(), standard.accuracy, standard.passes.to_dict(),
+                                        standard.seconds, standard.stages, standard.settings, command_line()))
+        if partial:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(partial, lambda tmp: Path(tmp).write_text(json.dumps(kept)))
+    return kept
 
 
-def measure(model, x, y, eps: float, rule: str, bf16: bool, previous: dict | None = None, norm: str = "linf") -> dict:
+def _joined(kept: dict | None, chunk: dict) -> dict:
+    """AutoAttack's side of the points so far (``kept``) extended by ``chunk``, its side of the next points: verdicts
+    appended; passes, seconds and each stage's counts summed."""
+    if kept is None:
+        return chunk
+    robust = kept["autoattack_robust_points"] + chunk["autoattack_robust_points"]
+    stages = _summed_stages(kept["autoattack_stages"], chunk["autoattack_stages"])
+    settings = {**kept["autoattack_settings"],
+                "unattacked": kept["autoattack_settings"]["unattacked"] + chunk["autoattack_settings"]["unattacked"]}
+    return _reference(robust, sum(robust) / len(robust),
+                      (Passes(**kept["autoattack_passes"]) + Passes(**chunk["autoattack_passes"])).to_dict(),
+                      kept["autoattack_seconds"] + chunk["autoattack_seconds"], stages, settings,
+                      chunk["autoattack_command"])
+
+
+def measure(model, x, y, eps: float, rule: str, bf16: bool, previous: dict | None = None, norm: str = "linf",
+            partial: Path | None = None) -> dict:
     """One (model, eps, rule) record: the suite and AutoAttack's standard protocol on the same points (AutoAttack's
-    verdicts taken from ``previous`` where it kept them), the per-point union and misses, and each one's cost in
-    image-passes (the headline) beside wall time."""
+    verdicts taken from ``previous`` where it kept them; with ``partial``, kept there chunk by chunk and run first,
+    as the longer of the two), the per-point union and misses, and each one's cost in image-passes (the headline)
+    beside wall time."""
+    reference = _autoattack_side(model, x, y, eps, rule, previous, norm, partial)
     began = time.perf_counter()
     suite = run_suite(model, (x, y), suite="strong", eps=eps, rules=(rule,), progress=True, norm=norm)
     suite_seconds = time.perf_counter() - began
     suite_robust = suite.worst_case().outcome.rules[rule]
-    reference = _autoattack_side(model, x, y, eps, rule, previous, norm)
     robust = torch.tensor(reference["autoattack_robust_points"], dtype=torch.bool)
     missed = suite_robust & ~robust
     suite_passes = suite.passes().to_dict()
@@ -239,14 +272,11 @@ def report(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, reading: str, rule: str,
-           eps: float, norm: str = "linf") -> dict:
-    """``record`` (None: a new one) extended by the AutoAttack result ``chunk`` on the points that follow it."""
-    previous = record["autoattack"] if record else {"robust": [], "seconds": 0.0, "stages": [],
-                                                     "passes": Passes().to_dict()}
-    robust = torch.tensor(previous["robust"] + chunk.robust.tolist(), dtype=torch.bool)
-    stages = {(stage["name"], stage["view"]): dict(stage) for stage in previous["stages"]}
-    for stage in chunk.stages:  # points attacked and costs add up over chunks
+def _summed_stages(kept: list[dict], chunk: list[dict]) -> list[dict]:
+    """AutoAttack's stages over the points so far (``kept``) and the next points' (``chunk``): points attacked and
+    costs add up."""
+    stages = {(stage["name"], stage["view"]): dict(stage) for stage in kept}
+    for stage in chunk:
         total = stages.setdefault((stage["name"], stage["view"]), {**stage, "attacked": 0, "robust_after": 0,
                                                                    "seconds": 0.0, "passes": Passes().to_dict()})
         # A head's view runs only in the chunks where the surrogate missed a point: summed over the chunks it ran
@@ -256,6 +286,15 @@ def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, re
                      robust_after=total["robust_after"] + stage["robust_after"] if on_every_chunk else None,
                      seconds=total["seconds"] + stage["seconds"],
                      passes=(Passes(**total["passes"]) + Passes(**stage["passes"])).to_dict())
+    return list(stages.values())
+
+
+def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, reading: str, rule: str,
+           eps: float, norm: str = "linf") -> dict:
+    """``record`` (None: a new one) extended by the AutoAttack result ``chunk`` on the points that follow it."""
+    previous = record["autoattack"] if record else {"robust": [], "seconds": 0.0, "stages": [],
+                                                     "passes": Passes().to_dict()}
+    robust = torch.tensor(previous["robust"] + chunk.robust.tolist(), dtype=torch.bool)
     settings = dict(chunk.settings)
     settings["unattacked"] += record["autoattack"]["settings"]["unattacked"] if record else 0
     commands = record.get("commands", [record["command"]]) if record else []
@@ -264,7 +303,7 @@ def _grown(record: dict | None, chunk, suite_robust: torch.Tensor, name: str, re
         "model": name, "reading": reading, "rule": rule, "norm": norm, "eps": eps, "n": len(robust),
         "autoattack": {"accuracy": robust.float().mean().item(), "seconds": previous["seconds"] + chunk.seconds,
                        "passes": (Passes(**previous["passes"]) + chunk.passes).to_dict(), "settings": settings,
-                       "stages": list(stages.values()), "robust": robust.tolist()},
+                       "stages": _summed_stages(previous["stages"], chunk.stages), "robust": robust.tolist()},
         **{k: record[k] for k in ("missed_at_default_budget", "missed_checked", "missed_checked_by", "suite_commit")
            if record and k in record},
     } | _compared(suite_robust, robust)
@@ -474,10 +513,12 @@ def main() -> None:
                 previous = previous or (None if args.rerun else _run_check_verdicts(model_name, eps, rule, args.n,
                                                                                    args.norm))
                 print(f"== {key} (n={args.n})", flush=True)
-                doc["records"][key] = measure(model, x, y, eps, rule, args.bf16, previous, args.norm)
+                partial = out / "partial" / f"{key.replace('/', '+')}.json" if out else None
+                doc["records"][key] = measure(model, x, y, eps, rule, args.bf16, previous, args.norm, partial)
                 if path:
                     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
                     atomic_write(path.with_suffix(".md"), lambda tmp: Path(tmp).write_text(report(doc)))
+                    partial.unlink(missing_ok=True)  # the record holds its AutoAttack side now
                 print(report(doc), flush=True)
     if not path:
         print(json.dumps(doc, indent=1))

@@ -205,3 +205,48 @@ def test_an_l2_record_runs_both_sides_in_l2_and_its_report_says_so(monkeypatch):
     assert record["autoattack_settings"]["norm"] == "l2" and record["misses"] >= 0
     assert "| m | L2 0.5 | vote |" in bench.report({"records": {"m@l2=0.5@vote": record}, "command": "c",
                                                      "machine": "here"})
+
+
+def test_autoattack_side_is_kept_chunk_by_chunk_and_an_interrupted_record_continues(monkeypatch, tmp_path):
+    """With a partial file, AutoAttack runs on chunks of points, each kept as it lands; run again after an
+    interruption it starts after the last kept chunk, and the joined side equals one run over all the points."""
+    from auxsurgery.attacks import Passes
+    from auxsurgery.evaluation.autoattack import AutoAttackResult
+
+    bench = _benchmark("suite_vs_autoattack")
+    x, y = torch.zeros(5, 1, 2, 2), torch.tensor([0, 1, 2, 3, 4])
+    calls = []
+
+    def fake_autoattack(model, x, y, eps, rule, protocol, norm):
+        calls.append(y.tolist())
+        if len(calls) == 3 and fail:
+            raise KeyboardInterrupt  # the session ends during the third chunk
+        robust = y % 2 == 0
+        stages = [{"name": "APGD-CE", "view": "surrogate", "attacked": len(y), "robust_after": int(robust.sum()),
+                   "seconds": 1.0, "passes": {"forward": len(y), "backward": len(y)}}]
+        return AutoAttackResult(rule, "standard", robust, x, 1.0, stages, Passes(len(y), len(y)),
+                                {"steps": 100, "norm": norm, "unattacked": 0})
+
+    monkeypatch.setattr(bench, "autoattack", fake_autoattack)
+    monkeypatch.setattr(bench, "AUTOATTACK_CHUNK", 2)
+    partial = tmp_path / "partial" / "m@l2=0.5@vote.json"
+    fail = True
+    with pytest.raises(KeyboardInterrupt):
+        bench._autoattack_side(None, x, y, 0.5, "vote", None, "l2", partial)
+    assert json.loads(partial.read_text())["autoattack_robust_points"] == [True, False, True, False]
+    fail, calls = False, []
+    side = bench._autoattack_side(None, x, y, 0.5, "vote", None, "l2", partial)
+    assert calls == [[4]]  # only the points after the kept chunks
+    assert side["autoattack_robust_points"] == [True, False, True, False, True]
+    assert side["autoattack_robust"] == pytest.approx(0.6) and side["autoattack_seconds"] == 3.0
+    assert side["autoattack_passes"] == {"forward": 5, "backward": 5}
+    (stage,) = side["autoattack_stages"]
+    assert (stage["attacked"], stage["robust_after"]) == (5, 3)
+    calls = []
+    whole = bench._autoattack_side(None, x, y, 0.5, "vote", None, "l2", None)
+    for key in ("autoattack_robust_points", "autoattack_passes", "autoattack_settings"):
+        assert whole[key] == side[key]
+    assert whole["autoattack_robust"] == pytest.approx(side["autoattack_robust"])
+    assert [{**stage, "seconds": 0} for stage in whole["autoattack_stages"]] == [{**stage, "seconds": 0}
+                                                                                  for stage in side["autoattack_stages"]]
+    assert calls == [[0, 1, 2, 3, 4]]  # without a partial file: one run over every point
