@@ -170,6 +170,9 @@ def test_a_run_made_before_held_out_still_reads_as_it_ran():
         load_recipe(run / "recipe.toml")
     recipe = experiment.recorded_recipe(run)
     assert recipe["data"]["val_subset"] == 1000 and "aux_adversarial_joint" in recipe.stages()
+    # Made before the L2 threat model too: it recorded no norm, and its radii read as the L-inf ones they were.
+    assert "norm" not in json.loads((run / "recipe.json").read_text())["attack"]
+    assert recipe["attack"]["norm"] == "linf"
 
 
 @pytest.mark.parametrize("old, new, expected", [

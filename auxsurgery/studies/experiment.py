@@ -181,7 +181,10 @@ def recorded_recipe(out: str | Path) -> Recipe:
     weights file need not be at hand any more, and a run made before a key was retired (``[data] val_subset``)
     still reads."""
     out = Path(out)
-    return Recipe(str(out / "recipe.toml"), json.loads((out / "recipe.json").read_text()), "")
+    recorded = json.loads((out / "recipe.json").read_text())
+    # A run made before the L2 threat model recorded no norm: its radii are L-inf.
+    recorded.setdefault("attack", {}).setdefault("norm", "linf")
+    return Recipe(str(out / "recipe.toml"), recorded, "")
 
 
 def _train(model: nn.Module, name: str, recipe: Recipe, data: RunData, out: Path, device: str,
