@@ -245,8 +245,8 @@ def _vote_tie_objective(kappa: float, targeted: bool) -> Objective:
     647 of suite_vs_autoattack) at the tie from every one of 24 seeds (benchmarks/close_retry.py). Untargeted:
     ``vote-margin`` + ``margin-ensemble``.
     """
-    votes = _head_sum(_margin(kappa, targeted), weighted=False)
     if not targeted:
+        votes = _head_sum(_margin(kappa, False), weighted=False)
         ensemble = _on_view(_margin(kappa, False), ensemble_log_probs)
         return lambda logits, y, alpha: votes(logits, y, alpha) + ensemble(logits, y, alpha)
 
@@ -258,10 +258,10 @@ def _vote_tie_objective(kappa: float, targeted: bool) -> Objective:
         ballots = logits.argmax(-1)  # [H, B]
         on_target = ballots == target
         tied = on_target.sum(0) >= (ballots == y_true).sum(0)
+        margins = _margin(kappa, True)(logits, target)  # [H, B]: the targeted vote margin's terms, computed once
         # At a tie only the tie-break and the heads that hold it count: the margins of the heads that have not
         # flipped would otherwise outweigh the lead and pull the steps away from the tie-break.
-        held = (_margin(kappa, True)(logits, target) * on_target).sum(0)
-        return torch.where(tied, held + lead, votes(logits, target, alpha))
+        return torch.where(tied, (margins * on_target).sum(0) + lead, margins.sum(0))
 
     return needs_true_label(objective)
 
