@@ -81,6 +81,35 @@ def test_a_randomised_model_gets_eot_and_a_majority_judge_by_default(tmp_path):
         run_suite(model, (x, y), eot=0, **run)
 
 
+class Saturated(nn.Module):
+    """:class:`Jitter` with its logits times 1,000: on most points the cross-entropy's softmax is exactly one-hot in
+    fp32, so its gradient is exactly zero in every draw, while the scale-free DLR's still points somewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.jitter = Jitter()
+
+    def forward(self, x):
+        return 1e3 * self.jitter(x)
+
+
+def test_a_randomised_model_s_cascade_also_runs_autoattack_rand_s_apgd_dlr():
+    torch.manual_seed(0)
+    model = Saturated().eval()
+    x, y = points(model.jitter)
+    run = dict(suite="strong", eps=EPS, budget=Budget.quick(), batch_size=50, progress=False)
+
+    def stages(result):
+        return {row.name.split(": ", 1)[-1]: row.outcome.accuracy("vote") for row in result.rows if row.cascade}
+
+    drawn = stages(run_suite(model, (x, y), **run))
+    assert list(drawn)[:2] == ["APGD-CE", "APGD-DLR [dlr-public]"]
+    # Robust after each stage: the cross-entropy's zero gradients leave most points, the DLR breaks them.
+    assert drawn["APGD-CE"] > 0.5 and drawn["APGD-DLR [dlr-public]"] < drawn["APGD-CE"] - 0.3
+    single = stages(run_suite(model, (x, y), eot=1, judge_draws=1, **run))
+    assert "APGD-DLR [dlr-public]" not in single  # a run without draws keeps the deterministic cascade
+
+
 class GaussianInput(nn.Module):
     """``model`` seeing its input with Gaussian noise added (a randomised-smoothing style defence)."""
 

@@ -10,6 +10,7 @@ surrogate while the attacked model judges every example (and answers the black-b
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -436,16 +437,14 @@ def run_suite(
         skipped = [name for name in names if get_suite(name).needs_heads]
         if skipped:
             raise ValueError(f"the {' and '.join(skipped)} suite needs a model with aux heads (an AuxModel)")
-    plans = plan_suites(names, context) + extra
-    unknown = set(exclude) - {pl.name for pl in plans}
+    # The suites' top-level attacks (what exclude names) do not depend on the draws; their stages may.
+    planned = [pl.name for pl in plan_suites(names, context) + extra]
+    unknown = set(exclude) - set(planned)
     if unknown:
         raise ValueError(f"cannot exclude {', '.join(sorted(unknown))}: not planned; planned attacks: "
-                         f"{', '.join(pl.name for pl in plans)}")
-    plans = [pl for pl in plans if pl.name not in exclude]
-    plans += sanity_probes(context, plans)
+                         f"{', '.join(planned)}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown attack precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    plans = [with_precision(pl, precision) for pl in plans]
     for name, count in (("eot", eot), ("judge_draws", judge_draws)):
         if count is not None:
             check_draws(count, name, odd=name == "judge_draws")
@@ -457,6 +456,9 @@ def run_suite(
                                  one_decision=len(aux.head_names) == 1)
         protocol = _protocol(preflight, eot, judge_draws, surrogate, x, y, batch_size)
         preflight += _protocol_findings(protocol, _randomised(preflight), type(transfer_from).__name__)
+        context = dataclasses.replace(context, drawn=protocol.drawn)
+        plans = [pl for pl in plan_suites(names, context) + extra if pl.name not in exclude]
+        plans = [with_precision(pl, precision) for pl in plans + sanity_probes(context, plans)]
         state = None
         if state_dir is not None:
             state = EvaluationState(state_dir, {
