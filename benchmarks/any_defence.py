@@ -183,9 +183,14 @@ def measure(key: str, spec: dict, x: torch.Tensor, y: torch.Tensor, out: Path | 
             _save_partial(out, key, partial)
     began = time.perf_counter()
     state = out / "state" / key.replace("@", "-") if out else None
-    suite = run_suite(model, (x, y), suite="strong", eps=eps, rules=(rule,), state_dir=state, **spec["suite"])
+    draws = spec.get("draws", 1)
+    suite = run_suite(model, (x, y), suite="strong", eps=eps, rules=(rule,), state_dir=state,
+                      keep_adversarial=draws > 1, **spec["suite"])
     seconds = time.perf_counter() - began
     suite_robust = suite.worst_case().outcome.rules[rule]
+    agreement = {k: sum(v) / len(v) for k, v in partial["agreement"].items()}
+    if draws > 1:
+        agreement["suite"] = sum(suite_agreement(suite, model, x, y, rule, draws)) / len(x)
     robust = torch.tensor(partial["robust"], dtype=torch.bool)
     missed = suite_robust & ~robust
     suite_passes = suite.passes().to_dict()
@@ -195,8 +200,8 @@ def measure(key: str, spec: dict, x: torch.Tensor, y: torch.Tensor, out: Path | 
         "rule": rule, "eps": eps, "n": len(x), "clean": suite.clean.accuracy(rule),
         "suite_robust": suite_robust.float().mean().item(), "external_robust": robust.float().mean().item(),
         "external_per_attack": {k: sum(v) / len(v) for k, v in partial["per_attack"].items()},
-        "judge_draws": spec.get("draws", 1),
-        "judge_agreement": {k: sum(v) / len(v) for k, v in partial["agreement"].items()},
+        "judge_draws": draws,
+        "judge_agreement": agreement,
         "union_robust": (suite_robust & robust).float().mean().item(),
         "misses": int(missed.sum()), "missed_points": missed.nonzero().flatten().tolist(),
         "external_robust_suite_fooled": int((robust & ~suite_robust).sum()),
@@ -209,6 +214,22 @@ def measure(key: str, spec: dict, x: torch.Tensor, y: torch.Tensor, out: Path | 
         "findings": [f.to_dict() for f in suite.findings if f.level == "warning" or f.check == "indicators"],
         "suite_robust_points": suite_robust.tolist(), "external": partial,
     }
+
+
+def suite_agreement(suite, judged: nn.Module, x: torch.Tensor, y: torch.Tensor, rule: str, draws: int) -> list[bool]:
+    """Per point, whether a second run of the judge repeats the suite's verdict: the point itself and every example
+    of the attacks (and probes) in the suite's worst case judged again, robust only if none is fooled.
+
+    The suite stops on a point at the first iterate its judge calls fooled, so its examples may sit nearer a coin
+    flip than the external attacks' (which run all their steps): the suite's side of a miss needs this too.
+    """
+    worst, by_name = suite.worst_case(), {row.name: row for row in suite.rows}
+    robust = _judge(judged, x, y, rule, draws)
+    for name in worst.breakers:
+        indices, examples = by_name[name].adversarial
+        if len(indices):
+            robust[indices] &= _judge(judged, examples, y[indices], rule, draws)
+    return (robust == worst.outcome.rules[rule]).tolist()
 
 
 def _save_partial(out: Path, key: str, partial: dict) -> None:
@@ -251,8 +272,9 @@ def report(doc: dict) -> str:
     lines += ["", "Each external attack alone:", ""]
     lines += markdown_table(["record", "attack", "robust"], per_attack)
     if agreement:
-        lines += ["", "Two runs of the judge, how often they agree (% of points), on the clean points and on each "
-                      "external attack's examples:", ""]
+        lines += ["", "Two runs of the judge, how often they agree (% of points), on the clean points, on each "
+                      "external attack's examples and on the suite's (*suite*: the clean point and every example of "
+                      "its worst case judged again, against its verdict):", ""]
         lines += markdown_table(["record", "inputs", "agreement"], agreement)
     return "\n".join(lines) + "\n"
 

@@ -4,6 +4,7 @@ one-model report while coverage.json kept all 480 records)."""
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
 
 
 def _benchmark(name: str):
+    # A benchmark imports its siblings (any_defence: judge_agreement's noise) as its script does, from its folder.
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.append(str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -60,6 +64,8 @@ RENDERED = [
     # The benchmark's own records (v0.1/ keeps the 0.1 benchmark's, in a schema today's renderer no longer writes).
     *((md, md.with_suffix(".json"), lambda doc, _: _benchmark("suite_vs_autoattack").report(doc))
       for md in [RESULTS / "suite_vs_autoattack" / "suite_vs_autoattack.md"] if md.exists()),
+    (RESULTS / "any_defence" / "any_defence.md", RESULTS / "any_defence" / "any_defence.json",
+     lambda doc, _: _benchmark("any_defence").report(doc)),
     *((md, md.with_suffix(".json"), lambda doc, _: _benchmark("suite_vs_autoattack").run_report(doc))
       for md in sorted(RESULTS.glob("*/autoattack_check.md"))),
     *((md, md.with_suffix(".json"), lambda doc, _, folder=md.parent: _recipe_markdown(doc, folder))
@@ -250,3 +256,24 @@ def test_autoattack_side_is_kept_chunk_by_chunk_and_an_interrupted_record_contin
     untimed = [[{**stage, "seconds": 0} for stage in s["autoattack_stages"]] for s in (whole, side)]
     assert untimed[0] == untimed[1]
     assert calls == [[0, 1, 2, 3, 4]]  # without a partial file: one run over every point
+
+
+def test_a_noisy_record_judges_the_suites_examples_twice_as_it_does_the_external_ones():
+    """any_defence's suite-side agreement: a second run of the judge over the clean point and every example in the
+    suite's worst case, against the suite's verdict; a deterministic model repeats itself, single draws of a noisy
+    one do not."""
+    from attack_helpers import dataset, trained_plain_model
+    from torch import nn
+
+    from auxsurgery.evaluation import Budget, run_suite
+
+    bench = _benchmark("any_defence")
+    model, (x, y) = trained_plain_model(), dataset(24, seed=4)
+    run = dict(suite="strong", eps=0.05, budget=Budget.quick(), progress=False, keep_adversarial=True)
+    steady = run_suite(model, (x, y), **run)
+    assert bench.suite_agreement(steady, model, x, y, "vote", 1) == [True] * len(x)
+    torch.manual_seed(0)
+    noisy = nn.Sequential(bench.GaussianNoise(0.3), model).eval()
+    shaky = run_suite(noisy, (x, y), eot=1, judge_draws=1, **run)
+    agreement = bench.suite_agreement(shaky, noisy, x, y, "vote", 1)
+    assert len(agreement) == len(x) and 0 < sum(agreement) < len(x)
