@@ -125,7 +125,7 @@ class SuiteContext:
     seed: int
     head_names: tuple[str, ...]
     standalone: bool = False  # strong suite: also each attack alone on every point
-    drawn: bool = False  # a randomised model: gradient steps average draws (EOT), verdicts are majorities
+    drawn: bool = False  # the evaluation draws randomness: EOT steps or majority verdicts (a randomised model)
 
 
 # ---- the registry ------------------------------------------------------------------------------
